@@ -1,0 +1,54 @@
+"""Pooly: Erlang/OTP-style supervised pools of worker processes.
+
+Re-exports only; the implementation lives in the private modules:
+``_supervisor`` (the reusable supervisor), ``_worker`` (worker processes and their channel),
+``_pool`` (the pool server and leases), ``_pooly`` (the top of the tree), ``_errors``.
+"""
+
+from ._errors import (
+    CheckoutTimeout,
+    LeaseError,
+    NoSuchPool,
+    PoolFailed,
+    PoolFull,
+    PoolyError,
+    RemoteTraceback,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from ._pool import Lease, Pool, PoolStatus
+from ._pooly import Pooly
+from ._supervisor import (
+    Child,
+    ChildSpec,
+    ExitReason,
+    PassiveChild,
+    ProcessChild,
+    Supervisor,
+    SupervisorListener,
+)
+
+__all__ = (
+    "CheckoutTimeout",
+    "Child",
+    "ChildSpec",
+    "ExitReason",
+    "Lease",
+    "LeaseError",
+    "NoSuchPool",
+    "PassiveChild",
+    "Pool",
+    "PoolFailed",
+    "PoolFull",
+    "PoolStatus",
+    "Pooly",
+    "PoolyError",
+    "ProcessChild",
+    "RemoteTraceback",
+    "Supervisor",
+    "SupervisorListener",
+    "WorkerCrashed",
+    "WorkerStartError",
+)
+
+__version__ = "0.1.0"

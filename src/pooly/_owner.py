@@ -1,0 +1,50 @@
+"""Who holds a lease, and noticing -- at once, without polling -- when that holder ends.
+
+A holder is the thread that checked a worker out. Each thread gets, on its first checkout, a
+set of its leases stored in a :class:`threading.local` next to a token object. CPython clears
+a thread's locals as the thread state is torn down (before ``Thread.join`` returns), which
+drops the token and fires its :func:`weakref.finalize` callback *in the dying thread*. The
+callback hands every lease still in the set back to its pool.
+
+The callback must stay small: it runs during thread teardown, so it only does bookkeeping
+under the pool's lock and leaves any slow work (restarting a worker) to the supervisor.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ("LeaseSet", "current_leases")
+
+LeaseSet = set[Any]
+
+
+class _Token:
+    __slots__ = ("__weakref__",)
+
+
+_local = threading.local()
+
+
+def current_leases() -> LeaseSet:
+    """The calling thread's set of live leases (created, and monitored, on first use)."""
+    d = _local.__dict__
+    leases: LeaseSet | None = d.get("leases")
+    if leases is None:
+        leases = set()
+        token = _Token()
+        fin = weakref.finalize(token, _holder_ended, leases)
+        fin.atexit = False  # at interpreter exit Pooly.stop() does the cleaning
+        d["token"] = token
+        d["leases"] = leases
+    return leases
+
+
+def _holder_ended(leases: LeaseSet) -> None:
+    """Runs in the ending thread during its teardown: give back what it still holds."""
+    for lease in list(leases):
+        reclaim: Callable[[Any], None] = lease._pool._reclaim
+        reclaim(lease)

@@ -1,0 +1,198 @@
+"""The top of the tree: :class:`Pooly`, its pool registry and the pools supervisor.
+
+::
+
+    Pooly (top-level supervisor, one_for_all, no restarts: a failure is reported, never fatal)
+    |-- "server": _Registry          name -> Pool, guarded by a lock
+    `-- "pools": PoolsSupervisor     (one_for_one; each pool a temporary child)
+        `-- PoolSupervisor "<name>"  (see pooly._pool)
+
+A pool is a *temporary* child of the pools supervisor: when it fails it is not restarted
+behind the user's back; it stays in the registry, marked failed (``checkout`` raises
+:class:`PoolFailed`), until ``stop_pool`` and ``start_pool`` are called again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from ._errors import NoSuchPool, PoolyError
+from ._pool import Pool
+from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
+
+__all__ = ("Pooly",)
+
+log = logging.getLogger("pooly")
+
+#: Live Pooly instances, stopped at interpreter exit if their owner forgot. Process-wide by
+#: nature (like atexit itself); weak, so it never keeps a Pooly alive.
+_LIVE: weakref.WeakSet[Pooly] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for sup in list(_LIVE):
+        sup.stop()
+
+
+class _Registry(PassiveChild, SupervisorListener):
+    """Pooly.Server: which pools exist, by name. Also hears of pools that fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.pools: dict[str, Pool] = {}
+        self.starting: set[str] = set()
+
+    def child_exited(self, child_id: Hashable, child: Child, reason: ExitReason,
+                     restarting: bool) -> None:
+        if not reason.normal:
+            log.error("pool %r stopped after a failure: %s", child_id, reason)
+
+
+class Pooly:
+    """The top-level supervisor: starts, finds and stops named pools.
+
+    Use as a context manager (``stop()`` on exit). ``start_method`` is the default for pools
+    that don't name one (``None``: forkserver where available, else spawn). ``clock`` feeds
+    every pool's restart-intensity window (inject one to test in virtual time).
+    """
+
+    def __init__(self, *, start_method: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._start_method = start_method
+        self._clock = clock
+        self._registry = _Registry()
+        self._pools_sup = Supervisor(strategy="one_for_one", name="pools",
+                                     listener=self._registry)
+        self._top = Supervisor(
+            [
+                ChildSpec("server", lambda: self._registry, shutdown=1.0),
+                ChildSpec("pools", self._pools_sup.start, shutdown=60.0),
+            ],
+            strategy="one_for_all",
+            max_restarts=0,
+            name="pooly",
+        )
+        self._stopped = False
+        self._top.start()
+        _LIVE.add(self)
+
+    # ------------------------------------------------------------------ pools
+
+    def start_pool(
+        self,
+        name: str,
+        worker: type,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        size: int | None = None,
+        max_overflow: int = 0,
+        strategy: str = "lifo",
+        max_restarts: int = 3,
+        max_seconds: float = 5.0,
+        start_method: str | None = None,
+        start_timeout: float = 30.0,
+        shutdown_timeout: float = 5.0,
+        restart_on_reclaim: bool = True,
+    ) -> Pool:
+        """Start a named pool of ``size`` workers, each ``worker(*args, **kwargs)`` in its own
+        process, and return it once every worker is ready.
+
+        Options are checked before any process starts (``ValueError``/``TypeError`` naming
+        the option). A worker that can't start fails the call with
+        :class:`WorkerStartError` carrying its traceback, and nothing is left running.
+        ``size`` defaults to the number of CPUs. A duplicate name raises ``ValueError``.
+        """
+        self._check_running()
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"pool name must be a non-empty str, got {name!r}")
+        pool = Pool(
+            name, worker, args, kwargs,
+            size=os.cpu_count() or 1 if size is None else size,
+            max_overflow=max_overflow, strategy=strategy, max_restarts=max_restarts,
+            max_seconds=max_seconds,
+            start_method=self._start_method if start_method is None else start_method,
+            start_timeout=start_timeout, shutdown_timeout=shutdown_timeout,
+            restart_on_reclaim=restart_on_reclaim, clock=self._clock,
+        )
+        reg = self._registry
+        with reg.lock:
+            if name in reg.pools or name in reg.starting:
+                raise ValueError(f"a pool named {name!r} already exists")
+            reg.starting.add(name)
+        try:
+            self._pools_sup.start_child(
+                ChildSpec(name, pool._start_tree, restart="temporary",
+                          shutdown=pool.shutdown_timeout + 5.0))
+        except RuntimeError as e:
+            raise PoolyError(f"cannot start pool {name!r}: {e}") from e
+        finally:
+            with reg.lock:
+                reg.starting.discard(name)
+        with reg.lock:
+            reg.pools[name] = pool
+        return pool
+
+    def pool(self, name: str) -> Pool:
+        """The pool of that name (also a failed one, until it is stopped)."""
+        with self._registry.lock:
+            try:
+                return self._registry.pools[name]
+            except KeyError:
+                raise NoSuchPool(f"no pool named {name!r}; running: "
+                                 f"{sorted(self._registry.pools)}") from None
+
+    def pools(self) -> list[Pool]:
+        """Every registered pool, in start order."""
+        with self._registry.lock:
+            return list(self._registry.pools.values())
+
+    def stop_pool(self, name: str) -> None:
+        """Stop a pool: fail its waiters, stop its workers (graceful, then kill), forget it."""
+        with self._registry.lock:
+            pool = self._registry.pools.pop(name, None)
+        if pool is None:
+            raise NoSuchPool(f"no pool named {name!r}")
+        pool._close_for_stop()
+        try:
+            self._pools_sup.terminate_child(name)
+        except RuntimeError:  # Pooly itself is stopping: it stops the pool too
+            pass
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Stop every pool and the tree. Idempotent; leaves no worker process behind."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for pool in self.pools():
+            pool._close_for_stop()
+        self._top.stop()
+        _LIVE.discard(self)
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise PoolyError("this Pooly has been stopped; create a new one")
+        failure = self._top.failure
+        if failure is not None:
+            raise PoolyError(f"this Pooly's supervision tree failed: {failure}")
+
+    def __enter__(self) -> Pooly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        names = [p.name for p in self.pools()]
+        return f"<Pooly pools={names}{' stopped' if self._stopped else ''}>"

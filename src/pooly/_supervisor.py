@@ -1,0 +1,632 @@
+"""An OTP-style supervisor for children that end in ways you can wait on.
+
+A :class:`Supervisor` owns an ordered set of children, each started from a :class:`ChildSpec`.
+A child is anything implementing :class:`Child`: it exposes a *sentinel* file descriptor that
+becomes readable once the child has ended, can be asked to end (``terminate``) or forced to
+(``kill``), and says how it ended (``reap``). Worker processes, pools and supervisors are all
+children, so supervisors nest into a tree.
+
+Each supervisor runs one thread, its *loop*, which is the only place children are restarted or
+stopped. It blocks in ``multiprocessing.connection.wait`` on its children's sentinels plus a
+wake-up pipe for requests from other threads, so exits are handled the moment they happen --
+no polling, no sleeps::
+
+     other threads                 supervisor loop thread
+     -------------                 ----------------------
+     start_child() --start-->  child (registered under the lock; loop woken)
+     terminate_child() --mailbox--> shut child down (terminate, deadline, kill)
+                                   wait([wake_r, sentinel...])
+     child ends ------------------> reap -> listener.child_exited -> restart per
+                                   strategy, counting restarts against intensity
+                                   too many -> stop all children, fail: our own
+                                   sentinel fires and the parent decides
+
+Restart intensity reads an injectable ``clock`` so tests run in virtual time. A supervisor with
+no parent that fails just stops its children and reports (log + :attr:`Supervisor.failure`):
+nothing here ever kills or exits the host program.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from multiprocessing.connection import wait as _wait
+from typing import Literal, Protocol
+
+__all__ = (
+    "Child",
+    "ChildSpec",
+    "ExitReason",
+    "PassiveChild",
+    "ProcessChild",
+    "Supervisor",
+    "SupervisorListener",
+)
+
+log = logging.getLogger("pooly.supervisor")
+
+Restart = Literal["permanent", "transient", "temporary"]
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+_RESTARTS = ("permanent", "transient", "temporary")
+_STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+
+
+@dataclass(frozen=True)
+class ExitReason:
+    """How a child ended. ``normal`` exits are not restarted for ``transient`` children."""
+
+    normal: bool
+    detail: str
+    exitcode: int | None = None
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+SHUTDOWN = ExitReason(True, "shutdown")
+
+
+class Child(Protocol):
+    """A running child. All methods are called from the supervisor's loop thread."""
+
+    @property
+    def sentinel(self) -> int:
+        """A file descriptor that becomes readable once the child has ended."""
+        ...
+
+    def terminate(self) -> None:
+        """Ask the child to end gracefully. Must not block."""
+        ...
+
+    def kill(self) -> None:
+        """Force the child to end now. Must not block."""
+        ...
+
+    def reap(self) -> ExitReason:
+        """Collect how the child ended; called once, after the sentinel became readable."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How to start a child and what to do when it ends.
+
+    ``start`` is called (in whatever thread starts the child) and returns the running child,
+    or raises if the child could not start. ``restart`` is ``"permanent"`` (always restarted),
+    ``"transient"`` (restarted only after an abnormal exit) or ``"temporary"`` (never
+    restarted). ``shutdown`` is how many seconds a child gets to end after ``terminate``
+    before it is killed.
+    """
+
+    id: Hashable
+    start: Callable[[], Child]
+    restart: Restart = "permanent"
+    shutdown: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.restart not in _RESTARTS:
+            raise ValueError(f"restart must be one of {_RESTARTS}, got {self.restart!r}")
+        if not callable(self.start):
+            raise TypeError(f"start must be callable, got {self.start!r}")
+        if not isinstance(self.shutdown, int | float) or self.shutdown < 0:
+            raise ValueError(f"shutdown must be a number of seconds >= 0, got {self.shutdown!r}")
+
+
+class SupervisorListener:
+    """Hooks a supervisor calls about its children. Override what you need.
+
+    Every hook runs on the supervisor's loop thread and must not block for long.
+    """
+
+    def child_exited(
+        self, child_id: Hashable, child: Child, reason: ExitReason, restarting: bool
+    ) -> None:
+        """A child ended (crashed, exited, or was stopped). ``restarting``: a new one follows."""
+
+    def supervisor_failed(self, reason: ExitReason) -> None:
+        """The supervisor exceeded its restart intensity; it stops all children next."""
+
+
+class PassiveChild:
+    """A child with no thread or process of its own: it ends only when told to.
+
+    Subclasses override :meth:`_on_terminate`. The sentinel is a pipe whose write end is
+    closed once the child has ended.
+    """
+
+    def __init__(self) -> None:
+        self._sentinel_r, self._sentinel_w = os.pipe()
+        self._ended = False
+        self._end_lock = threading.Lock()
+
+    @property
+    def sentinel(self) -> int:
+        return self._sentinel_r
+
+    def _on_terminate(self) -> None:
+        """Runs once, on the thread that ends the child."""
+
+    def terminate(self) -> None:
+        with self._end_lock:
+            if self._ended:
+                return
+            self._ended = True
+        try:
+            self._on_terminate()
+        finally:
+            os.close(self._sentinel_w)
+
+    def kill(self) -> None:
+        self.terminate()
+
+    def reap(self) -> ExitReason:
+        os.close(self._sentinel_r)
+        return SHUTDOWN
+
+
+class _Entry:
+    __slots__ = ("child", "spec")
+
+    def __init__(self, spec: ChildSpec, child: Child | None) -> None:
+        self.spec = spec
+        self.child = child
+
+
+class Supervisor:
+    """Starts children from specs, restarts them per strategy, fails upward past intensity.
+
+    ``strategy``: ``"one_for_one"`` restarts only the child that ended; ``"one_for_all"``
+    stops the others and restarts all; ``"rest_for_one"`` restarts it and those started after
+    it. More than ``max_restarts`` restarts within ``max_seconds`` (read from ``clock``)
+    makes the supervisor stop every child and end abnormally: its own sentinel fires, so a
+    parent supervisor applies its strategy in turn.
+
+    A supervisor is itself a :class:`Child`. Use :meth:`start` to start it, :meth:`stop` to
+    stop it and wait.
+    """
+
+    def __init__(
+        self,
+        children: Iterable[ChildSpec] = (),
+        *,
+        strategy: Strategy = "one_for_one",
+        max_restarts: int = 3,
+        max_seconds: float = 5.0,
+        name: str = "supervisor",
+        clock: Callable[[], float] = time.monotonic,
+        listener: SupervisorListener | None = None,
+    ) -> None:
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int):
+            raise TypeError(f"max_restarts must be an int, got {max_restarts!r}")
+        if max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
+        if isinstance(max_seconds, bool) or not isinstance(max_seconds, int | float):
+            raise TypeError(f"max_seconds must be a number, got {max_seconds!r}")
+        if max_seconds <= 0:
+            raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+        specs = list(children)
+        ids = [s.id for s in specs]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"supervisor {name!r}: duplicate child ids in {ids!r}")
+        self.name = name
+        self.strategy = strategy
+        self.max_restarts = max_restarts
+        self.max_seconds = float(max_seconds)
+        self._clock = clock
+        self._listener = listener or SupervisorListener()
+        self._entries: dict[Hashable, _Entry] = {s.id: _Entry(s, None) for s in specs}
+        self._lock = threading.Lock()
+        self._mailbox: collections.deque[Callable[[], None]] = collections.deque()
+        self._restarts: collections.deque[float] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        self._sentinel_r, self._sentinel_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._exit: ExitReason | None = None
+        self._done = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Supervisor:
+        """Start the children in order, then the loop thread. Returns self.
+
+        If a child fails to start, the ones already started are stopped (in reverse order)
+        and the error propagates: a half-started tree never remains.
+        """
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError(f"supervisor {self.name!r} was already started")
+            self._running = True
+        started: list[_Entry] = []
+        try:
+            for entry in list(self._entries.values()):
+                entry.child = entry.spec.start()
+                started.append(entry)
+        except BaseException:
+            self._shutdown_entries(started)
+            self._finish(SHUTDOWN)
+            self.reap()
+            raise
+        self._thread = threading.Thread(
+            target=self._loop, name=f"pooly-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    @property
+    def sentinel(self) -> int:
+        return self._sentinel_r
+
+    @property
+    def failure(self) -> ExitReason | None:
+        """Why this supervisor ended abnormally, or None while running / after a clean stop."""
+        e = self._exit
+        return e if e is not None and not e.normal else None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def terminate(self) -> None:
+        """Ask the supervisor to stop all children (gracefully) and end. Does not block."""
+        self._post(lambda: self._stop_from_loop(graceful=True))
+
+    def kill(self) -> None:
+        """Ask the supervisor to kill all children now and end. Does not block."""
+        self._post(lambda: self._stop_from_loop(graceful=False))
+
+    def reap(self) -> ExitReason:
+        """Wait for the end and release the sentinel. Idempotent."""
+        self._done.wait()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._lock:
+            if self._sentinel_r >= 0:
+                os.close(self._sentinel_r)
+                self._sentinel_r = -1
+        return self._exit or SHUTDOWN
+
+    def stop(self, timeout: float | None = None) -> ExitReason:
+        """Stop all children and wait until the supervisor has ended (blocking).
+
+        Children get their graceful ``shutdown`` time; if the whole stop takes longer than
+        ``timeout``, the remaining children are killed.
+        """
+        if self._thread is None:
+            return SHUTDOWN
+        self.terminate()
+        if not self._done.wait(timeout):
+            self.kill()
+        return self.reap()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the supervisor has ended (stopped or failed); True if it has."""
+        return self._done.wait(timeout)
+
+    # ------------------------------------------------------------------ dynamic children
+
+    def start_child(self, spec: ChildSpec) -> Child:
+        """Start a child now, in the calling thread, and supervise it from then on."""
+        with self._lock:
+            if not self._running:
+                raise RuntimeError(f"supervisor {self.name!r} is not running")
+            if spec.id in self._entries:
+                raise ValueError(f"supervisor {self.name!r} already has a child {spec.id!r}")
+            entry = _Entry(spec, None)
+            self._entries[spec.id] = entry  # reserve the id while the child starts
+        try:
+            child = spec.start()
+        except BaseException:
+            with self._lock:
+                self._entries.pop(spec.id, None)
+            raise
+        with self._lock:
+            if self._running and self._entries.get(spec.id) is entry:
+                entry.child = child
+                child = None  # type: ignore[assignment]
+        if child is not None:  # the supervisor stopped while the child was starting
+            self._shutdown_children([(spec, child)])
+            raise RuntimeError(f"supervisor {self.name!r} stopped while starting {spec.id!r}")
+        self._wake()
+        return entry.child  # type: ignore[return-value]
+
+    def terminate_child(self, child_id: Hashable, *, wait: bool = True) -> None:
+        """Stop a child (graceful, then kill) and forget its spec."""
+        self._call(lambda: self._terminate_child(child_id, forget=True), wait)
+
+    def restart_child(self, child_id: Hashable, *, wait: bool = True) -> None:
+        """Stop a child and start it again from its spec. Not counted against intensity."""
+        self._call(lambda: self._restart_requested(child_id), wait)
+
+    def set_restart(self, child_id: Hashable, restart: Restart) -> None:
+        """Change a child's restart type (e.g. promote a temporary child to permanent)."""
+        with self._lock:
+            entry = self._entries[child_id]
+            entry.spec = replace(entry.spec, restart=restart)
+
+    def which_children(self) -> list[tuple[Hashable, Child | None, Restart]]:
+        """(id, running child or None, restart type) for each child, in start order."""
+        with self._lock:
+            return [(i, e.child, e.spec.restart) for i, e in self._entries.items()]
+
+    def _count_restart(self) -> bool:
+        """Record a restart made on this supervisor's behalf; False if intensity is exceeded."""
+        now = self._clock()
+        self._restarts.append(now)
+        while self._restarts and self._restarts[0] <= now - self.max_seconds:
+            self._restarts.popleft()
+        return len(self._restarts) <= self.max_restarts
+
+    # ------------------------------------------------------------------ the loop thread
+
+    def _post(self, fn: Callable[[], None]) -> bool:
+        """Queue fn for the loop thread; False if the supervisor has already stopped."""
+        with self._lock:
+            if not self._running:
+                return False
+            self._mailbox.append(fn)
+            os.write(self._wake_w, b"!")
+        return True
+
+    def _wake(self) -> None:
+        # Under the lock: _finish closes the pipe under it too, so the fd is never reused.
+        with self._lock:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"!")
+
+    def _call(self, fn: Callable[[], None], wait: bool) -> None:
+        fut: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                fut.set_exception(e)
+            else:
+                fut.set_result(None)
+
+        if self._thread is threading.current_thread():
+            run()
+        elif not self._post(run):
+            if not wait:
+                return  # fire-and-forget on a stopped supervisor: its children are gone
+            raise RuntimeError(f"supervisor {self.name!r} is not running")
+        if wait:
+            fut.result()
+
+    def _loop(self) -> None:
+        """The supervisor's own thread: waits on sentinels and the mailbox, nothing else."""
+        try:
+            while self._running:
+                with self._lock:
+                    watched = {e.child.sentinel: cid for cid, e in self._entries.items()
+                               if e.child is not None}
+                ready = _wait([self._wake_r, *watched], timeout=None)
+                for fd in ready:
+                    if fd == self._wake_r:
+                        continue
+                    cid = watched[fd]  # type: ignore[index]
+                    if self._running:
+                        self._child_ended(cid)
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 4096)
+                while self._running and self._mailbox:
+                    self._mailbox.popleft()()
+        except BaseException as e:  # a bug here must not leave children unsupervised
+            log.exception("supervisor %r crashed; stopping its children", self.name)
+            self._stop_from_loop(graceful=False, reason=ExitReason(False, f"supervisor crashed: {e!r}"))
+        finally:
+            # Requests queued before the end still run (they find the supervisor stopped),
+            # so no caller of terminate_child & co. is left waiting; _post refuses new ones.
+            while self._mailbox:
+                try:
+                    self._mailbox.popleft()()
+                except Exception:
+                    log.exception("request to stopped supervisor %r failed", self.name)
+
+    def _child_ended(self, cid: Hashable) -> None:
+        entry = self._entries.get(cid)
+        if entry is None or entry.child is None:
+            return
+        child, entry.child = entry.child, None
+        reason = child.reap()
+        restart = entry.spec.restart == "permanent" or (
+            entry.spec.restart == "transient" and not reason.normal
+        )
+        if restart and not self._count_restart():
+            self._listener.child_exited(cid, child, reason, False)
+            self._fail(cid, reason)
+            return
+        self._listener.child_exited(cid, child, reason, restart)
+        if not restart:
+            with self._lock:
+                self._entries.pop(cid, None)
+            return
+        if self.strategy == "one_for_one":
+            group = [cid]
+        else:
+            ids = list(self._entries)
+            group = ids if self.strategy == "one_for_all" else ids[ids.index(cid):]
+            self._shutdown_entries([self._entries[i] for i in group if i != cid], notify=True)
+        self._restart_group(group)
+
+    def _restart_group(self, group: Sequence[Hashable]) -> None:
+        """Start each child of the group again, in order; a failed start counts as a restart."""
+        for cid in group:
+            while self._running:
+                entry = self._entries.get(cid)
+                if entry is None or entry.child is not None:
+                    break
+                try:
+                    child = entry.spec.start()
+                except Exception as e:
+                    reason = ExitReason(False, f"restart of {cid!r} failed: {e}")
+                    log.warning("supervisor %r: %s", self.name, reason)
+                    if not self._count_restart():
+                        self._fail(cid, reason)
+                        return
+                    continue
+                with self._lock:
+                    entry.child = child
+
+    def _restart_requested(self, cid: Hashable) -> None:
+        entry = self._entries.get(cid)
+        if entry is None:
+            raise KeyError(f"supervisor {self.name!r} has no child {cid!r}")
+        self._shutdown_entries([entry], notify=True)
+        self._restart_group([cid])
+
+    def _terminate_child(self, cid: Hashable, forget: bool) -> None:
+        entry = self._entries.get(cid)
+        if entry is None:
+            return
+        self._shutdown_entries([entry], notify=True)
+        if forget:
+            with self._lock:
+                self._entries.pop(cid, None)
+
+    def _fail(self, cid: Hashable, reason: ExitReason) -> None:
+        failure = ExitReason(
+            False,
+            f"supervisor {self.name!r} gave up: more than {self.max_restarts} restarts within "
+            f"{self.max_seconds:g}s (last: child {cid!r}, {reason.detail})",
+            reason.exitcode,
+        )
+        log.error("%s", failure.detail)
+        self._listener.supervisor_failed(failure)
+        self._stop_from_loop(graceful=True, reason=failure)
+
+    def _stop_from_loop(self, graceful: bool, reason: ExitReason = SHUTDOWN) -> None:
+        if not self._running:
+            return
+        with self._lock:
+            self._running = False
+            entries = list(self._entries.values())
+        self._shutdown_entries(entries, graceful=graceful, notify=True)
+        self._finish(reason)
+
+    def _finish(self, reason: ExitReason) -> None:
+        with self._lock:
+            self._running = False
+            self._exit = reason
+            os.close(self._wake_w)
+            self._wake_w = -1
+            os.close(self._wake_r)
+            self._wake_r = -1
+        self._done.set()
+        os.close(self._sentinel_w)
+
+    # ------------------------------------------------------------------ stopping children
+
+    def _shutdown_entries(
+        self, entries: Sequence[_Entry], *, graceful: bool = True, notify: bool = False
+    ) -> None:
+        pairs = []
+        with self._lock:
+            for e in entries:
+                if e.child is not None:
+                    pairs.append((e.spec, e.child))
+                    e.child = None
+        for spec, child, reason in self._shutdown_children(pairs, graceful=graceful):
+            if notify:
+                self._listener.child_exited(spec.id, child, reason, False)
+
+    def _shutdown_children(
+        self, pairs: Sequence[tuple[ChildSpec, Child]], *, graceful: bool = True
+    ) -> list[tuple[ChildSpec, Child, ExitReason]]:
+        """Terminate in reverse start order, then wait for all; kill those past their deadline.
+
+        Children are asked in reverse order but waited on together, so a pool of hung
+        workers takes one shutdown deadline to stop, not one per worker.
+        """
+        now = time.monotonic()
+        pending: dict[int, tuple[ChildSpec, Child, float]] = {}
+        for spec, child in reversed(pairs):
+            try:
+                child.terminate() if graceful else child.kill()
+            except Exception:
+                log.exception("supervisor %r: could not stop child %r", self.name, spec.id)
+            pending[child.sentinel] = (spec, child, now + (spec.shutdown if graceful else 0))
+        killed: set[int] = set()
+        while pending:
+            now = time.monotonic()
+            for fd, (spec, child, deadline) in pending.items():
+                if deadline <= now and fd not in killed:
+                    log.warning("supervisor %r: child %r did not stop within %gs; killing it",
+                                self.name, spec.id, spec.shutdown)
+                    child.kill()
+                    killed.add(fd)
+            live_deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
+            timeout = max(0.0, min(live_deadlines) - now) if live_deadlines else None
+            for fd in _wait(list(pending), timeout):
+                pending.pop(fd)  # type: ignore[call-overload]
+        return [(spec, child, child.reap()) for spec, child in reversed(pairs)]
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else ("failed" if self.failure else "stopped")
+        return f"<Supervisor {self.name!r} {self.strategy} {state} children={len(self._entries)}>"
+
+
+
+class ProcessChild:
+    """A supervisor child that runs ``target(*args)`` in its own OS process.
+
+    For supervising your own processes with :class:`Supervisor`::
+
+        sup = Supervisor([ProcessChild.spec("ticker", tick, (1.0,))]).start()
+
+    Exit code 0 is a normal exit (not restarted when ``transient``); anything else, or a
+    signal, is abnormal. ``terminate`` sends SIGTERM, ``kill`` SIGKILL.
+    """
+
+    def __init__(self, target: Callable[..., object], args: Sequence[object] = (), *,
+                 start_method: str | None = None, name: str | None = None) -> None:
+        import multiprocessing
+        import multiprocessing.process
+
+        from ._worker import default_start_method
+
+        ctx = multiprocessing.get_context(start_method or default_start_method())
+        self.proc = ctx.Process(target=target, args=tuple(args), name=name)  # type: ignore[attr-defined]
+        self.proc.start()
+        # Reaped by our supervisor only; multiprocessing's own sweep would race with it.
+        multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
+        self.pid: int = self.proc.pid
+
+    @classmethod
+    def spec(cls, child_id: Hashable, target: Callable[..., object],
+             args: Sequence[object] = (), *, restart: Restart = "permanent",
+             shutdown: float = 5.0, start_method: str | None = None) -> ChildSpec:
+        """A :class:`ChildSpec` that starts a fresh process for every (re)start."""
+        def start() -> Child:
+            return cls(target, args, start_method=start_method, name=str(child_id))
+        return ChildSpec(child_id, start, restart, shutdown)
+
+    @property
+    def sentinel(self) -> int:
+        return self.proc.sentinel  # type: ignore[no-any-return]
+
+    def terminate(self) -> None:
+        if self.proc.exitcode is None:
+            self.proc.terminate()
+
+    def kill(self) -> None:
+        if self.proc.exitcode is None:
+            self.proc.kill()
+
+    def reap(self) -> ExitReason:
+        from ._errors import describe_exit
+
+        self.proc.join()
+        code = self.proc.exitcode
+        self.proc.close()
+        return ExitReason(code == 0, f"process {self.pid} exited with {describe_exit(code)}",
+                          code)
