@@ -144,8 +144,8 @@ class Lease:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
             raise AttributeError(
-                f"{name!r}: only public methods of the worker class can be called through "
-                "a lease")
+                f"{name!r}: only public methods of the worker class can be called through a lease"
+            )
         w = self._worker
         if name not in w.methods:
             raise AttributeError(f"worker class {w.cls_name} has no public method {name!r}")
@@ -156,14 +156,16 @@ class Lease:
         if not w.call_lock.acquire(False):
             raise LeaseError(
                 f"lease on worker pid {w.pid} of pool {self._pool.name!r} is already in a call "
-                "from another thread; a lease serves one call at a time")
+                "from another thread; a lease serves one call at a time"
+            )
         try:
             if self._ended is not None:
                 raise self._ended_error()
             if w.desynced:
                 raise LeaseError(
                     f"an earlier call on worker pid {w.pid} was interrupted; check the lease in "
-                    "(the worker is replaced) and check out another")
+                    "(the worker is replaced) and check out another"
+                )
             return w.call(name, args, kwargs)
         finally:
             w.call_lock.release()
@@ -176,7 +178,8 @@ class Lease:
             return self._pool._closed_error()
         return LeaseError(
             f"lease on worker pid {w.pid} of pool {self._pool.name!r} has ended "
-            f"({self._ended}); check out a worker again")
+            f"({self._ended}); check out a worker again"
+        )
 
     def __enter__(self) -> Lease:
         return self
@@ -199,8 +202,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} "
-                        f"{value!r}")
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
     if value < 0 or (value == 0 and not allow_zero) or value != value:
         raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value}")
     return float(value)
@@ -283,8 +285,9 @@ class Pool(PassiveChild, SupervisorListener):
             raise ValueError(f"start_method must be one of {methods}, got {start_method!r}")
         self.start_method = start_method
         self.start_timeout = _check_seconds("start_timeout", start_timeout)
-        self.shutdown_timeout = _check_seconds("shutdown_timeout", shutdown_timeout,
-                                               allow_zero=True)
+        self.shutdown_timeout = _check_seconds(
+            "shutdown_timeout", shutdown_timeout, allow_zero=True
+        )
         if not isinstance(restart_on_reclaim, bool):
             raise TypeError(f"restart_on_reclaim must be a bool, got {restart_on_reclaim!r}")
         self.restart_on_reclaim = restart_on_reclaim
@@ -317,8 +320,12 @@ class Pool(PassiveChild, SupervisorListener):
         tree = Supervisor(
             [
                 ChildSpec("server", lambda: self, restart="permanent", shutdown=1.0),
-                ChildSpec("workers", self._start_workers, restart="permanent",
-                          shutdown=self.shutdown_timeout + 1.0),
+                ChildSpec(
+                    "workers",
+                    self._start_workers,
+                    restart="permanent",
+                    shutdown=self.shutdown_timeout + 1.0,
+                ),
             ],
             strategy="one_for_all",
             max_restarts=0,
@@ -342,16 +349,19 @@ class Pool(PassiveChild, SupervisorListener):
         return sup.start()
 
     def _spec(self, wid: str, restart: Literal["permanent", "temporary"]) -> ChildSpec:
-        return ChildSpec(wid, functools.partial(self._spawn, wid), restart,
-                         self.shutdown_timeout)
+        return ChildSpec(wid, functools.partial(self._spawn, wid), restart, self.shutdown_timeout)
 
     def _spawn(self, wid: str) -> WorkerProcess:
         """Start one worker process (the child start of every worker spec)."""
         assert self._workers_sup is not None
         w = WorkerProcess.start(
-            ctx=self._ctx, payload=self._payload, alive_fd=self._workers_sup.alive_r,
-            pool_name=self.name, cls_name=self.worker.__qualname__,
-            start_timeout=self.start_timeout)
+            ctx=self._ctx,
+            payload=self._payload,
+            alive_fd=self._workers_sup.alive_r,
+            pool_name=self.name,
+            cls_name=self.worker.__qualname__,
+            start_timeout=self.start_timeout,
+        )
         w.wid = wid
         with self._lock:
             self._workers[wid] = w
@@ -394,7 +404,8 @@ class Pool(PassiveChild, SupervisorListener):
                 raise PoolFull(
                     f"pool {self.name!r} is full: {self._busy} workers busy, none idle, "
                     f"overflow {self._overflow}/{self.max_overflow}; retry, block, or raise "
-                    "max_overflow")
+                    "max_overflow"
+                )
             else:
                 waiter = _Waiter(leases)
                 self._waiters.append(waiter)
@@ -408,25 +419,28 @@ class Pool(PassiveChild, SupervisorListener):
         if not isinstance(lease, Lease):
             raise LeaseError(
                 f"pool {self.name!r}: checkin expects a lease from checkout(), got "
-                f"{type(lease).__name__}")
+                f"{type(lease).__name__}"
+            )
         if lease._pool is not self:
             raise LeaseError(
                 f"lease on worker pid {lease.pid} belongs to pool {lease._pool.name!r}, not "
-                f"{self.name!r}; check it in there")
+                f"{self.name!r}; check it in there"
+            )
         w = lease._worker
-        with w.call_lock:  # let a call in flight from another thread finish first
-            with self._lock:
-                if lease._ended is not None:
-                    if lease._ended == _CHECKED_IN:
-                        raise LeaseError(
-                            f"lease on worker pid {w.pid} of pool {self.name!r} was already "
-                            "checked in")
-                    return
-                self._end_lease(lease, _CHECKED_IN)
-                if w.desynced:
-                    self._retire(w)
-                else:
-                    self._release(w)
+        # Take call_lock first: a call in flight from another thread finishes before the
+        # worker can go to someone else.
+        with w.call_lock, self._lock:
+            if lease._ended is not None:
+                if lease._ended == _CHECKED_IN:
+                    raise LeaseError(
+                        f"lease on worker pid {w.pid} of pool {self.name!r} was already checked in"
+                    )
+                return
+            self._end_lease(lease, _CHECKED_IN)
+            if w.desynced:
+                self._retire(w)
+            else:
+                self._release(w)
 
     def transaction(self, fn: Callable[[Lease], T], *, timeout: float | None = None) -> T:
         """Check out (blocking up to ``timeout``), call ``fn(lease)``, always check in."""
@@ -445,9 +459,17 @@ class Pool(PassiveChild, SupervisorListener):
             else:
                 state = "full"
             return PoolStatus(
-                name=self.name, state=state, size=self.size, max_overflow=self.max_overflow,
-                idle=len(self._idle), busy=self._busy, overflow=self._overflow,
-                waiting=len(self._waiters), replaced=self._replaced, crashed=self._crashed)
+                name=self.name,
+                state=state,
+                size=self.size,
+                max_overflow=self.max_overflow,
+                idle=len(self._idle),
+                busy=self._busy,
+                overflow=self._overflow,
+                waiting=len(self._waiters),
+                replaced=self._replaced,
+                crashed=self._crashed,
+            )
 
     def worker_pids(self) -> list[int]:
         """Process ids of the pool's live workers (idle and busy)."""
@@ -456,8 +478,10 @@ class Pool(PassiveChild, SupervisorListener):
 
     def __repr__(self) -> str:
         s = self.status()
-        return (f"<Pool {self.name!r} {s.state} idle={s.idle} busy={s.busy} "
-                f"overflow={s.overflow}/{s.max_overflow} waiting={s.waiting}>")
+        return (
+            f"<Pool {self.name!r} {s.state} idle={s.idle} busy={s.busy} "
+            f"overflow={s.overflow}/{s.max_overflow} waiting={s.waiting}>"
+        )
 
     # ------------------------------------------------------------------ internals (locked)
 
@@ -558,7 +582,8 @@ class Pool(PassiveChild, SupervisorListener):
                     self._waiters.remove(waiter)
                     raise CheckoutTimeout(
                         f"pool {self.name!r}: no worker became free within {timeout:g}s "
-                        f"({self._busy} busy, {len(self._waiters)} still waiting)")
+                        f"({self._busy} busy, {len(self._waiters)} still waiting)"
+                    )
         result = waiter.result
         if isinstance(result, Lease):
             return result
@@ -602,7 +627,10 @@ class Pool(PassiveChild, SupervisorListener):
             if self._workers.get(wid) is not w:
                 raise WorkerStartError(
                     f"overflow worker pid {w.pid} of pool {self.name!r} died right after it "
-                    "started", pid=w.pid, exitcode=w.exitcode)
+                    "started",
+                    pid=w.pid,
+                    exitcode=w.exitcode,
+                )
             return self._lease(w, leases)
 
     # ------------------------------------------------------------------ holder ended
@@ -623,8 +651,9 @@ class Pool(PassiveChild, SupervisorListener):
 
     # ------------------------------------------------------------------ supervisor events
 
-    def child_exited(self, child_id: Hashable, child: Child, reason: ExitReason,
-                     restarting: bool) -> None:
+    def child_exited(
+        self, child_id: Hashable, child: Child, reason: ExitReason, restarting: bool
+    ) -> None:
         """Worker supervisor thread: a worker process ended (any cause)."""
         assert isinstance(child, WorkerProcess)
         w = child
@@ -634,8 +663,13 @@ class Pool(PassiveChild, SupervisorListener):
             del self._workers[child_id]
             if not w.stopping:
                 self._crashed += 1
-                log.warning("pool %r: worker pid %d died: %s%s", self.name, w.pid, reason,
-                            "; replacing it" if restarting else "")
+                log.warning(
+                    "pool %r: worker pid %d died: %s%s",
+                    self.name,
+                    w.pid,
+                    reason,
+                    "; replacing it" if restarting else "",
+                )
             lease = w.lease
             if lease is not None:
                 self._end_lease(lease, _CRASHED)
@@ -657,9 +691,13 @@ class Pool(PassiveChild, SupervisorListener):
         if self._closed is not None:
             return
         log.error("pool %r failed: %s", self.name, reason)
-        self._close(PoolFailed(
-            f"pool {self.name!r} failed: {reason}. Stop it with stop_pool({self.name!r}) and "
-            "start it again"), failed=True)
+        self._close(
+            PoolFailed(
+                f"pool {self.name!r} failed: {reason}. Stop it with stop_pool({self.name!r}) and "
+                "start it again"
+            ),
+            failed=True,
+        )
 
     def _close(self, error: PoolFailed, failed: bool = False) -> None:
         """Refuse new checkouts, fail waiters, end leases. Idempotent."""
@@ -689,8 +727,8 @@ class _TreeListener(SupervisorListener):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
-    def child_exited(self, child_id: Hashable, child: Child, reason: ExitReason,
-                     restarting: bool) -> None:
+    def child_exited(
+        self, child_id: Hashable, child: Child, reason: ExitReason, restarting: bool
+    ) -> None:
         if child_id == "workers" and not reason.normal:
             self.pool._fail(reason)
-

@@ -51,8 +51,9 @@ class _Registry(PassiveChild, SupervisorListener):
         self.pools: dict[str, Pool] = {}
         self.starting: set[str] = set()
 
-    def child_exited(self, child_id: Hashable, child: Child, reason: ExitReason,
-                     restarting: bool) -> None:
+    def child_exited(
+        self, child_id: Hashable, child: Child, reason: ExitReason, restarting: bool
+    ) -> None:
         if not reason.normal:
             log.error("pool %r stopped after a failure: %s", child_id, reason)
 
@@ -65,13 +66,13 @@ class Pooly:
     every pool's restart-intensity window (inject one to test in virtual time).
     """
 
-    def __init__(self, *, start_method: str | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, start_method: str | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._start_method = start_method
         self._clock = clock
         self._registry = _Registry()
-        self._pools_sup = Supervisor(strategy="one_for_one", name="pools",
-                                     listener=self._registry)
+        self._pools_sup = Supervisor(strategy="one_for_one", name="pools", listener=self._registry)
         self._top = Supervisor(
             [
                 ChildSpec("server", lambda: self._registry, shutdown=1.0),
@@ -116,13 +117,20 @@ class Pooly:
         if not isinstance(name, str) or not name:
             raise TypeError(f"pool name must be a non-empty str, got {name!r}")
         pool = Pool(
-            name, worker, args, kwargs,
+            name,
+            worker,
+            args,
+            kwargs,
             size=os.cpu_count() or 1 if size is None else size,
-            max_overflow=max_overflow, strategy=strategy, max_restarts=max_restarts,
+            max_overflow=max_overflow,
+            strategy=strategy,
+            max_restarts=max_restarts,
             max_seconds=max_seconds,
             start_method=self._start_method if start_method is None else start_method,
-            start_timeout=start_timeout, shutdown_timeout=shutdown_timeout,
-            restart_on_reclaim=restart_on_reclaim, clock=self._clock,
+            start_timeout=start_timeout,
+            shutdown_timeout=shutdown_timeout,
+            restart_on_reclaim=restart_on_reclaim,
+            clock=self._clock,
         )
         reg = self._registry
         with reg.lock:
@@ -131,8 +139,13 @@ class Pooly:
             reg.starting.add(name)
         try:
             self._pools_sup.start_child(
-                ChildSpec(name, pool._start_tree, restart="temporary",
-                          shutdown=pool.shutdown_timeout + 5.0))
+                ChildSpec(
+                    name,
+                    pool._start_tree,
+                    restart="temporary",
+                    shutdown=pool.shutdown_timeout + 5.0,
+                )
+            )
         except RuntimeError as e:
             raise PoolyError(f"cannot start pool {name!r}: {e}") from e
         finally:
@@ -148,8 +161,9 @@ class Pooly:
             try:
                 return self._registry.pools[name]
             except KeyError:
-                raise NoSuchPool(f"no pool named {name!r}; running: "
-                                 f"{sorted(self._registry.pools)}") from None
+                raise NoSuchPool(
+                    f"no pool named {name!r}; running: {sorted(self._registry.pools)}"
+                ) from None
 
     def pools(self) -> list[Pool]:
         """Every registered pool, in start order."""

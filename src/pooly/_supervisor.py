@@ -255,9 +255,7 @@ class Supervisor:
             self._finish(SHUTDOWN)
             self.reap()
             raise
-        self._thread = threading.Thread(
-            target=self._loop, name=f"pooly-{self.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, name=f"pooly-{self.name}", daemon=True)
         self._thread.start()
         return self
 
@@ -329,14 +327,14 @@ class Supervisor:
                 self._entries.pop(spec.id, None)
             raise
         with self._lock:
-            if self._running and self._entries.get(spec.id) is entry:
+            adopted = self._running and self._entries.get(spec.id) is entry
+            if adopted:
                 entry.child = child
-                child = None  # type: ignore[assignment]
-        if child is not None:  # the supervisor stopped while the child was starting
+        if not adopted:  # the supervisor stopped while the child was starting
             self._shutdown_children([(spec, child)])
             raise RuntimeError(f"supervisor {self.name!r} stopped while starting {spec.id!r}")
         self._wake()
-        return entry.child  # type: ignore[return-value]
+        return child
 
     def terminate_child(self, child_id: Hashable, *, wait: bool = True) -> None:
         """Stop a child (graceful, then kill) and forget its spec."""
@@ -407,8 +405,11 @@ class Supervisor:
         try:
             while self._running:
                 with self._lock:
-                    watched = {e.child.sentinel: cid for cid, e in self._entries.items()
-                               if e.child is not None}
+                    watched = {
+                        e.child.sentinel: cid
+                        for cid, e in self._entries.items()
+                        if e.child is not None
+                    }
                 ready = _wait([self._wake_r, *watched], timeout=None)
                 for fd in ready:
                     if fd == self._wake_r:
@@ -422,7 +423,8 @@ class Supervisor:
                     self._mailbox.popleft()()
         except BaseException as e:  # a bug here must not leave children unsupervised
             log.exception("supervisor %r crashed; stopping its children", self.name)
-            self._stop_from_loop(graceful=False, reason=ExitReason(False, f"supervisor crashed: {e!r}"))
+            crashed = ExitReason(False, f"supervisor crashed: {e!r}")
+            self._stop_from_loop(graceful=False, reason=crashed)
         finally:
             # Requests queued before the end still run (they find the supervisor stopped),
             # so no caller of terminate_child & co. is left waiting; _post refuses new ones.
@@ -454,7 +456,7 @@ class Supervisor:
             group = [cid]
         else:
             ids = list(self._entries)
-            group = ids if self.strategy == "one_for_all" else ids[ids.index(cid):]
+            group = ids if self.strategy == "one_for_all" else ids[ids.index(cid) :]
             self._shutdown_entries([self._entries[i] for i in group if i != cid], notify=True)
         self._restart_group(group)
 
@@ -560,20 +562,24 @@ class Supervisor:
             now = time.monotonic()
             for fd, (spec, child, deadline) in pending.items():
                 if deadline <= now and fd not in killed:
-                    log.warning("supervisor %r: child %r did not stop within %gs; killing it",
-                                self.name, spec.id, spec.shutdown)
+                    log.warning(
+                        "supervisor %r: child %r did not stop within %gs; killing it",
+                        self.name,
+                        spec.id,
+                        spec.shutdown,
+                    )
                     child.kill()
                     killed.add(fd)
             live_deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
             timeout = max(0.0, min(live_deadlines) - now) if live_deadlines else None
-            for fd in _wait(list(pending), timeout):
-                pending.pop(fd)  # type: ignore[call-overload]
+            for ready in _wait(list(pending), timeout):
+                assert isinstance(ready, int)
+                pending.pop(ready)
         return [(spec, child, child.reap()) for spec, child in reversed(pairs)]
 
     def __repr__(self) -> str:
         state = "running" if self._running else ("failed" if self.failure else "stopped")
         return f"<Supervisor {self.name!r} {self.strategy} {state} children={len(self._entries)}>"
-
 
 
 class ProcessChild:
@@ -587,8 +593,14 @@ class ProcessChild:
     signal, is abnormal. ``terminate`` sends SIGTERM, ``kill`` SIGKILL.
     """
 
-    def __init__(self, target: Callable[..., object], args: Sequence[object] = (), *,
-                 start_method: str | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        target: Callable[..., object],
+        args: Sequence[object] = (),
+        *,
+        start_method: str | None = None,
+        name: str | None = None,
+    ) -> None:
         import multiprocessing
         import multiprocessing.process
 
@@ -602,12 +614,21 @@ class ProcessChild:
         self.pid: int = self.proc.pid
 
     @classmethod
-    def spec(cls, child_id: Hashable, target: Callable[..., object],
-             args: Sequence[object] = (), *, restart: Restart = "permanent",
-             shutdown: float = 5.0, start_method: str | None = None) -> ChildSpec:
+    def spec(
+        cls,
+        child_id: Hashable,
+        target: Callable[..., object],
+        args: Sequence[object] = (),
+        *,
+        restart: Restart = "permanent",
+        shutdown: float = 5.0,
+        start_method: str | None = None,
+    ) -> ChildSpec:
         """A :class:`ChildSpec` that starts a fresh process for every (re)start."""
+
         def start() -> Child:
             return cls(target, args, start_method=start_method, name=str(child_id))
+
         return ChildSpec(child_id, start, restart, shutdown)
 
     @property
@@ -628,5 +649,4 @@ class ProcessChild:
         self.proc.join()
         code = self.proc.exitcode
         self.proc.close()
-        return ExitReason(code == 0, f"process {self.pid} exited with {describe_exit(code)}",
-                          code)
+        return ExitReason(code == 0, f"process {self.pid} exited with {describe_exit(code)}", code)

@@ -179,8 +179,9 @@ def _watch_host(alive_fd: int) -> None:
 def _worker_main(sock: socket.socket, alive: multiprocessing.connection.Connection) -> None:
     """Entry point of a worker process (runs in the worker's main thread)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_host, args=(alive.fileno(),), daemon=True,
-                     name="pooly-watchdog").start()
+    threading.Thread(
+        target=_watch_host, args=(alive.fileno(),), daemon=True, name="pooly-watchdog"
+    ).start()
     fd = sock.fileno()
     init = _recv(fd)
     if init is None:
@@ -241,19 +242,26 @@ class WorkerProcess:
         "exitcode",
         "exited",
         "fd",
+        "lease",
         "methods",
+        "overflow",
         "pid",
         "pool_name",
         "proc",
         "sock",
-        "lease",
-        "overflow",
         "stopping",
         "wid",
     )
 
-    def __init__(self, proc: multiprocessing.process.BaseProcess, sock: socket.socket,
-                 pid: int, methods: frozenset[str], pool_name: str, cls_name: str) -> None:
+    def __init__(
+        self,
+        proc: multiprocessing.process.BaseProcess,
+        sock: socket.socket,
+        pid: int,
+        methods: frozenset[str],
+        pool_name: str,
+        cls_name: str,
+    ) -> None:
         self.proc = proc
         self.sock = sock
         self.fd = sock.fileno()
@@ -276,8 +284,16 @@ class WorkerProcess:
     # -- starting ------------------------------------------------------------------
 
     @classmethod
-    def start(cls, *, ctx: BaseContext, payload: bytes, alive_fd: int, pool_name: str,
-              cls_name: str, start_timeout: float) -> WorkerProcess:
+    def start(
+        cls,
+        *,
+        ctx: BaseContext,
+        payload: bytes,
+        alive_fd: int,
+        pool_name: str,
+        cls_name: str,
+        start_timeout: float,
+    ) -> WorkerProcess:
         """Start a worker process and wait until its object is constructed.
 
         Raises :class:`WorkerStartError` (with the worker-side traceback as cause) if the
@@ -288,7 +304,9 @@ class WorkerProcess:
         _HOST_FDS.add(parent_sock.fileno())
         alive = multiprocessing.connection.Connection(os.dup(alive_fd), writable=False)
         proc = ctx.Process(  # type: ignore[attr-defined]
-            target=_worker_main, args=(child_sock, alive), name=f"pooly:{pool_name}",
+            target=_worker_main,
+            args=(child_sock, alive),
+            name=f"pooly:{pool_name}",
             daemon=False,
         )
         try:
@@ -304,16 +322,22 @@ class WorkerProcess:
         # their sentinels from other threads (and race with our reaping) otherwise.
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
         try:
-            return cls._handshake(proc, parent_sock, payload, pool_name, cls_name,
-                                  start_timeout)
+            return cls._handshake(proc, parent_sock, payload, pool_name, cls_name, start_timeout)
         except BaseException:
             _HOST_FDS.discard(parent_sock.fileno())
             parent_sock.close()
             raise
 
     @classmethod
-    def _handshake(cls, proc: Any, sock: socket.socket, payload: bytes, pool_name: str,
-                   cls_name: str, start_timeout: float) -> WorkerProcess:
+    def _handshake(
+        cls,
+        proc: Any,
+        sock: socket.socket,
+        payload: bytes,
+        pool_name: str,
+        cls_name: str,
+        start_timeout: float,
+    ) -> WorkerProcess:
         fd = sock.fileno()
         what = f"worker {cls_name} (pid {proc.pid}) of pool {pool_name!r}"
         reply: bytes | bytearray | None = None
@@ -324,7 +348,9 @@ class WorkerProcess:
                 proc.close()
                 raise WorkerStartError(
                     f"{what} did not finish starting within start_timeout={start_timeout:g}s; "
-                    "it was killed", pid=proc.pid)
+                    "it was killed",
+                    pid=proc.pid,
+                )
             reply = _recv(fd)
         except OSError:
             reply = None
@@ -336,7 +362,9 @@ class WorkerProcess:
             proc.close()
             raise WorkerStartError(
                 f"{what} exited during start with {describe_exit(code)} (see its stderr)",
-                pid=proc.pid, exitcode=code)
+                pid=proc.pid,
+                exitcode=code,
+            )
         msg = pickle.loads(reply)
         if msg[0] == "ready":
             return cls(proc, sock, msg[1], frozenset(msg[2]), pool_name, cls_name)
@@ -359,7 +387,8 @@ class WorkerProcess:
         except Exception as e:
             raise TypeError(
                 f"cannot send the arguments of {self.cls_name}.{name}() to worker pid "
-                f"{self.pid}: {e}") from e
+                f"{self.pid}: {e}"
+            ) from e
         try:
             _send(self.fd, data)
             reply = _recv(self.fd)
@@ -375,7 +404,8 @@ class WorkerProcess:
         except Exception as e:
             raise PoolyError(
                 f"cannot unpickle the result of {self.cls_name}.{name}() from worker pid "
-                f"{self.pid}: {e!r}; the worker is fine and the lease still valid") from e
+                f"{self.pid}: {e!r}; the worker is fine and the lease still valid"
+            ) from e
         if msg[0] == _OK:
             return msg[1]
         exc = msg[1]
@@ -392,7 +422,9 @@ class WorkerProcess:
         return WorkerCrashed(
             f"worker {self.cls_name} (pid {self.pid}) of pool {self.pool_name!r} {cause}"
             f"{where}; the pool replaces it, check out another worker to continue",
-            pid=self.pid, exitcode=self.exitcode)
+            pid=self.pid,
+            exitcode=self.exitcode,
+        )
 
     def looks_alive(self) -> bool:
         """False if the channel shows EOF/hang-up: the process has exited (or is exiting).
@@ -405,7 +437,7 @@ class WorkerProcess:
 
     @property
     def sentinel(self) -> int:
-        return self.proc.sentinel  # type: ignore[no-any-return]
+        return self.proc.sentinel
 
     def terminate(self) -> None:
         """Close our sending side: the worker reads EOF after its current call and exits."""
@@ -438,8 +470,9 @@ class WorkerProcess:
         self.proc.close()
         if self.stopping and code in (0, -signal.SIGKILL, -signal.SIGTERM):
             return ExitReason(True, f"worker pid {self.pid} stopped", code)
-        return ExitReason(code == 0, f"worker pid {self.pid} exited with {describe_exit(code)}",
-                          code)
+        return ExitReason(
+            code == 0, f"worker pid {self.pid} exited with {describe_exit(code)}", code
+        )
 
     def __repr__(self) -> str:
         return f"<WorkerProcess {self.cls_name} pid={self.pid} pool={self.pool_name!r}>"
@@ -451,4 +484,3 @@ def _kill_and_join(proc: Any) -> None:
     except ProcessLookupError:
         pass
     proc.join()
-
