@@ -1,6 +1,10 @@
 """Who holds a lease, and noticing -- at once, without polling -- when that holder ends.
 
-A holder is the thread that checked a worker out. Each thread gets, on its first checkout, a
+A holder is the asyncio task that checked a worker out, when the checkout ran inside one;
+otherwise the thread. A task's leases are handed back from its done-callback, which the
+event loop runs as soon as the task finishes.
+
+Each thread gets, on its first checkout, a
 set of its leases stored in a :class:`threading.local` next to a token object. CPython clears
 a thread's locals as the thread state is torn down (before ``Thread.join`` returns), which
 drops the token and fires its :func:`weakref.finalize` callback *in the dying thread*. The
@@ -12,6 +16,8 @@ under the pool's lock and leaves any slow work (restarting a worker) to the supe
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 import weakref
 from collections.abc import Callable
@@ -28,9 +34,17 @@ class _Token:
 
 _local = threading.local()
 
+#: Lease sets of tasks that hold leases. Weak: an entry lives only as long as its task.
+_task_leases: weakref.WeakKeyDictionary[asyncio.Task[Any], LeaseSet] = weakref.WeakKeyDictionary()
+_running_loop = asyncio._get_running_loop  # C-accelerated; None outside a running loop
+
 
 def current_leases() -> LeaseSet:
-    """The calling thread's set of live leases (created, and monitored, on first use)."""
+    """The calling task's or thread's set of live leases (created, and monitored, on first use)."""
+    if _running_loop() is not None:
+        task = asyncio.current_task()
+        if task is not None:
+            return _leases_of_task(task)
     d = _local.__dict__
     leases: LeaseSet | None = d.get("leases")
     if leases is None:
@@ -41,6 +55,19 @@ def current_leases() -> LeaseSet:
         d["token"] = token
         d["leases"] = leases
     return leases
+
+
+def _leases_of_task(task: asyncio.Task[Any]) -> LeaseSet:
+    leases = _task_leases.get(task)
+    if leases is None:
+        leases = _task_leases[task] = set()
+        task.add_done_callback(functools.partial(_task_done, leases))
+    return leases
+
+
+def _task_done(leases: LeaseSet, task: asyncio.Task[Any]) -> None:
+    """Runs in the event loop's thread once the task has finished."""
+    _holder_ended(leases)
 
 
 def _holder_ended(leases: LeaseSet) -> None:

@@ -184,6 +184,12 @@ class Lease:
     def __enter__(self) -> Lease:
         return self
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Lease can't be pickled or sent to another process: it is a right to use one "
+            "worker, held by the thread or task that checked it out"
+        )
+
     def __exit__(self, *exc: object) -> None:
         self._pool.checkin(self)
 
