@@ -30,6 +30,7 @@ from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor,
 __all__ = ("Pooly",)
 
 log = logging.getLogger("pooly")
+log.addHandler(logging.NullHandler())  # a library logs; the application decides where to
 
 #: Live Pooly instances, stopped at interpreter exit if their owner forgot. Process-wide by
 #: nature (like atexit itself); weak, so it never keeps a Pooly alive.

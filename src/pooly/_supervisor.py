@@ -232,6 +232,7 @@ class Supervisor:
         self._running = False
         self._exit: ExitReason | None = None
         self._done = threading.Event()
+        self._kill_requested = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -278,7 +279,12 @@ class Supervisor:
         self._post(lambda: self._stop_from_loop(graceful=True))
 
     def kill(self) -> None:
-        """Ask the supervisor to kill all children now and end. Does not block."""
+        """Kill all children now and end. Does not block.
+
+        Also cuts short a graceful stop already under way: the loop watches for this while
+        it waits for children to end.
+        """
+        self._kill_requested = True
         self._post(lambda: self._stop_from_loop(graceful=False))
 
     def reap(self) -> ExitReason:
@@ -404,6 +410,10 @@ class Supervisor:
         """The supervisor's own thread: waits on sentinels and the mailbox, nothing else."""
         try:
             while self._running:
+                while self._running and self._mailbox:
+                    self._mailbox.popleft()()
+                if not self._running:
+                    break
                 with self._lock:
                     watched = {
                         e.child.sentinel: cid
@@ -411,16 +421,11 @@ class Supervisor:
                         if e.child is not None
                     }
                 ready = _wait([self._wake_r, *watched], timeout=None)
-                for fd in ready:
-                    if fd == self._wake_r:
-                        continue
-                    cid = watched[fd]  # type: ignore[index]
-                    if self._running:
-                        self._child_ended(cid)
                 if self._wake_r in ready:
                     os.read(self._wake_r, 4096)
-                while self._running and self._mailbox:
-                    self._mailbox.popleft()()
+                for fd in ready:
+                    if fd in watched and self._running:
+                        self._child_ended(watched[fd])
         except BaseException as e:  # a bug here must not leave children unsupervised
             log.exception("supervisor %r crashed; stopping its children", self.name)
             crashed = ExitReason(False, f"supervisor crashed: {e!r}")
@@ -561,20 +566,27 @@ class Supervisor:
         while pending:
             now = time.monotonic()
             for fd, (spec, child, deadline) in pending.items():
-                if deadline <= now and fd not in killed:
-                    log.warning(
-                        "supervisor %r: child %r did not stop within %gs; killing it",
-                        self.name,
-                        spec.id,
-                        spec.shutdown,
-                    )
+                if fd not in killed and (deadline <= now or self._kill_requested):
+                    if not self._kill_requested and graceful:
+                        log.warning(
+                            "supervisor %r: child %r did not stop within %gs; killing it",
+                            self.name,
+                            spec.id,
+                            spec.shutdown,
+                        )
                     child.kill()
                     killed.add(fd)
             live_deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
             timeout = max(0.0, min(live_deadlines) - now) if live_deadlines else None
-            for ready in _wait(list(pending), timeout):
+            # Also wake for kill(): it may cut a graceful wait short. Requests in the
+            # mailbox stay queued; the loop runs them before it waits again.
+            wake = [self._wake_r] if self._wake_r >= 0 and not self._kill_requested else []
+            for ready in _wait([*pending, *wake], timeout):
                 assert isinstance(ready, int)
-                pending.pop(ready)
+                if ready in pending:
+                    pending.pop(ready)
+                elif wake:
+                    os.read(self._wake_r, 4096)
         return [(spec, child, child.reap()) for spec, child in reversed(pairs)]
 
     def __repr__(self) -> str:

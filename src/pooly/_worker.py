@@ -417,11 +417,13 @@ class WorkerProcess:
         where = f" during {during}" if during else ""
         if self.stopping:
             cause = "was stopped (its pool is shutting down or dismissed it)"
+            advice = "check out a worker again if the pool is still running"
         else:
             cause = f"died with {describe_exit(self.exitcode)}"
+            advice = "the pool replaces it; check out a worker again to continue"
         return WorkerCrashed(
             f"worker {self.cls_name} (pid {self.pid}) of pool {self.pool_name!r} {cause}"
-            f"{where}; the pool replaces it, check out another worker to continue",
+            f"{where}; {advice}",
             pid=self.pid,
             exitcode=self.exitcode,
         )
