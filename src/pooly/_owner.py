@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -50,7 +51,7 @@ def current_leases() -> LeaseSet:
     if leases is None:
         leases = set()
         token = _Token()
-        fin = weakref.finalize(token, _holder_ended, leases)
+        fin = weakref.finalize(token, _holder_ended, leases, os.getpid())
         fin.atexit = False  # at interpreter exit Pooly.stop() does the cleaning
         d["token"] = token
         d["leases"] = leases
@@ -61,17 +62,24 @@ def _leases_of_task(task: asyncio.Task[Any]) -> LeaseSet:
     leases = _task_leases.get(task)
     if leases is None:
         leases = _task_leases[task] = set()
-        task.add_done_callback(functools.partial(_task_done, leases))
+        task.add_done_callback(functools.partial(_task_done, leases, os.getpid()))
     return leases
 
 
-def _task_done(leases: LeaseSet, task: asyncio.Task[Any]) -> None:
+def _task_done(leases: LeaseSet, pid: int, task: asyncio.Task[Any]) -> None:
     """Runs in the event loop's thread once the task has finished."""
-    _holder_ended(leases)
+    _holder_ended(leases, pid)
 
 
-def _holder_ended(leases: LeaseSet) -> None:
-    """Runs in the ending thread during its teardown: give back what it still holds."""
+def _holder_ended(leases: LeaseSet, pid: int) -> None:
+    """Runs in the ending thread during its teardown: give back what it still holds.
+
+    In a child forked from the host, CPython tears down every other thread's state, which
+    fires these finalizers there too. The leases belong to the host: touching them from the
+    child would shut down sockets it shares with the host's workers. So: host only.
+    """
+    if os.getpid() != pid:
+        return
     for lease in list(leases):
         reclaim: Callable[[Any], None] = lease._pool._reclaim
         reclaim(lease)

@@ -40,6 +40,7 @@ from ._errors import (
     LeaseError,
     PoolFailed,
     PoolFull,
+    WorkerCrashed,
     WorkerStartError,
 )
 from ._owner import LeaseSet, current_leases
@@ -51,7 +52,13 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
-from ._worker import _HOST_FDS, WorkerProcess, default_start_method, make_payload
+from ._worker import (
+    _HOST_FDS,
+    WorkerProcess,
+    default_start_method,
+    make_payload,
+    preload_forkserver,
+)
 
 __all__ = ("Lease", "Pool", "PoolStatus")
 
@@ -123,13 +130,16 @@ class Lease:
     raises :class:`WorkerCrashed`.
     """
 
-    __slots__ = ("__weakref__", "_ended", "_leases", "_pool", "_worker")
+    __slots__ = ("__weakref__", "_ended", "_in_call", "_leases", "_pool", "_worker")
 
     def __init__(self, pool: Pool, worker: WorkerProcess, leases: LeaseSet) -> None:
         self._pool = pool
         self._worker = worker
         self._leases = leases
         self._ended: str | None = None
+        # Held for the length of a call through this lease. Per lease, not per worker: a
+        # checkin waits for it, and the worker's next holder never trips over it.
+        self._in_call = threading.Lock()
 
     @property
     def pid(self) -> int:
@@ -153,7 +163,7 @@ class Lease:
 
     def _call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         w = self._worker
-        if not w.call_lock.acquire(False):
+        if not self._in_call.acquire(False):
             raise LeaseError(
                 f"lease on worker pid {w.pid} of pool {self._pool.name!r} is already in a call "
                 "from another thread; a lease serves one call at a time"
@@ -166,9 +176,14 @@ class Lease:
                     f"an earlier call on worker pid {w.pid} was interrupted; check the lease in "
                     "(the worker is replaced) and check out another"
                 )
-            return w.call(name, args, kwargs)
+            try:
+                with w.call_lock:  # only ever contended by reap() closing a dead channel
+                    return w.call(name, args, kwargs)
+            except WorkerCrashed:
+                self._pool._lease_crashed(self)
+                raise
         finally:
-            w.call_lock.release()
+            self._in_call.release()
 
     def _ended_error(self) -> Exception:
         w = self._worker
@@ -300,6 +315,8 @@ class Pool(PassiveChild, SupervisorListener):
         self.worker = worker
         self._payload = make_payload(worker, tuple(args), kwargs)
         self._ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            preload_forkserver()
         self._clock = clock
         super().__init__()
 
@@ -433,19 +450,24 @@ class Pool(PassiveChild, SupervisorListener):
                 f"{self.name!r}; check it in there"
             )
         w = lease._worker
-        # Take call_lock first: a call in flight from another thread finishes before the
+        # A call in flight through this lease (from another thread) finishes before the
         # worker can go to someone else.
-        with w.call_lock, self._lock:
+        with lease._in_call, self._lock:
             if lease._ended is not None:
                 if lease._ended == _CHECKED_IN:
                     raise LeaseError(
                         f"lease on worker pid {w.pid} of pool {self.name!r} was already checked in"
                     )
                 return
-            self._end_lease(lease, _CHECKED_IN)
-            if w.desynced:
+            if w.exited.is_set():
+                # Died while leased: the supervisor reaps and replaces it (child_exited).
+                # (One that died unseen an instant ago is caught by checkout's liveness check.)
+                self._end_lease(lease, _CRASHED)
+            elif w.desynced:
+                self._end_lease(lease, _CHECKED_IN)
                 self._retire(w)
             else:
+                self._end_lease(lease, _CHECKED_IN)
                 self._release(w)
 
     def transaction(self, fn: Callable[[Lease], T], *, timeout: float | None = None) -> T:
@@ -498,6 +520,12 @@ class Pool(PassiveChild, SupervisorListener):
         leases.add(lease)
         return lease
 
+    def _lease_crashed(self, lease: Lease) -> None:
+        """The holder saw its worker die: end the lease now, so a checkin is a no-op."""
+        with self._lock:
+            if lease._ended is None:
+                self._end_lease(lease, _CRASHED)
+
     def _end_lease(self, lease: Lease, why: str) -> None:
         lease._ended = why
         lease._leases.discard(lease)
@@ -519,9 +547,7 @@ class Pool(PassiveChild, SupervisorListener):
             if w.looks_alive():  # else: it is being reaped; its replacement serves the waiter
                 waiter = self._waiters.popleft()
                 waiter.deliver(self._lease(w, waiter.leases))
-        elif self._overflow > 0:
-            self._dismiss(w)
-        else:
+        elif self._overflow == 0 or not self._dismiss(w):
             self._idle.append(w)
 
     def _make_available(self, w: WorkerProcess) -> None:
@@ -545,19 +571,24 @@ class Pool(PassiveChild, SupervisorListener):
             else:
                 return
 
-    def _dismiss(self, w: WorkerProcess) -> None:
-        """Stop a worker because overflow is no longer needed (overflow decremented)."""
-        self._workers.pop(w.wid, None)
-        self._overflow -= 1
+    def _dismiss(self, w: WorkerProcess) -> bool:
+        """Stop a worker because overflow is no longer needed; False if it must stay.
+
+        An overflow worker just goes. A core worker goes only if a running overflow worker
+        can take its place for good (promoted to permanent); while the only overflow
+        workers are still starting, the core worker stays.
+        """
         assert self._workers_sup is not None
         if not w.overflow:
-            # A core worker leaves: one busy overflow worker takes its place for good.
-            for other in self._workers.values():
-                if other.overflow:
-                    other.overflow = False
-                    self._workers_sup.set_restart(other.wid, "permanent")
-                    break
+            heir = next((o for o in self._workers.values() if o.overflow and o.lease), None)
+            if heir is None:
+                return False
+            heir.overflow = False
+            self._workers_sup.set_restart(heir.wid, "permanent")
+        self._workers.pop(w.wid, None)
+        self._overflow -= 1
         self._workers_sup.terminate_child(w.wid, wait=False)
+        return True
 
     def _retire(self, w: WorkerProcess) -> None:
         """Replace a worker whose state can't be trusted (reclaimed, interrupted call)."""
@@ -663,19 +694,20 @@ class Pool(PassiveChild, SupervisorListener):
         """Worker supervisor thread: a worker process ended (any cause)."""
         assert isinstance(child, WorkerProcess)
         w = child
+        if not w.stopping:  # logged outside the lock: checkouts never wait on log I/O
+            log.warning(
+                "pool %r: worker pid %d died: %s%s",
+                self.name,
+                w.pid,
+                reason,
+                "; replacing it" if restarting else "",
+            )
         with self._lock:
+            if not w.stopping:
+                self._crashed += 1
             if self._workers.get(child_id) is not w:
                 return  # dismissed or retired on purpose: already accounted for
             del self._workers[child_id]
-            if not w.stopping:
-                self._crashed += 1
-                log.warning(
-                    "pool %r: worker pid %d died: %s%s",
-                    self.name,
-                    w.pid,
-                    reason,
-                    "; replacing it" if restarting else "",
-                )
             lease = w.lease
             if lease is not None:
                 self._end_lease(lease, _CRASHED)

@@ -50,7 +50,7 @@ from ._errors import (
 )
 from ._supervisor import ExitReason
 
-__all__ = ("WorkerProcess", "default_start_method", "make_payload")
+__all__ = ("WorkerProcess", "default_start_method", "make_payload", "preload_forkserver")
 
 _HDR = struct.Struct("<Q")
 _HDR_SIZE = _HDR.size
@@ -82,6 +82,26 @@ def default_start_method() -> str:
     """forkserver where available (safe in a threaded host), else spawn. Never fork."""
     methods = multiprocessing.get_all_start_methods()
     return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def preload_forkserver(modules: tuple[str, ...] = ()) -> bool:
+    """Have the forkserver import pooly's worker code (and ``modules``) once, up front.
+
+    Every worker forked from it then starts with them already imported: without this each
+    new worker imports pooly itself, which made a SIGKILLed worker's replacement ~5x slower
+    here. Takes effect only if the forkserver is not running yet (it is process-wide and
+    started on first use); returns whether it did.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if getattr(server, "_forkserver_pid", None) is not None:
+        return False
+    current = list(getattr(server, "_preload_modules", []))
+    wanted = [m for m in ("pooly._worker", *modules) if m not in current]
+    if wanted:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(current + wanted)
+    return True
 
 
 def make_payload(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -339,43 +359,36 @@ class WorkerProcess:
         start_timeout: float,
     ) -> WorkerProcess:
         fd = sock.fileno()
-        what = f"worker {cls_name} (pid {proc.pid}) of pool {pool_name!r}"
+        pid = proc.pid
+        what = f"worker {cls_name} (pid {pid}) of pool {pool_name!r}"
         reply: bytes | bytearray | None = None
         try:
             _send(fd, payload)
-            if not multiprocessing.connection.wait([fd, proc.sentinel], start_timeout):
-                _kill_and_join(proc)
-                proc.close()
+            if multiprocessing.connection.wait([fd, proc.sentinel], start_timeout):
+                reply = _recv(fd)
+            else:
+                _end_process(proc, kill=True)
                 raise WorkerStartError(
                     f"{what} did not finish starting within start_timeout={start_timeout:g}s; "
                     "it was killed",
-                    pid=proc.pid,
+                    pid=pid,
                 )
-            reply = _recv(fd)
         except OSError:
             reply = None
         if reply is None:
-            proc.join(5)
-            code = proc.exitcode
-            if code is None:
-                _kill_and_join(proc)
-            proc.close()
+            code = _end_process(proc, kill=False)
             raise WorkerStartError(
                 f"{what} exited during start with {describe_exit(code)} (see its stderr)",
-                pid=proc.pid,
+                pid=pid,
                 exitcode=code,
             )
         msg = pickle.loads(reply)
         if msg[0] == "ready":
             return cls(proc, sock, msg[1], frozenset(msg[2]), pool_name, cls_name)
         _, exc, tb = msg
-        proc.join(5)
-        if proc.exitcode is None:
-            _kill_and_join(proc)
-        pid = proc.pid
-        proc.close()
+        code = _end_process(proc, kill=False)
         raise WorkerStartError(
-            f"{what} failed to start: {type(exc).__name__}: {exc}", pid=pid
+            f"{what} failed to start: {type(exc).__name__}: {exc}", pid=pid, exitcode=code
         ) from RemoteTraceback(tb)
 
     # -- the data path (consumer's thread) -----------------------------------------
@@ -480,9 +493,16 @@ class WorkerProcess:
         return f"<WorkerProcess {self.cls_name} pid={self.pid} pool={self.pool_name!r}>"
 
 
-def _kill_and_join(proc: Any) -> None:
-    try:
-        os.kill(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.join()
+def _end_process(proc: Any, *, kill: bool) -> int | None:
+    """Make sure a worker that failed to start is gone and reaped; return its exit code."""
+    if not kill:
+        proc.join(5)
+    if proc.exitcode is None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.join()
+    code: int | None = proc.exitcode
+    proc.close()
+    return code
