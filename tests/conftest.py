@@ -10,8 +10,15 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from hypothesis import settings
 
 import pooly
+
+# CI runs the same examples every time (a red CI then means a real regression, and a
+# failure reproduces locally with HYPOTHESIS_PROFILE=ci); developers explore new ones.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
 def _infrastructure_pids() -> set[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import threading
 import time
 
 
@@ -23,6 +24,10 @@ class Counter:
         return x
 
     def pid(self) -> int:
+        return os.getpid()
+
+    def getpid(self) -> int:
+        """Like pid(), but reachable through a lease (whose ``pid`` property shadows it)."""
         return os.getpid()
 
     def sleep(self, seconds: float) -> float:
@@ -59,3 +64,177 @@ class ExitingInit:
 class HangingInit:
     def __init__(self) -> None:
         time.sleep(3600)
+
+
+# ---------------------------------------------------------------------- more worker classes
+
+
+class Gated(Counter):
+    """A Counter whose calls can be held inside the worker until the test lets them go."""
+
+    def sleep_marked(self, marker: str, seconds: float) -> float:
+        """Create ``marker`` (so the host knows the call is running), then sleep."""
+        open(marker, "w").close()
+        time.sleep(seconds)
+        return seconds
+
+    def gate(self, marker: str, fifo: str) -> bytes:
+        """Create ``marker``, then block until the host writes to the named pipe ``fifo``."""
+        open(marker, "w").close()
+        with open(fifo, "rb") as f:
+            return f.read()
+
+    def fail_unrebuildable(self) -> None:
+        """Raise an exception that pickles in the worker but can't be rebuilt in the host."""
+        raise TwoArgError("needs two arguments", 2)
+
+    def fail_unpicklable(self) -> None:
+        """Raise an exception that can't even be pickled in the worker."""
+        raise ValueError("carries a lock", threading.Lock())
+
+
+class TwoArgError(Exception):
+    """Pickles as ``TwoArgError(*args)`` with args=(message,): unpickling it fails."""
+
+    def __init__(self, message: str, extra: int) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class RecordingFailInit:
+    """Appends its pid to ``path``, then fails: counts how often a constructor was tried."""
+
+    def __init__(self, path: str) -> None:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        raise RuntimeError("recorded and failed")
+
+
+class FlakyInit(Counter):
+    """Starts normally until ``marker`` exists; from then on every constructor raises."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        if os.path.exists(marker):
+            raise RuntimeError("flaky constructor: marker present")
+
+
+class SlowInit(Counter):
+    """Starts at once until ``marker`` exists; from then on each constructor takes ``delay`` s."""
+
+    def __init__(self, marker: str, delay: float) -> None:
+        super().__init__()
+        if os.path.exists(marker):
+            time.sleep(delay)
+
+
+# ---------------------------------------------------------------------- fault injection
+# Small objects whose pickling or unpickling does the harm (the fault matrix of STYLE.md,
+# modelled on CPython's test_concurrent_futures/test_deadlock.py). __reduce__ runs where an
+# object is pickled; the callable it returns runs where it is unpickled.
+
+
+class FaultError(Exception):
+    """Raised by the fault-injection objects (importable on both sides)."""
+
+
+def exit_now(code: int) -> None:
+    os._exit(code)
+
+
+def segfault_now() -> None:
+    faulthandler.disable()  # keep the crash quiet in the test output
+    faulthandler._sigsegv()  # type: ignore[attr-defined]
+
+
+def raise_now(message: str) -> None:
+    raise FaultError(message)
+
+
+class RaiseOnPickle:
+    """Pickling it raises FaultError (in whichever process pickles it)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise FaultError("RaiseOnPickle refuses to be pickled")
+
+
+class ExitOnPickle:
+    """Pickling it exits the pickling process: only ever pickled in a worker (as a result)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        os._exit(self.code)
+
+
+class SegfaultOnPickle:
+    """Pickling it segfaults the pickling process: only ever pickled in a worker."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        segfault_now()
+        raise AssertionError("unreachable")
+
+
+class ExitOnUnpickle:
+    """Pickles fine; unpickling it exits the unpickling process (send it to a worker)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (exit_now, (self.code,))
+
+
+class SegfaultOnUnpickle:
+    """Pickles fine; unpickling it segfaults the unpickling process (send it to a worker)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (segfault_now, ())
+
+
+class RaiseOnUnpickle:
+    """Pickles fine; unpickling it raises FaultError."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (raise_now, ("RaiseOnUnpickle refuses to be unpickled",))
+
+
+class Faulty(Gated):
+    """A worker whose results do harm when the worker pickles them or the host unpickles them."""
+
+    def result_exit(self, code: int) -> object:
+        return ExitOnPickle(code)
+
+    def result_segfault(self) -> object:
+        return SegfaultOnPickle()
+
+    def result_raise_on_pickle(self) -> object:
+        return RaiseOnPickle()
+
+    def result_raise_on_unpickle(self) -> object:
+        return RaiseOnUnpickle()
+
+
+# ---------------------------------------------------------------------- host-side helpers
+
+
+def gone(pid: int) -> bool:
+    """True once process ``pid`` has wholly exited: gone, or a zombie with no live thread.
+
+    Checks every thread, not just the leader: a killed process's leader shows as a zombie
+    while its other threads (a worker's watchdog) are still exiting and still hold its files.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if state not in ("Z", "X"):
+            return False
+    return True

@@ -1,0 +1,101 @@
+"""``pooly demo`` end to end, run as a user runs it: in its own process.
+
+A worker that outlived the demo would be re-parented away from pytest, out of reach of the
+conftest fixture that checks descendants; so the demo runs with a marker in its environment
+(inherited by the forkserver and every worker) and the test looks for any process carrying it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+
+from pooly.__main__ import main
+
+MARKER = "POOLY_DEMO_TEST_MARKER"
+
+
+def _marked(value: str) -> list[int]:
+    """Pids of live processes whose environment carries ``MARKER=value``."""
+    pids = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get(MARKER) == value:
+                pids.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return pids
+
+
+def _run(*args: str, timeout: float = 50.0) -> tuple[subprocess.CompletedProcess[str], str]:
+    marker = uuid.uuid4().hex
+    env = {**os.environ, MARKER: marker}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pooly", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    return proc, marker
+
+
+def _number(label: str, out: str) -> int:
+    m = re.search(rf"^\s*{re.escape(label)}\s+([\d,]+)", out, re.MULTILINE)
+    assert m, f"no {label!r} line in the tally:\n{out}"
+    return int(m.group(1).replace(",", ""))
+
+
+@pytest.mark.timeout(60)
+def test_demo_short_run_loses_no_call_and_leaves_no_process() -> None:
+    proc, marker = _run("demo", "--duration", "3", "--fault-interval", "0.5", "--seed", "7")
+    out = proc.stdout
+    report = f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, report
+    made = _number("calls made", out)
+    ok = _number("succeeded, result checked", out)
+    crashed = _number("failed with WorkerCrashed", out)
+    assert _number("lost", out) == 0, report
+    assert made > 0 and ok > 0, report
+    assert made == ok + crashed, report  # the tally adds up
+    assert _number("faults injected", out) > 0, report
+    assert _number("worker processes left after stop", out) == 0, report
+    assert "OK:" in out, report
+    deadline = time.monotonic() + 10.0  # the forkserver notices its host is gone by itself
+    while (left := _marked(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"processes left behind by the demo: {left}\n{report}"
+
+
+@pytest.mark.timeout(60)
+def test_help_lists_the_demo_and_its_options() -> None:
+    proc, _ = _run("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "demo" in proc.stdout
+    proc, _ = _run("demo", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--duration", "--consumers", "--fault-interval", "--size", "--seed"):
+        assert option in proc.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "args", [["--duration", "0"], ["--consumers", "0"], ["--fault-interval", "-1"], ["--size", "x"]]
+)
+def test_demo_rejects_bad_options(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", *args])
+    assert exc.value.code == 2
+
+
+@pytest.mark.timeout(60)
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().out
