@@ -766,7 +766,8 @@ def run(opts: Options, out: TextIO | None = None) -> int:
 
 def _run(opts: Options, display: Display) -> int:
     started = time.monotonic()
-    sup = Pooly()
+    # The forkserver imports the worker classes' module once, so replacements start fast.
+    sup = Pooly(preload=[__name__])
     try:
         demo = Demo(sup, opts, display)
         display.line(
