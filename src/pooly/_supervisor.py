@@ -285,7 +285,8 @@ class Supervisor:
         it waits for children to end.
         """
         self._kill_requested = True
-        self._post(lambda: self._stop_from_loop(graceful=False))
+        if not self._post(lambda: self._stop_from_loop(graceful=False)):
+            self._wake()  # already stopping: wake the shutdown wait so it kills now
 
     def reap(self) -> ExitReason:
         """Wait for the end and release the sentinel. Idempotent."""
