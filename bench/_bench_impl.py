@@ -1,0 +1,525 @@
+"""The benchmark behind bench/bench.py (kept out of the main script: see its docstring).
+
+What is measured, and how (/work/shared/BENCHMARKING.md says why it is done this way):
+
+1. raw ``os.pipe`` round trip between two processes -- the floor: a child forked before
+   anything else echoes 16-byte messages over two pipes;
+2. a call through a checked-out pooly worker: ``lease.echo(msg)``, the same 16 bytes, default
+   start method (plus, for information, the same call pre-bound, and through a worker
+   started with ``fork``);
+3. ``ProcessPoolExecutor`` single-task round trip: ``submit(echo, msg).result()`` one at a
+   time, ``max_workers=1``, same start method as the pool;
+4. uncontended ``pool.checkout()`` + ``pool.checkin(lease)``: batches of 1000, median of the
+   per-op time over the batches;
+5. time from ``os.kill(pid, SIGKILL)`` of an idle worker of a size-1 pool until a call
+   succeeds on a worker with another pid (checkout blocks, event-driven, for the
+   replacement; no sleeps in the measured window), per start method.
+
+The round trips (1-3) run in a separate process (``--pinned-part``) pinned, with every process
+it starts, to ONE CPU: a cross-CPU wake-up costs far more than anything Pooly does and would
+drown the comparison. The contenders run interleaved in rounds (A B C D, B C D A, ...) and
+each figure is the median of all its samples, so drift on the shared machine hits all of
+them alike. 4 and 5 run unpinned, in the main process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from _bench_workers import Echo, echo, pipe_echo_loop
+
+import pooly
+
+BENCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench.py")
+MSG = b"0123456789abcdef"  # 16 bytes: the payload of every round trip
+
+
+@dataclass(frozen=True)
+class Params:
+    rounds: int  # interleaved rounds of the pinned round trips
+    calls: int  # pipe / pooly samples per contender per round
+    ppe_calls: int  # ProcessPoolExecutor samples per round (each ~10x slower)
+    co_batches: int  # checkout+checkin batches (after a tenth more as warm-up)
+    co_batch: int  # operations per batch
+    kills: dict[str, int]  # SIGKILL repetitions per start method
+
+
+FULL = Params(
+    rounds=40,
+    calls=2000,
+    ppe_calls=200,
+    co_batches=300,
+    co_batch=1000,
+    kills={"forkserver": 20, "fork": 20, "spawn": 8},
+)
+QUICK = Params(
+    rounds=4,
+    calls=300,
+    ppe_calls=30,
+    co_batches=20,
+    co_batch=1000,
+    kills={"forkserver": 3, "fork": 3},
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of issue 2: ``limit`` must hold (PASS/FAIL); ``aim`` is the stretch goal."""
+
+    name: str
+    unit: str
+    limit: float
+    aim: float
+    higher_is_better: bool = False
+
+    def meets(self, value: float, bound: float) -> bool:
+        return value >= bound if self.higher_is_better else value <= bound
+
+    def judge(self, value: float) -> dict[str, Any]:
+        ok, aim_met = self.meets(value, self.limit), self.meets(value, self.aim)
+        op = ">=" if self.higher_is_better else "<="
+        return {
+            "name": self.name,
+            "value": value,
+            "unit": self.unit,
+            "limit": self.limit,
+            "aim": self.aim,
+            "text": f"{op} {self.limit:g}{self.unit} (aim {self.aim:g}{self.unit})",
+            "ok": ok,
+            "aim_met": aim_met,
+            "result": ("PASS (aim met)" if aim_met else "PASS") if ok else "FAIL",
+        }
+
+
+CALL_OVER_PIPE = Target("call round trip / pipe floor", "x", 3.0, 1.5)
+PPE_OVER_CALL = Target("ProcessPoolExecutor / call", "x", 4.0, 10.0, higher_is_better=True)
+CHECKOUT_US = Target("checkout+checkin", " µs", 10.0, 3.0)
+KILL_MS = Target("SIGKILL -> replacement answering", " ms", 100.0, 10.0)
+
+
+def summary(samples: list[int] | list[float], scale: float = 1e-3) -> dict[str, Any]:
+    """Median, p10, p90, min, max of samples, scaled (default: ns -> µs)."""
+    s = sorted(samples)
+    n = len(s)
+    return {
+        "median": statistics.median(s) * scale,
+        "p10": s[n // 10] * scale,
+        "p90": s[min(n - 1, (n * 9) // 10)] * scale,
+        "min": s[0] * scale,
+        "max": s[-1] * scale,
+        "n": n,
+    }
+
+
+# ============================================================== pinned part (own process)
+
+Timer = Callable[[int, list[int]], None]
+
+
+def pinned_part(p: Params) -> dict[str, Any]:
+    """Round trips 1-3, every process on one CPU. Runs as ``bench.py --pinned-part PATH``."""
+    # Pin first, while this process has one thread: everything started from here on (the
+    # floor's child, the fork server, the workers, the executor's process) inherits it.
+    cpu = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+
+    # The floor's child is forked now, before any thread exists.
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            pipe_echo_loop(to_child_r, from_child_w, len(MSG))
+        finally:
+            os._exit(0)
+    os.close(to_child_r)
+    os.close(from_child_w)
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pc = time.perf_counter_ns
+    msg, size = MSG, len(MSG)
+
+    def run_pipe(n: int, out: list[int]) -> None:
+        write, read, w, r = os.write, os.read, to_child_w, from_child_r
+        for _ in range(n):
+            t = pc()
+            write(w, msg)
+            read(r, size)
+            out.append(pc() - t)
+
+    def lease_timer(lease: Any) -> Timer:
+        def run(n: int, out: list[int]) -> None:
+            for _ in range(n):
+                t = pc()
+                lease.echo(msg)
+                out.append(pc() - t)
+
+        return run
+
+    def bound_timer(fn: Callable[[bytes], Any]) -> Timer:
+        def run(n: int, out: list[int]) -> None:
+            for _ in range(n):
+                t = pc()
+                fn(msg)
+                out.append(pc() - t)
+
+        return run
+
+    def ppe_timer(ex: ProcessPoolExecutor) -> Timer:
+        def run(n: int, out: list[int]) -> None:
+            submit = ex.submit
+            for _ in range(n):
+                t = pc()
+                submit(echo, msg).result()
+                out.append(pc() - t)
+
+        return run
+
+    try:
+        with pooly.Pooly() as top:
+            pool = top.start_pool("bench", Echo, size=1)
+            start_method = pool.start_method
+            # For information: the same call to a worker forked from this process.
+            fork_pool = top.start_pool("bench-fork", Echo, size=1, start_method="fork")
+            ctx = multiprocessing.get_context(start_method)
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
+                lease = pool.checkout(timeout=30)
+                fork_lease = fork_pool.checkout(timeout=30)
+                contenders: list[tuple[str, Timer, int]] = [
+                    ("pipe", run_pipe, p.calls),
+                    ("call", lease_timer(lease), p.calls),
+                    ("call_bound", bound_timer(lease.echo), p.calls),
+                    ("call_fork", lease_timer(fork_lease), p.calls),
+                    ("ppe", ppe_timer(ex), p.ppe_calls),
+                ]
+                samples: dict[str, list[int]] = {name: [] for name, _, _ in contenders}
+                for _, run, n in contenders:  # warm up (and start the executor's process)
+                    run(max(n // 4, 10), [])
+                for r in range(p.rounds):
+                    k = r % len(contenders)
+                    for name, run, n in contenders[k:] + contenders[:k]:
+                        run(n, samples[name])
+                if lease.echo(msg) != msg:
+                    raise AssertionError("the worker echoed something else")
+                pool.checkin(lease)
+                fork_pool.checkin(fork_lease)
+    finally:
+        os.close(to_child_w)  # the floor's child reads EOF and exits
+        os.close(from_child_r)
+        os.waitpid(child, 0)
+
+    out: dict[str, Any] = {"cpu": cpu, "start_method": start_method, "rounds": p.rounds}
+    for name, s in samples.items():
+        out[name] = summary(s)
+    return out
+
+
+def run_pinned_subprocess(quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="pooly-bench-") as d:
+        path = os.path.join(d, "pinned.json")
+        cmd = [sys.executable, BENCH_SCRIPT, "--pinned-part", path]
+        if quick:
+            cmd.append("--quick")
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout.decode(errors="replace"))
+            raise SystemExit(f"bench: the pinned part failed with exit code {proc.returncode}")
+        with open(path) as f:
+            result: dict[str, Any] = json.load(f)
+            return result
+
+
+# ============================================================== unpinned part (main process)
+
+
+def checkout_checkin(top: pooly.Pooly, p: Params) -> dict[str, Any]:
+    """Uncontended checkout()+checkin(): median over batches of the per-op time."""
+    pool = top.start_pool("bench-checkout", Echo, size=1)
+    checkout, checkin = pool.checkout, pool.checkin
+    pc = time.perf_counter_ns
+    warmup = p.co_batches // 10
+    per_op: list[float] = []
+    for i in range(warmup + p.co_batches):
+        t = pc()
+        for _ in range(p.co_batch):
+            checkin(checkout())
+        dt = pc() - t
+        if i >= warmup:
+            per_op.append(dt / p.co_batch)
+    top.stop_pool("bench-checkout")
+    return {"start_method": pool.start_method, "batch": p.co_batch, **summary(per_op)}
+
+
+def kill_to_answer(top: pooly.Pooly, method: str, reps: int) -> dict[str, Any]:
+    """SIGKILL an idle worker of a size-1 pool; time until a replacement answers a call."""
+    name = f"bench-kill-{method}"
+    # Intensity high enough that back-to-back kills never fail the pool.
+    pool = top.start_pool(
+        name, Echo, size=1, start_method=method, max_restarts=10**6, max_seconds=1.0
+    )
+    answer_ms: list[float] = []
+    lease_ms: list[float] = []
+    pc = time.perf_counter
+    try:
+        for _ in range(reps):
+            with pool.checkout(timeout=30) as lease:  # idle and answering before the kill
+                old = lease.pid
+                lease.echo(0)
+            t0 = pc()
+            os.kill(old, signal.SIGKILL)
+            while True:
+                lease = pool.checkout(timeout=30)  # waits, event-driven, for the replacement
+                try:
+                    if lease.pid == old:
+                        # Checked out before the kill took effect: the call fails with
+                        # WorkerCrashed (once the supervisor has reaped it); go round again.
+                        try:
+                            lease.echo(0)
+                        except pooly.WorkerCrashed:
+                            pass
+                        continue
+                    t_lease = pc()
+                    lease.echo(0)
+                    t1 = pc()
+                    break
+                finally:
+                    pool.checkin(lease)
+            answer_ms.append((t1 - t0) * 1e3)
+            lease_ms.append((t_lease - t0) * 1e3)
+            _settle(pool)
+    finally:
+        top.stop_pool(name)
+    return {
+        "start_method": method,
+        **summary(answer_ms, 1.0),
+        "checkout_median": statistics.median(lease_ms),
+        "samples": [round(x, 3) for x in answer_ms],
+    }
+
+
+def _settle(pool: pooly.Pool) -> None:
+    """Between kills, outside the measured window: let the supervisor finish its books."""
+    deadline = time.monotonic() + 10
+    while pool.status().idle < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.01)
+
+
+def unpinned_part(p: Params) -> dict[str, Any]:
+    import multiprocessing
+
+    available = multiprocessing.get_all_start_methods()
+    out: dict[str, Any] = {}
+    with pooly.Pooly() as top:
+        out["checkout"] = checkout_checkin(top, p)
+        out["kill"] = {m: kill_to_answer(top, m, n) for m, n in p.kills.items() if m in available}
+    return out
+
+
+def live_children() -> dict[int, str]:
+    """Our child processes still running, except multiprocessing's own helpers (the fork
+    server and resource tracker, which end with this process)."""
+    import multiprocessing.forkserver
+    import multiprocessing.resource_tracker
+
+    helpers = {
+        getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None),
+        getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None),
+    }
+    pids: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.update(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    out = {}
+    for pid in pids - helpers:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+    return out
+
+
+# ============================================================== report
+
+
+def build_report(
+    pinned: dict[str, Any], unpinned: dict[str, Any], p: Params, quick: bool
+) -> dict[str, Any]:
+    rt = {k: pinned[k] for k in ("pipe", "call", "call_bound", "call_fork", "ppe")}
+    co = unpinned["checkout"]
+    kills = unpinned["kill"]
+    default = co["start_method"]
+    call_over_pipe = rt["call"]["median"] / rt["pipe"]["median"]
+    ppe_over_call = rt["ppe"]["median"] / rt["call"]["median"]
+    targets = {
+        "call_over_pipe": CALL_OVER_PIPE.judge(call_over_pipe),
+        "ppe_over_call": PPE_OVER_CALL.judge(ppe_over_call),
+        "checkout_checkin": CHECKOUT_US.judge(co["median"]),
+    }
+    if default in kills:
+        targets["kill_to_answer"] = KILL_MS.judge(kills[default]["median"])
+    return {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)),
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "platform": platform.platform(terse=True),
+            "start_method": default,
+            "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+        },
+        "quick": quick,
+        "params": asdict(p),
+        "pinned_cpu": pinned["cpu"],
+        "round_trips_us": rt,
+        "checkout_checkin_us": co,
+        "kill_to_answer_ms": kills,
+        "ratios": {"call_over_pipe": call_over_pipe, "ppe_over_call": ppe_over_call},
+        "targets": targets,
+    }
+
+
+HEADER = ("metric", "median", "p10-p90|max", "ratio", "target", "result")
+WIDTHS = (54, 10, 13, 12, 22)
+
+
+def _row(*cells: str) -> str:
+    label, med, spread, ratio, target, result = (*cells, "", "", "", "", "")[:6]
+    w = WIDTHS
+    line = (
+        f"{label:<{w[0]}} {med:>{w[1]}} {spread:>{w[2]}} {ratio:>{w[3]}}   "
+        f"{target:<{w[4]}} {result}"
+    )
+    return line.rstrip()
+
+
+def print_report(rep: dict[str, Any]) -> None:
+    m = rep["machine"]
+    rt = rep["round_trips_us"]
+    co = rep["checkout_checkin_us"]
+    kills = rep["kill_to_answer_ms"]
+    t = rep["targets"]
+    floor = rt["pipe"]["median"]
+
+    def us(name: str) -> tuple[str, str, str]:
+        d = rt[name]
+        return (
+            f"{d['median']:.1f} µs",
+            f"{d['p10']:.1f}-{d['p90']:.1f}",
+            f"{d['median'] / floor:.2f}x floor",
+        )
+
+    def judged(key: str) -> tuple[str, str]:
+        return (t[key]["text"], t[key]["result"]) if key in t else ("", "")
+
+    lines = [
+        "",
+        "Pooly benchmark" + ("  (--quick: rough figures)" if rep["quick"] else ""),
+        f"machine: {m['cpu_count']} CPUs ({m['usable_cpus']} usable), {m['python']}, "
+        f"{m['platform']}, load avg {m['loadavg'][0]:.2f}",
+        f"pooly default start method: {m['start_method']}"
+        + ("; PYTHONDONTWRITEBYTECODE is set" if m["pythondontwritebytecode"] else ""),
+        f"round trips 1-3: all processes pinned to CPU {rep['pinned_cpu']}, "
+        f"{rep['params']['rounds']} interleaved rounds, 16-byte payload, median per call",
+        "",
+        _row(*HEADER),
+    ]
+    lines.append("-" * len(lines[-1]))
+    lines += [
+        _row("1 raw os.pipe round trip (floor)", *us("pipe")),
+        _row("2 pooly call: lease.echo(msg)", *us("call"), *judged("call_over_pipe")),
+        _row("  same, method pre-bound: f = lease.echo (info)", *us("call_bound")),
+        _row("  same, worker started with fork (info)", *us("call_fork")),
+        _row("3 ProcessPoolExecutor: submit(echo, msg).result()", *us("ppe")),
+        _row(
+            "  pooly call speed-up over ProcessPoolExecutor",
+            "",
+            "",
+            f"{t['ppe_over_call']['value']:.1f}x",
+            *judged("ppe_over_call"),
+        ),
+        _row(
+            "4 checkout()+checkin(), uncontended (unpinned)",
+            f"{co['median']:.2f} µs",
+            f"{co['p10']:.2f}-{co['p90']:.2f}",
+            "",
+            *judged("checkout_checkin"),
+        ),
+    ]
+    for method, k in kills.items():
+        default = method == m["start_method"]
+        lines.append(
+            _row(
+                f"5 SIGKILL -> replacement answers: {method}"
+                + (" (default)" if default else " (info)"),
+                f"{k['median']:.1f} ms",
+                f"max {k['max']:.1f}",
+                f"n={k['n']}",
+                *(judged("kill_to_answer") if default else ()),
+            )
+        )
+    print("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="bench.py", description="Pooly benchmark: latencies side by side, with ratios."
+    )
+    ap.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    ap.add_argument("--pinned-part", metavar="PATH", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    p = QUICK if args.quick else FULL
+
+    if args.pinned_part:
+        res = pinned_part(p)
+        with open(args.pinned_part, "w") as f:
+            json.dump(res, f)
+        return 0
+
+    t_start = time.monotonic()
+    print(f"bench: round trips, pinned to one CPU ({p.rounds} rounds) ...", flush=True)
+    pinned = run_pinned_subprocess(args.quick)
+    print("bench: checkout+checkin, SIGKILL -> replacement (unpinned) ...", flush=True)
+    unpinned = unpinned_part(p)
+    rep = build_report(pinned, unpinned, p, args.quick)
+    rep["elapsed_s"] = round(time.monotonic() - t_start, 2)
+    print_report(rep)
+    print(f"bench: done in {rep['elapsed_s']:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rep, f, indent=2)
+            f.write("\n")
+        print(f"bench: figures written to {args.json}")
+    leftovers = live_children()
+    if leftovers:
+        print(f"bench: processes left behind: {leftovers}", file=sys.stderr)
+        return 2
+    if args.check and not all(x["ok"] for x in rep["targets"].values()):
+        return 1
+    return 0
