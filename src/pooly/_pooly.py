@@ -14,7 +14,7 @@ behind the user's back; it stays in the registry, marked failed (``checkout`` ra
 
 from __future__ import annotations
 
-import atexit
+import functools
 import logging
 import os
 import threading
@@ -32,16 +32,6 @@ __all__ = ("Pooly",)
 
 log = logging.getLogger("pooly")
 log.addHandler(logging.NullHandler())  # a library logs; the application decides where to
-
-#: Live Pooly instances, stopped at interpreter exit if their owner forgot. Process-wide by
-#: nature (like atexit itself); weak, so it never keeps a Pooly alive.
-_LIVE: weakref.WeakSet[Pooly] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all_at_exit() -> None:
-    for sup in list(_LIVE):
-        sup.stop()
 
 
 class _Registry(PassiveChild, SupervisorListener):
@@ -92,16 +82,16 @@ class Pooly:
         self._pools_sup = Supervisor(strategy="one_for_one", name="pools", listener=self._registry)
         self._top = Supervisor(
             [
-                ChildSpec("server", lambda: self._registry, shutdown=1.0),
+                ChildSpec("server", functools.partial(_itself, self._registry), shutdown=1.0),
                 ChildSpec("pools", self._pools_sup.start, shutdown=60.0),
             ],
             strategy="one_for_all",
             max_restarts=0,
             name="pooly",
         )
-        self._stopped = False
         self._top.start()
-        _LIVE.add(self)
+        # Stops the tree if this Pooly is dropped without stop(), or at interpreter exit.
+        self._finalizer = weakref.finalize(self, _shutdown, self._registry, self._top)
 
     # ------------------------------------------------------------------ pools
 
@@ -131,8 +121,6 @@ class Pooly:
         ``size`` defaults to the number of CPUs. A duplicate name raises ``ValueError``.
         """
         self._check_running()
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"pool name must be a non-empty str, got {name!r}")
         pool = Pool(
             name,
             worker,
@@ -203,16 +191,10 @@ class Pooly:
 
     def stop(self) -> None:
         """Stop every pool and the tree. Idempotent; leaves no worker process behind."""
-        if self._stopped:
-            return
-        self._stopped = True
-        for pool in self.pools():
-            pool._close_for_stop()
-        self._top.stop()
-        _LIVE.discard(self)
+        self._finalizer()
 
     def _check_running(self) -> None:
-        if self._stopped:
+        if not self._finalizer.alive:
             raise PoolyError("this Pooly has been stopped; create a new one")
         failure = self._top.failure
         if failure is not None:
@@ -226,4 +208,19 @@ class Pooly:
 
     def __repr__(self) -> str:
         names = [p.name for p in self.pools()]
-        return f"<Pooly pools={names}{' stopped' if self._stopped else ''}>"
+        return f"<Pooly pools={names}{'' if self._finalizer.alive else ' stopped'}>"
+
+
+def _itself(child: _Registry) -> _Registry:
+    # Not a lambda over self: the supervisor thread holds its specs, and a Pooly must stay
+    # collectable (its finalizer then stops the tree).
+    return child
+
+
+def _shutdown(registry: _Registry, top: Supervisor) -> None:
+    """Close every pool to new checkouts, then stop the whole tree (graceful, then kill)."""
+    with registry.lock:
+        pools = list(registry.pools.values())
+    for pool in pools:
+        pool._close_for_stop()
+    top.stop()
