@@ -1,0 +1,722 @@
+"""The reusable supervisor with real child processes: restart types, strategies, restart
+intensity in virtual time, escalation up a tree, listener hooks, dynamic children, shutdown.
+
+Every child is a real OS process (:class:`pooly.ProcessChild`, forkserver by default) running a
+target from ``tests.sup_children``; crashes are real ``SIGKILL``s. States are awaited on pipes,
+listener events or polled with a deadline, never with a bare sleep.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from multiprocessing.connection import Connection
+
+import psutil
+import pytest
+
+import pooly
+from pooly import ChildSpec, ExitReason, ProcessChild, Supervisor, SupervisorListener
+from tests.conftest import wait_for
+from tests.sup_children import exit_now, exit_on_command, ignore_sigterm, run_forever
+
+pytestmark = pytest.mark.timeout(20)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class FakeClock:
+    """Virtual time for restart intensity: only moves when the test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Recorder(SupervisorListener):
+    """Records every hook call (they run on the supervisor's loop thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.exits: list[tuple[Hashable, int | None, ExitReason, bool]] = []
+        self.failures: list[ExitReason] = []
+
+    def child_exited(
+        self, child_id: Hashable, child: pooly.Child, reason: ExitReason, restarting: bool
+    ) -> None:
+        with self.lock:
+            self.exits.append((child_id, getattr(child, "pid", None), reason, restarting))
+
+    def supervisor_failed(self, reason: ExitReason) -> None:
+        with self.lock:
+            self.failures.append(reason)
+
+    def exits_of(self, child_id: Hashable) -> list[tuple[int | None, ExitReason, bool]]:
+        with self.lock:
+            return [
+                (pid, r, restarting) for cid, pid, r, restarting in self.exits if cid == child_id
+            ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forkserver_preloads_pooly() -> None:
+    """Let Pooly configure the process-wide forkserver before a bare ProcessChild starts it.
+
+    Pooly() asks the not-yet-started forkserver to preload its worker code. Were the forkserver
+    first started here by a ProcessChild, every pool worker later in the session would import
+    pooly after fork: replacements ~5x slower, and the model test with them.
+    """
+    pooly.Pooly().stop()
+
+
+@pytest.fixture
+def supervisors() -> Iterator[list[Supervisor]]:
+    """Supervisors a test starts; any still running at the end are stopped (before the
+    leftover-process check runs)."""
+    started: list[Supervisor] = []
+    yield started
+    for s in reversed(started):
+        s.stop(timeout=5)
+
+
+@pytest.fixture
+def start(supervisors: list[Supervisor]) -> Callable[..., Supervisor]:
+    def start(children: list[ChildSpec], **kw: object) -> Supervisor:
+        sup = Supervisor(children, **kw)  # type: ignore[arg-type]
+        supervisors.append(sup)
+        return sup.start()
+
+    return start
+
+
+def pids(sup: Supervisor) -> dict[Hashable, int]:
+    """Pid of every running process child, by id."""
+    return {
+        cid: child.pid for cid, child, _ in sup.which_children() if isinstance(child, ProcessChild)
+    }
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (and is not lingering as a zombie)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def all_gone(pids_: object, timeout: float = 5.0) -> bool:
+    return wait_for(lambda: all(gone(p) for p in pids_), timeout)  # type: ignore[attr-defined]
+
+
+def alive(pid: int) -> bool:
+    return not gone(pid)
+
+
+def wait_new_pid(sup: Supervisor, cid: Hashable, old: int, timeout: float = 5.0) -> int:
+    assert wait_for(lambda: pids(sup).get(cid, old) != old, timeout), (
+        f"child {cid!r} (pid {old}) was not restarted: {sup.which_children()}"
+    )
+    return pids(sup)[cid]
+
+
+def crash(sup: Supervisor, cid: Hashable) -> int:
+    """SIGKILL a running child and wait until it has a new pid; returns that pid."""
+    old = pids(sup)[cid]
+    os.kill(old, signal.SIGKILL)
+    return wait_new_pid(sup, cid, old)
+
+
+def expect_ready(conn: Connection, timeout: float = 5.0) -> int:
+    """The pid of the child incarnation that just announced itself on ``conn``."""
+    assert conn.poll(timeout), "child did not announce itself"
+    tag, pid = conn.recv()
+    assert tag == "ready"
+    return pid  # type: ignore[no-any-return]
+
+
+def wait_exit_recorded(rec: Recorder, cid: Hashable, n: int, timeout: float = 5.0) -> None:
+    assert wait_for(lambda: len(rec.exits_of(cid)) >= n, timeout), rec.exits
+
+
+# ---------------------------------------------------------------------- restart types
+
+
+def test_permanent_child_is_restarted_after_every_kind_of_exit(start) -> None:
+    parent, child_end = multiprocessing.Pipe()
+    rec = Recorder()
+    sup = start(
+        [ProcessChild.spec("p", exit_on_command, (child_end,), restart="permanent")],
+        max_restarts=10,
+        clock=FakeClock(),
+        listener=rec,
+    )
+    pid1 = expect_ready(parent)
+    parent.send(0)  # normal exit
+    pid2 = expect_ready(parent)
+    parent.send(1)  # abnormal exit
+    pid3 = expect_ready(parent)
+    os.kill(pid3, signal.SIGKILL)  # killed
+    pid4 = expect_ready(parent)
+    assert len({pid1, pid2, pid3, pid4}) == 4
+    assert pids(sup) == {"p": pid4}
+    assert all_gone([pid1, pid2, pid3])
+    exits = rec.exits_of("p")
+    assert [(pid, r.exitcode, r.normal, restarting) for pid, r, restarting in exits] == [
+        (pid1, 0, True, True),
+        (pid2, 1, False, True),
+        (pid3, -signal.SIGKILL, False, True),
+    ]
+    assert sup.running and sup.failure is None
+
+
+def test_transient_child_is_restarted_only_after_an_abnormal_exit(start) -> None:
+    parent, child_end = multiprocessing.Pipe()
+    rec = Recorder()
+    sup = start(
+        [
+            ProcessChild.spec("t", exit_on_command, (child_end,), restart="transient"),
+            ProcessChild.spec("other", run_forever),
+        ],
+        max_restarts=10,
+        clock=FakeClock(),
+        listener=rec,
+    )
+    other = pids(sup)["other"]
+    pid1 = expect_ready(parent)
+    parent.send(1)  # abnormal: restarted
+    pid2 = expect_ready(parent)
+    assert pid2 != pid1
+    os.kill(pid2, signal.SIGKILL)  # abnormal (signal): restarted
+    pid3 = expect_ready(parent)
+    assert pid3 not in (pid1, pid2)
+    parent.send(0)  # normal: not restarted
+    wait_exit_recorded(rec, "t", 3)
+    (_, r1, again1), (_, r2, again2), (last_pid, r3, again3) = rec.exits_of("t")
+    assert (r1.exitcode, again1) == (1, True)
+    assert (r2.exitcode, again2) == (-signal.SIGKILL, True)
+    assert (last_pid, r3.exitcode, r3.normal, again3) == (pid3, 0, True, False)
+    assert "t" not in pids(sup)
+    assert all_gone([pid1, pid2, pid3])
+    assert pids(sup) == {"other": other}
+    assert not parent.poll(0), "a transient child that exited normally was restarted"
+    assert sup.running and sup.failure is None
+
+
+def test_transient_exit_0_at_once_is_not_restarted(start) -> None:
+    rec = Recorder()
+    sup = start(
+        [
+            ProcessChild.spec("t", exit_now, (0,), restart="transient"),
+            ProcessChild.spec("other", run_forever),
+        ],
+        listener=rec,
+    )
+    wait_exit_recorded(rec, "t", 1)
+    [(_, reason, restarting)] = rec.exits_of("t")
+    assert (reason.normal, reason.exitcode, restarting) == (True, 0, False)
+    assert set(pids(sup)) == {"other"}
+    assert sup.running and sup.failure is None
+
+
+def test_transient_exit_1_at_once_is_restarted_until_intensity_is_exceeded(start) -> None:
+    """Restarted after each abnormal exit; max_restarts=2 in a frozen virtual window: the third
+    exit fails the supervisor, which stops its other child too."""
+    rec = Recorder()
+    sup = start(
+        [
+            ProcessChild.spec("other", run_forever),
+            ProcessChild.spec("t", exit_now, (1,), restart="transient"),
+        ],
+        max_restarts=2,
+        max_seconds=5,
+        clock=FakeClock(),
+        listener=rec,
+    )
+    other = pids(sup)["other"]
+    assert sup.wait(10)
+    assert [(r.exitcode, again) for _, r, again in rec.exits_of("t")] == [
+        (1, True),
+        (1, True),
+        (1, False),
+    ]
+    assert sup.failure is not None and not sup.running
+    assert all_gone([other])
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit 1", "exit 0"])
+def test_temporary_child_is_never_restarted(start, how: str) -> None:
+    rec = Recorder()
+    if how == "sigkill":
+        spec = ProcessChild.spec("tmp", run_forever, restart="temporary")
+    else:
+        spec = ProcessChild.spec("tmp", exit_now, (int(how[-1]),), restart="temporary")
+    sup = start(
+        [spec, ProcessChild.spec("other", run_forever)],
+        max_restarts=0,
+        clock=FakeClock(),
+        listener=rec,
+    )
+    if how == "sigkill":
+        os.kill(pids(sup)["tmp"], signal.SIGKILL)
+    wait_exit_recorded(rec, "tmp", 1)
+    [(_, reason, restarting)] = rec.exits_of("tmp")
+    assert restarting is False
+    assert reason.exitcode == {"sigkill": -signal.SIGKILL, "exit 1": 1, "exit 0": 0}[how]
+    # Like OTP, a temporary child that ended is forgotten; its exit is not a restart, so even
+    # max_restarts=0 does not fail the supervisor.
+    assert [cid for cid, _, _ in sup.which_children()] == ["other"]
+    assert sup.running and sup.failure is None
+
+
+# ---------------------------------------------------------------------- strategies
+
+
+@pytest.mark.parametrize(
+    ("strategy", "victim", "changed"),
+    [
+        ("one_for_one", "b", {"b"}),
+        ("one_for_all", "b", {"a", "b", "c"}),
+        ("rest_for_one", "b", {"b", "c"}),
+        ("rest_for_one", "a", {"a", "b", "c"}),
+        ("rest_for_one", "c", {"c"}),
+    ],
+)
+def test_strategy_restarts_the_right_children(
+    start, strategy: str, victim: str, changed: set[str]
+) -> None:
+    sup = start(
+        [ProcessChild.spec(c, run_forever) for c in "abc"], strategy=strategy, clock=FakeClock()
+    )
+    before = pids(sup)
+    os.kill(before[victim], signal.SIGKILL)
+    assert wait_for(
+        lambda: (
+            {c for c, p in pids(sup).items() if p != before[c]} == changed and len(pids(sup)) == 3
+        )
+    ), (before, pids(sup))
+    after = pids(sup)
+    for c in "abc":
+        if c in changed:
+            assert after[c] != before[c] and alive(after[c])
+        else:
+            assert after[c] == before[c] and alive(after[c]), f"{c} should have kept its pid"
+    assert all_gone([before[c] for c in changed])
+    assert sup.running and sup.failure is None
+
+
+# ---------------------------------------------------------------------- intensity (virtual time)
+
+
+def test_max_restarts_within_max_seconds_are_tolerated_one_more_fails(start) -> None:
+    clock = FakeClock()
+    rec = Recorder()
+    sup = start(
+        [ProcessChild.spec("victim", run_forever), ProcessChild.spec("b", run_forever)],
+        max_restarts=3,
+        max_seconds=5,
+        clock=clock,
+        listener=rec,
+    )
+    for _ in range(3):
+        crash(sup, "victim")
+        clock.advance(1.0)  # virtual t = 0, 1, 2: all within the 5 s window
+        assert sup.running and sup.failure is None
+    last = pids(sup)
+    os.kill(last["victim"], signal.SIGKILL)  # 4th restart within 5 virtual seconds
+    assert sup.wait(5), "supervisor did not fail past its restart intensity"
+    assert sup.failure is not None and not sup.failure.normal
+    assert "more than 3 restarts within 5s" in sup.failure.detail
+    assert not sup.running
+    assert rec.failures == [sup.failure]
+    assert all_gone(last.values())
+    with pytest.raises(RuntimeError):
+        sup.start_child(ProcessChild.spec("late", run_forever))
+
+
+def test_same_crashes_spaced_apart_in_virtual_time_never_fail(start) -> None:
+    """Real time barely moves here; only the injected clock can tell the crashes apart."""
+    clock = FakeClock()
+    sup = start(
+        [ProcessChild.spec("victim", run_forever)], max_restarts=2, max_seconds=5, clock=clock
+    )
+    for _ in range(7):
+        crash(sup, "victim")
+        clock.advance(5.5)
+        assert sup.running and sup.failure is None
+    assert sup.failure is None
+
+
+def test_a_frozen_virtual_clock_counts_crashes_real_time_would_forget(start) -> None:
+    """max_seconds is a nanosecond: by the real clock no two crashes share a window, so the
+    supervisor would never fail; by the frozen injected clock they all do."""
+    sup = start(
+        [ProcessChild.spec("victim", run_forever)],
+        max_restarts=1,
+        max_seconds=1e-9,
+        clock=FakeClock(),
+    )
+    crash(sup, "victim")
+    assert sup.running
+    os.kill(pids(sup)["victim"], signal.SIGKILL)
+    assert sup.wait(5) and sup.failure is not None
+
+
+# ---------------------------------------------------------------------- escalation
+
+
+def test_escalation_restarts_the_subtree_then_fails_the_top_but_never_the_host(start) -> None:
+    clock = FakeClock()
+    subs: list[Supervisor] = []
+
+    def start_sub() -> Supervisor:
+        # Each (re)start of the child builds a NEW supervisor: a stopped one can't restart.
+        sub = Supervisor(
+            [ProcessChild.spec("leaf", run_forever)],
+            strategy="one_for_one",
+            max_restarts=0,
+            name=f"sub{len(subs)}",
+            clock=clock,
+        )
+        subs.append(sub)
+        return sub.start()
+
+    rec = Recorder()
+    top = start(
+        [ChildSpec("sub", start_sub), ProcessChild.spec("sibling", run_forever)],
+        strategy="one_for_all",
+        max_restarts=1,
+        max_seconds=5,
+        clock=clock,
+        listener=rec,
+        name="top",
+    )
+    sub1 = subs[0]
+    leaf1, sibling1 = pids(sub1)["leaf"], pids(top)["sibling"]
+
+    # The leaf dies; its supervisor (max_restarts=0) gives up; the top restarts everything.
+    os.kill(leaf1, signal.SIGKILL)
+    assert wait_for(
+        lambda: (
+            len(subs) == 2
+            and dict((cid, c) for cid, c, _ in top.which_children()).get("sub") is subs[1]
+            and pids(top).get("sibling", sibling1) != sibling1
+        )
+    )
+    sub2 = subs[1]
+    assert sub1.failure is not None and sub1.wait(0)
+    assert wait_for(lambda: "leaf" in pids(sub2))
+    leaf2, sibling2 = pids(sub2)["leaf"], pids(top)["sibling"]
+    assert leaf2 != leaf1 and sibling2 != sibling1
+    assert all_gone([leaf1, sibling1])
+    assert top.running and top.failure is None
+    [(_, reason, restarting)] = rec.exits_of("sub")
+    assert not reason.normal and restarting
+
+    # Again, within the top's window: the top exceeds its own intensity and fails.
+    os.kill(leaf2, signal.SIGKILL)
+    assert top.wait(5), "the top supervisor did not fail"
+    assert top.failure is not None and not top.running
+    assert len(rec.failures) == 1
+    assert sub2.failure is not None
+    assert len(subs) == 2, "a failed top must not restart its subtree again"
+    assert all_gone([leaf2, sibling2])
+    # Escalation stops at the top: this (host) process is alive and keeps working.
+    assert alive(os.getpid())
+    again = start([ProcessChild.spec("x", run_forever)])
+    assert alive(pids(again)["x"])
+
+
+def test_nested_supervisor_failure_under_one_for_one_leaves_siblings_alone(start) -> None:
+    clock = FakeClock()
+
+    def start_sub() -> Supervisor:
+        return Supervisor(
+            [ProcessChild.spec("leaf", run_forever)], max_restarts=0, clock=clock
+        ).start()
+
+    top = start(
+        [ProcessChild.spec("sibling", run_forever), ChildSpec("sub", start_sub)],
+        strategy="one_for_one",
+        max_restarts=5,
+        clock=clock,
+    )
+    sibling = pids(top)["sibling"]
+    sub1 = dict((c, ch) for c, ch, _ in top.which_children())["sub"]
+    assert isinstance(sub1, Supervisor)
+    os.kill(pids(sub1)["leaf"], signal.SIGKILL)
+
+    def new_sub() -> Supervisor | None:
+        ch = dict((c, ch) for c, ch, _ in top.which_children())["sub"]
+        return ch if isinstance(ch, Supervisor) and ch is not sub1 and pids(ch) else None
+
+    assert wait_for(lambda: new_sub() is not None)
+    assert pids(top)["sibling"] == sibling
+    assert sub1.failure is not None and top.failure is None
+
+
+# ---------------------------------------------------------------------- listener
+
+
+def test_listener_hears_crashes_stops_and_failure(start) -> None:
+    rec = Recorder()
+    sup = start(
+        [ProcessChild.spec("a", run_forever), ProcessChild.spec("b", run_forever)],
+        max_restarts=1,
+        clock=FakeClock(),
+        listener=rec,
+    )
+    a1 = pids(sup)["a"]
+    a2 = crash(sup, "a")
+    [(pid, reason, restarting)] = rec.exits_of("a")
+    assert (pid, reason.normal, reason.exitcode, restarting) == (a1, False, -signal.SIGKILL, True)
+    assert str(a1) in str(reason) and "SIGKILL" in str(reason)
+    assert rec.failures == []
+    b = pids(sup)["b"]
+    os.kill(a2, signal.SIGKILL)  # second restart > max_restarts=1
+    assert sup.wait(5)
+    assert len(rec.failures) == 1 and rec.failures[0] == sup.failure
+    assert not rec.failures[0].normal
+    # The crash that broke the camel is reported as not restarting; then b is stopped.
+    assert [(p, again) for p, _, again in rec.exits_of("a")] == [(a1, True), (a2, False)]
+    assert [(p, again) for p, _, again in rec.exits_of("b")] == [(b, False)]
+
+
+def test_listener_hears_each_child_on_stop(start) -> None:
+    rec = Recorder()
+    sup = start([ProcessChild.spec(c, run_forever) for c in "abc"], listener=rec)
+    before = pids(sup)
+    reason = sup.stop()
+    assert reason.normal and sup.failure is None
+    assert sorted(cid for cid, _, _, _ in rec.exits) == ["a", "b", "c"]
+    assert all(not restarting for _, _, _, restarting in rec.exits)
+    assert {cid: pid for cid, pid, _, _ in rec.exits} == before
+    assert rec.failures == []
+
+
+# ---------------------------------------------------------------------- start failure
+
+
+@pytest.mark.parametrize("failure", ["start raises", "target not picklable"])
+def test_start_failure_stops_the_children_already_started(supervisors, failure: str) -> None:
+    started: list[ProcessChild] = []
+    later_calls: list[str] = []
+
+    def first() -> ProcessChild:
+        child = ProcessChild(run_forever)
+        started.append(child)
+        return child
+
+    def boom() -> pooly.Child:
+        raise RuntimeError("cannot start b")
+
+    def local() -> None:
+        pass
+
+    if failure == "start raises":
+        bad = ChildSpec("b", boom)
+        expected: tuple[type[BaseException], ...] = (RuntimeError,)
+    else:
+        bad = ProcessChild.spec("b", local)  # a local function can't be pickled
+        expected = (AttributeError, pickle.PicklingError, TypeError)
+
+    def later() -> pooly.Child:
+        later_calls.append("c")
+        return ProcessChild(run_forever)
+
+    sup = Supervisor([ChildSpec("a", first), ChildSpec("a2", first), bad, ChildSpec("c", later)])
+    supervisors.append(sup)
+    with pytest.raises(expected):
+        sup.start()
+    assert len(started) == 2
+    assert all_gone([c.pid for c in started])
+    assert later_calls == [], "children after the failing one must not start"
+    assert not sup.running
+    with pytest.raises(RuntimeError):
+        sup.start_child(ProcessChild.spec("x", run_forever))
+
+
+# ---------------------------------------------------------------------- dynamic children
+
+
+def test_start_child_terminate_child_and_which_children(start) -> None:
+    rec = Recorder()
+    sup = start([ProcessChild.spec("a", run_forever)], listener=rec)
+    a = pids(sup)["a"]
+    child = sup.start_child(ProcessChild.spec("x", run_forever, restart="transient"))
+    assert isinstance(child, ProcessChild) and alive(child.pid)
+    [(a_id, a_child, a_restart), x_entry] = sup.which_children()
+    assert (a_id, a_child.pid, a_restart) == ("a", a, "permanent")  # type: ignore[union-attr]
+    assert x_entry == ("x", child, "transient")
+    with pytest.raises(ValueError):
+        sup.start_child(ProcessChild.spec("x", run_forever))
+    assert pids(sup) == {"a": a, "x": child.pid}
+
+    # A dynamically started child is supervised like the others.
+    x2 = crash(sup, "x")
+    assert x2 != child.pid
+
+    sup.terminate_child("x")
+    assert gone(x2)
+    assert [cid for cid, _, _ in sup.which_children()] == ["a"]
+    assert rec.exits_of("x")[-1][0] == x2 and rec.exits_of("x")[-1][2] is False
+    assert pids(sup) == {"a": a}
+    sup.terminate_child("no such child")  # unknown id: nothing to do
+    assert sup.running and sup.failure is None
+
+
+def test_restart_child_gives_a_new_pid_and_is_not_counted_against_intensity(start) -> None:
+    sup = start(
+        [ProcessChild.spec("a", run_forever), ProcessChild.spec("b", run_forever)],
+        max_restarts=0,
+        clock=FakeClock(),
+    )
+    b = pids(sup)["b"]
+    seen = [pids(sup)["a"]]
+    for _ in range(3):
+        sup.restart_child("a")
+        new = pids(sup)["a"]
+        assert new not in seen and alive(new)
+        assert gone(seen[-1])
+        seen.append(new)
+    assert sup.running and sup.failure is None  # max_restarts=0, yet three restarts
+    assert pids(sup)["b"] == b
+    with pytest.raises(KeyError):
+        sup.restart_child("no such child")
+    # A real crash *is* counted: with max_restarts=0 it fails the supervisor.
+    os.kill(seen[-1], signal.SIGKILL)
+    assert sup.wait(5) and sup.failure is not None
+    assert all_gone([seen[-1], b])
+
+
+def test_restart_child_without_waiting(start) -> None:
+    sup = start([ProcessChild.spec("a", run_forever)])
+    old = pids(sup)["a"]
+    sup.restart_child("a", wait=False)
+    wait_new_pid(sup, "a", old)
+    assert all_gone([old])
+
+
+# ---------------------------------------------------------------------- stopping
+
+
+def test_stop_is_prompt_for_children_that_honour_sigterm(start) -> None:
+    sup = start([ProcessChild.spec(c, run_forever, shutdown=5.0) for c in "abcd"])
+    before = pids(sup)
+    t0 = time.monotonic()
+    reason = sup.stop()
+    assert time.monotonic() - t0 < 2.0, "graceful stop waited for the shutdown deadline"
+    assert reason.normal and sup.failure is None and not sup.running and sup.wait(0)
+    assert all_gone(before.values(), timeout=0.5)
+    assert sup.stop().normal  # idempotent
+
+
+def test_stop_kills_a_child_that_ignores_sigterm_after_its_shutdown_time(start) -> None:
+    parent, child_end = multiprocessing.Pipe()
+    rec = Recorder()
+    sup = start(
+        [
+            ProcessChild.spec("polite", run_forever, shutdown=5.0),
+            ProcessChild.spec("stubborn", ignore_sigterm, (child_end,), shutdown=0.5),
+        ],
+        listener=rec,
+    )
+    stubborn = expect_ready(parent)  # its SIGTERM handler is in place
+    polite = pids(sup)["polite"]
+    t0 = time.monotonic()
+    sup.stop()
+    elapsed = time.monotonic() - t0
+    assert 0.45 <= elapsed < 3.0, elapsed
+    assert all_gone([stubborn, polite], timeout=0.5)
+    [(_, reason, _)] = rec.exits_of("stubborn")
+    assert reason.exitcode == -signal.SIGKILL
+    [(_, reason, _)] = rec.exits_of("polite")
+    assert reason.exitcode == -signal.SIGTERM
+
+
+@pytest.mark.timeout(15)
+def test_stop_timeout_kills_children_whose_shutdown_is_longer(start) -> None:
+    parent, child_end = multiprocessing.Pipe()
+    sup = start([ProcessChild.spec("stubborn", ignore_sigterm, (child_end,), shutdown=10.0)])
+    pid = expect_ready(parent)
+    t0 = time.monotonic()
+    sup.stop(timeout=0.3)
+    assert time.monotonic() - t0 < 3.0
+    assert all_gone([pid], timeout=0.5)
+
+
+def test_terminate_child_kills_a_stubborn_child_after_its_shutdown_time(start) -> None:
+    parent, child_end = multiprocessing.Pipe()
+    sup = start([ProcessChild.spec("stubborn", ignore_sigterm, (child_end,), shutdown=0.3)])
+    pid = expect_ready(parent)
+    t0 = time.monotonic()
+    sup.terminate_child("stubborn")
+    assert 0.25 <= time.monotonic() - t0 < 3.0
+    assert gone(pid)
+    assert sup.which_children() == []
+
+
+# ---------------------------------------------------------------------- misc
+
+
+def test_children_start_with_forkserver_by_default(start) -> None:
+    sup = start(
+        [
+            ProcessChild.spec("a", run_forever),
+            ProcessChild.spec("forked", run_forever, start_method="fork"),
+        ]
+    )
+    me = os.getpid()
+    assert psutil.Process(pids(sup)["forked"]).ppid() == me
+    # The default child is not forked from this (threaded) process but from the forkserver.
+    server = psutil.Process(pids(sup)["a"]).parent()
+    assert server is not None and server.pid != me
+    assert "forkserver" in " ".join(server.cmdline())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"strategy": "one_for_some"}, ValueError),
+        ({"max_restarts": -1}, ValueError),
+        ({"max_restarts": 1.5}, TypeError),
+        ({"max_restarts": True}, TypeError),
+        ({"max_restarts": "3"}, TypeError),
+        ({"max_seconds": 0}, ValueError),
+        ({"max_seconds": -5}, ValueError),
+        ({"max_seconds": "5"}, TypeError),
+    ],
+)
+def test_invalid_supervisor_options(kwargs: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Supervisor([ProcessChild.spec("a", run_forever)], **kwargs)  # type: ignore[arg-type]
+
+
+def test_invalid_child_specs() -> None:
+    with pytest.raises(ValueError):
+        ChildSpec("a", lambda: ProcessChild(run_forever), restart="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ChildSpec("a", "not callable")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ChildSpec("a", lambda: ProcessChild(run_forever), shutdown=-1)
+    with pytest.raises(ValueError):
+        ProcessChild.spec("a", run_forever, restart="always")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Supervisor([ProcessChild.spec("a", run_forever), ProcessChild.spec("a", exit_now)])
+
+
+def test_a_supervisor_starts_only_once(start) -> None:
+    sup = start([ProcessChild.spec("a", run_forever)])
+    with pytest.raises(RuntimeError):
+        sup.start()
+    assert len(pids(sup)) == 1
