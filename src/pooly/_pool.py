@@ -582,7 +582,11 @@ class Pool(PassiveChild, SupervisorListener):
             if w.looks_alive():  # else: it is being reaped; its replacement serves the waiter
                 waiter = self._waiters.popleft()
                 waiter.deliver(self._lease(w, waiter.leases))
-        elif self._overflow == 0 or not self._dismiss(w):
+        elif self._overflow == 0:
+            self._idle.append(w)
+        elif not w.looks_alive():
+            pass  # died unseen: child_exited does the accounting (and its replacement)
+        elif not self._dismiss(w):
             self._idle.append(w)
 
     def _make_available(self, w: WorkerProcess) -> None:

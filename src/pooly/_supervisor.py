@@ -99,8 +99,9 @@ class ChildSpec:
 
     ``start`` is called (in whatever thread starts the child) and returns the running child,
     or raises if the child could not start. ``restart`` is ``"permanent"`` (always restarted),
-    ``"transient"`` (restarted only after an abnormal exit) or ``"temporary"`` (never
-    restarted). ``shutdown`` is how many seconds a child gets to end after ``terminate``
+    ``"transient"`` (restarted only after an abnormal exit; after a normal one its spec stays,
+    with no child, for ``restart_child``) or ``"temporary"`` (never restarted; forgotten
+    once it ends). ``shutdown`` is how many seconds a child gets to end after ``terminate``
     before it is killed.
     """
 
@@ -455,8 +456,9 @@ class Supervisor:
             return
         self._listener.child_exited(cid, child, reason, restart)
         if not restart:
-            with self._lock:
-                self._entries.pop(cid, None)
+            if entry.spec.restart == "temporary":  # as in OTP: a transient one keeps its spec
+                with self._lock:
+                    self._entries.pop(cid, None)
             return
         if self.strategy == "one_for_one":
             group = [cid]
@@ -617,9 +619,12 @@ class ProcessChild:
         import multiprocessing
         import multiprocessing.process
 
-        from ._worker import default_start_method
+        from ._worker import default_start_method, preload_forkserver
 
-        ctx = multiprocessing.get_context(start_method or default_start_method())
+        method = start_method or default_start_method()
+        if method == "forkserver":
+            preload_forkserver()  # the same server serves pools: keep it warm for them too
+        ctx = multiprocessing.get_context(method)
         self.proc = ctx.Process(target=target, args=tuple(args), name=name)  # type: ignore[attr-defined]
         self.proc.start()
         # Reaped by our supervisor only; multiprocessing's own sweep would race with it.
