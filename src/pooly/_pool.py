@@ -360,7 +360,9 @@ class Pool(PassiveChild, SupervisorListener):
         self._workers: dict[Hashable, WorkerProcess] = {}
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._reserved: set[Hashable] = set()  # overflow ids being started for a caller
-        self._started_ids: set[Hashable] = set()
+        # Ids of permanent workers (the only ones restarted): a start under one is a replacement.
+        # Overflow ids are never reused, so they stay out (else this grows with every burst).
+        self._restartable: set[Hashable] = set()
         self._busy = 0
         self._overflow = 0
         self._overflow_seq = 0
@@ -369,7 +371,6 @@ class Pool(PassiveChild, SupervisorListener):
         self._closed: PoolFailed | None = None
         self._failed = False
         self._workers_sup: _WorkerSupervisor | None = None
-        self._tree: Supervisor | None = None
 
     # ------------------------------------------------------------------ the tree
 
@@ -390,7 +391,6 @@ class Pool(PassiveChild, SupervisorListener):
             name=f"pool:{self.name}",
             listener=_TreeListener(self),
         )
-        self._tree = tree
         return tree.start()
 
     def _start_workers(self) -> Supervisor:
@@ -423,12 +423,12 @@ class Pool(PassiveChild, SupervisorListener):
         w.wid = wid
         with self._lock:
             self._workers[wid] = w
-            if wid in self._started_ids:
-                self._replaced += 1
-            self._started_ids.add(wid)
             if wid in self._reserved:
                 w.overflow = True  # the caller who reserved the slot leases it
             else:
+                if wid in self._restartable:
+                    self._replaced += 1
+                self._restartable.add(wid)
                 self._make_available(w)
         return w
 
@@ -623,6 +623,7 @@ class Pool(PassiveChild, SupervisorListener):
             if heir is None:
                 return False
             heir.overflow = False
+            self._restartable.add(heir.wid)
             self._workers_sup.set_restart(heir.wid, "permanent")
         self._workers.pop(w.wid, None)
         self._overflow -= 1
