@@ -48,8 +48,11 @@ def leftover_processes(before: set[int], timeout: float = 5.0) -> dict[int, str]
     """Descendants not there before (and not multiprocessing's helpers), after a grace period."""
     deadline = time.monotonic() + timeout
     while True:
-        extra = {pid: cmd for pid, cmd in _live_descendants().items()
-                 if pid not in before and pid not in _infrastructure_pids()}
+        extra = {
+            pid: cmd
+            for pid, cmd in _live_descendants().items()
+            if pid not in before and pid not in _infrastructure_pids()
+        }
         if not extra or time.monotonic() > deadline:
             return extra
         time.sleep(0.02)

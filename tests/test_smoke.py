@@ -5,8 +5,17 @@ from tests.workers import Counter
 
 
 def test_spec_example(sup: pooly.Pooly) -> None:
-    pool = sup.start_pool("counters", Counter, args=(10,), kwargs={}, size=3, max_overflow=2,
-                          strategy="lifo", max_restarts=3, max_seconds=5)
+    pool = sup.start_pool(
+        "counters",
+        Counter,
+        args=(10,),
+        kwargs={},
+        size=3,
+        max_overflow=2,
+        strategy="lifo",
+        max_restarts=3,
+        max_seconds=5,
+    )
     assert sup.pool("counters") is pool
     with pool.checkout(timeout=5) as w:
         assert w.incr(2) == 12
