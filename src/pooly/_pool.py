@@ -693,8 +693,12 @@ class Pool(PassiveChild, SupervisorListener):
                 self._overflow -= 1
                 self._serve_waiters()
                 closed = self._closed
+            if closed is not None and isinstance(e, Exception):
+                # The pool stopped under the start (its alive pipe closed, or its
+                # supervisor refused the child): that is the news, not a broken worker class.
+                raise closed from e
             if isinstance(e, RuntimeError):  # the worker supervisor has stopped
-                raise closed or PoolFailed(f"pool {self.name!r} is stopping") from None
+                raise PoolFailed(f"pool {self.name!r} is stopping") from None
             raise
         assert isinstance(w, WorkerProcess)
         with self._lock:
