@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -257,11 +258,16 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """A duration in seconds; ``inf`` (or anything too large for a float) means no limit."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or value != value:
-        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value}")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float range: as good as forever
+        seconds = math.inf
+    if not seconds >= 0 or (seconds == 0 and not allow_zero):  # also refuses NaN
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return seconds
 
 
 class _WorkerSupervisor(Supervisor):
@@ -649,7 +655,8 @@ class Pool(PassiveChild, SupervisorListener):
 
     def _wait(self, waiter: _Waiter, timeout: float | None) -> Lease:
         try:
-            got = waiter.lock.acquire(timeout=-1 if timeout is None else timeout)
+            forever = timeout is None or timeout > threading.TIMEOUT_MAX
+            got = waiter.lock.acquire(timeout=-1 if forever else timeout)  # type: ignore[arg-type]
         except BaseException:
             self._abandon(waiter)
             raise

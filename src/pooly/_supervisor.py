@@ -71,6 +71,14 @@ class ExitReason:
 
 SHUTDOWN = ExitReason(True, "shutdown")
 
+#: The longest wait poll(2) accepts (ms in a C int). Longer (or infinite) means no limit.
+_MAX_WAIT = (2**31 - 1) // 1000
+
+
+def wait_timeout(seconds: float | None) -> float | None:
+    """A timeout for multiprocessing.connection.wait: None (no limit) past what poll takes."""
+    return None if seconds is None or seconds > _MAX_WAIT else seconds
+
 
 class Child(Protocol):
     """A running child. All methods are called from the supervisor's loop thread."""
@@ -115,7 +123,11 @@ class ChildSpec:
             raise ValueError(f"restart must be one of {_RESTARTS}, got {self.restart!r}")
         if not callable(self.start):
             raise TypeError(f"start must be callable, got {self.start!r}")
-        if not isinstance(self.shutdown, int | float) or self.shutdown < 0:
+        if (
+            isinstance(self.shutdown, bool)
+            or not isinstance(self.shutdown, int | float)
+            or not self.shutdown >= 0  # also refuses NaN
+        ):
             raise ValueError(f"shutdown must be a number of seconds >= 0, got {self.shutdown!r}")
 
 
@@ -583,8 +595,10 @@ class Supervisor:
             timeout = max(0.0, min(live_deadlines) - now) if live_deadlines else None
             # Also wake for kill(): it may cut a graceful wait short. Requests in the
             # mailbox stay queued; the loop runs them before it waits again.
-            wake = [self._wake_r] if self._wake_r >= 0 and not self._kill_requested else []
-            for ready in _wait([*pending, *wake], timeout):
+            # Only the loop thread may touch the wake pipe: _finish closes it from there.
+            mine = threading.current_thread() is self._thread
+            wake = [self._wake_r] if mine and self._wake_r >= 0 and not self._kill_requested else []
+            for ready in _wait([*pending, *wake], wait_timeout(timeout)):
                 assert isinstance(ready, int)
                 if ready in pending:
                     pending.pop(ready)

@@ -43,6 +43,7 @@ import pickle
 import select
 import signal
 import struct
+import sys
 import threading
 import traceback
 import weakref
@@ -56,7 +57,7 @@ from ._errors import (
     WorkerStartError,
     describe_exit,
 )
-from ._supervisor import ExitReason
+from ._supervisor import ExitReason, wait_timeout
 
 __all__ = ("WorkerProcess", "default_start_method", "make_payload", "preload_forkserver")
 
@@ -79,6 +80,8 @@ _STARTING_FDS: dict[int, int] = {}
 
 def _close_host_fds_after_fork() -> None:
     me = threading.get_ident()  # the forking thread is the child's only thread
+    if me in _STARTING_FDS.values():  # this fork is a pooly worker start
+        _fresh_std_streams()
     doomed = list(_HOST_FDS) + [fd for fd, tid in list(_STARTING_FDS.items()) if tid != me]
     for fd in doomed:
         try:
@@ -87,6 +90,24 @@ def _close_host_fds_after_fork() -> None:
             pass
     _HOST_FDS.clear()
     _STARTING_FDS.clear()
+
+
+def _fresh_std_streams() -> None:
+    """Give a freshly forked worker its own sys.stdin/stdout/stderr objects.
+
+    Another host thread may have held one of the host's stream locks at the fork (say, the
+    main thread blocked in ``input()``); the child inherits that lock held forever, and
+    multiprocessing's bootstrap (which closes stdin and flushes stdout/stderr) would hang
+    before the worker even starts. New objects on the same fds have fresh locks.
+    """
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 -- lives as long as the worker
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        try:
+            stream = open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        except OSError:
+            continue
+        stream.reconfigure(line_buffering=True)
+        setattr(sys, name, stream)
 
 
 os.register_at_fork(after_in_child=_close_host_fds_after_fork)
@@ -219,15 +240,30 @@ def _public_methods(obj: object) -> list[str]:
 
 
 def _pack_error(e: BaseException, what: str) -> bytes:
+    """An error frame: (ERR, pickled exception or None, traceback text, summary).
+
+    The exception travels as its own pickle, so the traceback and a summary reach the host
+    even when the exception can't be pickled here or rebuilt there.
+    """
     tb = "".join(traceback.format_exception(e))
+    summary = f"{what} raised {type(e).__module__}.{type(e).__qualname__}: {e}"
     try:
-        return pickle.dumps((_ERR, e, tb), _PROTO)
+        exc: bytes | None = pickle.dumps(e, _PROTO)
     except Exception as pe:
-        err = PoolyError(
-            f"{what} raised {type(e).__module__}.{type(e).__qualname__}: {e} "
-            f"(the exception itself could not be pickled: {pe})"
-        )
-        return pickle.dumps((_ERR, err, tb), _PROTO)
+        exc, summary = None, f"{summary} (the exception could not be pickled: {pe})"
+    return pickle.dumps((_ERR, exc, tb, summary), _PROTO)
+
+
+def _unpack_error(msg: tuple[Any, ...]) -> BaseException:
+    """The exception of an error frame, with its worker-side traceback as ``__cause__``."""
+    _, exc_bytes, tb, summary = msg
+    exc: BaseException
+    try:
+        exc = pickle.loads(exc_bytes) if exc_bytes is not None else PoolyError(summary)
+    except Exception as e:
+        exc = PoolyError(f"{summary} (the exception could not be rebuilt here: {e!r})")
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
 
 
 def _watch_host(alive_fd: int) -> None:
@@ -436,39 +472,44 @@ class WorkerProcess:
         payload: bytes,
         pool_name: str,
         cls_name: str,
-        start_timeout: float,
+        timeout: float,
     ) -> WorkerProcess:
         pid = proc.pid
         what = f"worker {cls_name} (pid {pid}) of pool {pool_name!r}"
         reply: bytes | bytearray | memoryview | None = None
         try:
-            _send(req_w, payload)
-            if multiprocessing.connection.wait([rep_r, proc.sentinel], start_timeout):
-                reply = _recv(rep_r)
-            else:
-                _end_process(proc, kill=True)
+            try:
+                _send(req_w, payload)
+                if multiprocessing.connection.wait([rep_r, proc.sentinel], wait_timeout(timeout)):
+                    reply = _recv(rep_r)
+                else:
+                    raise WorkerStartError(
+                        f"{what} did not finish starting within start_timeout={timeout:g}s; "
+                        "it was killed",
+                        pid=pid,
+                    )
+            except OSError:
+                reply = None
+            if reply is None:
+                code = _end_process(proc, kill=False)
                 raise WorkerStartError(
-                    f"{what} did not finish starting within start_timeout={start_timeout:g}s; "
-                    "it was killed",
+                    f"{what} exited during start with {describe_exit(code)} (see its stderr)",
                     pid=pid,
+                    exitcode=code,
                 )
-        except OSError:
-            reply = None
-        if reply is None:
+            msg = pickle.loads(reply)
+            if msg[0] == "ready":
+                return cls(proc, req_w, rep_r, msg[1], frozenset(msg[2]), pool_name, cls_name)
+            error = _unpack_error(msg)
             code = _end_process(proc, kill=False)
             raise WorkerStartError(
-                f"{what} exited during start with {describe_exit(code)} (see its stderr)",
+                f"{what} failed to start: {type(error).__name__}: {error}",
                 pid=pid,
                 exitcode=code,
-            )
-        msg = pickle.loads(reply)
-        if msg[0] == "ready":
-            return cls(proc, req_w, rep_r, msg[1], frozenset(msg[2]), pool_name, cls_name)
-        _, exc, tb = msg
-        code = _end_process(proc, kill=False)
-        raise WorkerStartError(
-            f"{what} failed to start: {type(exc).__name__}: {exc}", pid=pid, exitcode=code
-        ) from RemoteTraceback(tb)
+            ) from error.__cause__
+        except BaseException:
+            _end_process(proc, kill=True)  # whatever went wrong, no process is left behind
+            raise
 
     # -- the data path (consumer's thread) -----------------------------------------
 
@@ -516,7 +557,7 @@ class WorkerProcess:
             ) from e
         if msg[0] == _OK:
             return msg[1]
-        raise msg[1] from RemoteTraceback(msg[2])
+        raise _unpack_error(msg)
 
     def crashed_error(self, during: str | None = None) -> WorkerCrashed:
         """The WorkerCrashed for this worker, waiting (briefly) for its exit status."""
@@ -586,15 +627,21 @@ def _release_fds(fds: tuple[int, ...]) -> None:
 
 
 def _end_process(proc: Any, *, kill: bool) -> int | None:
-    """Make sure a worker that failed to start is gone and reaped; return its exit code."""
-    if not kill:
-        proc.join(5)
-    if proc.exitcode is None:
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.join()
-    code: int | None = proc.exitcode
+    """Make sure a worker that failed to start is gone and reaped; return its exit code.
+
+    Idempotent: a second call on the same (closed) process returns None.
+    """
+    try:
+        if not kill:
+            proc.join(5)
+        if proc.exitcode is None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.join()
+        code: int | None = proc.exitcode
+    except ValueError:  # already closed by an earlier call
+        return None
     proc.close()
     return code
