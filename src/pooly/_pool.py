@@ -263,8 +263,8 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> flo
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
     try:
         seconds = float(value)
-    except OverflowError:  # an int beyond float range: as good as forever
-        seconds = math.inf
+    except OverflowError:  # an int beyond float range: as good as forever (or refused)
+        seconds = math.inf if value > 0 else -math.inf
     if not seconds >= 0 or (seconds == 0 and not allow_zero):  # also refuses NaN
         raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
     return seconds
@@ -632,6 +632,7 @@ class Pool(PassiveChild, SupervisorListener):
             self._restartable.add(heir.wid)
             self._workers_sup.set_restart(heir.wid, "permanent")
         self._workers.pop(w.wid, None)
+        self._restartable.discard(w.wid)  # its spec is forgotten: keep the set bounded
         self._overflow -= 1
         self._workers_sup.terminate_child(w.wid, wait=False)
         return True
@@ -640,12 +641,14 @@ class Pool(PassiveChild, SupervisorListener):
         """Replace a worker whose state can't be trusted (reclaimed, interrupted call)."""
         assert self._workers_sup is not None
         self._workers.pop(w.wid, None)
+        # Bound to this instance: if it died meanwhile, its crash restart already replaced
+        # it, and that replacement (maybe leased to someone else by now) must not be hit.
         if w.overflow:
             self._overflow -= 1
-            self._workers_sup.terminate_child(w.wid, wait=False)
+            self._workers_sup.terminate_child(w.wid, wait=False, only_if=w)
             self._serve_waiters()
         else:
-            self._workers_sup.restart_child(w.wid, wait=False)
+            self._workers_sup.restart_child(w.wid, wait=False, only_if=w)
 
     def _closed_error(self) -> PoolFailed:
         assert self._closed is not None

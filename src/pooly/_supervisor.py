@@ -356,13 +356,24 @@ class Supervisor:
         self._wake()
         return child
 
-    def terminate_child(self, child_id: Hashable, *, wait: bool = True) -> None:
-        """Stop a child (graceful, then kill) and forget its spec."""
-        self._call(lambda: self._terminate_child(child_id, forget=True), wait)
+    def terminate_child(
+        self, child_id: Hashable, *, wait: bool = True, only_if: Child | None = None
+    ) -> None:
+        """Stop a child (graceful, then kill) and forget its spec.
 
-    def restart_child(self, child_id: Hashable, *, wait: bool = True) -> None:
-        """Stop a child and start it again from its spec. Not counted against intensity."""
-        self._call(lambda: self._restart_requested(child_id), wait)
+        ``only_if``: act only while that very child is the one running under the id (a
+        request about one instance must not hit its replacement).
+        """
+        self._call(lambda: self._terminate_child(child_id, only_if), wait)
+
+    def restart_child(
+        self, child_id: Hashable, *, wait: bool = True, only_if: Child | None = None
+    ) -> None:
+        """Stop a child and start it again from its spec. Not counted against intensity.
+
+        ``only_if`` as for :meth:`terminate_child`.
+        """
+        self._call(lambda: self._restart_requested(child_id, only_if), wait)
 
     def set_restart(self, child_id: Hashable, restart: Restart) -> None:
         """Change a child's restart type (e.g. promote a temporary child to permanent)."""
@@ -499,21 +510,22 @@ class Supervisor:
                 with self._lock:
                     entry.child = child
 
-    def _restart_requested(self, cid: Hashable) -> None:
+    def _restart_requested(self, cid: Hashable, only_if: Child | None) -> None:
         entry = self._entries.get(cid)
         if entry is None:
             raise KeyError(f"supervisor {self.name!r} has no child {cid!r}")
+        if only_if is not None and entry.child is not only_if:
+            return  # that instance is gone already (and was restarted as a crash)
         self._shutdown_entries([entry], notify=True)
         self._restart_group([cid])
 
-    def _terminate_child(self, cid: Hashable, forget: bool) -> None:
+    def _terminate_child(self, cid: Hashable, only_if: Child | None) -> None:
         entry = self._entries.get(cid)
-        if entry is None:
+        if entry is None or (only_if is not None and entry.child is not only_if):
             return
         self._shutdown_entries([entry], notify=True)
-        if forget:
-            with self._lock:
-                self._entries.pop(cid, None)
+        with self._lock:
+            self._entries.pop(cid, None)
 
     def _fail(self, cid: Hashable, reason: ExitReason) -> None:
         failure = ExitReason(
