@@ -18,6 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The chaos soak (issue 3): 5 minutes at a fault every ~50 ms unless CHAOS_ARGS says otherwise.
+CHAOS_ARGS ?= --duration 300 --fault-interval 0.05
+.PHONY: chaos
+chaos: $(STAMP)
+	$(VENV)/bin/pooly chaos $(CHAOS_ARGS)
+
 bench: $(STAMP)
 	$(PY) bench/bench.py
 

@@ -495,6 +495,7 @@ class _Hit:
     kind: str
     noticed: bool = False  # the pool no longer lists the pid
     dipped: bool = False  # the pool was seen below its size afterwards
+    late: bool = False  # not back at full size within HEAL_BOUND (counted once)
 
 
 @dataclass
@@ -524,6 +525,7 @@ class Figures:
     heal_ms: list[float] = field(default_factory=list)
     heal_no_dip: int = 0
     heal_cancelled: int = 0
+    heal_cancelled_ms: list[float] = field(default_factory=list)  # how long they had waited
     heal_late: int = 0
     restarts_down_ms: list[float] = field(default_factory=list)
     final_killed: int = 0
@@ -1091,8 +1093,17 @@ class Chaos:
                 self.anomaly(f"pool {name} failed")
             full = s.state not in ("failed", "stopped") and _full(s)
             for h in pending[name]:
+                if not h.late and now - h.t > HEAL_BOUND:
+                    h.late = True
+                    self.fig.heal_late += 1
+                    self.anomaly(
+                        f"{h.kind} on {name} pid {h.pid}: not back at full size "
+                        f"{HEAL_BOUND:g} s later (pid {'gone' if h.noticed else 'still listed'}, "
+                        f"{s})"
+                    )
                 if h.gen != self.gen[name]:
                     self.fig.heal_cancelled += 1  # the pool was stopped and started anew
+                    self.fig.heal_cancelled_ms.append((now - h.t) * 1000)
                     resolved.append(h)
                     continue
                 if not h.noticed and h.pid not in pids:
@@ -1103,11 +1114,6 @@ class Chaos:
                     h.dipped = True
                 elif h.noticed:
                     resolved.append(h)
-                    if now - h.t > HEAL_BOUND:
-                        self.fig.heal_late += 1
-                        self.anomaly(
-                            f"{name} back at full size only {now - h.t:.1f} s after a fault"
-                        )
                     if h.dipped:
                         self.fig.heal_ms.append((now - h.t) * 1000)
                     else:
@@ -1266,7 +1272,7 @@ class Chaos:
     def late_hits(self) -> int:
         """Faults after which the pool was never seen back at full size (each described)."""
         with self._hits_lock:
-            hits = list(self._hits)
+            hits = [h for h in self._hits if not h.late]  # (the late ones are counted)
         for h in hits:
             pool = self.pools.get(h.name)
             listed = pool is not None and h.pid in pool.worker_pids()
@@ -1521,7 +1527,11 @@ def report(chaos: Chaos, completed: bool) -> int:
     )
     row("  faults that never took the pool below size", fig.heal_no_dip, "(overflow workers)")
     if fig.heal_cancelled:
-        row("  superseded by a stop/restart of the pool", fig.heal_cancelled)
+        row(
+            "  superseded by a stop/restart of the pool",
+            fig.heal_cancelled,
+            f"(had waited: {_ms(fig.heal_cancelled_ms)})",
+        )
     row(f"  not back within {HEAL_BOUND:g} s", fig.heal_late, "(must be 0)")
     row(
         "stop + start of a pool under load",
