@@ -86,3 +86,18 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.002) -> bool: 
             return False
         time.sleep(interval)
     return True
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids of live processes whose environment carries ``name=value``.
+
+    Finds what a subprocess left behind even after it was re-parented out of our tree.
+    """
+    pids = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get(name) == value:
+                pids.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return pids

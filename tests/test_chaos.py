@@ -21,29 +21,25 @@ import traceback
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
 import pooly
 from pooly import _chaos
 from pooly.__main__ import main
 from pooly._worker import WorkerProcess
-from tests.conftest import _infrastructure_pids, _live_descendants, wait_for
+from tests.conftest import (
+    _infrastructure_pids,
+    _live_descendants,
+    processes_with_env,
+    wait_for,
+)
 from tests.workers import SlowInit
 
 MARKER = "POOLY_CHAOS_TEST_MARKER"
 
 
 def _marked(value: str) -> list[int]:
-    """Pids of live processes whose environment carries ``MARKER=value``."""
-    pids = []
-    for p in psutil.process_iter():
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get(MARKER) == value:
-                pids.append(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return pids
+    return processes_with_env(MARKER, value)
 
 
 @pytest.mark.timeout(120)

@@ -14,24 +14,16 @@ import sys
 import time
 import uuid
 
-import psutil
 import pytest
 
 from pooly.__main__ import main
+from tests.conftest import processes_with_env
 
 MARKER = "POOLY_DEMO_TEST_MARKER"
 
 
 def _marked(value: str) -> list[int]:
-    """Pids of live processes whose environment carries ``MARKER=value``."""
-    pids = []
-    for p in psutil.process_iter():
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get(MARKER) == value:
-                pids.append(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return pids
+    return processes_with_env(MARKER, value)
 
 
 def _run(*args: str, timeout: float = 50.0) -> tuple[subprocess.CompletedProcess[str], str]:
