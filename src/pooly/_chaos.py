@@ -41,7 +41,6 @@ import gc
 import hashlib
 import itertools
 import json
-import logging
 import math
 import multiprocessing
 import os
@@ -61,9 +60,10 @@ from ._demo import (
     Counter,
     Crashable,
     Display,
-    _LogToDisplay,
     _positive_float,
     _positive_int,
+    kill_each_worker,
+    pooly_errors_to,
     sha256_chain,
 )
 from ._errors import (
@@ -1222,22 +1222,13 @@ class Chaos:
             if name in self.down:
                 continue
             pool = self.pools[name]
-            for pid in pool.worker_pids():
-                before = pool.status().replaced
-                t = time.monotonic()
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
+            for pid, heal_ms in kill_each_worker(pool, timeout=5.0):
                 self.fig.final_killed += 1
-                while time.monotonic() - t < 5.0:
-                    if pool.status().replaced > before:
-                        self.fig.final_replaced += 1
-                        self.fig.final_heal_ms.append((time.monotonic() - t) * 1000)
-                        break
-                    time.sleep(0.001)
-                else:
+                if heal_ms is None:
                     self.anomaly(f"final sweep: {name} worker pid {pid} was not replaced")
+                else:
+                    self.fig.final_replaced += 1
+                    self.fig.final_heal_ms.append(heal_ms)
 
     def status_line(self) -> str:
         with self._lock:
@@ -1342,19 +1333,8 @@ def _settle_leaks(base: Snapshot, timeout: float = 10.0) -> Snapshot:
 def run(opts: Options, out: TextIO | None = None) -> int:
     """Run the soak; print progress and the report to ``out``. Returns the exit status."""
     display = Display(sys.stdout if out is None else out)
-    logger = logging.getLogger("pooly")
-    handler = _LogToDisplay(display)
-    saved = logger.level, logger.propagate
-    # Crash warnings (thousands of them) would bury the report; ERROR (a pool failing) shows.
-    logger.setLevel(logging.ERROR)
-    logger.propagate = False
-    logger.addHandler(handler)
-    try:
+    with pooly_errors_to(display):
         return _run(opts, display)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
 
 
 def _run(opts: Options, display: Display) -> int:

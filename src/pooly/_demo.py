@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import faulthandler
 import hashlib
 import logging
@@ -40,6 +41,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -673,22 +675,13 @@ class Demo:
         for name, pool in self.pools.items():
             if name in self.failed_pools:
                 continue
-            for pid in pool.worker_pids():
-                before = pool.status().replaced
-                t = time.monotonic()
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
+            for pid, heal_ms in kill_each_worker(pool, timeout=2.0):
                 killed += 1
-                while time.monotonic() - t < 2.0:
-                    if pool.status().replaced > before:
-                        replaced += 1
-                        self.final_heal_ms.append((time.monotonic() - t) * 1000)
-                        break
-                    time.sleep(0.001)
-                else:
+                if heal_ms is None:
                     self.anomaly(f"final check: {name} worker pid {pid} was not replaced")
+                else:
+                    replaced += 1
+                    self.final_heal_ms.append(heal_ms)
         return killed, replaced
 
     @staticmethod
@@ -749,19 +742,48 @@ def _alive(pid: int) -> bool:
 def run(opts: Options, out: TextIO | None = None) -> int:
     """Run the demo; print progress and the tally to ``out``. Returns the exit status."""
     display = Display(sys.stdout if out is None else out)
+    with pooly_errors_to(display):
+        return _run(opts, display)
+
+
+@contextlib.contextmanager
+def pooly_errors_to(display: Display) -> Iterator[None]:
+    """For the block, show pooly's log records on ``display``, ERROR and up only.
+
+    Crash warnings (one per injected fault) would bury the progress line; the tally
+    reports every crash anyway, while a pool failing still shows.
+    """
     logger = logging.getLogger("pooly")
     handler = _LogToDisplay(display)
     saved = logger.level, logger.propagate
-    # Crash warnings would bury the progress line; the tally reports every crash anyway.
     logger.setLevel(logging.ERROR)
     logger.propagate = False
     logger.addHandler(handler)
     try:
-        return _run(opts, display)
+        yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+def kill_each_worker(pool: Pool, timeout: float) -> Iterator[tuple[int, float | None]]:
+    """SIGKILL the pool's workers one at a time; for each, yield (pid, ms until the pool
+    counted its replacement, or None if it did not within ``timeout`` seconds)."""
+    for pid in pool.worker_pids():
+        before = pool.status().replaced
+        t = time.monotonic()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        while time.monotonic() - t < timeout:
+            if pool.status().replaced > before:
+                yield pid, (time.monotonic() - t) * 1000
+                break
+            time.sleep(0.001)
+        else:
+            yield pid, None
 
 
 def _run(opts: Options, display: Display) -> int:
