@@ -41,7 +41,6 @@ from ._errors import (
     LeaseError,
     PoolFailed,
     PoolFull,
-    WorkerCrashed,
     WorkerStartError,
 )
 from ._owner import LeaseSet, current_leases
@@ -55,6 +54,7 @@ from ._supervisor import (
 )
 from ._worker import (
     _HOST_FDS,
+    ChannelClosed,
     WorkerProcess,
     default_start_method,
     make_payload,
@@ -73,6 +73,7 @@ _CHECKED_IN = "checked in"
 _RECLAIMED = "reclaimed after its holder ended"
 _CRASHED = "crashed"
 _CLOSED = "closed"
+_INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ class Lease:
     same lease while a call is in flight gets :class:`LeaseError`.
     """
 
-    __slots__ = ("__weakref__", "_ended", "_in_call", "_leases", "_pool", "_worker")
+    __slots__ = ("__weakref__", "_ended", "_in_call", "_leases", "_orphaned", "_pool", "_worker")
 
     def __init__(self, pool: Pool, worker: WorkerProcess, leases: LeaseSet) -> None:
         self._pool = pool
@@ -144,6 +145,9 @@ class Lease:
         # Held for the length of a call through this lease. Per lease, not per worker: a
         # checkin waits for it, and the worker's next holder never trips over it.
         self._in_call = threading.Lock()
+        # Its holder ended while another thread's call through it was in flight: that call's
+        # end finishes the reclaim (a worker is never handed on mid-call).
+        self._orphaned = False
 
     @property
     def pid(self) -> int:
@@ -152,8 +156,9 @@ class Lease:
 
     @property
     def active(self) -> bool:
-        """True until the lease is checked in, reclaimed, or its worker dies."""
-        return self._ended is None and not self._worker.exited.is_set()
+        """True until the lease is checked in, reclaimed, interrupted, or its worker dies."""
+        w = self._worker
+        return self._ended is None and not w.exited.is_set() and not w.broken
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the worker's public method named ``method`` with these arguments."""
@@ -185,21 +190,29 @@ class Lease:
                 "already in a call from another thread; a lease serves one call at a time"
             )
         try:
-            if self._ended is not None or self._worker.desynced:
+            if self._ended is not None:
                 raise self._ended_error()
             return self._worker.call(name, args, kwargs)
-        except WorkerCrashed:
+        except ChannelClosed:
+            # Our worker's own death; a WorkerCrashed raised *by the method* passes through.
             self._pool._lease_crashed(self)
+            raise self._worker.crashed_error(during=f"{name}()") from None
+        except BaseException:
+            if self._worker.broken:  # interrupted part-way: the channel can't be trusted
+                self._pool._interrupted(self)
             raise
         finally:
             self._in_call.release()
+            if self._orphaned:
+                self._pool._reclaim(self)
 
     def _ended_error(self) -> Exception:
         w = self._worker
-        if self._ended is None:  # still ours, but an interrupted call left a reply pending
+        if self._ended == _INTERRUPTED:
             return LeaseError(
-                f"an earlier call on worker pid {w.pid} was interrupted; check the lease in "
-                "(the worker is replaced) and check out another"
+                f"lease on worker pid {w.pid} of pool {self._pool.name!r} has ended: a call "
+                "through it was interrupted part-way, so the worker was killed and is being "
+                "replaced; check out a worker again"
             )
         if self._ended == _CRASHED:
             return w.crashed_error()
@@ -504,9 +517,9 @@ class Pool(PassiveChild, SupervisorListener):
                 # Died while leased: the supervisor reaps and replaces it (child_exited).
                 # (One that died unseen an instant ago is caught by checkout's liveness check.)
                 self._end_lease(lease, _CRASHED)
-            elif w.desynced:
-                self._end_lease(lease, _CHECKED_IN)
-                self._retire(w)
+            elif w.broken:  # (an interrupted call ends its lease at once; kept for safety)
+                self._end_lease(lease, _INTERRUPTED)
+                self._retire(w, kill=True)
             else:
                 self._end_lease(lease, _CHECKED_IN)
                 self._release(w)
@@ -625,30 +638,54 @@ class Pool(PassiveChild, SupervisorListener):
         """
         assert self._workers_sup is not None
         if not w.overflow:
-            heir = next((o for o in self._workers.values() if o.overflow and o.lease), None)
-            if heir is None:
+            # The heir must still be running *as the supervisor sees it*: an overflow worker
+            # that has just died (not yet reaped) would be promoted dead and then not
+            # replaced, leaving the pool a core worker short for good.
+            for heir in self._workers.values():
+                if (
+                    heir.overflow
+                    and heir.lease is not None
+                    and not heir.exited.is_set()
+                    and self._workers_sup.set_restart(heir.wid, "permanent", only_if=heir)
+                ):
+                    break
+            else:
                 return False
             heir.overflow = False
             self._restartable.add(heir.wid)
-            self._workers_sup.set_restart(heir.wid, "permanent")
         self._workers.pop(w.wid, None)
         self._restartable.discard(w.wid)  # its spec is forgotten: keep the set bounded
         self._overflow -= 1
         self._workers_sup.terminate_child(w.wid, wait=False)
         return True
 
-    def _retire(self, w: WorkerProcess) -> None:
-        """Replace a worker whose state can't be trusted (reclaimed, interrupted call)."""
+    def _retire(self, w: WorkerProcess, *, kill: bool = False) -> None:
+        """Replace a worker whose state can't be trusted (reclaimed; ``kill``: at once)."""
         assert self._workers_sup is not None
         self._workers.pop(w.wid, None)
         # Bound to this instance: if it died meanwhile, its crash restart already replaced
         # it, and that replacement (maybe leased to someone else by now) must not be hit.
         if w.overflow:
             self._overflow -= 1
-            self._workers_sup.terminate_child(w.wid, wait=False, only_if=w)
+            self._workers_sup.terminate_child(w.wid, wait=False, only_if=w, kill=kill)
             self._serve_waiters()
         else:
-            self._workers_sup.restart_child(w.wid, wait=False, only_if=w)
+            self._workers_sup.restart_child(w.wid, wait=False, only_if=w, kill=kill)
+
+    def _interrupted(self, lease: Lease) -> None:
+        """A call through ``lease`` was interrupted part-way (runs in the caller's thread).
+
+        Half a frame may sit in either pipe, so the worker can never be trusted again: the
+        lease ends now and the worker is killed at once and replaced -- the pool's own
+        decision, not a crash, so restart intensity is untouched.
+        """
+        with self._lock:
+            if lease._ended is not None:
+                return
+            self._end_lease(lease, _INTERRUPTED)
+            w = lease._worker
+            if self._closed is None and not w.exited.is_set():
+                self._retire(w, kill=True)
 
     def _closed_error(self) -> PoolFailed:
         assert self._closed is not None
@@ -731,11 +768,17 @@ class Pool(PassiveChild, SupervisorListener):
         with self._lock:
             if lease._ended is not None:
                 return
+            if lease._in_call.locked():
+                # Another thread's call through this lease is in flight: the worker can't go
+                # anywhere before it ends, and that call's end comes back here.
+                lease._orphaned = True
+                if lease._in_call.locked():  # (else it ended meanwhile: reclaim now)
+                    return
             self._end_lease(lease, _RECLAIMED)
             w = lease._worker
             if self._closed is not None or w.exited.is_set():
                 return
-            if self.restart_on_reclaim or w.desynced:
+            if self.restart_on_reclaim or w.broken:
                 self._retire(w)
             else:
                 self._release(w)

@@ -121,6 +121,10 @@ class Pooly:
         ``size`` defaults to the number of CPUs. A duplicate name raises ``ValueError``.
         """
         self._check_running()
+        reg = self._registry
+        with reg.lock:  # before the Pool exists: a refused name must cost no descriptor
+            if name in reg.pools or name in reg.starting:
+                raise ValueError(f"a pool named {name!r} already exists")
         pool = Pool(
             name,
             worker,
@@ -137,9 +141,9 @@ class Pooly:
             restart_on_reclaim=restart_on_reclaim,
             clock=self._clock,
         )
-        reg = self._registry
         with reg.lock:
             if name in reg.pools or name in reg.starting:
+                pool.discard()
                 raise ValueError(f"a pool named {name!r} already exists")
             reg.starting.add(name)
         try:
@@ -152,7 +156,11 @@ class Pooly:
                 )
             )
         except RuntimeError as e:
+            pool.discard()
             raise PoolyError(f"cannot start pool {name!r}: {e}") from e
+        except BaseException:
+            pool.discard()
+            raise
         finally:
             with reg.lock:
                 reg.starting.discard(name)

@@ -173,14 +173,26 @@ class PassiveChild:
         try:
             self._on_terminate()
         finally:
-            os.close(self._sentinel_w)
+            self._close_fd("_sentinel_w")
 
     def kill(self) -> None:
         self.terminate()
 
     def reap(self) -> ExitReason:
-        os.close(self._sentinel_r)
+        self._close_fd("_sentinel_r")
         return SHUTDOWN
+
+    def discard(self) -> None:
+        """Release the sentinel of a child that was never started (idempotent)."""
+        self._close_fd("_sentinel_w")
+        self._close_fd("_sentinel_r")
+
+    def _close_fd(self, attr: str) -> None:
+        with self._end_lock:
+            fd = getattr(self, attr)
+            setattr(self, attr, -1)
+        if fd >= 0:
+            os.close(fd)
 
 
 class _Entry:
@@ -304,7 +316,7 @@ class Supervisor:
     def reap(self) -> ExitReason:
         """Wait for the end and release the sentinel. Idempotent."""
         self._done.wait()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None and self._thread.ident != threading.get_ident():
             self._thread.join()
         with self._lock:
             if self._sentinel_r >= 0:
@@ -357,29 +369,49 @@ class Supervisor:
         return child
 
     def terminate_child(
-        self, child_id: Hashable, *, wait: bool = True, only_if: Child | None = None
+        self,
+        child_id: Hashable,
+        *,
+        wait: bool = True,
+        only_if: Child | None = None,
+        kill: bool = False,
     ) -> None:
-        """Stop a child (graceful, then kill) and forget its spec.
+        """Stop a child (graceful, then kill; ``kill``: at once) and forget its spec.
 
         ``only_if``: act only while that very child is the one running under the id (a
         request about one instance must not hit its replacement).
         """
-        self._call(lambda: self._terminate_child(child_id, only_if), wait)
+        self._call(lambda: self._terminate_child(child_id, only_if, not kill), wait)
 
     def restart_child(
-        self, child_id: Hashable, *, wait: bool = True, only_if: Child | None = None
+        self,
+        child_id: Hashable,
+        *,
+        wait: bool = True,
+        only_if: Child | None = None,
+        kill: bool = False,
     ) -> None:
         """Stop a child and start it again from its spec. Not counted against intensity.
 
-        ``only_if`` as for :meth:`terminate_child`.
+        ``only_if`` and ``kill`` as for :meth:`terminate_child`.
         """
-        self._call(lambda: self._restart_requested(child_id, only_if), wait)
+        self._call(lambda: self._restart_requested(child_id, only_if, not kill), wait)
 
-    def set_restart(self, child_id: Hashable, restart: Restart) -> None:
-        """Change a child's restart type (e.g. promote a temporary child to permanent)."""
+    def set_restart(
+        self, child_id: Hashable, restart: Restart, *, only_if: Child | None = None
+    ) -> bool:
+        """Change a child's restart type (e.g. promote a temporary child to permanent).
+
+        ``only_if``: change it only while that very child is running under the id; False
+        (nothing changed) if it has ended meanwhile -- its end was already judged by the
+        old type.
+        """
         with self._lock:
-            entry = self._entries[child_id]
+            entry = self._entries.get(child_id)
+            if entry is None or (only_if is not None and entry.child is not only_if):
+                return False
             entry.spec = replace(entry.spec, restart=restart)
+            return True
 
     def which_children(self) -> list[tuple[Hashable, Child | None, Restart]]:
         """(id, running child or None, restart type) for each child, in start order."""
@@ -422,7 +454,9 @@ class Supervisor:
             else:
                 fut.set_result(None)
 
-        if self._thread is threading.current_thread():
+        # get_ident, not current_thread(): this may run in a thread being torn down (a lease
+        # reclaimed from a dying holder), where current_thread() would leave a _DummyThread.
+        if self._thread is not None and self._thread.ident == threading.get_ident():
             run()
         elif not self._post(run):
             if not wait:
@@ -465,10 +499,11 @@ class Supervisor:
                     log.exception("request to stopped supervisor %r failed", self.name)
 
     def _child_ended(self, cid: Hashable) -> None:
-        entry = self._entries.get(cid)
-        if entry is None or entry.child is None:
-            return
-        child, entry.child = entry.child, None
+        with self._lock:  # detached under the lock: set_restart(only_if=...) then can't race
+            entry = self._entries.get(cid)
+            if entry is None or entry.child is None:
+                return
+            child, entry.child = entry.child, None
         reason = child.reap()
         restart = entry.spec.restart == "permanent" or (
             entry.spec.restart == "transient" and not reason.normal
@@ -510,20 +545,20 @@ class Supervisor:
                 with self._lock:
                     entry.child = child
 
-    def _restart_requested(self, cid: Hashable, only_if: Child | None) -> None:
+    def _restart_requested(self, cid: Hashable, only_if: Child | None, graceful: bool) -> None:
         entry = self._entries.get(cid)
         if entry is None:
             raise KeyError(f"supervisor {self.name!r} has no child {cid!r}")
         if only_if is not None and entry.child is not only_if:
             return  # that instance is gone already (and was restarted as a crash)
-        self._shutdown_entries([entry], notify=True)
+        self._shutdown_entries([entry], graceful=graceful, notify=True)
         self._restart_group([cid])
 
-    def _terminate_child(self, cid: Hashable, only_if: Child | None) -> None:
+    def _terminate_child(self, cid: Hashable, only_if: Child | None, graceful: bool) -> None:
         entry = self._entries.get(cid)
         if entry is None or (only_if is not None and entry.child is not only_if):
             return
-        self._shutdown_entries([entry], notify=True)
+        self._shutdown_entries([entry], graceful=graceful, notify=True)
         with self._lock:
             self._entries.pop(cid, None)
 
@@ -608,7 +643,7 @@ class Supervisor:
             # Also wake for kill(): it may cut a graceful wait short. Requests in the
             # mailbox stay queued; the loop runs them before it waits again.
             # Only the loop thread may touch the wake pipe: _finish closes it from there.
-            mine = threading.current_thread() is self._thread
+            mine = self._thread is not None and self._thread.ident == threading.get_ident()
             wake = [self._wake_r] if mine and self._wake_r >= 0 and not self._kill_requested else []
             for ready in _wait([*pending, *wake], wait_timeout(timeout)):
                 assert isinstance(ready, int)

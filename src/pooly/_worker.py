@@ -33,8 +33,10 @@ what to stop is the host's business.
 from __future__ import annotations
 
 import _thread
+import collections
 import functools
 import inspect
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
@@ -45,6 +47,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 import traceback
 import weakref
 from multiprocessing.context import BaseContext
@@ -59,13 +62,21 @@ from ._errors import (
 )
 from ._supervisor import ExitReason, wait_timeout
 
-__all__ = ("WorkerProcess", "default_start_method", "make_payload", "preload_forkserver")
+__all__ = (
+    "ChannelClosed",
+    "ReplyTimeout",
+    "WorkerProcess",
+    "default_start_method",
+    "make_payload",
+    "preload_forkserver",
+)
 
-_HDR = struct.Struct("<Q")
+_HDR = struct.Struct("<QQ")  # payload length, request id (echoed in the reply)
 _HDR_SIZE = _HDR.size
 _PROTO = pickle.HIGHEST_PROTOCOL
 _OK, _ERR = 0, 1
 _READ_CHUNK = 1 << 16
+_MAX_POLL = (2**31 - 1) // 1000  # seconds: poll(2) takes a C int of milliseconds
 
 #: File descriptors the host holds for its workers (channel ends, alive pipes). A process forked
 #: from the host (the "fork" start method, or the user's own os.fork) closes them at once, so
@@ -173,19 +184,58 @@ def make_payload(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> by
         ) from e
 
 
+class ReplyTimeout(Exception):
+    """Internal: :meth:`WorkerProcess.receive` waited its whole timeout; nothing was read."""
+
+
+class ChannelClosed(Exception):
+    """Internal: the worker's channel reached EOF or EPIPE, i.e. the worker process is gone.
+
+    Raised by :meth:`WorkerProcess.call` only, and never reaches users: the lease turns it
+    into :class:`WorkerCrashed`. A distinct type, so that a ``WorkerCrashed`` raised *by a
+    worker method* (a client of another pool) is never taken for this worker's own death.
+    """
+
+
 # ---------------------------------------------------------------------- framing
 
 
-def _send(fd: int, data: bytes) -> None:
+_SIGPIPE, _SIG_IGN, _getsignal = signal.SIGPIPE, signal.SIG_IGN, signal.getsignal
+
+Frame = tuple[int, "bytes | bytearray | memoryview"]  # (request id, pickled payload)
+
+
+def _send(fd: int, data: bytes, rid: int = 0) -> None:
+    """Write one frame. EPIPE (the reader is gone) raises ``BrokenPipeError``, never kills.
+
+    Python ignores SIGPIPE, but a host may have restored its default (CLI tools do, so
+    that ``| head`` ends them quietly): then a write to a dead worker's pipe would kill the
+    whole host with exit 141. In that case the write runs with SIGPIPE blocked in this
+    thread, and the signal the kernel queued for it is taken off again.
+    """
     n = len(data)
-    if n <= _READ_CHUNK:
-        buf = _HDR.pack(n) + data
+    if _getsignal(_SIGPIPE) is not _SIG_IGN:
+        _send_sigpipe_blocked(fd, _HDR.pack(n, rid) + data)
+    elif n <= _READ_CHUNK:
+        buf = _HDR.pack(n, rid) + data
         sent = os.write(fd, buf)  # a pipe takes up to 64 KiB in one write
         if sent != len(buf):
             _write_all(fd, memoryview(buf)[sent:])
     else:
-        _write_all(fd, memoryview(_HDR.pack(n)))
+        _write_all(fd, memoryview(_HDR.pack(n, rid)))
         _write_all(fd, memoryview(data))
+
+
+def _send_sigpipe_blocked(fd: int, buf: bytes) -> None:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGPIPE})
+    try:
+        _write_all(fd, memoryview(buf))
+    except BrokenPipeError:
+        signal.sigtimedwait({_SIGPIPE}, 0)  # the SIGPIPE sent to this thread: consume it
+        raise
+    finally:
+        if _SIGPIPE not in old:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -193,12 +243,12 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _recv(fd: int) -> bytes | bytearray | memoryview | None:
+def _recv(fd: int) -> Frame | None:
     """Read one frame; None on EOF (the peer is gone)."""
     return _recv_rest(fd, os.read(fd, _READ_CHUNK))
 
 
-def _recv_rest(fd: int, chunk: bytes) -> bytes | bytearray | memoryview | None:
+def _recv_rest(fd: int, chunk: bytes) -> Frame | None:
     """Finish reading a frame whose first read returned ``chunk``."""
     while len(chunk) < _HDR_SIZE:
         if not chunk:
@@ -207,10 +257,10 @@ def _recv_rest(fd: int, chunk: bytes) -> bytes | bytearray | memoryview | None:
         if not more:
             return None
         chunk += more
-    (n,) = _HDR.unpack_from(chunk)
+    n, rid = _HDR.unpack_from(chunk)
     have = len(chunk) - _HDR_SIZE
     if have == n:
-        return memoryview(chunk)[_HDR_SIZE:]
+        return rid, memoryview(chunk)[_HDR_SIZE:]
     buf = bytearray(n)
     buf[:have] = memoryview(chunk)[_HDR_SIZE:]
     view = memoryview(buf)[have:]
@@ -219,7 +269,7 @@ def _recv_rest(fd: int, chunk: bytes) -> bytes | bytearray | memoryview | None:
         if k == 0:
             return None
         view = view[k:]
-    return buf
+    return rid, buf
 
 
 # ---------------------------------------------------------------------- child side
@@ -259,9 +309,18 @@ def _unpack_error(msg: tuple[Any, ...]) -> BaseException:
     _, exc_bytes, tb, summary = msg
     exc: BaseException
     try:
-        exc = pickle.loads(exc_bytes) if exc_bytes is not None else PoolyError(summary)
+        rebuilt = pickle.loads(exc_bytes) if exc_bytes is not None else PoolyError(summary)
     except Exception as e:
         exc = PoolyError(f"{summary} (the exception could not be rebuilt here: {e!r})")
+    else:
+        if isinstance(rebuilt, BaseException):
+            exc = rebuilt
+        else:  # its __reduce__ rebuilds something else: say so rather than fail on it
+            exc = PoolyError(
+                f"{summary} (the exception was rebuilt here as a non-exception "
+                f"{type(rebuilt).__module__}.{type(rebuilt).__qualname__}; its __reduce__ "
+                "is broken)"
+            )
     exc.__cause__ = RemoteTraceback(tb)
     return exc
 
@@ -288,6 +347,9 @@ def _worker_main(
 ) -> None:
     """Entry point of a worker process (runs in the worker's main thread)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A host gone mid-reply must not kill us silently with SIGPIPE (a fork-started worker
+    # inherits the host's disposition): the write fails, and the next read sees EOF.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     rfd, wfd, afd = req.fileno(), rep.fileno(), alive.fileno()
     # A child this worker forks must not keep the channel open (it would hide our death).
     os.register_at_fork(after_in_child=functools.partial(_close_fds, (rfd, wfd, afd)))
@@ -298,11 +360,13 @@ def _worker_main(
     if init is None:
         return
     try:
-        cls, args, kwargs = pickle.loads(init)
+        cls, args, kwargs = pickle.loads(init[1])
         obj = cls(*args, **kwargs)
-    except Exception as e:
+    except BaseException as e:  # SystemExit too: the host gets the traceback either way
         _send(wfd, _pack_error(e, "the worker constructor"))
-        return
+        if isinstance(e, Exception):
+            return
+        raise  # and the exit status it asked for
     _send(wfd, pickle.dumps(("ready", os.getpid(), _public_methods(obj)), _PROTO))
     del init
     _serve(obj, rfd, wfd)
@@ -311,6 +375,8 @@ def _worker_main(
 def _serve(obj: object, rfd: int, wfd: int) -> None:
     """The worker's loop: one frame in, one frame out, until the host closes the channel.
 
+    Requests are served one at a time, in the order they arrive; each reply carries its
+    request's id. So a request queued behind one still running has provably not started.
     The common case (a small frame read in one go) is inlined: each Python call saved here
     is paid on every round trip.
     """
@@ -318,20 +384,21 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
     pack, unpack_from, hdr_size, chunk_size = _HDR.pack, _HDR.unpack_from, _HDR_SIZE, _READ_CHUNK
     while True:
         chunk = read(rfd, chunk_size)
-        if len(chunk) > hdr_size and unpack_from(chunk)[0] == len(chunk) - hdr_size:
+        n, rid = unpack_from(chunk) if len(chunk) >= hdr_size else (-hdr_size - 1, 0)
+        if n == len(chunk) - hdr_size:
             data: bytes | bytearray | memoryview = memoryview(chunk)[hdr_size:]
         else:
-            rest = _recv_rest(rfd, chunk)
-            if rest is None:
+            frame = _recv_rest(rfd, chunk)
+            if frame is None:
                 return  # the host closed our channel: a graceful stop
-            data = rest
+            rid, data = frame
         name = "?"
         try:
             name, args, kwargs = loads(data)
             if name[0] == "_":
                 raise AttributeError(f"{name!r} is private; only public methods are callable")
             result = getattr(obj, name)(*args, **kwargs)
-        except Exception as e:
+        except BaseException as e:  # SystemExit (argparse!) too: the caller's, not a crash
             out = _pack_error(e, f"method {name}()")
         else:
             try:
@@ -343,12 +410,12 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
         del data, chunk
         n = len(out)
         if n <= chunk_size:
-            buf = pack(n) + out
+            buf = pack(n, rid) + out
             sent = write(wfd, buf)
             if sent != len(buf):  # a signal interrupted a large write part-way
                 _write_all(wfd, memoryview(buf)[sent:])
         else:
-            _send(wfd, out)
+            _send(wfd, out, rid)
 
 
 # ---------------------------------------------------------------------- parent side
@@ -365,9 +432,11 @@ class WorkerProcess:
 
     __slots__ = (
         "__weakref__",
+        "_pending",
         "_poll",
+        "_rid",
+        "broken",
         "cls_name",
-        "desynced",
         "exitcode",
         "exited",
         "lease",
@@ -402,7 +471,9 @@ class WorkerProcess:
         self.exitcode: int | None = None
         self.exited = threading.Event()
         self.stopping = False
-        self.desynced = False  # a call was interrupted mid-flight: a reply may be pending
+        self.broken = False  # a call was interrupted part-way: the channel can't be trusted
+        self._rid = 0  # the last request id sent (0 is the start handshake)
+        self._pending: collections.deque[tuple[int, str]] = collections.deque()
         # Owned by the pool (under its lock): its child id, current lease, overflow or core.
         self.wid: Any = None
         self.lease: Any = None
@@ -481,7 +552,8 @@ class WorkerProcess:
             try:
                 _send(req_w, payload)
                 if multiprocessing.connection.wait([rep_r, proc.sentinel], wait_timeout(timeout)):
-                    reply = _recv(rep_r)
+                    frame = _recv(rep_r)
+                    reply = None if frame is None else frame[1]
                 else:
                     raise WorkerStartError(
                         f"{what} did not finish starting within start_timeout={timeout:g}s; "
@@ -512,44 +584,127 @@ class WorkerProcess:
             raise
 
     # -- the data path (consumer's thread) -----------------------------------------
+    #
+    # A call is a send and a receive. Requests carry ids and are served one at a time, in
+    # order: several may be sent ahead (pipelined), and a reply nobody waits for any more
+    # (its caller gave up at a deadline) is read and dropped by the next receive. A call
+    # interrupted part-way (KeyboardInterrupt, an async exception) may have left half a
+    # frame on either pipe: the channel is then ``broken`` and the worker must not be used
+    # again (the lease kills it).
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``name(*args, **kwargs)`` in the worker and return its result.
 
         Raises the worker method's own exception (cause: :class:`RemoteTraceback`),
-        :class:`WorkerCrashed` if the worker died, ``TypeError`` if the arguments can't be
+        :class:`ChannelClosed` if the worker died, ``TypeError`` if the arguments can't be
         pickled (nothing was sent), :class:`PoolyError` if the result can't be unpickled.
         """
+        if self._pending:
+            return self.receive(self.send(name, args, kwargs))
+        data = self._dumps(name, args, kwargs)
+        rid = self._rid + 1
+        self._rid = rid
         try:
-            data = pickle.dumps((name, args, kwargs), _PROTO)
+            n = len(data)
+            if n <= _READ_CHUNK and _getsignal(_SIGPIPE) is _SIG_IGN:  # common case, inlined
+                buf = _HDR.pack(n, rid) + data
+                sent = os.write(self.req_w, buf)
+                if sent != len(buf):  # a signal interrupted a large write part-way
+                    _write_all(self.req_w, memoryview(buf)[sent:])
+            else:
+                _send(self.req_w, data, rid)
+            chunk = os.read(self.rep_r, _READ_CHUNK)
+            size = len(chunk) - _HDR_SIZE
+            if size >= 0 and _HDR.unpack_from(chunk) == (size, rid):
+                frame: Frame | None = (rid, memoryview(chunk)[_HDR_SIZE:])
+            else:
+                frame = _recv_rest(self.rep_r, chunk)
+        except OSError:
+            frame = None
+        except BaseException:
+            self.broken = True  # e.g. KeyboardInterrupt while the worker still works
+            raise
+        if frame is None:
+            raise ChannelClosed(name)
+        if frame[0] != rid:
+            self.broken = True
+            raise PoolyError(
+                f"worker pid {self.pid} of pool {self.pool_name!r} answered request "
+                f"{frame[0]} where {rid} was expected; its channel is out of step"
+            )
+        return self._decode(name, frame[1])
+
+    def send(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """Send one request without waiting for its reply; return its request id.
+
+        ``TypeError`` if the arguments can't be pickled (nothing was sent);
+        :class:`ChannelClosed` if the worker is gone.
+        """
+        data = self._dumps(name, args, kwargs)
+        self._rid = rid = self._rid + 1
+        try:
+            self._pending.append((rid, name))
+            _send(self.req_w, data, rid)
+        except OSError:
+            raise ChannelClosed(name) from None
+        except BaseException:
+            self.broken = True
+            raise
+        return rid
+
+    def receive(self, rid: int, timeout: float | None = None) -> Any:
+        """The outcome of request ``rid``: its result, or its exception raised here.
+
+        Replies to requests sent before it that nobody waits for are read and dropped.
+        ``timeout``: seconds to wait; :class:`ReplyTimeout` if the reply did not come (then
+        nothing was read: the request stays pending, a later receive drops its reply).
+        """
+        deadline = None if timeout is None or timeout > _MAX_POLL else time.monotonic() + timeout
+        while True:
+            if not any(r == rid for r, _ in self._pending):
+                raise ValueError(f"request {rid} is not pending on worker pid {self.pid}")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if not self._poll.poll(max(0, math.ceil(left * 1000)) if left > 0 else 0):
+                    raise ReplyTimeout(f"no reply from worker pid {self.pid} within {timeout}s")
+            try:
+                frame = _recv(self.rep_r)
+            except OSError:
+                frame = None
+            except BaseException:
+                self.broken = True
+                raise
+            want, name = self._pending[0]
+            if frame is None:
+                raise ChannelClosed(name)
+            if frame[0] != want:
+                self.broken = True
+                raise PoolyError(
+                    f"worker pid {self.pid} of pool {self.pool_name!r} answered request "
+                    f"{frame[0]} where {want} was expected; its channel is out of step"
+                )
+            self._pending.popleft()
+            if want == rid:
+                return self._decode(name, frame[1])
+            # else: a reply its caller gave up on; dropped
+
+    @property
+    def pending(self) -> int:
+        """How many requests were sent whose replies have not been read yet."""
+        return len(self._pending)
+
+    def _dumps(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        try:
+            return pickle.dumps((name, args, kwargs), _PROTO)
         except Exception as e:
             raise TypeError(
                 f"cannot send the arguments of {self.cls_name}.{name}() to worker pid "
                 f"{self.pid}: {e}"
             ) from e
+
+    def _decode(self, name: str, payload: bytes | bytearray | memoryview) -> Any:
         try:
-            n = len(data)
-            if n <= _READ_CHUNK:  # the common case, inlined (see _serve)
-                buf = _HDR.pack(n) + data
-                sent = os.write(self.req_w, buf)
-                if sent != len(buf):  # a signal interrupted a large write part-way
-                    _write_all(self.req_w, memoryview(buf)[sent:])
-            else:
-                _send(self.req_w, data)
-            chunk = os.read(self.rep_r, _READ_CHUNK)
-            if len(chunk) > _HDR_SIZE and _HDR.unpack_from(chunk)[0] == len(chunk) - _HDR_SIZE:
-                reply: bytes | bytearray | memoryview | None = memoryview(chunk)[_HDR_SIZE:]
-            else:
-                reply = _recv_rest(self.rep_r, chunk)
-        except OSError:
-            reply = None
-        except BaseException:
-            self.desynced = True  # e.g. KeyboardInterrupt while the worker still works
-            raise
-        if reply is None:
-            raise self.crashed_error(during=f"{name}()")
-        try:
-            msg = pickle.loads(reply)
+            msg = pickle.loads(payload)
         except Exception as e:
             raise PoolyError(
                 f"cannot unpickle the result of {self.cls_name}.{name}() from worker pid "
