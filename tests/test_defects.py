@@ -369,3 +369,40 @@ def test_reclaim_from_dying_thread_leaves_no_dummy_thread(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ghosts 0", proc.stdout
     assert "Exception ignored" not in proc.stderr, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------- L: start_timeout
+
+_stuck_in_bootstrap = False
+
+
+def _maybe_stick() -> None:
+    if _stuck_in_bootstrap:  # a forked child that never gets to read its payload
+        time.sleep(3600)
+
+
+os.register_at_fork(after_in_child=_maybe_stick)
+
+
+@pytest.mark.timeout(30)
+def test_start_timeout_covers_sending_a_big_payload(sup: pooly.Pooly) -> None:
+    """Defect L: start_timeout did not cover sending the construction payload: with args
+    over 64 KiB and a worker stuck while bootstrapping, start_pool hung."""
+    global _stuck_in_bootstrap
+    _stuck_in_bootstrap = True
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(pooly.WorkerStartError, match="start_timeout"):
+            sup.start_pool(
+                "l",
+                Counter,
+                args=(b"x" * (1 << 20),),
+                size=1,
+                start_method="fork",
+                start_timeout=1,
+            )
+        assert time.monotonic() - t0 < 10
+    finally:
+        _stuck_in_bootstrap = False
+    pool = sup.start_pool("l2", Counter, size=1, start_method="fork")  # nothing else harmed
+    assert pool.transaction(lambda w: w.incr()) == 1

@@ -60,7 +60,7 @@ from ._errors import (
     WorkerStartError,
     describe_exit,
 )
-from ._supervisor import ExitReason, wait_timeout
+from ._supervisor import ExitReason
 
 __all__ = (
     "ChannelClosed",
@@ -235,6 +235,43 @@ def _send_sigpipe_blocked(fd: int, buf: bytes) -> None:
         raise
     finally:
         if _SIGPIPE not in old:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _send_within(fd: int, data: bytes, deadline: float, sentinel: int) -> bool:
+    """Write one frame (request id 0) by ``deadline`` (monotonic); False if it passed.
+
+    Gives up with ``BrokenPipeError`` if ``sentinel`` (the peer's) shows it has ended.
+    The fd is non-blocking meanwhile, so no write can outlast the deadline.
+    """
+    view = memoryview(_HDR.pack(len(data), 0) + data)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.register(sentinel, select.POLLIN)
+    guard = _getsignal(_SIGPIPE) is not _SIG_IGN
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGPIPE}) if guard else set()
+    os.set_blocking(fd, False)
+    try:
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+                continue
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for ready, _ in poller.poll(math.ceil(left * 1000)):
+                if ready == sentinel:
+                    raise BrokenPipeError(f"the reader of fd {fd} has ended")
+        return True
+    except BrokenPipeError:
+        if guard:
+            signal.sigtimedwait({_SIGPIPE}, 0)
+        raise
+    finally:
+        os.set_blocking(fd, True)
+        if guard and _SIGPIPE not in old:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
@@ -549,9 +586,13 @@ class WorkerProcess:
         what = f"worker {cls_name} (pid {pid}) of pool {pool_name!r}"
         reply: bytes | bytearray | memoryview | None = None
         try:
+            deadline = time.monotonic() + min(timeout, _MAX_POLL)
             try:
-                _send(req_w, payload)
-                if multiprocessing.connection.wait([rep_r, proc.sentinel], wait_timeout(timeout)):
+                # A worker stuck while bootstrapping never reads: a payload over what a pipe
+                # holds must not block us past start_timeout.
+                sent = _send_within(req_w, payload, deadline, proc.sentinel)
+                left = max(0.0, deadline - time.monotonic())
+                if sent and multiprocessing.connection.wait([rep_r, proc.sentinel], left):
                     frame = _recv(rep_r)
                     reply = None if frame is None else frame[1]
                 else:
