@@ -177,6 +177,25 @@ class PoolMachine(RuleBasedStateMachine):
         os.kill(pid, signal.SIGKILL)
         self.dead.add(pid)
 
+    @rule(i=st.integers(0, CAPACITY - 1), j=st.integers(0, CAPACITY - 2))
+    def crash_one_while_checking_in_another(self, i: int, j: int) -> None:
+        """Kill one held worker and, before the pool has seen it die, check in another.
+
+        With an overflow worker among them this is defect F's window (issue 6): a core
+        checkin must not promote the overflow worker that has just died.
+        """
+        self._note(f"crash_one_while_checking_in_another(i={i}, j={j})")
+        while len(self.held) < 2:
+            self.checkout()
+        victim = self._take(i)
+        other = self._take(j)
+        os.kill(victim.pid, signal.SIGKILL)
+        self.pool.checkin(other)
+        assert wait_for(lambda: gone(victim.pid), 5)
+        self.pool.checkin(victim)  # its worker has exited: never handed out again
+        self.dead.add(victim.pid)
+        self._note(f"  killed {victim.pid}, checked in {other.pid}")
+
     @precondition(lambda self: len(self.held) < CAPACITY)
     @rule(call_first=st.booleans())
     def consumer_dies_holding_a_lease(self, call_first: bool) -> None:
