@@ -26,7 +26,9 @@ from typing import Any
 
 __all__ = ("LeaseSet", "current_leases")
 
-LeaseSet = set[Any]
+#: A holder's live leases. A dict used as a set: adding and removing are item stores, which
+#: no asynchronous exception can interrupt half-way (see "Interrupt safety" in _pool).
+LeaseSet = dict[Any, None]
 
 
 class _Token:
@@ -49,7 +51,7 @@ def current_leases() -> LeaseSet:
     d = _local.__dict__
     leases: LeaseSet | None = d.get("leases")
     if leases is None:
-        leases = set()
+        leases = {}
         token = _Token()
         fin = weakref.finalize(token, _holder_ended, leases, os.getpid())
         fin.atexit = False  # at interpreter exit Pooly.stop() does the cleaning
@@ -61,7 +63,7 @@ def current_leases() -> LeaseSet:
 def _leases_of_task(task: asyncio.Task[Any]) -> LeaseSet:
     leases = _task_leases.get(task)
     if leases is None:
-        leases = _task_leases[task] = set()
+        leases = _task_leases[task] = {}
         task.add_done_callback(functools.partial(_task_done, leases, os.getpid()))
     return leases
 

@@ -378,10 +378,11 @@ class Pool(PassiveChild, SupervisorListener):
         self._idle: collections.deque[WorkerProcess] = collections.deque()
         self._workers: dict[Hashable, WorkerProcess] = {}
         self._waiters: collections.deque[_Waiter] = collections.deque()
-        self._reserved: set[Hashable] = set()  # overflow ids being started for a caller
+        # Overflow slots taken by a caller: id -> its worker once started (None before).
+        self._reserved: dict[Hashable, WorkerProcess | None] = {}
         # Ids of permanent workers (the only ones restarted): a start under one is a replacement.
         # Overflow ids are never reused, so they stay out (else this grows with every burst).
-        self._restartable: set[Hashable] = set()
+        self._restartable: dict[Hashable, None] = {}
         self._busy = 0
         self._overflow = 0
         self._overflow_seq = 0
@@ -441,14 +442,20 @@ class Pool(PassiveChild, SupervisorListener):
         )
         w.wid = wid
         with self._lock:
-            self._workers[wid] = w
             if wid in self._reserved:
-                w.overflow = True  # the caller who reserved the slot leases it
+                # -- commit: the caller who reserved the slot leases it
+                w.overflow = True
+                self._workers[wid] = w
+                self._reserved[wid] = w
             else:
                 if wid in self._restartable:
                     self._replaced += 1
-                self._restartable.add(wid)
-                self._make_available(w)
+                # -- commit, then the calls
+                self._restartable[wid] = None
+                self._workers[wid] = w
+                if self._closed is None:
+                    self._idle.append(w)
+                    self._serve_waiters()
         return w
 
     # ------------------------------------------------------------------ public API
@@ -465,31 +472,58 @@ class Pool(PassiveChild, SupervisorListener):
         if timeout is not None:
             timeout = _check_seconds("timeout", timeout, allow_zero=True)
         leases = current_leases()
-        with self._lock:
-            if self._closed is not None:
-                raise self._closed_error()
-            idle = self._idle
-            pop = idle.pop if self.strategy == "lifo" else idle.popleft
-            while idle:
-                w = pop()
-                if w.looks_alive():
-                    return self._lease(w, leases)
-                # Its process has exited; the supervisor is about to reap and replace it.
-            if self._overflow < self.max_overflow:
-                wid = self._reserve_overflow()
-            elif not block:
-                raise PoolFull(
-                    f"pool {self.name!r} is full: {self._busy} workers busy, none idle, "
-                    f"overflow {self._overflow}/{self.max_overflow}; retry, block, or raise "
-                    "max_overflow"
-                )
-            else:
-                waiter = _Waiter(leases)
-                self._waiters.append(waiter)
-                wid = None
-        if wid is not None:
-            return self._checkout_overflow(wid, leases)
-        return self._wait(waiter, timeout)
+        waiter: _Waiter | None = None
+        wid: str | None = None
+        try:
+            with self._lock:
+                if self._closed is not None:
+                    raise self._closed_error()
+                idle = self._idle
+                lifo = self.strategy == "lifo"
+                while idle:
+                    w = idle[-1] if lifo else idle[0]
+                    alive = w.looks_alive()
+                    if alive:
+                        lease = self._new_lease(w, leases)
+                    # -- commit: stores only (see "Interrupt safety")
+                    if lifo:
+                        del idle[-1]
+                    else:
+                        del idle[0]
+                    if alive:
+                        w.lease = lease
+                        self._busy += 1
+                        leases[lease] = None
+                        return lease
+                    # Its process has exited; the supervisor is about to reap and replace it.
+                if self._overflow < self.max_overflow:
+                    slot = f"o{self._overflow_seq + 1}"
+                    # -- commit
+                    self._overflow_seq += 1
+                    self._overflow += 1
+                    self._reserved[slot] = None
+                    wid = slot
+                elif not block:
+                    raise PoolFull(
+                        f"pool {self.name!r} is full: {self._busy} workers busy, none idle, "
+                        f"overflow {self._overflow}/{self.max_overflow}; retry, block, or raise "
+                        "max_overflow"
+                    )
+                else:
+                    waiter = _Waiter(leases)
+                    self._waiters.append(waiter)
+            if wid is not None:
+                return self._checkout_overflow(wid, leases)
+            assert waiter is not None
+            return self._wait(waiter, timeout)
+        except BaseException:
+            # Interrupted (or failed) after taking a place: give it back. Both are idempotent.
+            if wid is not None:
+                with self._lock:
+                    self._drop_reserved(wid)
+            if waiter is not None:
+                self._abandon(waiter)
+            raise
 
     def checkin(self, lease: Lease) -> None:
         """Give a leased worker back. A lease whose worker died is a quiet no-op."""
@@ -518,11 +552,9 @@ class Pool(PassiveChild, SupervisorListener):
                 # (One that died unseen an instant ago is caught by checkout's liveness check.)
                 self._end_lease(lease, _CRASHED)
             elif w.broken:  # (an interrupted call ends its lease at once; kept for safety)
-                self._end_lease(lease, _INTERRUPTED)
-                self._retire(w, kill=True)
+                self._retire(lease, _INTERRUPTED, kill=True)
             else:
-                self._end_lease(lease, _CHECKED_IN)
-                self._release(w)
+                self._pass_on(lease, _CHECKED_IN)
 
     def transaction(self, fn: Callable[[Lease], T], *, timeout: float | None = None) -> T:
         """Check out (blocking up to ``timeout``), call ``fn(lease)``, always check in."""
@@ -566,13 +598,20 @@ class Pool(PassiveChild, SupervisorListener):
         )
 
     # ------------------------------------------------------------------ internals (locked)
+    #
+    # Interrupt safety (defect N of issue 6). KeyboardInterrupt and other asynchronous
+    # exceptions land only where CPython checks for them: on entry to a Python function, on
+    # a loop's jump back, and right after a call returns -- never between two attribute or
+    # item stores. So every change of state below first makes all the calls it needs
+    # (checks, new objects) and then commits with stores only (``del d[k]``, ``d[k] = v``,
+    # ``x.a = v``, ``n += 1``), ending in at most one call: an interrupt lands before the
+    # change or after it, never half-way, and no worker is ever neither idle nor leased.
+    # Lease sets are dicts for that reason (item stores, not ``set.add``).
+    # tests/test_ki_safety.py raises an interrupt at every such point.
 
-    def _lease(self, w: WorkerProcess, leases: LeaseSet) -> Lease:
-        lease = _lease_class(w.cls_name, w.methods)(self, w, leases)
-        w.lease = lease
-        self._busy += 1
-        leases.add(lease)
-        return lease
+    def _new_lease(self, w: WorkerProcess, leases: LeaseSet) -> Lease:
+        """A lease object for ``w`` (no state changes: the caller commits it)."""
+        return _lease_class(w.cls_name, w.methods)(self, w, leases)
 
     def _lease_crashed(self, lease: Lease) -> None:
         """The holder saw its worker die: end the lease now, so a checkin is a no-op."""
@@ -581,88 +620,132 @@ class Pool(PassiveChild, SupervisorListener):
                 self._end_lease(lease, _CRASHED)
 
     def _end_lease(self, lease: Lease, why: str) -> None:
+        """End a lease whose worker goes nowhere (dead, or stopped with the pool)."""
         lease._ended = why
-        lease._leases.discard(lease)
+        del lease._leases[lease]
         lease._worker.lease = None
         self._busy -= 1
 
-    def _reserve_overflow(self) -> str:
-        self._overflow += 1
-        self._overflow_seq += 1
-        wid = f"o{self._overflow_seq}"
-        self._reserved.add(wid)
-        return wid
-
-    def _release(self, w: WorkerProcess) -> None:
-        """A live worker was given back: to the head waiter, dismissed, or idle."""
-        if self._closed is not None:
+    def _pass_on(self, lease: Lease, why: str) -> None:
+        """End ``lease`` and pass its worker on: to the head waiter, dismissed, or idle."""
+        w = lease._worker
+        if self._closed is not None or not w.looks_alive():
+            # Closed: the tree stops it. Died unseen: child_exited replaces it and its
+            # replacement serves any waiter.
+            self._end_lease(lease, why)
             return
         if self._waiters:
-            if w.looks_alive():  # else: it is being reaped; its replacement serves the waiter
-                waiter = self._waiters.popleft()
-                waiter.deliver(self._lease(w, waiter.leases))
-        elif self._overflow == 0:
-            self._idle.append(w)
-        elif not w.looks_alive():
-            pass  # died unseen: child_exited does the accounting (and its replacement)
-        elif not self._dismiss(w):
-            self._idle.append(w)
-
-    def _make_available(self, w: WorkerProcess) -> None:
-        """A fresh core worker: to the head waiter, else idle."""
-        if self._closed is not None:
+            waiter = self._waiters[0]
+            new = self._new_lease(w, waiter.leases)
+            # -- commit
+            lease._ended = why
+            del lease._leases[lease]
+            w.lease = new
+            new._leases[new] = None
+            del self._waiters[0]
+            waiter.result = new
+            waiter.lock.release()
             return
+        if self._overflow and self._dismiss(lease, why):
+            return
+        # -- commit
+        lease._ended = why
+        del lease._leases[lease]
+        w.lease = None
+        self._busy -= 1
         self._idle.append(w)
-        self._serve_waiters()
 
     def _serve_waiters(self) -> None:
         """Hand idle workers, or overflow slots, to waiters in FIFO order."""
+        idle, lifo = self._idle, self.strategy == "lifo"
         while self._waiters and self._closed is None:
-            if self._idle:
-                w = self._idle.pop() if self.strategy == "lifo" else self._idle.popleft()
-                if not w.looks_alive():
+            waiter = self._waiters[0]
+            if idle:
+                w = idle[-1] if lifo else idle[0]
+                alive = w.looks_alive()
+                if alive:
+                    new = self._new_lease(w, waiter.leases)
+                # -- commit
+                if lifo:
+                    del idle[-1]
+                else:
+                    del idle[0]
+                if not alive:
                     continue
-                waiter = self._waiters.popleft()
-                waiter.deliver(self._lease(w, waiter.leases))
+                w.lease = new
+                self._busy += 1
+                new._leases[new] = None
+                del self._waiters[0]
+                waiter.result = new
+                waiter.lock.release()
             elif self._overflow < self.max_overflow:
-                self._waiters.popleft().deliver(_OverflowSlot(self._reserve_overflow()))
+                slot = _OverflowSlot(f"o{self._overflow_seq + 1}")
+                # -- commit
+                self._overflow_seq += 1
+                self._overflow += 1
+                self._reserved[slot.wid] = None
+                del self._waiters[0]
+                waiter.result = slot
+                waiter.lock.release()
             else:
                 return
 
-    def _dismiss(self, w: WorkerProcess) -> bool:
-        """Stop a worker because overflow is no longer needed; False if it must stay.
+    def _dismiss(self, lease: Lease, why: str) -> bool:
+        """End ``lease`` and stop its worker, overflow being no longer needed.
 
-        An overflow worker just goes. A core worker goes only if a running overflow worker
-        can take its place for good (promoted to permanent); while the only overflow
-        workers are still starting, the core worker stays.
+        False (nothing changed) if the worker must stay. An overflow worker just goes. A
+        core worker goes only if a running overflow worker can take its place for good
+        (promoted to permanent); while the only overflow workers are still starting, the
+        core worker stays.
         """
         assert self._workers_sup is not None
+        w = lease._worker
+        heir = None
         if not w.overflow:
             # The heir must still be running *as the supervisor sees it*: an overflow worker
             # that has just died (not yet reaped) would be promoted dead and then not
             # replaced, leaving the pool a core worker short for good.
-            for heir in self._workers.values():
+            for h in self._workers.values():
                 if (
-                    heir.overflow
-                    and heir.lease is not None
-                    and not heir.exited.is_set()
-                    and self._workers_sup.set_restart(heir.wid, "permanent", only_if=heir)
+                    h.overflow
+                    and h.lease is not None
+                    and not h.exited.is_set()
+                    and self._workers_sup.set_restart(h.wid, "permanent", only_if=h)
                 ):
+                    heir = h
                     break
             else:
                 return False
+        present = self._workers.get(w.wid) is w
+        # -- commit, then the one call
+        if heir is not None:
             heir.overflow = False
-            self._restartable.add(heir.wid)
-        self._workers.pop(w.wid, None)
-        self._restartable.discard(w.wid)  # its spec is forgotten: keep the set bounded
+            self._restartable[heir.wid] = None
+        lease._ended = why
+        del lease._leases[lease]
+        w.lease = None
+        self._busy -= 1
+        if present:
+            del self._workers[w.wid]
+        if w.wid in self._restartable:  # its spec is forgotten: keep the map bounded
+            del self._restartable[w.wid]
         self._overflow -= 1
         self._workers_sup.terminate_child(w.wid, wait=False)
         return True
 
-    def _retire(self, w: WorkerProcess, *, kill: bool = False) -> None:
-        """Replace a worker whose state can't be trusted (reclaimed; ``kill``: at once)."""
+    def _retire(self, lease: Lease, why: str, *, kill: bool = False) -> None:
+        """End ``lease`` and replace its worker, whose state can't be trusted (reclaimed;
+        ``kill``: at once, for a call interrupted part-way)."""
         assert self._workers_sup is not None
-        self._workers.pop(w.wid, None)
+        w = lease._worker
+        present = self._workers.get(w.wid) is w
+        # -- commit, then the calls
+        lease._ended = why
+        del lease._leases[lease]
+        w.lease = None
+        self._busy -= 1
+        if present:
+            del self._workers[w.wid]
         # Bound to this instance: if it died meanwhile, its crash restart already replaced
         # it, and that replacement (maybe leased to someone else by now) must not be hit.
         if w.overflow:
@@ -682,10 +765,30 @@ class Pool(PassiveChild, SupervisorListener):
         with self._lock:
             if lease._ended is not None:
                 return
-            self._end_lease(lease, _INTERRUPTED)
-            w = lease._worker
-            if self._closed is None and not w.exited.is_set():
-                self._retire(w, kill=True)
+            if self._closed is not None or lease._worker.exited.is_set():
+                self._end_lease(lease, _INTERRUPTED)
+            else:
+                self._retire(lease, _INTERRUPTED, kill=True)
+
+    def _drop_reserved(self, wid: str) -> None:
+        """Give back an overflow slot its taker will not use (idempotent).
+
+        Before its worker started, the slot is all there is; a started worker that nobody
+        leased is stopped; one that died already was accounted for by child_exited.
+        """
+        if wid not in self._reserved:
+            return
+        w = self._reserved[wid]
+        live = w is not None and self._workers.get(wid) is w
+        # -- commit, then the calls
+        del self._reserved[wid]
+        if w is None or live:
+            self._overflow -= 1
+        if live:
+            del self._workers[wid]
+            assert self._workers_sup is not None
+            self._workers_sup.terminate_child(wid, wait=False, only_if=w)
+        self._serve_waiters()
 
     def _closed_error(self) -> PoolFailed:
         assert self._closed is not None
@@ -694,19 +797,15 @@ class Pool(PassiveChild, SupervisorListener):
     # ------------------------------------------------------------------ waiting
 
     def _wait(self, waiter: _Waiter, timeout: float | None) -> Lease:
-        try:
-            forever = timeout is None or timeout > threading.TIMEOUT_MAX
-            got = waiter.lock.acquire(timeout=-1 if forever else timeout)  # type: ignore[arg-type]
-        except BaseException:
-            self._abandon(waiter)
-            raise
+        """Wait to be served (the caller abandons the waiter if this raises)."""
+        forever = timeout is None or timeout > threading.TIMEOUT_MAX
+        got = waiter.lock.acquire(timeout=-1 if forever else timeout)  # type: ignore[arg-type]
         if not got:
             with self._lock:
                 if waiter.result is None:
-                    self._waiters.remove(waiter)
                     raise CheckoutTimeout(
                         f"pool {self.name!r}: no worker became free within {timeout:g}s "
-                        f"({self._busy} busy, {len(self._waiters)} still waiting)"
+                        f"({self._busy} busy, {len(self._waiters) - 1} others waiting)"
                     )
         result = waiter.result
         if isinstance(result, Lease):
@@ -717,18 +816,20 @@ class Pool(PassiveChild, SupervisorListener):
         raise result
 
     def _abandon(self, waiter: _Waiter) -> None:
-        """A waiter gave up (interrupted): leave the queue, give back anything it was sent."""
+        """A waiter gave up (timed out, interrupted): leave the queue, give back anything it
+        was sent and never took. Idempotent."""
         with self._lock:
             result = waiter.result
             if result is None:
-                self._waiters.remove(waiter)
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
             elif isinstance(result, Lease):
-                self._end_lease(result, _CHECKED_IN)
-                self._release(result._worker)
+                if result._ended is None:
+                    self._pass_on(result, _CHECKED_IN)
             elif isinstance(result, _OverflowSlot):
-                self._reserved.discard(result.wid)
-                self._overflow -= 1
-                self._serve_waiters()
+                self._drop_reserved(result.wid)
 
     def _checkout_overflow(self, wid: str, leases: LeaseSet) -> Lease:
         assert self._workers_sup is not None
@@ -736,9 +837,7 @@ class Pool(PassiveChild, SupervisorListener):
             w = self._workers_sup.start_child(self._spec(wid, "temporary"))
         except BaseException as e:
             with self._lock:
-                self._reserved.discard(wid)
-                self._overflow -= 1
-                self._serve_waiters()
+                self._drop_reserved(wid)
                 closed = self._closed
             if closed is not None and isinstance(e, Exception):
                 # The pool stopped under the start (its alive pipe closed, or its
@@ -749,22 +848,29 @@ class Pool(PassiveChild, SupervisorListener):
             raise
         assert isinstance(w, WorkerProcess)
         with self._lock:
-            self._reserved.discard(wid)
             if self._closed is not None:
                 raise self._closed_error()
             if self._workers.get(wid) is not w:
+                self._drop_reserved(wid)
                 raise WorkerStartError(
                     f"overflow worker pid {w.pid} of pool {self.name!r} died right after it "
                     "started",
                     pid=w.pid,
                     exitcode=w.exitcode,
                 )
-            return self._lease(w, leases)
+            lease = self._new_lease(w, leases)
+            # -- commit
+            del self._reserved[wid]
+            w.lease = lease
+            self._busy += 1
+            leases[lease] = None
+            return lease
 
     # ------------------------------------------------------------------ holder ended
 
     def _reclaim(self, lease: Lease) -> None:
-        """The lease's holder thread ended without checkin (runs in that dying thread)."""
+        """The lease's holder ended without checkin (runs in that dying thread, or in the
+        event loop for a task)."""
         with self._lock:
             if lease._ended is not None:
                 return
@@ -774,14 +880,13 @@ class Pool(PassiveChild, SupervisorListener):
                 lease._orphaned = True
                 if lease._in_call.locked():  # (else it ended meanwhile: reclaim now)
                     return
-            self._end_lease(lease, _RECLAIMED)
             w = lease._worker
             if self._closed is not None or w.exited.is_set():
-                return
-            if self.restart_on_reclaim or w.broken:
-                self._retire(w)
+                self._end_lease(lease, _RECLAIMED)
+            elif self.restart_on_reclaim or w.broken:
+                self._retire(lease, _RECLAIMED)
             else:
-                self._release(w)
+                self._pass_on(lease, _RECLAIMED)
 
     # ------------------------------------------------------------------ supervisor events
 
