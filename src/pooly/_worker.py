@@ -201,6 +201,7 @@ class ChannelClosed(Exception):
 
 
 _SIGPIPE, _SIG_IGN, _getsignal = signal.SIGPIPE, signal.SIG_IGN, signal.getsignal
+_pdumps, _ploads = pickle.dumps, pickle.loads  # module globals: cheaper than pickle.x
 
 Frame = tuple[int, "bytes | bytearray | memoryview"]  # (request id, pickled payload)
 
@@ -642,7 +643,10 @@ class WorkerProcess:
         """
         if self._pending:
             return self.receive(self.send(name, args, kwargs))
-        data = self._dumps(name, args, kwargs)
+        try:  # inlined, as the rest of this fast path: each Python call costs ~0.1 us here
+            data = _pdumps((name, args, kwargs), _PROTO)
+        except Exception:
+            data = self._dumps(name, args, kwargs)  # raises the explanatory TypeError
         rid = self._rid + 1
         self._rid = rid
         try:
@@ -673,7 +677,13 @@ class WorkerProcess:
                 f"worker pid {self.pid} of pool {self.pool_name!r} answered request "
                 f"{frame[0]} where {rid} was expected; its channel is out of step"
             )
-        return self._decode(name, frame[1])
+        try:
+            msg = _ploads(frame[1])
+        except Exception:
+            return self._decode(name, frame[1])  # raises the explanatory PoolyError
+        if msg[0] == _OK:
+            return msg[1]
+        raise _unpack_error(msg)
 
     def send(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         """Send one request without waiting for its reply; return its request id.
