@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from pooly.__main__ import main
+from pooly.cli.main import main
 from tests.conftest import processes_with_env
 
 MARKER = "POOLY_DEMO_TEST_MARKER"
