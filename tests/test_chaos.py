@@ -27,19 +27,10 @@ import pooly
 from pooly._worker import WorkerProcess
 from pooly.cli import chaos_config, workers
 from pooly.cli.main import main
-from tests.conftest import (
-    _infrastructure_pids,
-    _live_descendants,
-    processes_with_env,
-    wait_for,
-)
+from tests.conftest import left_with_env, live_children, wait_for
 from tests.workers import SlowInit
 
 MARKER = "POOLY_CHAOS_TEST_MARKER"
-
-
-def _marked(value: str) -> list[int]:
-    return processes_with_env(MARKER, value)
 
 
 @pytest.mark.timeout(120)
@@ -77,9 +68,7 @@ def test_short_soak_explains_every_outcome_and_leaves_nothing(tmp_path: Path) ->
     assert calls["WorkerCrashed"] > 0 and sum(data["replaced"].values()) > 0, report
     assert checkouts.get(chaos_config.WAITER_TIMEOUT, 0) > 0, report
     assert data["heal_ms"], report
-    deadline = time.monotonic() + 10.0  # the forkserver notices its host is gone by itself
-    while (left := _marked(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    left = left_with_env(MARKER, marker)
     assert not left, f"processes left behind by the soak: {left}\n{report}"
 
 
@@ -150,7 +139,7 @@ def test_checkout_starting_overflow_worker_when_pool_stops_raises_pool_failed(
     slow = tmp_path / "slow"
     pool = sup.start_pool("p", SlowInit, args=(str(slow), 2.0), size=0, max_overflow=1)
     slow.touch()  # from now on a worker takes 2 s in its constructor
-    before = set(_live_descendants())
+    before = live_children()
     out: dict[str, object] = {}
 
     def consumer() -> None:
@@ -163,7 +152,7 @@ def test_checkout_starting_overflow_worker_when_pool_stops_raises_pool_failed(
     th.start()
 
     def starting() -> bool:  # a worker process exists (not just the forkserver, new too)
-        return bool(set(_live_descendants()) - before - _infrastructure_pids())
+        return bool(live_children() - before)
 
     assert wait_for(starting, timeout=10)
     sup.stop_pool("p")

@@ -31,6 +31,7 @@ __all__ = (
     "RaiseOnPickle",
     "RaiseOnUnpickle",
     "SegfaultOnPickle",
+    "SegfaultOnUnpickle",
     "in_worker",
     "seal",
     "sha256_chain",
@@ -128,6 +129,18 @@ class SegfaultOnPickle:
         if in_worker():
             Crashable().segfault()
         raise FaultError(f"{MARK}: SegfaultOnPickle will not crash the host process")
+
+
+class SegfaultOnUnpickle:
+    """Pickles fine; unpickling it in a worker crashes the worker (its ``__setstate__``)."""
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"armed": 1}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        if in_worker():
+            Crashable().segfault()
+        raise FaultError(f"{MARK}: SegfaultOnUnpickle will not crash the host process")
 
 
 class RaiseOnUnpickle:
