@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck check clean
+.PHONY: demo test test-all bench lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The suite on every supported Python found here (3.11, 3.12, 3.13; pyenv's too), each in its
+# own venv (.venv-3.12, ...; the default interpreter's is .venv). See .ci/test-all.
+test-all: $(STAMP)
+	PYTHON=$(PYTHON) .ci/test-all
 
 # The chaos soak (issue 3): 5 minutes at a fault every ~50 ms unless CHAOS_ARGS says otherwise.
 CHAOS_ARGS ?= --duration 300 --fault-interval 0.05
@@ -37,4 +42,4 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-3.* build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,9 @@
-"""Shared fixtures: every test leaves no process behind, and gets a Pooly to use."""
+"""Shared fixtures and helpers: every test leaves no process behind, and gets a Pooly to use.
+
+The helpers every test file may import live here, once: ``wait_for`` (poll a condition with
+a deadline), ``gone`` (a process has wholly exited), ``live_descendants`` / ``live_children``
+(our processes), ``infrastructure_pids`` (multiprocessing's helpers), ``processes_with_env``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
@@ -21,7 +26,7 @@ settings.register_profile("dev", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-def _infrastructure_pids() -> set[int]:
+def infrastructure_pids() -> set[int]:
     """multiprocessing's own long-lived helpers, shared by the whole test session."""
     pids = set()
     fs = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
@@ -32,7 +37,8 @@ def _infrastructure_pids() -> set[int]:
     return pids
 
 
-def _live_descendants() -> dict[int, str]:
+def live_descendants() -> dict[int, str]:
+    """Our live (non-zombie) descendant processes: pid -> command line."""
     out = {}
     for p in psutil.Process(os.getpid()).children(recursive=True):
         try:
@@ -44,14 +50,40 @@ def _live_descendants() -> dict[int, str]:
     return out
 
 
+def live_children() -> set[int]:
+    """Our live descendant processes, multiprocessing's own helpers left out."""
+    return set(live_descendants()) - infrastructure_pids()
+
+
+def gone(pid: int) -> bool:
+    """True once process ``pid`` has wholly exited: gone, or a zombie with no live thread.
+
+    Checks every thread, not just the leader: a killed process's leader shows as a zombie
+    while its other threads (a worker's watchdog) are still exiting and still hold its files.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if state not in ("Z", "X"):
+            return False
+    return True
+
+
 def leftover_processes(before: set[int], timeout: float = 5.0) -> dict[int, str]:
     """Descendants not there before (and not multiprocessing's helpers), after a grace period."""
     deadline = time.monotonic() + timeout
     while True:
         extra = {
             pid: cmd
-            for pid, cmd in _live_descendants().items()
-            if pid not in before and pid not in _infrastructure_pids()
+            for pid, cmd in live_descendants().items()
+            if pid not in before and pid not in infrastructure_pids()
         }
         if not extra or time.monotonic() > deadline:
             return extra
@@ -61,7 +93,7 @@ def leftover_processes(before: set[int], timeout: float = 5.0) -> dict[int, str]
 @pytest.fixture(autouse=True)
 def no_leftover_processes() -> Iterator[None]:
     """Fail a test that leaves a worker (or any other child process) running."""
-    before = set(_live_descendants())
+    before = set(live_descendants())
     yield
     extra = leftover_processes(before)
     for pid in extra:
@@ -78,7 +110,9 @@ def sup() -> Iterator[pooly.Pooly]:
         yield s
 
 
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.002) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.002
+) -> bool:
     """Poll a condition with a deadline (never a bare sleep to wait for a state)."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -101,3 +135,15 @@ def processes_with_env(name: str, value: str) -> list[int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return pids
+
+
+def left_with_env(name: str, value: str, timeout: float = 10.0) -> list[int]:
+    """Pids of processes carrying ``name=value`` still alive after ``timeout`` seconds.
+
+    A subprocess's multiprocessing helpers (forkserver, resource tracker) notice that their
+    host is gone by themselves, a moment after it ends: this gives them that moment.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := processes_with_env(name, value)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left

@@ -40,8 +40,8 @@ from tests.chaos_workers import (
     InitRaisesUnpicklable,
     InitRaisesUnrebuildable,
 )
-from tests.conftest import _infrastructure_pids, _live_descendants, wait_for
-from tests.workers import Counter, gone
+from tests.conftest import gone, live_children, wait_for
+from tests.workers import Counter
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,11 +49,6 @@ INF, NAN = math.inf, math.nan
 # Beyond what select()/poll() (2**31 - 1 ms), threading (TIMEOUT_MAX) or float() accept.
 HUGE_SECONDS = [INF, 1e7, 10**400]
 HUGE_IDS = ["inf", "1e7", "10**400"]
-
-
-def children() -> set[int]:
-    """Our live child processes, multiprocessing's own helpers left out."""
-    return set(_live_descendants()) - _infrastructure_pids()
 
 
 def zombies() -> set[int]:
@@ -161,7 +156,7 @@ def check_options(sup: pooly.Pooly, opts: dict[str, Any], verdicts: dict[str, st
     name = next(_names)
     questionable = [n for n, v in verdicts.items() if v != "valid"]
     registry = [p.name for p in sup.pools()]
-    before = children()
+    before = live_children()
     try:
         pool = sup.start_pool(name, Counter, **opts)
     except (ValueError, TypeError) as e:
@@ -181,7 +176,7 @@ def check_options(sup: pooly.Pooly, opts: dict[str, Any], verdicts: dict[str, st
     else:
         refused = None
     if refused is not None:
-        assert children() == before, f"{refused!r} left processes behind"
+        assert live_children() == before, f"{refused!r} left processes behind"
         assert [p.name for p in sup.pools()] == registry
         with pytest.raises(pooly.NoSuchPool):
             sup.pool(name)
@@ -219,7 +214,7 @@ def check_options(sup: pooly.Pooly, opts: dict[str, Any], verdicts: dict[str, st
     assert all(gone(pid) for pid in pids)
     assert pool.status().state == "stopped"
     assert [p.name for p in sup.pools()] == registry
-    assert wait_for(lambda: children() == before)
+    assert wait_for(lambda: live_children() == before)
 
 
 @pytest.mark.timeout(60)
@@ -336,13 +331,13 @@ def test_constructor_failure_gives_worker_start_error(
     sup: pooly.Pooly, method: str, cls: type, check: Callable[[Any], bool]
 ) -> None:
     resident = sup.start_pool("resident", Counter, size=1, start_method=method)
-    before, dead_before = children(), zombies()
+    before, dead_before = live_children(), zombies()
     with pytest.raises(pooly.WorkerStartError) as ei:
         sup.start_pool("p", cls, size=2, start_method=method)
     err = ei.value
     assert check(err), (repr(err), err.__cause__)
     assert isinstance(err.pid, int) and cls.__name__ in str(err) and "'p'" in str(err)
-    assert children() == before, "a worker of the failed pool is still running"
+    assert live_children() == before, "a worker of the failed pool is still running"
     assert zombies() <= dead_before, "a worker of the failed pool was never reaped"
     assert [p.name for p in sup.pools()] == ["resident"]
     assert sup.start_pool("p", Counter, size=1).transaction(lambda w: w.incr()) == 1

@@ -6,33 +6,20 @@ and a shared CI machine would make such a test flaky.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.conftest import left_with_env
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench.py"
-
-
-def _tagged(token: str) -> list[psutil.Process]:
-    """Live processes whose environment carries ``token`` (the bench run and its children)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if (
-                proc.environ().get("POOLY_BENCH_SMOKE") == token
-                and proc.status() != psutil.STATUS_ZOMBIE
-            ):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 @pytest.mark.timeout(120)
@@ -76,9 +63,8 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
     )
 
     # The fork server and resource tracker end when the script does; give them a moment.
-    deadline = time.monotonic() + 10
-    while (left := _tagged(token)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for p in left:
-        p.kill()
-    assert not left, f"the benchmark left processes behind: {[p.cmdline() for p in left]}"
+    left = left_with_env("POOLY_BENCH_SMOKE", token)
+    for pid in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
+    assert not left, f"the benchmark left processes behind: {left}"

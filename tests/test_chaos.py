@@ -24,22 +24,13 @@ from pathlib import Path
 import pytest
 
 import pooly
-from pooly import _chaos
-from pooly.__main__ import main
 from pooly._worker import WorkerProcess
-from tests.conftest import (
-    _infrastructure_pids,
-    _live_descendants,
-    processes_with_env,
-    wait_for,
-)
+from pooly.cli import chaos_config, workers
+from pooly.cli.main import main
+from tests.conftest import left_with_env, live_children, wait_for
 from tests.workers import SlowInit
 
 MARKER = "POOLY_CHAOS_TEST_MARKER"
-
-
-def _marked(value: str) -> list[int]:
-    return processes_with_env(MARKER, value)
 
 
 @pytest.mark.timeout(120)
@@ -70,16 +61,14 @@ def test_short_soak_explains_every_outcome_and_leaves_nothing(tmp_path: Path) ->
     assert calls["attempted"] == sum(v for k, v in calls.items() if k != "attempted"), report
     assert calls["ok"] > 1000 and checkouts["leased"] > 100, report
     # Real harm was done, of every kind, and each fault did what it was meant to.
-    for kind in _chaos.FAULT_LABELS:
+    for kind in chaos_config.FAULT_LABELS:
         assert faults.get(kind, 0) > 0, f"no {kind} fault injected\n{report}"
-    for kind in _chaos.CALL_FAULTS:
+    for kind in (*chaos_config.CALL_FAULTS, "interrupted", "slow-start"):
         assert data["confirmed"].get(kind, 0) > 0, f"no {kind} fault confirmed\n{report}"
     assert calls["WorkerCrashed"] > 0 and sum(data["replaced"].values()) > 0, report
-    assert checkouts.get(_chaos.WAITER_TIMEOUT, 0) > 0, report
+    assert checkouts.get(chaos_config.WAITER_TIMEOUT, 0) > 0, report
     assert data["heal_ms"], report
-    deadline = time.monotonic() + 10.0  # the forkserver notices its host is gone by itself
-    while (left := _marked(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    left = left_with_env(MARKER, marker)
     assert not left, f"processes left behind by the soak: {left}\n{report}"
 
 
@@ -89,40 +78,49 @@ def test_help_lists_chaos_and_its_options() -> None:
         [sys.executable, "-m", "pooly", "chaos", "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    for option in ("--duration", "--fault-interval", "--pools", "--consumers", "--seed", "--json"):
+    for option in (
+        "--duration",
+        "--fault-interval",
+        "--pools",
+        "--consumers",
+        "--seed",
+        "--json",
+        "--faults",
+    ):
         assert option in proc.stdout
 
 
 @pytest.mark.parametrize(
     "args",
     [["--duration", "0"], ["--fault-interval", "-1"], ["--pools", "0"], ["--pools", "99"],
-     ["--consumers", "x"]],
+     ["--consumers", "x"], ["--faults", "sigkill-busy,nope"], ["--faults", ","]],
 )  # fmt: skip
-def test_chaos_rejects_bad_options(args: list[str]) -> None:
+def test_chaos_rejects_bad_options(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["chaos", *args])
     assert exc.value.code == 2
+    assert args[0] in capsys.readouterr().err  # the error names the option
 
 
 def test_poison_objects_never_end_the_host() -> None:
     """In the host, the objects meant to end a worker only raise FaultError."""
-    with pytest.raises(_chaos.FaultError):
-        pickle.dumps(_chaos.ExitOnPickle(3))
-    with pytest.raises(_chaos.FaultError):
-        pickle.dumps(_chaos.SegfaultOnPickle())
-    with pytest.raises(_chaos.FaultError):
-        pickle.loads(pickle.dumps(_chaos.ExitOnUnpickle(3)))
-    with pytest.raises(_chaos.FaultError):
-        pickle.loads(pickle.dumps(_chaos.RaiseOnUnpickle()))
-    with pytest.raises(_chaos.FaultError):
-        pickle.dumps(_chaos.RaiseOnPickle())
+    with pytest.raises(workers.FaultError):
+        pickle.dumps(workers.ExitOnPickle(3))
+    with pytest.raises(workers.FaultError):
+        pickle.dumps(workers.SegfaultOnPickle())
+    with pytest.raises(workers.FaultError):
+        pickle.loads(pickle.dumps(workers.ExitOnUnpickle(3)))
+    with pytest.raises(workers.FaultError):
+        pickle.loads(pickle.dumps(workers.RaiseOnUnpickle()))
+    with pytest.raises(workers.FaultError):
+        pickle.dumps(workers.RaiseOnPickle())
 
 
 def test_chaos_worker_results_are_checkable() -> None:
-    w = _chaos.ChaosWorker()
+    w = workers.ChaosWorker()
     pid, token, total, seal = w.mix(5, 3, 10)
     assert (pid, token, total) == (os.getpid(), w.token, 5)
-    assert seal == _chaos.seal(token, 5, _chaos.sha256_chain(_chaos.PAYLOADS[3], 10))
+    assert seal == workers.seal(token, 5, workers.sha256_chain(workers.PAYLOADS[3], 10))
     assert w.mix(2, 3, 10)[2] == 7
 
 
@@ -141,7 +139,7 @@ def test_checkout_starting_overflow_worker_when_pool_stops_raises_pool_failed(
     slow = tmp_path / "slow"
     pool = sup.start_pool("p", SlowInit, args=(str(slow), 2.0), size=0, max_overflow=1)
     slow.touch()  # from now on a worker takes 2 s in its constructor
-    before = set(_live_descendants())
+    before = live_children()
     out: dict[str, object] = {}
 
     def consumer() -> None:
@@ -154,7 +152,7 @@ def test_checkout_starting_overflow_worker_when_pool_stops_raises_pool_failed(
     th.start()
 
     def starting() -> bool:  # a worker process exists (not just the forkserver, new too)
-        return bool(set(_live_descendants()) - before - _infrastructure_pids())
+        return bool(live_children() - before)
 
     assert wait_for(starting, timeout=10)
     sup.stop_pool("p")
@@ -176,14 +174,14 @@ def test_checkouts_racing_stop_pool_lease_or_raise_pool_failed(sup: pooly.Pooly)
     outcomes: collections.Counter[str] = collections.Counter()
     examples: dict[str, str] = {}
     rng = random.Random(1234)
-    pool = sup.start_pool("p", _chaos.ChaosWorker, size=0, max_overflow=1)
+    pool = sup.start_pool("p", workers.ChaosWorker, size=0, max_overflow=1)
     pool.checkin(pool.checkout(timeout=30))  # the first start may import more
     t = time.monotonic()
     pool.checkin(pool.checkout(timeout=30))  # how long an overflow start takes here
     start_s = time.monotonic() - t
     sup.stop_pool("p")
     for _ in range(40):
-        pool = sup.start_pool("p", _chaos.ChaosWorker, size=0, max_overflow=3)
+        pool = sup.start_pool("p", workers.ChaosWorker, size=0, max_overflow=3)
 
         def consumer(pool: pooly.Pool = pool) -> None:
             try:
@@ -295,7 +293,7 @@ def test_overflow_promotions_do_not_grow_the_pool_bookkeeping(sup: pooly.Pooly) 
     and the core one dismissed -- and the pool remembered the dismissed worker's id for good
     (Pool._restartable grew by one id per promotion: 61 ids after 60 rounds, for a pool of
     one worker). No collection of the pool or its worker supervisor may grow with churn."""
-    pool = sup.start_pool("p", _chaos.ChaosWorker, size=1, max_overflow=1)
+    pool = sup.start_pool("p", workers.ChaosWorker, size=1, max_overflow=1)
     for _ in range(40):
         core = pool.checkout(timeout=30)
         extra = pool.checkout(timeout=30)  # an overflow worker, started for us
@@ -324,7 +322,7 @@ def test_reclaiming_a_worker_that_just_died_never_stops_its_replacement(
 
     The window (sentinel seen -> exit recorded) is widened here by a gate in reap(), as GIL
     contention widens it in real life."""
-    pool = sup.start_pool("p", _chaos.ChaosWorker, size=1)
+    pool = sup.start_pool("p", workers.ChaosWorker, size=1)
     reap = WorkerProcess.reap
     reaping, gate = threading.Event(), threading.Event()
 

@@ -11,19 +11,14 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
-from pooly.__main__ import main
-from tests.conftest import processes_with_env
+from pooly.cli.main import main
+from tests.conftest import left_with_env
 
 MARKER = "POOLY_DEMO_TEST_MARKER"
-
-
-def _marked(value: str) -> list[int]:
-    return processes_with_env(MARKER, value)
 
 
 def _run(*args: str, timeout: float = 50.0) -> tuple[subprocess.CompletedProcess[str], str]:
@@ -60,9 +55,7 @@ def test_demo_short_run_loses_no_call_and_leaves_no_process() -> None:
     assert _number("faults injected", out) > 0, report
     assert _number("worker processes left after stop", out) == 0, report
     assert "OK:" in out, report
-    deadline = time.monotonic() + 10.0  # the forkserver notices its host is gone by itself
-    while (left := _marked(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    left = left_with_env(MARKER, marker)
     assert not left, f"processes left behind by the demo: {left}\n{report}"
 
 

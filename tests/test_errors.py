@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import pooly
-from tests.conftest import _infrastructure_pids, _live_descendants
+from tests.conftest import live_children
 from tests.workers import (
     Counter,
     ExitingInit,
@@ -23,11 +23,6 @@ from tests.workers import (
 )
 
 pytestmark = pytest.mark.timeout(15)
-
-
-def children() -> set[int]:
-    """Our live child processes, multiprocessing's own helpers left out."""
-    return set(_live_descendants()) - _infrastructure_pids()
 
 
 # ====================================================================== worker-method errors
@@ -87,10 +82,10 @@ def test_private_and_unknown_names_are_refused_locally(sup: pooly.Pooly) -> None
 def test_duplicate_pool_name(sup: pooly.Pooly) -> None:
     pool = sup.start_pool("p", Counter, size=1)
     pids = pool.worker_pids()
-    before = children()
+    before = live_children()
     with pytest.raises(ValueError, match="'p'"):
         sup.start_pool("p", Counter, size=1)
-    assert children() == before
+    assert live_children() == before
     assert sup.pool("p") is pool and pool.worker_pids() == pids
     assert [p.name for p in sup.pools()] == ["p"]
     assert pool.transaction(lambda w: w.incr()) == 1
@@ -165,12 +160,12 @@ def test_invalid_option_is_refused_before_any_process(
     sup: pooly.Pooly, option: dict[str, Any], exc: type[Exception], names: str
 ) -> None:
     sup.start_pool("warm", Counter, size=1)  # the forkserver is up: any new process is ours
-    before = children()
+    before = live_children()
     kw: dict[str, Any] = {"name": "bad", "worker": Counter, "size": 1, **option}
     name, worker = kw.pop("name"), kw.pop("worker")
     with pytest.raises(exc, match=names):
         sup.start_pool(name, worker, **kw)
-    assert children() == before, "a process was started for an invalid pool"
+    assert live_children() == before, "a process was started for an invalid pool"
     assert [p.name for p in sup.pools()] == ["warm"]
     with pytest.raises(pooly.NoSuchPool):
         sup.pool("bad")
@@ -179,10 +174,10 @@ def test_invalid_option_is_refused_before_any_process(
 
 
 def test_invalid_pooly_start_method() -> None:
-    before = children()
+    before = live_children()
     with pytest.raises(ValueError, match="start_method"), pooly.Pooly(start_method="bogus") as sup:
         sup.start_pool("p", Counter, size=1)
-    assert children() == before
+    assert live_children() == before
 
 
 @pytest.mark.parametrize(
@@ -213,7 +208,7 @@ def test_unpicklable_call_arguments_are_a_type_error(sup: pooly.Pooly) -> None:
 
 def test_failing_constructor(sup: pooly.Pooly, tmp_path: Path) -> None:
     record = tmp_path / "attempts"
-    before = children()
+    before = live_children()
     with pytest.raises(pooly.WorkerStartError) as ei:
         sup.start_pool("p", RecordingFailInit, args=(str(record),), size=3)
     err = ei.value
@@ -224,7 +219,7 @@ def test_failing_constructor(sup: pooly.Pooly, tmp_path: Path) -> None:
     attempts = record.read_text().split()
     assert 1 <= len(attempts) <= 3  # tried once per slot at most: no respawn loop
     assert err.pid is not None and str(err.pid) in attempts
-    assert children() == before  # nothing left running, at once
+    assert live_children() == before  # nothing left running, at once
     assert sup.pools() == []
     with pytest.raises(pooly.NoSuchPool):
         sup.pool("p")
@@ -241,25 +236,25 @@ def test_failing_constructor_message(sup: pooly.Pooly) -> None:
 
 
 def test_exiting_constructor(sup: pooly.Pooly) -> None:
-    before = children()
+    before = live_children()
     with pytest.raises(pooly.WorkerStartError) as ei:
         sup.start_pool("p", ExitingInit, args=(7,), size=2)
     assert ei.value.exitcode == 7
     assert "7" in str(ei.value)
     assert isinstance(ei.value.pid, int)
-    assert children() == before
+    assert live_children() == before
     assert sup.pools() == []
 
 
 @pytest.mark.timeout(10)
 def test_hanging_constructor(sup: pooly.Pooly) -> None:
-    before = children()
+    before = live_children()
     t0 = time.monotonic()
     with pytest.raises(pooly.WorkerStartError, match="start_timeout") as ei:
         sup.start_pool("p", HangingInit, size=1, start_timeout=0.3)
     assert time.monotonic() - t0 < 0.3 + 2.0
     assert isinstance(ei.value.pid, int)
-    assert children() == before  # the hung worker was killed
+    assert live_children() == before  # the hung worker was killed
     assert sup.pools() == []
 
 
@@ -267,12 +262,12 @@ def test_class_not_importable_in_the_worker(sup: pooly.Pooly) -> None:
     """Pickles in the host (its module is in sys.modules) but the worker can't import it."""
     sys.modules[_ghost.__name__] = _ghost
     try:
-        before = children()
+        before = live_children()
         with pytest.raises(pooly.WorkerStartError) as ei:
             sup.start_pool("p", Ghost, size=1)
         assert isinstance(ei.value.__cause__, pooly.RemoteTraceback)
         assert _ghost.__name__ in ei.value.__cause__.tb
-        assert children() == before
+        assert live_children() == before
         assert sup.pools() == []
     finally:
         del sys.modules[_ghost.__name__]

@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import gone, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 START_METHODS = ["forkserver", "fork", "spawn"]
@@ -65,13 +65,6 @@ def main():
 if __name__ == "__main__":
     main()
 """
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @contextlib.contextmanager

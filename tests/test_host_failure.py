@@ -35,8 +35,7 @@ import psutil
 import pytest
 
 from tests.chaos_workers import recorded
-from tests.conftest import wait_for
-from tests.workers import gone
+from tests.conftest import gone, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN_VAR = "POOLY_TEST_HOST_TOKEN"

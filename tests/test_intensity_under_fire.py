@@ -24,8 +24,8 @@ import pytest
 
 import pooly
 from tests.chaos_workers import CrashLoop, recorded
-from tests.conftest import wait_for
-from tests.workers import Counter, gone
+from tests.conftest import gone, wait_for
+from tests.workers import Counter
 
 pytestmark = pytest.mark.timeout(45)
 

@@ -16,7 +16,6 @@ import signal
 import threading
 
 import hypothesis.strategies as st
-import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
@@ -29,18 +28,11 @@ from hypothesis.stateful import (
 )
 
 import pooly
-from tests.conftest import wait_for
+from tests.conftest import gone, wait_for
 from tests.workers import Counter
 
 SIZE, MAX_OVERFLOW = 2, 1
 CAPACITY = SIZE + MAX_OVERFLOW
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 class PoolMachine(RuleBasedStateMachine):

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import pooly
-from tests.conftest import wait_for
-from tests.workers import Counter, FlakyInit, Gated, SlowInit, gone
+from tests.conftest import gone, wait_for
+from tests.workers import Counter, FlakyInit, Gated, SlowInit
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -260,7 +260,7 @@ def test_checkout_timeout_leaves_the_queue_at_once(sup: pooly.Pooly, waiters: li
         pool.checkout(timeout=0.2)
     elapsed = time.monotonic() - t0
     assert isinstance(ei.value, TimeoutError) and isinstance(ei.value, pooly.PoolyError)
-    assert 0.2 <= elapsed < 1.5
+    assert 0.2 <= elapsed < 0.2 + 2.0  # (room for a loaded machine)
     assert pool.status().waiting == 1  # the timed-out waiter is gone at once, patient stays
     pool.checkin(held)  # goes to the remaining waiter, never to the one that timed out
     assert patient.got.wait(5) and patient.pid == held.pid
@@ -640,7 +640,7 @@ def test_crash_loop_fails_the_pool_only(sup: pooly.Pooly) -> None:
     good = sup.start_pool("good", Counter, size=1)
     bad = sup.start_pool("bad", Counter, size=1, max_restarts=2, max_seconds=60)
     crashes = crash_until_failed(bad, limit=5)
-    assert 3 <= crashes <= 4  # max_restarts + 1 crashes, give or take a replacement race
+    assert crashes == 3  # max_restarts + 1: the third crash in the window fails the pool
     assert wait_for(lambda: bad.status().state == "failed")
     with pytest.raises(pooly.PoolFailed) as ei:
         bad.checkout(timeout=1)

@@ -22,7 +22,7 @@ import pytest
 
 import pooly
 from pooly import ChildSpec, ExitReason, ProcessChild, Supervisor, SupervisorListener
-from tests.conftest import wait_for
+from tests.conftest import gone, wait_for
 from tests.sup_children import exit_now, exit_on_command, ignore_sigterm, run_forever
 
 pytestmark = pytest.mark.timeout(20)
@@ -105,14 +105,6 @@ def pids(sup: Supervisor) -> dict[Hashable, int]:
     return {
         cid: child.pid for cid, child, _ in sup.which_children() if isinstance(child, ProcessChild)
     }
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (and is not lingering as a zombie)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def all_gone(pids_: object, timeout: float = 5.0) -> bool:
@@ -611,11 +603,12 @@ def test_restart_child_without_waiting(start) -> None:
 
 
 def test_stop_is_prompt_for_children_that_honour_sigterm(start) -> None:
-    sup = start([ProcessChild.spec(c, run_forever, shutdown=5.0) for c in "abcd"])
+    # A deadline far beyond the bound, so a loaded machine can't blur the two.
+    sup = start([ProcessChild.spec(c, run_forever, shutdown=30.0) for c in "abcd"])
     before = pids(sup)
     t0 = time.monotonic()
     reason = sup.stop()
-    assert time.monotonic() - t0 < 2.0, "graceful stop waited for the shutdown deadline"
+    assert time.monotonic() - t0 < 10.0, "graceful stop waited for the shutdown deadline"
     assert reason.normal and sup.failure is None and not sup.running and sup.wait(0)
     assert all_gone(before.values(), timeout=0.5)
     assert sup.stop().normal  # idempotent
@@ -626,7 +619,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_after_its_shutdown_time(start) 
     rec = Recorder()
     sup = start(
         [
-            ProcessChild.spec("polite", run_forever, shutdown=5.0),
+            ProcessChild.spec("polite", run_forever, shutdown=30.0),
             ProcessChild.spec("stubborn", ignore_sigterm, (child_end,), shutdown=0.5),
         ],
         listener=rec,
@@ -636,7 +629,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_after_its_shutdown_time(start) 
     t0 = time.monotonic()
     sup.stop()
     elapsed = time.monotonic() - t0
-    assert 0.45 <= elapsed < 3.0, elapsed
+    assert 0.45 <= elapsed < 10.0, elapsed  # not polite's 30 s
     assert all_gone([stubborn, polite], timeout=0.5)
     [(_, reason, _)] = rec.exits_of("stubborn")
     assert reason.exitcode == -signal.SIGKILL

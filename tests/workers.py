@@ -8,6 +8,16 @@ import signal
 import threading
 import time
 
+from pooly.cli.workers import (  # noqa: F401  (the poison objects, re-exported for the tests)
+    ExitOnPickle,
+    ExitOnUnpickle,
+    FaultError,
+    RaiseOnPickle,
+    RaiseOnUnpickle,
+    SegfaultOnPickle,
+    SegfaultOnUnpickle,
+)
+
 
 class Counter:
     def __init__(self, start: int = 0) -> None:
@@ -129,75 +139,9 @@ class SlowInit(Counter):
 
 
 # ---------------------------------------------------------------------- fault injection
-# Small objects whose pickling or unpickling does the harm (the fault matrix of STYLE.md,
-# modelled on CPython's test_concurrent_futures/test_deadlock.py). __reduce__ runs where an
-# object is pickled; the callable it returns runs where it is unpickled.
-
-
-class FaultError(Exception):
-    """Raised by the fault-injection objects (importable on both sides)."""
-
-
-def exit_now(code: int) -> None:
-    os._exit(code)
-
-
-def segfault_now() -> None:
-    faulthandler.disable()  # keep the crash quiet in the test output
-    faulthandler._sigsegv()  # type: ignore[attr-defined]
-
-
-def raise_now(message: str) -> None:
-    raise FaultError(message)
-
-
-class RaiseOnPickle:
-    """Pickling it raises FaultError (in whichever process pickles it)."""
-
-    def __reduce__(self) -> tuple[object, ...]:
-        raise FaultError("RaiseOnPickle refuses to be pickled")
-
-
-class ExitOnPickle:
-    """Pickling it exits the pickling process: only ever pickled in a worker (as a result)."""
-
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-    def __reduce__(self) -> tuple[object, ...]:
-        os._exit(self.code)
-
-
-class SegfaultOnPickle:
-    """Pickling it segfaults the pickling process: only ever pickled in a worker."""
-
-    def __reduce__(self) -> tuple[object, ...]:
-        segfault_now()
-        raise AssertionError("unreachable")
-
-
-class ExitOnUnpickle:
-    """Pickles fine; unpickling it exits the unpickling process (send it to a worker)."""
-
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (exit_now, (self.code,))
-
-
-class SegfaultOnUnpickle:
-    """Pickles fine; unpickling it segfaults the unpickling process (send it to a worker)."""
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (segfault_now, ())
-
-
-class RaiseOnUnpickle:
-    """Pickles fine; unpickling it raises FaultError."""
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (raise_now, ("RaiseOnUnpickle refuses to be unpickled",))
+# Small objects whose pickling or unpickling does the harm in a worker (the fault matrix of
+# STYLE.md, modelled on CPython's test_concurrent_futures/test_deadlock.py). They live once,
+# in pooly.cli.workers (the chaos soak uses them too); in the host they only raise FaultError.
 
 
 class Faulty(Gated):
@@ -214,27 +158,3 @@ class Faulty(Gated):
 
     def result_raise_on_unpickle(self) -> object:
         return RaiseOnUnpickle()
-
-
-# ---------------------------------------------------------------------- host-side helpers
-
-
-def gone(pid: int) -> bool:
-    """True once process ``pid`` has wholly exited: gone, or a zombie with no live thread.
-
-    Checks every thread, not just the leader: a killed process's leader shows as a zombie
-    while its other threads (a worker's watchdog) are still exiting and still hold its files.
-    """
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if state not in ("Z", "X"):
-            return False
-    return True

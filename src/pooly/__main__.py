@@ -1,64 +1,10 @@
-"""The ``pooly`` command line: ``pooly demo`` and ``pooly chaos`` (also ``python -m pooly ...``).
-
-The console script ``pooly`` calls :func:`main`. Subcommands live in their own modules
-(``pooly._demo`` for the demo, ``pooly._chaos`` for the soak); this one only parses arguments
-and dispatches.
-"""
+"""``python -m pooly ...``: the same as the ``pooly`` command (see :mod:`pooly.cli`)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 
-from . import __version__, _chaos, _demo
-
-__all__ = ("main",)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pooly",
-        description="Pooly: Erlang/OTP-style supervised pools of worker processes.",
-    )
-    parser.add_argument("--version", action="version", version=f"pooly {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="run two pools under a concurrent workload while injecting real faults "
-        "(SIGKILL, segfault, os._exit, a consumer dying with a lease), then print a "
-        "tally: every call must succeed or raise WorkerCrashed",
-        description="Start two supervised pools, drive checked calls through them from "
-        "several threads while killing workers in every way a process can die, "
-        "and print a tally. Exit status 1 if any call was lost.",
-    )
-    _demo.add_arguments(demo)
-    demo.set_defaults(func=_demo.main)
-    chaos = commands.add_parser(
-        "chaos",
-        help="soak several pools under a fault every --fault-interval (SIGKILL, segfault, "
-        "os._exit, poisoned arguments and results, dying consumers, waiters giving up, "
-        "overflow bursts, pool restarts) and check that nothing is lost, hung or leaked",
-        description="Run several supervised pools under many consumer threads for "
-        "--duration seconds while a fault injector does real harm at random; then check and "
-        "print the figures: every outcome explained, no wrong result, no hung call, every "
-        "pool healed, no process, zombie, fd or thread left. Exit status 1 if any fails.",
-    )
-    _chaos.add_arguments(chaos)
-    chaos.set_defaults(func=_chaos.main)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pooly`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    status: int = args.func(args)
-    return status
-
+from .cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

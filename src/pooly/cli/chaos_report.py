@@ -1,0 +1,202 @@
+"""``pooly chaos``'s report: the figures, the invariants checked, the verdict (main thread)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+from .. import WorkerCrashed
+from .chaos_config import (
+    CALL_FAULTS,
+    CONFIRMED,
+    CRASHED,
+    FAULT_LABELS,
+    HEAL_BOUND,
+    HUNG_AFTER,
+    OK,
+    OTHER,
+    WRONG,
+)
+from .chaos_state import Figures
+
+if TYPE_CHECKING:
+    from .chaos_soak import Chaos
+
+__all__ = ("jsonable", "report")
+
+
+def jsonable(fig: Figures, status: int) -> dict[str, Any]:
+    # Not asdict(): it rebuilds a Counter from (key, value) pairs, counting the pairs.
+    data = {f.name: getattr(fig, f.name) for f in fields(fig)}
+    data["exit_status"] = status
+    data["ok"] = status == 0
+    data["other_outcomes"] = fig.calls[OTHER] + fig.checkouts[OTHER]
+    data["wrong"] = fig.calls[WRONG]
+    return data
+
+
+def _ms(values: Iterable[float]) -> str:
+    v = sorted(values)
+    if not v:
+        return "n/a"
+    return f"median {statistics.median(v):.0f} ms, longest {v[-1]:.0f} ms"
+
+
+def report(chaos: Chaos, completed: bool) -> int:
+    """Print the figures, check the invariants; return the exit status."""
+    fig = chaos.fig
+    calls, outs, faults = fig.calls, fig.checkouts, fig.faults
+    w = 56
+    line = chaos.display.line
+
+    def row(label: str, value: object, note: str = "") -> None:
+        text = f"{value:,}" if isinstance(value, int) else str(value)
+        line(f"  {label:<{w}} {text:>10}   {note}".rstrip())
+
+    line()
+    line(f"Report after {fig.duration:.1f} s of chaos ({fig.wall:.1f} s in all, seed {fig.seed})")
+    deliberate_crashes = sum(
+        fig.confirmed[k] for k, f in CALL_FAULTS.items() if f.expect is WorkerCrashed
+    )
+    expected_calls = [k for k in calls if k not in (OK, WRONG, CRASHED, OTHER, "attempted")]
+    settled_calls = sum(v for k, v in calls.items() if k != "attempted")
+    in_flight = calls["attempted"] - settled_calls
+    row("calls attempted", calls["attempted"])
+    row("  succeeded, result checked", calls[OK])
+    row(
+        "  failed with WorkerCrashed",
+        calls[CRASHED],
+        f"({deliberate_crashes:,} of them the deliberate crash calls)",
+    )
+    row("  expected errors, by kind", sum(calls[k] for k in expected_calls))
+    for k in sorted(expected_calls):
+        row(f"    {k}", calls[k])
+    row("  OTHER outcome", calls[OTHER], "(must be 0)")
+    row("  wrong result", calls[WRONG], "(must be 0)")
+    row(f"  hung (in flight > {HUNG_AFTER:g} s)", fig.hung, "(must be 0; checkouts included)")
+    if in_flight:
+        row("  never finished", in_flight)
+    row("checkouts attempted", outs["attempted"])
+    for k in sorted(k for k in outs if k not in ("attempted", OTHER)):
+        row(f"  {k}", outs[k])
+    row("  OTHER outcome", outs[OTHER], "(must be 0)")
+    row("faults injected", sum(faults.values()))
+    for kind, label in FAULT_LABELS.items():
+        row(f"  {label}", faults[kind], f"({fig.confirmed[kind]:,} {CONFIRMED[kind]})")
+    line(
+        "    (confirmed < injected: that fault met a worker another fault had just killed, "
+        "or a pool being restarted)"
+    )
+    skipped = sum(fig.skipped.values())
+    if skipped:
+        row("  skipped (no target, or still pending)", skipped)
+    row(
+        "workers replaced (sum of status().replaced)",
+        sum(fig.replaced.values()),
+        "(" + ", ".join(f"{n} {v:,}" for n, v in fig.replaced.items()) + ")",
+    )
+    row(
+        "call -> WorkerCrashed raised in its caller",
+        len(fig.crash_ms),
+        f"({_ms(fig.crash_ms)})",
+    )
+    row("  WorkerCrashed without an exit code", fig.crash_no_exitcode)
+    row(
+        "fault -> pool back at full size",
+        len(fig.heal_ms),
+        f"({_ms(fig.heal_ms)}; monitor polls status() ~every 2 ms)",
+    )
+    row("  faults that never took the pool below size", fig.heal_no_dip, "(overflow workers)")
+    if fig.heal_cancelled:
+        row(
+            "  superseded by a stop/restart of the pool",
+            fig.heal_cancelled,
+            f"(had waited: {_ms(fig.heal_cancelled_ms)})",
+        )
+    row(f"  not back within {HEAL_BOUND:g} s", fig.heal_late, "(must be 0)")
+    row(
+        "stop + start of a pool under load",
+        len(fig.restarts_down_ms),
+        f"(serving again: {_ms(fig.restarts_down_ms)})",
+    )
+    row(
+        "final sweep: workers SIGKILLed",
+        fig.final_killed,
+        f"({fig.final_replaced} replaced, {_ms(fig.final_heal_ms)}, pools idle)",
+    )
+    line("  final status of each pool:")
+    for s in fig.final_status:
+        line(
+            f"    {s['name']:<8} {s['state']:<8} size {s['size']}  idle {s['idle']}  busy "
+            f"{s['busy']}  overflow {s['overflow']}/{s['max_overflow']}  waiting {s['waiting']}"
+        )
+    line("  after shutdown, compared with before the run (multiprocessing's helpers included):")
+    for key in ("processes", "zombies", "fds", "threads"):
+        row(
+            f"    extra {key}",
+            fig.leaked.get(key, 0),
+            f"(before {fig.before.get(key)}, after {fig.after.get(key)}; must be 0)",
+        )
+    row(
+        "    worker processes still alive",
+        len(fig.workers_alive_after),
+        f"(of {fig.workers_seen:,} seen; must be 0)",
+    )
+    rss = fig.rss_kb
+    row(
+        "parent RSS at start / end of the soak",
+        f"{rss.get('start', 0) / 1024:.1f} MB",
+        f"-> {rss.get('end', 0) / 1024:.1f} MB "
+        f"({(rss.get('end', 0) - rss.get('start', 0)) / 1024:+.1f} MB)",
+    )
+    blocks = fig.heap_blocks
+    row(
+        "  Python heap blocks at start / end",
+        blocks.get("start", 0),
+        f"-> {blocks.get('end', 0):,} ({blocks.get('end', 0) - blocks.get('start', 0):+,}; "
+        "after gc; RSS beyond it is the allocator's and thread stacks')",
+    )
+    row(
+        "parent fds at start / end of the soak",
+        fig.fds_during.get("start", 0),
+        f"-> {fig.fds_during.get('end', 0)} (peak {fig.fds_during.get('peak', 0)}; a dead "
+        "worker's fds close when it is garbage-collected)",
+    )
+    if fig.anomalies:
+        line("  anomalies:")
+        for text in fig.anomalies[:20]:
+            line(f"    {text}")
+        if len(fig.anomalies) + fig.anomalies_dropped > 20:
+            line(f"    ... and {len(fig.anomalies) + fig.anomalies_dropped - 20} more")
+
+    problems = list(fig.problems)
+    other = calls[OTHER] + outs[OTHER]
+    if other:
+        problems.append(f"{other} OTHER outcome(s)")
+    if calls[WRONG]:
+        problems.append(f"{calls[WRONG]} wrong result(s)")
+    if fig.hung or in_flight:
+        problems.append(f"{fig.hung} hung checkout(s)/call(s)/thread(s), {in_flight} unfinished")
+    if fig.heal_late:
+        problems.append(f"{fig.heal_late} fault(s) after which a pool was not back at full size")
+    if not fig.settled:
+        problems.append("a pool did not settle back to its size after the run")
+    if fig.final_replaced < fig.final_killed:
+        problems.append(f"final sweep: {fig.final_killed - fig.final_replaced} not replaced")
+    leaked = {k: v for k, v in fig.leaked.items() if v}
+    if leaked:
+        problems.append("left after shutdown: " + ", ".join(f"{v} {k}" for k, v in leaked.items()))
+    if fig.workers_alive_after:
+        problems.append(f"worker processes still alive: {fig.workers_alive_after[:10]}")
+    fig.problems = problems
+    line()
+    if problems:
+        line("FAILED: " + "; ".join(problems))
+        return 1
+    line(
+        "OK: every call returned a checked result, WorkerCrashed of a worker harmed on purpose, "
+        "or the error its fault calls for; nothing hung; every pool healed; nothing leaked."
+    )
+    return 0 if completed else 130

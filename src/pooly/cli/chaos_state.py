@@ -1,0 +1,225 @@
+"""``pooly chaos``'s state: the pools, the per-worker records, the figures, and counting.
+
+Every counter lives in one :class:`Figures` (what the report prints and ``--json`` writes);
+threads count through :meth:`ChaosState.count` under one lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import Pool, Pooly
+from .chaos_config import MAX_ANOMALIES, MAX_SECONDS, OTHER, SHAPES, Options, Shape
+from .common import Display
+from .workers import ChaosWorker
+
+__all__ = ("ChaosState", "Figures", "Hit", "Holder")
+
+
+@dataclass
+class Hit:
+    """A fault that took (or may have taken) a worker from a pool, until the pool heals."""
+
+    name: str
+    pid: int
+    t: float
+    gen: int
+    kind: str
+    noticed: bool = False  # the pool no longer lists the pid
+    dipped: bool = False  # the pool was seen below its size afterwards
+    late: bool = False  # not back at full size within HEAL_BOUND (counted once)
+
+
+@dataclass
+class Holder:
+    """A thread's current lease and where it came from."""
+
+    who: str
+    name: str
+    pool: Pool
+    gen: int
+
+
+@dataclass
+class Figures:
+    """Everything the report prints (and --json writes)."""
+
+    seed: int
+    duration: float = 0.0
+    wall: float = 0.0
+    calls: collections.Counter[str] = field(default_factory=collections.Counter)
+    checkouts: collections.Counter[str] = field(default_factory=collections.Counter)
+    faults: collections.Counter[str] = field(default_factory=collections.Counter)
+    confirmed: collections.Counter[str] = field(default_factory=collections.Counter)
+    skipped: collections.Counter[str] = field(default_factory=collections.Counter)
+    hung: int = 0
+    replaced: dict[str, int] = field(default_factory=dict)
+    heal_ms: list[float] = field(default_factory=list)
+    heal_no_dip: int = 0
+    heal_cancelled: int = 0
+    heal_cancelled_ms: list[float] = field(default_factory=list)  # how long they had waited
+    heal_late: int = 0
+    crash_ms: list[float] = field(default_factory=list)  # call out -> WorkerCrashed raised
+    crash_no_exitcode: int = 0  # WorkerCrashed whose exitcode was None
+    restarts_down_ms: list[float] = field(default_factory=list)
+    final_killed: int = 0
+    final_replaced: int = 0
+    final_heal_ms: list[float] = field(default_factory=list)
+    settled: bool = False
+    final_status: list[dict[str, Any]] = field(default_factory=list)
+    workers_seen: int = 0
+    workers_alive_after: list[int] = field(default_factory=list)
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    leaked: dict[str, int] = field(default_factory=dict)
+    rss_kb: dict[str, int] = field(default_factory=dict)
+    heap_blocks: dict[str, int] = field(default_factory=dict)  # sys.getallocatedblocks()
+    fds_during: dict[str, int] = field(default_factory=dict)
+    anomalies: list[str] = field(default_factory=list)
+    anomalies_dropped: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- the soak's state
+
+
+class ChaosState:
+    """One soak's pools, records and counts, and the helpers every thread uses to count.
+
+    The soak's behaviour is layered on top, one module per role: consumers
+    (:class:`~pooly.cli.chaos_calls.ChaosCalls`), faults
+    (:class:`~pooly.cli.chaos_faults.ChaosFaults`), watching and the run
+    (:class:`~pooly.cli.chaos_soak.Chaos`).
+    """
+
+    def __init__(self, opts: Options, display: Display) -> None:
+        self.opts = opts
+        self.display = display
+        self.seed = opts.seed if opts.seed is not None else secrets.randbelow(10**6)
+        self.fig = Figures(seed=self.seed)
+        self.shapes = SHAPES[: opts.pools]
+        self.names = [s.name for s in self.shapes]
+        # Sized for the fault rate (about 0.7 worker deaths per fault, all of them possibly
+        # on one pool, within the window), plus the final sweep. The default, 3 in 5 s, is
+        # meant to fail a pool whose workers keep dying; here they die on purpose.
+        self.max_restarts = math.ceil(2 * MAX_SECONDS / opts.fault_interval) + 2 * max(
+            s.size for s in self.shapes
+        )
+        self.restart_every = min(15.0, max(3.0, opts.duration / 5))
+        self.sup: Pooly | None = None
+        self.pools: dict[str, Pool] = {}  # the current pool object of each name
+        self.gen = dict.fromkeys(self.names, 0)  # bumped when a pool is stopped to restart
+        self.down: set[str] = set()  # names being stopped and started again
+        self.stop = threading.Event()
+        self.t0 = 0.0
+        self.lock = threading.Lock()  # guards the counters in self.fig
+        self.orders = {n: collections.deque[str]() for n in self.names}
+        self.leased: dict[int, tuple[str, int]] = {}  # thread ident -> (pool, worker pid)
+        # Per-worker records, dropped FORGET_AFTER s after the worker is seen dead, so the
+        # soak's own memory stays flat and the RSS figures speak of Pooly alone.
+        self.killed: set[int] = set()  # pids the injector SIGKILLed
+        self.totals: dict[int, tuple[str, int]] = {}  # pid -> (token, last total seen)
+        self.chains: dict[tuple[int, int], str] = {}
+        self.inflight: dict[int, tuple[float, str]] = {}  # op id -> (since, what)
+        self.op_ids = itertools.count()
+        self.hung_ops: set[int] = set()
+        self.hits: list[Hit] = []
+        self.hit_pids: set[int] = set()
+        self.hits_lock = threading.Lock()
+        self.seen: dict[int, str | None] = {}  # worker pid -> its start time
+        self.listed: set[int] = set()  # worker pids the pools listed at the last poll
+        self.dead_since: dict[int, float] = {}
+        self.forgotten = 0  # workers seen, then seen dead and forgotten
+        self.helpers: list[tuple[threading.Thread, Callable[[], None]]] = []
+        self.bursting: set[str] = set()
+        self.failed: set[str] = set()  # pools seen failed
+        self.replaced_before: collections.Counter[str] = collections.Counter()
+        # "slow-start": a file per pool whose presence makes the next worker constructor of
+        # that pool sleep (see ChaosWorker); the directory goes when the soak ends.
+        self.flag_dir = tempfile.mkdtemp(prefix="pooly-chaos-")
+        self.slow_flags = {n: os.path.join(self.flag_dir, f"{n}.slow") for n in self.names}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def anomaly(self, text: str) -> None:
+        if len(self.fig.anomalies) < MAX_ANOMALIES:
+            self.fig.anomalies.append(f"{self.elapsed():6.1f}s  {text}")
+        else:
+            self.fig.anomalies_dropped += 1
+
+    # -- counting (any thread) -------------------------------------------------------
+
+    def count(self, counter: collections.Counter[str], key: str) -> None:
+        with self.lock:
+            counter[key] += 1
+
+    def other(self, what: str, counter: collections.Counter[str]) -> None:
+        self.count(counter, OTHER)
+        self.anomaly(f"OTHER outcome: {what}")
+
+    def hung(self, text: str) -> None:
+        with self.lock:
+            self.fig.hung += 1
+        self.anomaly(f"HUNG: {text}")
+
+    def begin_op(self, what: str) -> int:
+        op = next(self.op_ids)
+        self.inflight[op] = (time.monotonic(), what)
+        return op
+
+    def end_op(self, op: int) -> None:
+        del self.inflight[op]
+
+    def restarted(self, name: str, gen: int) -> bool:
+        """True if pool ``name`` is, or was since generation ``gen``, stopped to restart."""
+        return name in self.down or self.gen[name] != gen
+
+    def thread(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        """A (daemon) thread of the soak; an exception that escapes it fails the run."""
+
+        def run() -> None:
+            try:
+                target(*args)
+            except BaseException as e:
+                self.fig.problems.append(f"thread {name} stopped on {type(e).__name__}: {e}")
+                self.anomaly(f"thread {name} stopped on {type(e).__name__}: {e}")
+                raise
+
+        return threading.Thread(target=run, name=name, daemon=True)
+
+    def cleanup(self) -> None:
+        """Remove the slow-start flags (main thread, once no worker can start any more)."""
+        shutil.rmtree(self.flag_dir, ignore_errors=True)
+
+    def hit(self, name: str, pid: int, t: float, gen: int, kind: str) -> None:
+        with self.hits_lock:
+            if pid not in self.hit_pids:
+                self.hit_pids.add(pid)
+                self.hits.append(Hit(name, pid, t, gen, kind))
+
+    # -- set-up ----------------------------------------------------------------------
+
+    def start_pool(self, shape: Shape) -> Pool:
+        assert self.sup is not None
+        return self.sup.start_pool(
+            shape.name,
+            ChaosWorker,
+            args=(self.slow_flags[shape.name],),
+            size=shape.size,
+            max_overflow=shape.max_overflow,
+            strategy=shape.strategy,
+            max_restarts=self.max_restarts,
+            max_seconds=MAX_SECONDS,
+        )

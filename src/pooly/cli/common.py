@@ -1,0 +1,170 @@
+"""What ``pooly demo`` and ``pooly chaos`` share: option types, the display, log redirection,
+pool checks and the final kill sweep (run in the host, by the CLI's main thread unless said).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import TextIO
+
+from .. import Pool, PoolStatus
+
+__all__ = (
+    "Display",
+    "LogToDisplay",
+    "alive",
+    "is_settled",
+    "kill_each_worker",
+    "pooly_errors_to",
+    "positive_float",
+    "positive_int",
+)
+
+# ---------------------------------------------------------------------- option types
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+# ---------------------------------------------------------------------- output
+
+
+class Display:
+    """Permanent lines, plus one status line: redrawn in place (\\r) on a terminal, printed
+    as plain periodic lines otherwise. Called from any thread."""
+
+    def __init__(self, out: TextIO, tty: bool | None = None) -> None:
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self._lock = threading.Lock()
+        self._status = ""
+
+    def line(self, text: str = "") -> None:
+        with self._lock:
+            if self._status:
+                self.out.write("\r" + " " * len(self._status) + "\r")
+            self.out.write(text + "\n")
+            if self._status:
+                self.out.write(self._status)
+            self.out.flush()
+
+    def status(self, text: str) -> None:
+        with self._lock:
+            if not self.tty:
+                self.out.write(text + "\n")
+            else:
+                text = text[: max(20, shutil.get_terminal_size().columns - 1)]
+                self.out.write("\r" + text.ljust(len(self._status)))
+                self._status = text
+            self.out.flush()
+
+    def clear_status(self) -> None:
+        with self._lock:
+            if self._status:
+                self.out.write("\r" + " " * len(self._status) + "\r")
+                self.out.flush()
+                self._status = ""
+
+
+class LogToDisplay(logging.Handler):
+    """Shows pooly's ERROR records (a pool failing) without breaking the status line."""
+
+    def __init__(self, display: Display) -> None:
+        super().__init__(logging.ERROR)
+        self.display = display
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.display.line(f"  [pooly log] {record.levelname}: {record.getMessage()}")
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def pooly_errors_to(display: Display) -> Iterator[None]:
+    """For the block, show pooly's log records on ``display``, ERROR and up only.
+
+    Crash warnings (one per injected fault) would bury the progress line; the tally
+    reports every crash anyway, while a pool failing still shows.
+    """
+    logger = logging.getLogger("pooly")
+    handler = LogToDisplay(display)
+    saved = logger.level, logger.propagate
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def kill_each_worker(pool: Pool, timeout: float) -> Iterator[tuple[int, float | None]]:
+    """SIGKILL the pool's workers one at a time; for each, yield (pid, ms until the pool
+    counted its replacement, or None if it did not within ``timeout`` seconds)."""
+    for pid in pool.worker_pids():
+        before = pool.status().replaced
+        t = time.monotonic()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        while time.monotonic() - t < timeout:
+            if pool.status().replaced > before:
+                yield pid, (time.monotonic() - t) * 1000
+                break
+            time.sleep(0.001)
+        else:
+            yield pid, None
+
+
+# ---------------------------------------------------------------------- pools and processes
+
+
+def is_settled(s: PoolStatus) -> bool:
+    """A pool at rest: ready, ``size`` idle workers and nothing else."""
+    return (
+        s.state == "ready"
+        and s.idle == s.size
+        and s.busy == 0
+        and s.overflow == 0
+        and s.waiting == 0
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
