@@ -19,18 +19,9 @@ from pathlib import Path
 import pytest
 
 import pooly
-from tests.conftest import wait_for
+from tests.conftest import gone, wait_for
 from tests.defect_workers import Client, InitRaisesRebuildsAsNonException
 from tests.workers import Counter
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purposes
-        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _wait_file(path: Path, timeout: float = 10.0) -> None:
@@ -194,7 +185,7 @@ def test_interrupted_call_kills_worker_at_once_and_says_so(
     with pytest.raises(pooly.LeaseError, match="interrupted"):
         lease.incr()
     pool.checkin(lease)  # a quiet no-op, as after a crash
-    assert wait_for(lambda: _gone(pid), 5), "the interrupted worker is still running"
+    assert wait_for(lambda: gone(pid), 5), "the interrupted worker is still running"
     with pool.checkout(timeout=10) as w:  # the replacement; max_restarts=0 was not touched
         assert w.pid != pid and w.incr() == 1
     s = pool.status()
