@@ -26,7 +26,6 @@ from typing import Any
 from ._errors import NoSuchPool, PoolyError
 from ._pool import Pool
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
-from ._worker import default_start_method, preload_forkserver
 
 __all__ = ("Pooly",)
 
@@ -74,8 +73,7 @@ class Pooly:
         preload = tuple(preload)
         if not all(isinstance(m, str) and m for m in preload):
             raise TypeError(f"preload must be module names (str), got {preload!r}")
-        if (start_method or default_start_method()) == "forkserver":
-            preload_forkserver(preload)
+        self._preload = preload
         self._start_method = start_method
         self._clock = clock
         self._registry = _Registry()
@@ -136,6 +134,7 @@ class Pooly:
             shutdown_timeout=shutdown_timeout,
             restart_on_reclaim=restart_on_reclaim,
             clock=self._clock,
+            preload=self._preload,
         )
         reg = self._registry
         with reg.lock:
