@@ -121,7 +121,47 @@ def test_killing_a_pools_fork_server_leaves_every_pool_serving(
     assert new_server not in (server, os.getpid())
     assert psutil.Process(new_server).ppid() == os.getpid()
     assert any("fork server" in r.getMessage() for r in caplog.records), caplog.text
+    # its status was lost with its parent: said plainly, not made up
+    assert f"worker pid {victim} exited with an unknown exit status" in caplog.text
     assert_untouched(b, pids["zyg-b"])
+
+
+def test_a_hung_fork_server_costs_one_start_timeout(
+    sup: pooly.Pooly, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect R of issue 6: a fork server that stops answering (SIGSTOP) costs a bounded
+    wait for an exit status (then: unknown) and one start_timeout for the start waiting on
+    it; then it is killed and the next try forks from a new one. Other workers never notice.
+    """
+    monkeypatch.setattr(pooly._zygote, "REPORT_WAIT", 0.5)
+    pool = sup.start_pool("hung", Probe, size=2, start_timeout=1.0, max_restarts=10)
+    server = fork_server_of(pool)
+    keep, victim = pool.worker_pids()
+    os.kill(server, signal.SIGSTOP)
+    try:
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: pool.status().replaced == 1 and pool.status().idle == 2, 20)
+    finally:
+        if not gone(server):
+            os.kill(server, signal.SIGCONT)
+    assert gone(server), "the hung fork server should have been killed"
+    s = pool.status()
+    assert (s.state, s.crashed, s.replaced) == ("ready", 1, 1), s
+    fresh = answering(pool)
+    assert victim not in fresh and keep in fresh
+    assert "did not fork a worker within start_timeout" in caplog.text
+    assert f"worker pid {victim} exited with an unknown exit status" in caplog.text
+
+
+def test_preloaded_modules_are_forked_into_workers(caplog: pytest.LogCaptureFixture) -> None:
+    """Pooly(preload=...) reaches each pool's fork server: its workers start with the module
+    loaded. A module that can't be imported there is logged, and the pool works."""
+    with pooly.Pooly(preload=["xml.dom.minidom", "no_such_module_here"]) as top:
+        pool = top.start_pool("preload", Probe, size=1)
+        with pool.checkout(timeout=10) as lease:
+            assert lease.loaded("xml.dom.minidom")
+            assert lease.loaded("tests.zygote_workers")
+    assert "could not import 'no_such_module_here'" in caplog.text
 
 
 def test_multiprocessing_forkserver_dying_does_not_touch_pools(sup: pooly.Pooly) -> None:
@@ -230,6 +270,47 @@ def test_running_out_of_fds_fails_only_the_start_that_hit_it(tmp_path: Path, lim
     for entry in report["pools"]:
         assert entry == {"state": "ready", "crashed": 0, "replaced": 0, "answers": [1] * 4}, report
     assert wait_for(lambda: not processes_with_env("POOLY_TEST_MARKER", marker), timeout=5)
+
+
+# ====================================================================== __main__
+
+MAIN_HOST = r"""
+import os, sys
+import pooly
+from tests.zygote_workers import Probe
+
+with open(sys.argv[1], "a") as f:  # top-level code: runs wherever this file is run as main
+    f.write(f"{os.getpid()}\n")
+
+def main():
+    with pooly.Pooly() as top:
+        pool = top.start_pool("main", Probe, size=3, max_restarts=10)
+        os.kill(pool.worker_pids()[0], 9)
+        with pool.checkout(timeout=10):  # one of them is the replacement, or soon will be
+            pass
+        import time
+        deadline = time.monotonic() + 20
+        while pool.status().replaced < 1 or pool.status().idle < 3:
+            assert time.monotonic() < deadline, pool.status()
+            time.sleep(0.005)
+        top.start_pool("second", Probe, size=2)
+    print("done", flush=True)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_main_module_runs_once_per_pool_not_per_worker(tmp_path: Path) -> None:
+    """The host's main script is prepared (run as __mp_main__) once per pool, in its fork
+    server -- on Python 3.11 the shared forkserver re-ran it for every worker (gh-126631)."""
+    runs = tmp_path / "runs"
+    with run_host(tmp_path, MAIN_HOST, str(runs), marker=f"main-{os.getpid()}") as host:
+        out, _ = host.communicate(timeout=50)
+    assert host.returncode == 0 and out.strip() == "done", out
+    pids = runs.read_text().split()
+    assert len(pids) == 3, pids  # the host itself, then one fork server per pool
 
 
 # ====================================================================== environment

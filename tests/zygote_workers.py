@@ -6,6 +6,7 @@ Kept apart from the test module so a pool's fork server imports only this, not p
 from __future__ import annotations
 
 import os
+import sys
 
 from tests.workers import Counter
 
@@ -18,3 +19,6 @@ class Probe(Counter):
 
     def parent(self) -> int:
         return os.getppid()
+
+    def loaded(self, module: str) -> bool:
+        return module in sys.modules

@@ -18,7 +18,8 @@ The pool's subtree (see :meth:`Pool._start_tree`)::
 
     PoolSupervisor "<name>" (one_for_all, no restarts: a failing child fails the pool)
     |-- "server": this Pool
-    `-- "workers": WorkerSupervisor (one_for_one, max_restarts in max_seconds)
+    `-- "workers": WorkerSupervisor (one_for_one, max_restarts in max_seconds; owns the
+        |            pool's alive pipe and, for "forkserver", its fork server: pooly._zygote)
         `-- WorkerProcess ... (core workers permanent, overflow workers temporary)
 """
 

@@ -56,11 +56,10 @@ class Pooly:
     that don't name one (``None``: forkserver where available, else spawn). ``clock`` feeds
     every pool's restart-intensity window (inject one to test in virtual time).
 
-    ``preload`` names modules (typically those of your worker classes) for the forkserver
-    to import once, so each new worker starts with them loaded -- faster starts and
-    replacements. Pooly always preloads its own worker code. It takes effect only if the
-    process-wide forkserver has not started yet; don't preload modules that start threads
-    or open resources at import time.
+    ``preload`` names modules for each "forkserver" pool's own fork server to import once,
+    when the pool starts, so each of its workers (and each replacement) is forked with them
+    loaded. The worker class's module is always imported there. Don't preload modules that
+    start threads or open resources at import time: they are forked into every worker.
     """
 
     def __init__(

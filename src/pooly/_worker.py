@@ -1,9 +1,12 @@
 """Worker processes: one OS process per worker, each with its own channel.
 
 The parent side (:class:`WorkerProcess`) is a supervisor :class:`~pooly._supervisor.Child`;
-the child side (:func:`_worker_main`) constructs the user's object and serves calls on it.
-A call goes from the consumer's thread straight down the worker's own pipes and back; no
-relay thread stands in between::
+the child side (:func:`_worker_core`, on the worker's three fds) constructs the user's object
+and serves calls on it. The process is forked by the pool's own fork server for the
+"forkserver" start method (:mod:`pooly._zygote`; its handle's sentinel is a pidfd), or made by
+multiprocessing for "spawn" and "fork" (:func:`_start_process` is where they part). A call
+goes from the consumer's thread straight down the worker's own pipes and back; no relay
+thread stands in between::
 
     consumer thread                        worker process (main thread)
     ---------------                        ----------------------------
@@ -21,7 +24,8 @@ relay thread stands in between::
 Frames are an 8-byte little-endian length and a pickle. Two pipes rather than a socketpair:
 a round trip over pipes measured ~2.7 us cheaper here. A worker's death is seen two ways,
 both event-driven: EOF on its reply pipe (the consumer's read returns at once) and the process
-sentinel (the supervisor's wait wakes). EOF needs the worker to be the only writer of its
+sentinel (the supervisor's wait wakes; with a fork server, a pidfd of the worker itself, so
+that server's death is no worker's). EOF needs the worker to be the only writer of its
 reply pipe, so no other process may keep a copy: pipes are close-on-exec, the host closes
 its channel fds in any child it forks (and a worker in any child *it* forks), and a child
 forked while another worker is being started closes that worker's ends too.

@@ -38,6 +38,7 @@ the others. Every wait has a deadline.
 
 from __future__ import annotations
 
+import array
 import collections
 import errno
 import importlib
@@ -51,7 +52,6 @@ import pickle
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 import weakref
@@ -75,7 +75,6 @@ STOP_WAIT = 5.0
 
 _FORK = pickle.dumps(("fork",))
 _MSG_MAX = 1 << 16
-_FD_SIZE = 4  # a C int in SCM_RIGHTS
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 #: Why the kernel drops fds passed with a message, in practice: "Too many open files".
 _EMFILE = os.strerror(errno.EMFILE)
@@ -84,29 +83,19 @@ _EMFILE = os.strerror(errno.EMFILE)
 def _send(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
     """One message (with ``fds`` attached); MSG_NOSIGNAL: a host whose SIGPIPE is at its
     default must get EPIPE, not die, if the other side is gone."""
-    anc = [
-        (
-            socket.SOL_SOCKET,
-            socket.SCM_RIGHTS,
-            b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds),
-        )
-    ]
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
     sock.sendmsg([data], anc if fds else [], socket.MSG_NOSIGNAL)
 
 
 def _recv(sock: socket.socket, maxfds: int) -> tuple[bytes, list[int], bool]:
     """One message: (data, fds, truncated). b"" is EOF. ``truncated``: the kernel dropped
     attached fds (this process is out of file descriptors)."""
-    data, anc, flags, _ = sock.recvmsg(_MSG_MAX, socket.CMSG_SPACE(maxfds * _FD_SIZE), _CLOEXEC)
-    fds = []
+    fds = array.array("i")
+    data, anc, flags, _ = sock.recvmsg(_MSG_MAX, socket.CMSG_SPACE(maxfds * fds.itemsize), _CLOEXEC)
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % _FD_SIZE
-            fds += [
-                int.from_bytes(payload[i : i + _FD_SIZE], sys.byteorder)
-                for i in range(0, usable, _FD_SIZE)
-            ]
-    return data, fds, bool(flags & socket.MSG_CTRUNC)
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds), bool(flags & socket.MSG_CTRUNC)
 
 
 # ---------------------------------------------------------------------- the zygote process
@@ -307,6 +296,9 @@ class _Server:
     ) -> None:
         self.pool_name = pool_name
         self.dead = False  # EOF seen on the control socket (or we gave up on it)
+        # It missed an exit report's deadline (stopped? starved?): later reaps don't wait on
+        # it, so one hung fork server can't hold its pool's supervisor for long.
+        self.silent = False
         self._req_lock = threading.Lock()  # one request at a time: replies come in order
         self._read_lock = threading.Lock()  # one reader at a time, filing for everyone
         self._replies: collections.deque[tuple[tuple[Any, ...], list[int]]] = collections.deque()
@@ -408,6 +400,7 @@ class _Server:
         if not data:
             self.dead = True
             return
+        self.silent = False
         msg = pickle.loads(data)
         if msg[0] == "exit":
             if msg[1] in self._live:
@@ -460,11 +453,14 @@ class _Server:
     def wait_exit(self, pid: int, timeout: float) -> int | None:
         """The exit status the zygote reported for ``pid`` (which has exited); None if it
         died before reporting or didn't report in time."""
+        if self.silent:  # it missed a deadline already: read what is there, don't wait again
+            timeout = 0.0
         got = self._wait_for(lambda: pid in self._exits, time.monotonic() + timeout)
-        if not got and not self.dead:
+        if not got and not self.dead and not self.silent:
+            self.silent = True
             log.warning(
                 "pool %r: its fork server (pid %d) did not report the exit status of "
-                "worker pid %d within %gs",
+                "worker pid %d within %gs; exit statuses are unknown until it answers again",
                 self.pool_name,
                 self.pid,
                 pid,
