@@ -299,6 +299,7 @@ class _Server:
         # It missed an exit report's deadline (stopped? starved?): later reaps don't wait on
         # it, so one hung fork server can't hold its pool's supervisor for long.
         self.silent = False
+        self.broken = False  # it can't take requests any more (send failed, or it was killed)
         self._req_lock = threading.Lock()  # one request at a time: replies come in order
         self._read_lock = threading.Lock()  # one reader at a time, filing for everyone
         self._replies: collections.deque[tuple[tuple[Any, ...], list[int]]] = collections.deque()
@@ -376,7 +377,7 @@ class _Server:
             remaining = deadline - time.monotonic()
             if self.dead or remaining <= 0:
                 return ready()
-            if not self._read_lock.acquire(timeout=min(remaining, threading.TIMEOUT_MAX)):
+            if not self._read_lock.acquire(timeout=_lock_timeout(deadline)):
                 return ready()
             try:
                 if not ready() and not self.dead:
@@ -422,30 +423,36 @@ class _Server:
     # -- requests ------------------------------------------------------------------------
 
     def running(self) -> bool:
-        return not self.dead and not multiprocessing.connection.wait([self.proc.sentinel], 0)
+        return not (
+            self.dead or self.broken or multiprocessing.connection.wait([self.proc.sentinel], 0)
+        )
 
     def fork(self, fds: Sequence[int], deadline: float) -> tuple[int, int]:
         """Have the zygote fork a worker on ``fds``; (pid, pidfd). Raises _Gone or
         WorkerStartError."""
         what = f"the fork server (pid {self.pid}) of pool {self.pool_name!r}"
-        with self._req_lock:
-            if self.dead:
+        if not self._req_lock.acquire(timeout=_lock_timeout(deadline)):
+            raise WorkerStartError(f"{what} was busy with other starts until start_timeout")
+        try:
+            if self.dead or self.broken:
                 raise _Gone()
             try:
                 _send(self.ctl, _FORK, fds)
             except OSError as e:
-                self.dead = True
+                self.broken = True
                 raise _Gone() from e
             if not self._wait_for(lambda: bool(self._replies), deadline):
                 if self.dead:
                     raise WorkerStartError(f"{what} died while forking a worker")
-                self.dead = True  # a late reply would answer the next request: start afresh
+                self.broken = True  # a late reply would answer the next request
                 self.proc.kill()
                 raise WorkerStartError(
                     f"{what} did not fork a worker within start_timeout; it was killed "
                     "(the workers it started keep running)"
                 )
             msg, got = self._replies.popleft()
+        finally:
+            self._req_lock.release()
         if msg[0] != "forked":
             raise WorkerStartError(f"{what} could not start a worker: {msg[1]}")
         return msg[1], got[0]
@@ -604,6 +611,10 @@ def _readable(fd: int, timeout: float | None) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(None if timeout is None else _ms(timeout)))
+
+
+def _lock_timeout(deadline: float) -> float:
+    return max(0.0, min(deadline - time.monotonic(), threading.TIMEOUT_MAX))
 
 
 def _ms(seconds: float) -> int:
