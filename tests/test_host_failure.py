@@ -274,11 +274,11 @@ def test_host_killed_with_workers_busy_idle_and_mid_start(tmp_path: Path, method
         assert not [p for p in workers if gone(p)], "a worker died before the kill"
         family = set(token_processes(token))
         assert workers <= family, (workers, family)
-        if method == "forkserver":
-            assert report["forkserver"] in family  # the host's forkserver must go too
-            known = workers | {report["forkserver"]}
-        else:
-            known = workers
+        known = workers | ({report["forkserver"]} if report["forkserver"] else set())
+        if method == "forkserver":  # each pool's own fork server (its workers' parent) too
+            servers = {psutil.Process(p).ppid() for p in workers}
+            assert len(servers) == 5 and servers <= family, (servers, family)
+            known |= servers
         kill_and_check(proc, token, known)
         if report["forkserver"]:
             assert gone(report["forkserver"])

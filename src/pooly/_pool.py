@@ -18,7 +18,8 @@ The pool's subtree (see :meth:`Pool._start_tree`)::
 
     PoolSupervisor "<name>" (one_for_all, no restarts: a failing child fails the pool)
     |-- "server": this Pool
-    `-- "workers": WorkerSupervisor (one_for_one, max_restarts in max_seconds)
+    `-- "workers": WorkerSupervisor (one_for_one, max_restarts in max_seconds; owns the
+        |            pool's alive pipe and, for "forkserver", its fork server: pooly._zygote)
         `-- WorkerProcess ... (core workers permanent, overflow workers temporary)
 """
 
@@ -60,6 +61,8 @@ from ._worker import (
     make_payload,
     preload_forkserver,
 )
+from ._zygote import SUPPORTED as ZYGOTE_SUPPORTED
+from ._zygote import Zygote
 
 __all__ = ("Lease", "Pool", "PoolStatus")
 
@@ -284,29 +287,52 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> flo
 
 
 class _WorkerSupervisor(Supervisor):
-    """The pool's worker supervisor; also owns the pool's alive pipe.
+    """The pool's worker supervisor; also owns the pool's alive pipe and its fork server.
 
-    Each worker blocks reading its copy of the pipe's read end; the write end lives only in
-    the host. When the host dies the kernel closes it and every worker exits. It is closed on
-    purpose only once every worker has been stopped, so a graceful stop stays graceful.
+    Each worker (and the fork server) blocks reading its copy of the pipe's read end; the
+    write end lives only in the host. When the host dies the kernel closes it and every
+    worker exits. It is closed on purpose only once every worker has been stopped, so a
+    graceful stop stays graceful.
+
+    ``zygote_modules`` (None: no fork server) are what the pool's fork server imports before
+    it forks workers; it is started before the first worker and stopped after the last.
     """
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        pool_name: str,
+        zygote_modules: tuple[str, ...] | None,
+        start_timeout: float,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.alive_r, self.alive_w = os.pipe()
         _HOST_FDS.update((self.alive_r, self.alive_w))
+        self._start_timeout = start_timeout
+        self.zygote: Zygote | None = None
+        if zygote_modules is not None:
+            self.zygote = Zygote(pool_name, zygote_modules, self.alive_r)
 
     def start(self) -> Supervisor:
         try:
+            if self.zygote is not None:
+                self.zygote.start(self._start_timeout)
             return super().start()
         except BaseException:
+            self._stop_zygote()
             self._close_alive()
             raise
 
     def reap(self) -> ExitReason:
         reason = super().reap()
+        self._stop_zygote()
         self._close_alive()
         return reason
+
+    def _stop_zygote(self) -> None:
+        if self.zygote is not None:
+            self.zygote.stop()
 
     def _close_alive(self) -> None:
         for fd in (self.alive_r, self.alive_w):
@@ -336,6 +362,7 @@ class Pool(PassiveChild, SupervisorListener):
         shutdown_timeout: float = 5.0,
         restart_on_reclaim: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        preload: tuple[str, ...] = (),
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"pool name must be a non-empty str, got {name!r}")
@@ -369,8 +396,12 @@ class Pool(PassiveChild, SupervisorListener):
         self.worker = worker
         self._payload = make_payload(worker, tuple(args), kwargs)
         self._ctx = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
-            preload_forkserver()
+        # "forkserver": a fork server of the pool's own (pooly._zygote), where pidfds exist.
+        self._zygote_modules: tuple[str, ...] | None = None
+        if start_method == "forkserver" and ZYGOTE_SUPPORTED:
+            self._zygote_modules = (worker.__module__, *preload)
+        elif start_method == "forkserver":
+            preload_forkserver(preload)
         self._clock = clock
         super().__init__()
 
@@ -415,6 +446,9 @@ class Pool(PassiveChild, SupervisorListener):
 
     def _start_workers(self) -> Supervisor:
         sup = _WorkerSupervisor(
+            pool_name=self.name,
+            zygote_modules=self._zygote_modules,
+            start_timeout=self.start_timeout,
             children=[self._spec(f"w{i}", "permanent") for i in range(self.size)],
             strategy="one_for_one",
             max_restarts=self.max_restarts,
@@ -439,6 +473,7 @@ class Pool(PassiveChild, SupervisorListener):
             pool_name=self.name,
             cls_name=self.worker.__qualname__,
             start_timeout=self.start_timeout,
+            zygote=self._workers_sup.zygote,
         )
         w.wid = wid
         with self._lock:

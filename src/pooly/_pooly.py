@@ -26,7 +26,6 @@ from typing import Any
 from ._errors import NoSuchPool, PoolyError
 from ._pool import Pool
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
-from ._worker import default_start_method, preload_forkserver
 
 __all__ = ("Pooly",)
 
@@ -57,11 +56,10 @@ class Pooly:
     that don't name one (``None``: forkserver where available, else spawn). ``clock`` feeds
     every pool's restart-intensity window (inject one to test in virtual time).
 
-    ``preload`` names modules (typically those of your worker classes) for the forkserver
-    to import once, so each new worker starts with them loaded -- faster starts and
-    replacements. Pooly always preloads its own worker code. It takes effect only if the
-    process-wide forkserver has not started yet; don't preload modules that start threads
-    or open resources at import time.
+    ``preload`` names modules for each "forkserver" pool's own fork server to import once,
+    when the pool starts, so each of its workers (and each replacement) is forked with them
+    loaded. The worker class's module is always imported there. Don't preload modules that
+    start threads or open resources at import time: they are forked into every worker.
     """
 
     def __init__(
@@ -74,8 +72,7 @@ class Pooly:
         preload = tuple(preload)
         if not all(isinstance(m, str) and m for m in preload):
             raise TypeError(f"preload must be module names (str), got {preload!r}")
-        if (start_method or default_start_method()) == "forkserver":
-            preload_forkserver(preload)
+        self._preload = preload
         self._start_method = start_method
         self._clock = clock
         self._registry = _Registry()
@@ -140,6 +137,7 @@ class Pooly:
             shutdown_timeout=shutdown_timeout,
             restart_on_reclaim=restart_on_reclaim,
             clock=self._clock,
+            preload=self._preload,
         )
         with reg.lock:
             if name in reg.pools or name in reg.starting:

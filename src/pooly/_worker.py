@@ -1,9 +1,12 @@
 """Worker processes: one OS process per worker, each with its own channel.
 
 The parent side (:class:`WorkerProcess`) is a supervisor :class:`~pooly._supervisor.Child`;
-the child side (:func:`_worker_main`) constructs the user's object and serves calls on it.
-A call goes from the consumer's thread straight down the worker's own pipes and back; no
-relay thread stands in between::
+the child side (:func:`_worker_core`, on the worker's three fds) constructs the user's object
+and serves calls on it. The process is forked by the pool's own fork server for the
+"forkserver" start method (:mod:`pooly._zygote`; its handle's sentinel is a pidfd), or made by
+multiprocessing for "spawn" and "fork" (:func:`_start_process` is where they part). A call
+goes from the consumer's thread straight down the worker's own pipes and back; no relay
+thread stands in between::
 
     consumer thread                        worker process (main thread)
     ---------------                        ----------------------------
@@ -21,7 +24,8 @@ relay thread stands in between::
 Frames are an 8-byte little-endian length and a pickle. Two pipes rather than a socketpair:
 a round trip over pipes measured ~2.7 us cheaper here. A worker's death is seen two ways,
 both event-driven: EOF on its reply pipe (the consumer's read returns at once) and the process
-sentinel (the supervisor's wait wakes). EOF needs the worker to be the only writer of its
+sentinel (the supervisor's wait wakes; with a fork server, a pidfd of the worker itself, so
+that server's death is no worker's). EOF needs the worker to be the only writer of its
 reply pipe, so no other process may keep a copy: pipes are close-on-exec, the host closes
 its channel fds in any child it forks (and a worker in any child *it* forks), and a child
 forked while another worker is being started closes that worker's ends too.
@@ -51,7 +55,7 @@ import time
 import traceback
 import weakref
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     PoolyError,
@@ -61,6 +65,9 @@ from ._errors import (
     describe_exit,
 )
 from ._supervisor import ExitReason
+
+if TYPE_CHECKING:
+    from ._zygote import Zygote
 
 __all__ = (
     "ChannelClosed",
@@ -383,12 +390,20 @@ def _worker_main(
     rep: multiprocessing.connection.Connection,
     alive: multiprocessing.connection.Connection,
 ) -> None:
-    """Entry point of a worker process (runs in the worker's main thread)."""
+    """Entry point of a worker process started by multiprocessing (spawn, fork)."""
+    _worker_core(req.fileno(), rep.fileno(), alive.fileno())
+
+
+def _worker_core(rfd: int, wfd: int, afd: int) -> None:
+    """A worker's life on its request, reply and alive fds (the worker's main thread).
+
+    Shared by every start method: a pool's fork server (pooly._zygote) runs it in the child
+    of each fork.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A host gone mid-reply must not kill us silently with SIGPIPE (a fork-started worker
     # inherits the host's disposition): the write fails, and the next read sees EOF.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    rfd, wfd, afd = req.fileno(), rep.fileno(), alive.fileno()
     # A child this worker forks must not keep the channel open (it would hide our death).
     os.register_at_fork(after_in_child=functools.partial(_close_fds, (rfd, wfd, afd)))
     # _thread, not threading: a Thread.start() waits for the new thread to be scheduled,
@@ -491,7 +506,7 @@ class WorkerProcess:
 
     def __init__(
         self,
-        proc: multiprocessing.process.BaseProcess,
+        proc: Any,  # a multiprocessing process, or a ZygoteProcess
         req_w: int,
         rep_r: int,
         pid: int,
@@ -532,40 +547,35 @@ class WorkerProcess:
         pool_name: str,
         cls_name: str,
         start_timeout: float,
+        zygote: Zygote | None = None,
     ) -> WorkerProcess:
-        """Start a worker process and wait until its object is constructed.
+        """Start a worker process (forked by ``zygote`` if given, else by ``ctx``) and wait
+        until its object is constructed.
 
         Raises :class:`WorkerStartError` (with the worker-side traceback as cause) if the
         class can't be imported, the constructor raises or exits, or it takes longer than
         ``start_timeout`` seconds; the process is gone by then.
         """
-        req_r, req_w = os.pipe()  # host -> worker
-        rep_r, rep_w = os.pipe()  # worker -> host
-        _HOST_FDS.update((req_w, rep_r))
-        me = threading.get_ident()
-        alive_dup = os.dup(alive_fd)
-        for fd in (req_r, rep_w, alive_dup):
-            _STARTING_FDS[fd] = me
-        ends = [
-            multiprocessing.connection.Connection(req_r, writable=False),
-            multiprocessing.connection.Connection(rep_w, readable=False),
-            multiprocessing.connection.Connection(alive_dup, writable=False),
-        ]
-        proc = ctx.Process(  # type: ignore[attr-defined]
-            target=_worker_main, args=tuple(ends), name=f"pooly:{pool_name}", daemon=False
-        )
+        what = f"worker {cls_name} of pool {pool_name!r}"
         try:
-            proc.start()
+            _dead_pipe()  # made now, not at the first stop: a host out of fds still stops
+            req_r, req_w = os.pipe()  # host -> worker
+            try:
+                rep_r, rep_w = os.pipe()  # worker -> host
+            except BaseException:
+                _close_fds((req_r, req_w))
+                raise
+        except OSError as e:
+            raise WorkerStartError(f"could not start {what}: {e}") from e
+        _HOST_FDS.update((req_w, rep_r))
+        try:
+            proc = _start_process(ctx, zygote, (req_r, rep_w), alive_fd, pool_name, start_timeout)
+        except OSError as e:
+            _release_fds((req_w, rep_r))
+            raise WorkerStartError(f"could not start {what}: {e}") from e
         except BaseException:
             _release_fds((req_w, rep_r))
             raise
-        finally:
-            for c in ends:
-                _STARTING_FDS.pop(c.fileno(), None)
-                c.close()
-        # Pooly reaps its own workers; multiprocessing's global bookkeeping would poll
-        # their sentinels from other threads (and race with our reaping) otherwise.
-        multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
         try:
             return cls._handshake(proc, req_w, rep_r, payload, pool_name, cls_name, start_timeout)
         except BaseException:
@@ -793,7 +803,8 @@ class WorkerProcess:
 
     @property
     def sentinel(self) -> int:
-        return self.proc.sentinel
+        sentinel: int = self.proc.sentinel
+        return sentinel
 
     def terminate(self) -> None:
         """Drop our end of the request pipe: the worker reads EOF after its current call."""
@@ -803,10 +814,7 @@ class WorkerProcess:
     def kill(self) -> None:
         self.stopping = True
         if not multiprocessing.connection.wait([self.proc.sentinel], 0):
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.proc.kill()
 
     def reap(self) -> ExitReason:
         self.proc.join()
@@ -826,6 +834,53 @@ class WorkerProcess:
         return f"<WorkerProcess {self.cls_name} pid={self.pid} pool={self.pool_name!r}>"
 
 
+def _start_process(
+    ctx: BaseContext,
+    zygote: Zygote | None,
+    channel: tuple[int, int],
+    alive_fd: int,
+    pool_name: str,
+    timeout: float,
+) -> Any:
+    """Start the process of a worker on its ends of the ``channel`` (req_r, rep_w), closed
+    here whatever happens; return its handle (``pid``, ``sentinel``, ``exitcode``, ``join``,
+    ``kill``, ``close``: a multiprocessing process, or a ZygoteProcess)."""
+    me = threading.get_ident()
+    ends: tuple[int, ...] = channel
+    try:
+        ends += (os.dup(alive_fd),)
+    except BaseException:
+        _close_fds(ends)
+        raise
+    for fd in ends:  # a child forked meanwhile by another thread must not keep them
+        _STARTING_FDS[fd] = me
+    if zygote is not None:
+        try:
+            return zygote.spawn(ends, timeout)
+        finally:
+            for fd in ends:
+                _STARTING_FDS.pop(fd, None)
+            _close_fds(ends)
+    conns = [
+        multiprocessing.connection.Connection(ends[0], writable=False),
+        multiprocessing.connection.Connection(ends[1], readable=False),
+        multiprocessing.connection.Connection(ends[2], writable=False),
+    ]
+    try:
+        proc = ctx.Process(  # type: ignore[attr-defined]
+            target=_worker_main, args=tuple(conns), name=f"pooly:{pool_name}", daemon=False
+        )
+        proc.start()
+    finally:
+        for c in conns:
+            _STARTING_FDS.pop(c.fileno(), None)
+            c.close()
+    # Pooly reaps its own workers; multiprocessing's global bookkeeping would poll
+    # their sentinels from other threads (and race with our reaping) otherwise.
+    multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
+    return proc
+
+
 def _release_fds(fds: tuple[int, ...]) -> None:
     for fd in fds:
         _HOST_FDS.discard(fd)
@@ -841,10 +896,7 @@ def _end_process(proc: Any, *, kill: bool) -> int | None:
         if not kill:
             proc.join(5)
         if proc.exitcode is None:
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            proc.kill()
             proc.join()
         code: int | None = proc.exitcode
     except ValueError:  # already closed by an earlier call
