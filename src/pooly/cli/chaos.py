@@ -134,7 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _warm_up() -> None:
     """Start what lives as long as the process -- multiprocessing's forkserver (preloading
-    this module) and resource tracker, pooly's shared dead pipe -- so the baseline has them."""
+    pooly.cli.workers) and resource tracker, pooly's shared dead pipe -- so the baseline has
+    them."""
     with Pooly(preload=[workers.__name__]) as sup:
         pool = sup.start_pool("warm-up", ChaosWorker, size=1)
         with pool.checkout(timeout=30) as lease:
