@@ -121,7 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=fault_kinds,
         default=d.faults,
         metavar="KIND,...",
-        help="the fault kinds to inject, comma-separated, or 'all' (default: all): "
+        help="the fault kinds to inject, comma-separated, or 'all' (default: all); "
+        "--fault-interval stays, so fewer kinds means each one more often: "
         + ", ".join(FAULT_KINDS),
     )
     parser.add_argument(

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 
-from .. import PoolStatus
 from .chaos_config import (
     CHECKOUT_TIMEOUT,
     CRASHED,
@@ -29,9 +28,9 @@ from .chaos_config import (
 from .chaos_faults import ChaosFaults
 from .chaos_proc import fd_count, start_time, status_field
 from .chaos_state import Hit
-from .common import is_settled, kill_each_worker
+from .common import is_full, is_settled, kill_each_worker
 
-__all__ = ("Chaos", "is_full")
+__all__ = ("Chaos",)
 
 
 class Chaos(ChaosFaults):
@@ -252,12 +251,3 @@ class Chaos(ChaosFaults):
                 f"dipped {h.dipped}; status {pool.status() if pool else None})"
             )
         return len(hits)
-
-
-def is_full(s: PoolStatus) -> bool:
-    """Every core worker alive and the pool's: idle + busy, less overflow workers, >= size.
-
-    (An overflow worker still starting counts in ``overflow`` but not in ``busy``, so while
-    one starts this errs on the side of "not yet full".)
-    """
-    return s.idle + s.busy - s.overflow >= s.size

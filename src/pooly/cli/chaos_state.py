@@ -149,6 +149,7 @@ class ChaosState:
         # that pool sleep (see ChaosWorker); the directory goes when the soak ends.
         self.flag_dir = tempfile.mkdtemp(prefix="pooly-chaos-")
         self.slow_flags = {n: os.path.join(self.flag_dir, f"{n}.slow") for n in self.names}
+        self.slow_starting: set[str] = set()  # pools with a slow-start fault under way
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
