@@ -92,6 +92,16 @@ class ChaosFaults(ChaosCalls):
                 self._burst(name, rng.randrange(1 << 30))
         elif kind == "slow-start":
             self._slow_start(name, rng)
+        elif kind == "interrupted-main":
+            # The main thread makes this call (see Chaos.run_workload), if Ctrl-C would
+            # raise KeyboardInterrupt there: Python's own SIGINT handler is in place.
+            if (
+                self.main_orders
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            ):
+                self.count(self.fig.skipped, kind)
+            else:
+                self.main_orders.append(name)
 
     def _pick_target(self, kind: str, name: str, rng: random.Random) -> int | None:
         """A busy (leased) or idle worker of pool ``name`` not yet killed, or None."""

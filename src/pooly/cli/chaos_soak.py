@@ -155,6 +155,7 @@ class Chaos(ChaosFaults):
         next_status = self.t0 + period
         shown = 0
         completed = True
+        rng = random.Random(self.seed ^ 0x5161)  # for the main thread's own calls
         try:
             while (now := time.monotonic()) < deadline:
                 while shown < len(self.fig.anomalies) and shown < 30:
@@ -163,7 +164,9 @@ class Chaos(ChaosFaults):
                 if now >= next_status:
                     self.display.status(self.status_line())
                     next_status = max(next_status + period, now)
-                time.sleep(min(0.05, deadline - now))
+                if self.main_orders:
+                    self._main_call(self.main_orders.popleft(), rng)
+                time.sleep(max(0.0, min(0.05, deadline - time.monotonic())))
         except KeyboardInterrupt:
             completed = False
             self.display.line("interrupted: stopping early")
@@ -182,6 +185,20 @@ class Chaos(ChaosFaults):
         self.display.clear_status()
         self.display.line(self.status_line())
         return completed
+
+    def _main_call(self, name: str, rng: random.Random) -> None:
+        """The main thread's interrupted call (its SIGINT is Ctrl-C's), then its checkin."""
+        if name in self.down:
+            self.count(self.fig.skipped, "interrupted-main")
+            return
+        got = self.checkout("main thread", name)
+        if got is None:
+            return
+        lease, holder = got
+        try:
+            self.call(holder, lease, rng, kind="interrupted-main")
+        finally:
+            self.checkin(holder, lease)
 
     def settle(self, timeout: float = 10.0) -> bool:
         """Wait until every pool is back to ``size`` idle workers and nothing else."""

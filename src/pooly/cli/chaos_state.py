@@ -125,6 +125,7 @@ class ChaosState:
         self.t0 = 0.0
         self.lock = threading.Lock()  # guards the counters in self.fig
         self.orders = {n: collections.deque[str]() for n in self.names}
+        self.main_orders = collections.deque[str]()  # pools the main thread calls into
         self.leased: dict[int, tuple[str, int]] = {}  # thread ident -> (pool, worker pid)
         # Per-worker records, dropped FORGET_AFTER s after the worker is seen dead, so the
         # soak's own memory stays flat and the RSS figures speak of Pooly alone.
