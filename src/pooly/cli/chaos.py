@@ -21,6 +21,7 @@ the error a deliberate fault calls for. Anything else is counted as an OTHER out
       order a slow call, interrupted in       and non-blocking waiters
         its caller by KeyboardInterrupt     SIGKILL a worker whose replacement's
         (the caller then checks in)           constructor is slow (1.5 s)
+    main thread: the progress line; and the calls the injector orders interrupted by SIGINT
     restarter thread: every few seconds, stop_pool + start_pool of one pool under load
     monitor thread: polls status() every ~2 ms; times each fault until the pool is back
       at full size (idle + busy - overflow >= size: every core worker alive again)
