@@ -8,9 +8,7 @@ given up (test_intensity_under_fire) before it could tell anyone which processes
 
 from __future__ import annotations
 
-import faulthandler
 import os
-import signal
 import threading
 import time
 
@@ -40,17 +38,6 @@ def recorded(directory: str, kind: str) -> dict[int, float]:
 # ---------------------------------------------------------------------- crash loop
 
 
-def _crash(how: str) -> None:
-    if how == "exit":
-        os._exit(13)
-    if how == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if how == "segv":
-        faulthandler.disable()  # keep the crash quiet in the test output
-        faulthandler._sigsegv()  # type: ignore[attr-defined]
-    raise ValueError(f"unknown crash {how!r}")
-
-
 class CrashLoop(Counter):
     """Dies by itself ``delay`` seconds after its constructor ran, whatever it is doing.
 
@@ -69,9 +56,19 @@ class CrashLoop(Counter):
                 time.sleep(0.005)
             time.sleep(delay)
             record(directory, "crashed")
-            _crash(how)
+            self.crash(how)
 
         threading.Thread(target=die, daemon=True).start()
+
+    def crash(self, how: str) -> None:
+        """Die now: ``exit`` (os._exit(13)), ``kill`` (SIGKILL) or ``segv`` (segfault)."""
+        if how == "exit":
+            self.exit(13)
+        elif how == "kill":
+            self.kill_self()
+        elif how == "segv":
+            self.segfault()
+        raise ValueError(f"unknown crash {how!r}")
 
     def hold(self, seconds: float = 3600.0) -> None:
         """A long call: the holder sits in it until the worker dies (or is stopped)."""

@@ -21,6 +21,7 @@ the error a deliberate fault calls for. Anything else is counted as an OTHER out
       order a slow call, interrupted in       and non-blocking waiters
         its caller by KeyboardInterrupt     SIGKILL a worker whose replacement's
         (the caller then checks in)           constructor is slow (1.5 s)
+    main thread: the progress line; and the calls the injector orders interrupted by SIGINT
     restarter thread: every few seconds, stop_pool + start_pool of one pool under load
     monitor thread: polls status() every ~2 ms; times each fault until the pool is back
       at full size (idle + busy - overflow >= size: every core worker alive again)
@@ -121,7 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=fault_kinds,
         default=d.faults,
         metavar="KIND,...",
-        help="the fault kinds to inject, comma-separated, or 'all' (default: all): "
+        help="the fault kinds to inject, comma-separated, or 'all' (default: all); "
+        "--fault-interval stays, so fewer kinds means each one more often: "
         + ", ".join(FAULT_KINDS),
     )
     parser.add_argument(
@@ -134,7 +136,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _warm_up() -> None:
     """Start what lives as long as the process -- multiprocessing's forkserver (preloading
-    this module) and resource tracker, pooly's shared dead pipe -- so the baseline has them."""
+    pooly.cli.workers) and resource tracker, pooly's shared dead pipe -- so the baseline has
+    them."""
     with Pooly(preload=[workers.__name__]) as sup:
         pool = sup.start_pool("warm-up", ChaosWorker, size=1)
         with pool.checkout(timeout=30) as lease:

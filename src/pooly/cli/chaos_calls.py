@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import signal
 import threading
 import time
 from typing import Any
@@ -30,8 +31,10 @@ from .chaos_config import (
     CHECKOUT_STOPPED,
     CHECKOUT_TIMEOUT,
     CRASHED,
+    INTERRUPT_CALLS,
     INTERRUPT_MISSED,
     INTERRUPT_NAP,
+    INTERRUPT_NAP_MAIN,
     INTERRUPTED,
     LEASED,
     OK,
@@ -50,14 +53,17 @@ __all__ = ("ChaosCalls", "Interrupt", "is_deliberate")
 class Interrupt:
     """A KeyboardInterrupt for one thread, delivered while that thread is inside a call.
 
-    An asynchronous exception (``PyThreadState_SetAsyncExc``) is what a thread other than
-    the main one gets in place of Ctrl-C's signal: it is raised in the target thread at its
+    For the main thread, a real SIGINT (Ctrl-C): it cuts a blocking read short, so the call
+    is interrupted mid-flight with the worker still in it. A thread other than the main one
+    gets an asynchronous exception (``PyThreadState_SetAsyncExc``) instead, raised at its
     next bytecode boundary -- for a thread blocked reading a pipe, as soon as the read
-    returns. :meth:`fire` runs in a firing thread; the others in the target thread.
+    returns (the reply arrived, but the call never returns it). :meth:`fire` runs in a
+    firing thread; the others in the target thread.
     """
 
-    def __init__(self, ident: int) -> None:
+    def __init__(self, ident: int, *, signal: bool = False) -> None:
         self.ident = ident
+        self.signal = signal
         self.started = threading.Event()  # set just before the call goes out
         self._lock = threading.Lock()
         self._armed = True
@@ -71,10 +77,14 @@ class Interrupt:
         with self._lock:
             if self._armed:
                 self._armed = False
-                done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(self.ident), ctypes.py_object(KeyboardInterrupt)
-                )
-                self.fired = done == 1
+                if self.signal:
+                    signal.pthread_kill(self.ident, signal.SIGINT)
+                    self.fired = True
+                else:
+                    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(self.ident), ctypes.py_object(KeyboardInterrupt)
+                    )
+                    self.fired = done == 1
 
     def disarm(self) -> None:
         """The call is over: nothing may be fired from now on."""
@@ -165,12 +175,13 @@ class ChaosCalls(ChaosState):
                 self.fig.checkouts,
             )
 
-    def call(self, holder: Holder, lease: Lease, rng: random.Random) -> bool:
-        """One call through ``lease`` (or the fault call an order names), the outcome
-        counted. False once the lease is over."""
-        kind: str | None = None
+    def call(
+        self, holder: Holder, lease: Lease, rng: random.Random, kind: str | None = None
+    ) -> bool:
+        """One call through ``lease`` (or the fault call ``kind`` or an order names), the
+        outcome counted. False once the lease is over."""
         orders = self.orders[holder.name]
-        if orders:
+        if kind is None and orders:
             try:
                 kind = orders.popleft()
             except IndexError:  # another consumer took it
@@ -186,14 +197,14 @@ class ChaosCalls(ChaosState):
             if kind is None:
                 k, i, rounds = rng.randint(1, 100), rng.randrange(len(PAYLOADS)), rng.choice(ROUNDS)
                 result = lease.mix(k, i, rounds)
-            elif kind == "interrupted":
+            elif kind in INTERRUPT_CALLS:
                 self.count(self.fig.faults, kind)
                 result = self._interrupted_nap(holder, lease, rng)
             else:
                 self.count(self.fig.faults, kind)
                 result = CALL_FAULTS[kind].call(lease)
         except KeyboardInterrupt:
-            if kind != "interrupted":
+            if kind not in INTERRUPT_CALLS:
                 raise
             self.count(counts, INTERRUPTED)
             self.count(self.fig.confirmed, kind)
@@ -230,7 +241,7 @@ class ChaosCalls(ChaosState):
             return False
         finally:
             self.end_op(op)
-        if kind == "interrupted":  # the interruption came too late: a normal result
+        if kind in INTERRUPT_CALLS:  # the interruption came too late: a normal result
             if result == pid:
                 self.count(counts, INTERRUPT_MISSED)
             else:
@@ -264,13 +275,15 @@ class ChaosCalls(ChaosState):
     def _interrupted_nap(self, holder: Holder, lease: Lease, rng: random.Random) -> Any:
         """A slow call that a firing thread interrupts mid-flight with KeyboardInterrupt, as
         Ctrl-C interrupts the main thread (this thread's caller counts the outcome)."""
-        interrupt = Interrupt(threading.get_ident())
-        delay = rng.uniform(0.02, INTERRUPT_NAP / 2)
+        main = threading.current_thread() is threading.main_thread()
+        nap = INTERRUPT_NAP_MAIN if main else INTERRUPT_NAP
+        interrupt = Interrupt(threading.get_ident(), signal=main)
+        delay = rng.uniform(0.02, nap / 2)
         self.thread(f"interrupter-{holder.who}", interrupt.fire, delay).start()
         try:
             try:
                 interrupt.started.set()
-                result = lease.nap(INTERRUPT_NAP)
+                result = lease.nap(nap)
             finally:
                 interrupt.disarm()
         except KeyboardInterrupt:

@@ -36,8 +36,10 @@ __all__ = (
     "HEAL_BOUND",
     "HUNG_AFTER",
     "INTERRUPTED",
+    "INTERRUPT_CALLS",
     "INTERRUPT_MISSED",
     "INTERRUPT_NAP",
+    "INTERRUPT_NAP_MAIN",
     "LEASED",
     "MAX_ANOMALIES",
     "MAX_DOOMED",
@@ -153,7 +155,8 @@ OTHER_FAULTS = {
     "sigkill-idle": "SIGKILL of an idle worker",
     "abandoned": "consumer thread died holding a lease",
     "burst": "overflow burst + tiny-timeout waiters",
-    "interrupted": "call interrupted mid-flight (async KeyboardInterrupt)",
+    "interrupted": "call interrupted (async KeyboardInterrupt in its thread)",
+    "interrupted-main": "call interrupted mid-flight by SIGINT (main thread)",
     "slow-start": f"SIGKILL, replacement's constructor slow ({SLOW_START:g} s)",
     "stop-restart": "stop_pool + start_pool under load",
 }
@@ -164,6 +167,7 @@ FAULT_LABELS = {
     "abandoned": OTHER_FAULTS["abandoned"],
     "burst": OTHER_FAULTS["burst"],
     "interrupted": OTHER_FAULTS["interrupted"],
+    "interrupted-main": OTHER_FAULTS["interrupted-main"],
     "slow-start": OTHER_FAULTS["slow-start"],
     "stop-restart": OTHER_FAULTS["stop-restart"],
 }
@@ -174,6 +178,7 @@ CONFIRMED = {  # what "confirmed" means for a kind, in the report
     "abandoned": "reclaimed before join() returned",
     "burst": "ran to the end",
     "interrupted": "KeyboardInterrupt, then checked in",
+    "interrupted-main": "KeyboardInterrupt, then checked in",
     "slow-start": "a replacement's constructor slept",
     "stop-restart": "back and serving",
     **{
@@ -189,6 +194,7 @@ WEIGHTS = {
     "abandoned": 1.5,
     "burst": 1.0,
     "interrupted": 1.0,
+    "interrupted-main": 0.5,
     "slow-start": 0.5,
 }
 
@@ -223,6 +229,10 @@ MAX_DOOMED = 3  # abandoned-lease threads alive at once
 FORGET_AFTER = 10.0  # a worker's records are dropped this long after it is seen dead
 MAX_ANOMALIES = 1000  # kept in full; the rest are only counted
 INTERRUPT_NAP = 0.3  # seconds of the call that is interrupted: long enough to land inside it
+# The main thread's interrupted call: SIGINT cuts its read short (as Ctrl-C does), so the
+# worker is still in the call; the rest of it is what a checkin must not wait out.
+INTERRUPT_NAP_MAIN = 1.0
+INTERRUPT_CALLS = ("interrupted", "interrupted-main")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from .chaos_config import (
     WEIGHTS,
     Shape,
 )
+from .common import is_full
 
 __all__ = ("ChaosFaults",)
 
@@ -91,6 +92,16 @@ class ChaosFaults(ChaosCalls):
                 self._burst(name, rng.randrange(1 << 30))
         elif kind == "slow-start":
             self._slow_start(name, rng)
+        elif kind == "interrupted-main":
+            # The main thread makes this call (see Chaos.run_workload), if Ctrl-C would
+            # raise KeyboardInterrupt there: Python's own SIGINT handler is in place.
+            if (
+                self.main_orders
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            ):
+                self.count(self.fig.skipped, kind)
+            else:
+                self.main_orders.append(name)
 
     def _pick_target(self, kind: str, name: str, rng: random.Random) -> int | None:
         """A busy (leased) or idle worker of pool ``name`` not yet killed, or None."""
@@ -105,7 +116,7 @@ class ChaosFaults(ChaosCalls):
         """Raise pool ``name``'s slow flag and SIGKILL one of its workers: the replacement's
         constructor takes SLOW_START seconds, while the other faults go on around it."""
         flag = self.slow_flags[name]
-        if os.path.exists(flag):  # the last one is not taken yet
+        if name in self.slow_starting:  # one at a time, and the pool healed in between
             self.count(self.fig.skipped, "slow-start")
             return
         pid = self._pick_target("sigkill-idle", name, rng)
@@ -115,6 +126,7 @@ class ChaosFaults(ChaosCalls):
             self.count(self.fig.skipped, "slow-start")
             return
         gen = self.gen[name]
+        self.slow_starting.add(name)
         with open(flag, "w"):
             pass
         self.killed.add(pid)
@@ -122,18 +134,24 @@ class ChaosFaults(ChaosCalls):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
+            os.unlink(flag)
+            self.slow_starting.discard(name)
             self.count(self.fig.skipped, "slow-start")
-            return  # (the flag stays up: the next start of the pool takes it)
+            return
         self.count(self.fig.faults, "slow-start")
         self.hit(name, pid, t, gen, "slow-start")
 
-        def wait() -> None:  # until a constructor takes the flag
+        def wait() -> None:  # until a constructor has taken the flag and the pool healed
             deadline = t + HEAL_BOUND
-            while os.path.exists(flag) and time.monotonic() < deadline:
-                if self.stop.wait(0.01):
+            while time.monotonic() < deadline and not self.stop.wait(0.01):
+                pool = self.pools.get(name)
+                if not os.path.exists(flag) and (
+                    name in self.down or pool is None or is_full(pool.status())
+                ):
                     break
 
         def check() -> None:
+            self.slow_starting.discard(name)
             try:
                 os.unlink(flag)  # nobody took it (an overflow worker is not replaced)
             except FileNotFoundError:

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 
-from .. import PoolStatus
 from .chaos_config import (
     CHECKOUT_TIMEOUT,
     CRASHED,
@@ -29,9 +28,9 @@ from .chaos_config import (
 from .chaos_faults import ChaosFaults
 from .chaos_proc import fd_count, start_time, status_field
 from .chaos_state import Hit
-from .common import is_settled, kill_each_worker
+from .common import is_full, is_settled, kill_each_worker
 
-__all__ = ("Chaos", "is_full")
+__all__ = ("Chaos",)
 
 
 class Chaos(ChaosFaults):
@@ -156,6 +155,7 @@ class Chaos(ChaosFaults):
         next_status = self.t0 + period
         shown = 0
         completed = True
+        rng = random.Random(self.seed ^ 0x5161)  # for the main thread's own calls
         try:
             while (now := time.monotonic()) < deadline:
                 while shown < len(self.fig.anomalies) and shown < 30:
@@ -164,7 +164,9 @@ class Chaos(ChaosFaults):
                 if now >= next_status:
                     self.display.status(self.status_line())
                     next_status = max(next_status + period, now)
-                time.sleep(min(0.05, deadline - now))
+                if self.main_orders:
+                    self._main_call(self.main_orders.popleft(), rng)
+                time.sleep(max(0.0, min(0.05, deadline - time.monotonic())))
         except KeyboardInterrupt:
             completed = False
             self.display.line("interrupted: stopping early")
@@ -183,6 +185,20 @@ class Chaos(ChaosFaults):
         self.display.clear_status()
         self.display.line(self.status_line())
         return completed
+
+    def _main_call(self, name: str, rng: random.Random) -> None:
+        """The main thread's interrupted call (its SIGINT is Ctrl-C's), then its checkin."""
+        if name in self.down:
+            self.count(self.fig.skipped, "interrupted-main")
+            return
+        got = self.checkout("main thread", name)
+        if got is None:
+            return
+        lease, holder = got
+        try:
+            self.call(holder, lease, rng, kind="interrupted-main")
+        finally:
+            self.checkin(holder, lease)
 
     def settle(self, timeout: float = 10.0) -> bool:
         """Wait until every pool is back to ``size`` idle workers and nothing else."""
@@ -252,12 +268,3 @@ class Chaos(ChaosFaults):
                 f"dipped {h.dipped}; status {pool.status() if pool else None})"
             )
         return len(hits)
-
-
-def is_full(s: PoolStatus) -> bool:
-    """Every core worker alive and the pool's: idle + busy, less overflow workers, >= size.
-
-    (An overflow worker still starting counts in ``overflow`` but not in ``busy``, so while
-    one starts this errs on the side of "not yet full".)
-    """
-    return s.idle + s.busy - s.overflow >= s.size

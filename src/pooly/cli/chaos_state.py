@@ -125,6 +125,7 @@ class ChaosState:
         self.t0 = 0.0
         self.lock = threading.Lock()  # guards the counters in self.fig
         self.orders = {n: collections.deque[str]() for n in self.names}
+        self.main_orders = collections.deque[str]()  # pools the main thread calls into
         self.leased: dict[int, tuple[str, int]] = {}  # thread ident -> (pool, worker pid)
         # Per-worker records, dropped FORGET_AFTER s after the worker is seen dead, so the
         # soak's own memory stays flat and the RSS figures speak of Pooly alone.
@@ -149,6 +150,7 @@ class ChaosState:
         # that pool sleep (see ChaosWorker); the directory goes when the soak ends.
         self.flag_dir = tempfile.mkdtemp(prefix="pooly-chaos-")
         self.slow_flags = {n: os.path.join(self.flag_dir, f"{n}.slow") for n in self.names}
+        self.slow_starting: set[str] = set()  # pools with a slow-start fault under way
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0

@@ -22,6 +22,7 @@ __all__ = (
     "Display",
     "LogToDisplay",
     "alive",
+    "is_full",
     "is_settled",
     "kill_each_worker",
     "pooly_errors_to",
@@ -160,7 +161,17 @@ def is_settled(s: PoolStatus) -> bool:
     )
 
 
+def is_full(s: PoolStatus) -> bool:
+    """Every core worker alive and the pool's: idle + busy, less overflow workers, >= size.
+
+    (An overflow worker still starting counts in ``overflow`` but not in ``busy``, so while
+    one starts this errs on the side of "not yet full".)
+    """
+    return s.idle + s.busy - s.overflow >= s.size
+
+
 def alive(pid: int) -> bool:
+    """Process ``pid`` exists (a zombie counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
