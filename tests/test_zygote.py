@@ -398,7 +398,7 @@ def test_no_pools_fds_leak_into_another_pools_processes(sup: pooly.Pooly) -> Non
 
     def alive_pipe(pool: pooly.Pool) -> str:
         assert pool._workers_sup is not None
-        return host[pool._workers_sup.alive_r]
+        return host[pool._backend.alive_r]
 
     procs: dict[int, str] = {}  # pid -> its pool's alive pipe (which it may share)
     for pool in (a, b, c):
@@ -413,8 +413,8 @@ def test_no_pools_fds_leak_into_another_pools_processes(sup: pooly.Pooly) -> Non
             assert not others, f"process {pid} shares {target} with {others}"
     server_sockets = set()
     for pool in (a, b):
-        assert pool._workers_sup is not None and pool._workers_sup.zygote is not None
-        server_sockets |= {host[fd] for fd in pool._workers_sup.zygote.host_fds()}
+        assert pool._backend.zygote is not None
+        server_sockets |= {host[fd] for fd in pool._backend.zygote.host_fds()}
     for pid in c.worker_pids():
         assert not held[pid] & server_sockets
 

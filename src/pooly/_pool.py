@@ -14,13 +14,10 @@ sits behind one lock, held only for bookkeeping (never across a process start or
                                child_exited <--------------------- worker died: end its
                                                                    lease, replace it
 
-The pool's subtree (see :meth:`Pool._start_tree`)::
-
-    PoolSupervisor "<name>" (one_for_all, no restarts: a failing child fails the pool)
-    |-- "server": this Pool
-    `-- "workers": WorkerSupervisor (one_for_one, max_restarts in max_seconds; owns the
-        |            pool's alive pipe and, for "forkserver", its fork server: pooly._zygote)
-        `-- WorkerProcess ... (core workers permanent, overflow workers temporary)
+The pool's subtree (:mod:`pooly._tree`): a PoolSupervisor over this Pool (its "server") and
+a WorkerSupervisor over the workers. The pool sees each worker through a handle from its
+backend (:mod:`pooly._backend`); its own record of a worker (:class:`_Worker`: child id,
+lease, overflow or core) stays here.
 """
 
 from __future__ import annotations
@@ -30,13 +27,13 @@ import functools
 import logging
 import math
 import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from ._backend import LocalBackend, WorkerBackend, WorkerHandle
 from ._errors import (
     CheckoutTimeout,
     LeaseError,
@@ -53,16 +50,7 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
-from ._worker import (
-    _HOST_FDS,
-    ChannelClosed,
-    WorkerProcess,
-    default_start_method,
-    make_payload,
-    preload_forkserver,
-)
-from ._zygote import SUPPORTED as ZYGOTE_SUPPORTED
-from ._zygote import Zygote
+from ._worker import ChannelClosed, default_start_method, make_payload
 
 __all__ = ("Lease", "Pool", "PoolStatus")
 
@@ -124,6 +112,23 @@ class _OverflowSlot:
         self.wid = wid
 
 
+class _Worker:
+    """The pool's record of one worker: its handle and what the pool knows of it.
+
+    The pool's bookkeeping lives here, in the pool, not on the handle (which a backend
+    provides): the worker's child id, its current lease, whether it is an overflow worker.
+    Changed only under the pool's lock.
+    """
+
+    __slots__ = ("handle", "lease", "overflow", "wid")
+
+    def __init__(self, handle: WorkerHandle, wid: str, overflow: bool) -> None:
+        self.handle = handle
+        self.wid = wid
+        self.lease: Lease | None = None
+        self.overflow = overflow
+
+
 class Lease:
     """Exclusive use of one worker, from checkout until checkin.
 
@@ -138,11 +143,21 @@ class Lease:
     same lease while a call is in flight gets :class:`LeaseError`.
     """
 
-    __slots__ = ("__weakref__", "_ended", "_in_call", "_leases", "_orphaned", "_pool", "_worker")
+    __slots__ = (
+        "__weakref__",
+        "_ended",
+        "_in_call",
+        "_leases",
+        "_orphaned",
+        "_pool",
+        "_rec",
+        "_worker",
+    )
 
-    def __init__(self, pool: Pool, worker: WorkerProcess, leases: LeaseSet) -> None:
+    def __init__(self, pool: Pool, rec: _Worker, leases: LeaseSet) -> None:
         self._pool = pool
-        self._worker = worker
+        self._rec = rec  # the pool's record of the worker (its bookkeeping)
+        self._worker = rec.handle  # the worker itself (the data path)
         self._leases = leases
         self._ended: str | None = None
         # Held for the length of a call through this lease. Per lease, not per worker: a
@@ -286,62 +301,6 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> flo
     return seconds
 
 
-class _WorkerSupervisor(Supervisor):
-    """The pool's worker supervisor; also owns the pool's alive pipe and its fork server.
-
-    Each worker (and the fork server) blocks reading its copy of the pipe's read end; the
-    write end lives only in the host. When the host dies the kernel closes it and every
-    worker exits. It is closed on purpose only once every worker has been stopped, so a
-    graceful stop stays graceful.
-
-    ``zygote_modules`` (None: no fork server) are what the pool's fork server imports before
-    it forks workers; it is started before the first worker and stopped after the last.
-    """
-
-    def __init__(
-        self,
-        *,
-        pool_name: str,
-        zygote_modules: tuple[str, ...] | None,
-        start_timeout: float,
-        **kw: Any,
-    ) -> None:
-        super().__init__(**kw)
-        self.alive_r, self.alive_w = os.pipe()
-        _HOST_FDS.update((self.alive_r, self.alive_w))
-        self._start_timeout = start_timeout
-        self.zygote: Zygote | None = None
-        if zygote_modules is not None:
-            self.zygote = Zygote(pool_name, zygote_modules, self.alive_r)
-
-    def start(self) -> Supervisor:
-        try:
-            if self.zygote is not None:
-                self.zygote.start(self._start_timeout)
-            return super().start()
-        except BaseException:
-            self._stop_zygote()
-            self._close_alive()
-            raise
-
-    def reap(self) -> ExitReason:
-        reason = super().reap()
-        self._stop_zygote()
-        self._close_alive()
-        return reason
-
-    def _stop_zygote(self) -> None:
-        if self.zygote is not None:
-            self.zygote.stop()
-
-    def _close_alive(self) -> None:
-        for fd in (self.alive_r, self.alive_w):
-            if fd >= 0:
-                _HOST_FDS.discard(fd)
-                os.close(fd)
-        self.alive_r = self.alive_w = -1
-
-
 class Pool(PassiveChild, SupervisorListener):
     """A named pool of worker processes. Made by :meth:`pooly.Pooly.start_pool`."""
 
@@ -394,23 +353,26 @@ class Pool(PassiveChild, SupervisorListener):
             raise TypeError(f"restart_on_reclaim must be a bool, got {restart_on_reclaim!r}")
         self.restart_on_reclaim = restart_on_reclaim
         self.worker = worker
-        self._payload = make_payload(worker, tuple(args), kwargs)
-        self._ctx = multiprocessing.get_context(start_method)
-        # "forkserver": a fork server of the pool's own (pooly._zygote), where pidfds exist.
-        self._zygote_modules: tuple[str, ...] | None = None
-        if start_method == "forkserver" and ZYGOTE_SUPPORTED:
-            self._zygote_modules = (worker.__module__, *preload)
-        elif start_method == "forkserver":
-            preload_forkserver(preload)
+        if not isinstance(preload, tuple) or not all(isinstance(m, str) and m for m in preload):
+            raise TypeError(f"preload must be a tuple of module names, got {preload!r}")
+        self._backend: WorkerBackend = LocalBackend(
+            pool_name=name,
+            cls_name=worker.__qualname__,
+            module=worker.__module__,
+            payload=make_payload(worker, tuple(args), kwargs),
+            start_method=start_method,
+            start_timeout=self.start_timeout,
+            preload=preload,
+        )
         self._clock = clock
         super().__init__()
 
         self._lock = threading.Lock()
-        self._idle: collections.deque[WorkerProcess] = collections.deque()
-        self._workers: dict[Hashable, WorkerProcess] = {}
+        self._idle: collections.deque[_Worker] = collections.deque()
+        self._workers: dict[Hashable, _Worker] = {}
         self._waiters: collections.deque[_Waiter] = collections.deque()
         # Overflow slots taken by a caller: id -> its worker once started (None before).
-        self._reserved: dict[Hashable, WorkerProcess | None] = {}
+        self._reserved: dict[Hashable, _Worker | None] = {}
         # Ids of permanent workers (the only ones restarted): a start under one is a replacement.
         # Overflow ids are never reused, so they stay out (else this grows with every burst).
         self._restartable: dict[Hashable, None] = {}
@@ -421,61 +383,17 @@ class Pool(PassiveChild, SupervisorListener):
         self._crashed = 0
         self._closed: PoolFailed | None = None
         self._failed = False
-        self._workers_sup: _WorkerSupervisor | None = None
+        self._workers_sup: Supervisor | None = None  # set by the pool's WorkerSupervisor
 
     # ------------------------------------------------------------------ the tree
-
-    def _start_tree(self) -> Supervisor:
-        """Start this pool's subtree (called as the pool's child start by PoolsSupervisor)."""
-        tree = Supervisor(
-            [
-                ChildSpec("server", lambda: self, restart="permanent", shutdown=1.0),
-                ChildSpec(
-                    "workers",
-                    self._start_workers,
-                    restart="permanent",
-                    shutdown=self.shutdown_timeout + 1.0,
-                ),
-            ],
-            strategy="one_for_all",
-            max_restarts=0,
-            name=f"pool:{self.name}",
-            listener=_TreeListener(self),
-        )
-        return tree.start()
-
-    def _start_workers(self) -> Supervisor:
-        sup = _WorkerSupervisor(
-            pool_name=self.name,
-            zygote_modules=self._zygote_modules,
-            start_timeout=self.start_timeout,
-            children=[self._spec(f"w{i}", "permanent") for i in range(self.size)],
-            strategy="one_for_one",
-            max_restarts=self.max_restarts,
-            max_seconds=self.max_seconds,
-            name=f"workers:{self.name}",
-            clock=self._clock,
-            listener=self,
-        )
-        self._workers_sup = sup
-        return sup.start()
 
     def _spec(self, wid: str, restart: Literal["permanent", "temporary"]) -> ChildSpec:
         return ChildSpec(wid, functools.partial(self._spawn, wid), restart, self.shutdown_timeout)
 
-    def _spawn(self, wid: str) -> WorkerProcess:
-        """Start one worker process (the child start of every worker spec)."""
-        assert self._workers_sup is not None
-        w = WorkerProcess.start(
-            ctx=self._ctx,
-            payload=self._payload,
-            alive_fd=self._workers_sup.alive_r,
-            pool_name=self.name,
-            cls_name=self.worker.__qualname__,
-            start_timeout=self.start_timeout,
-            zygote=self._workers_sup.zygote,
-        )
-        w.wid = wid
+    def _spawn(self, wid: str) -> WorkerHandle:
+        """Start one worker (the child start of every worker spec) and take it in."""
+        h = self._backend.start_worker()
+        w = _Worker(h, wid, overflow=False)
         with self._lock:
             if wid in self._reserved:
                 # -- commit: the caller who reserved the slot leases it
@@ -491,7 +409,7 @@ class Pool(PassiveChild, SupervisorListener):
                 if self._closed is None:
                     self._idle.append(w)
                     self._serve_waiters()
-        return w
+        return h
 
     # ------------------------------------------------------------------ public API
 
@@ -517,7 +435,7 @@ class Pool(PassiveChild, SupervisorListener):
                 lifo = self.strategy == "lifo"
                 while idle:
                     w = idle[-1] if lifo else idle[0]
-                    alive = w.looks_alive()
+                    alive = w.handle.looks_alive()
                     if alive:
                         lease = self._new_lease(w, leases)
                     # -- commit: stores only (see "Interrupt safety")
@@ -572,21 +490,21 @@ class Pool(PassiveChild, SupervisorListener):
                 f"lease on worker pid {lease.pid} belongs to pool {lease._pool.name!r}, not "
                 f"{self.name!r}; check it in there"
             )
-        w = lease._worker
+        h = lease._worker
         # A call in flight through this lease (from another thread) finishes before the
         # worker can go to someone else.
         with lease._in_call, self._lock:
             if lease._ended is not None:
                 if lease._ended == _CHECKED_IN:
                     raise LeaseError(
-                        f"lease on worker pid {w.pid} of pool {self.name!r} was already checked in"
+                        f"lease on worker pid {h.pid} of pool {self.name!r} was already checked in"
                     )
                 return
-            if w.exited.is_set():
+            if h.exited.is_set():
                 # Died while leased: the supervisor reaps and replaces it (child_exited).
                 # (One that died unseen an instant ago is caught by checkout's liveness check.)
                 self._end_lease(lease, _CRASHED)
-            elif w.broken:  # (an interrupted call ends its lease at once; kept for safety)
+            elif h.broken:  # (an interrupted call ends its lease at once; kept for safety)
                 self._retire(lease, _INTERRUPTED, kill=True)
             else:
                 self._pass_on(lease, _CHECKED_IN)
@@ -623,7 +541,7 @@ class Pool(PassiveChild, SupervisorListener):
     def worker_pids(self) -> list[int]:
         """Process ids of the pool's live workers (idle and busy)."""
         with self._lock:
-            return [w.pid for w in self._workers.values()]
+            return [w.handle.pid for w in self._workers.values()]
 
     def __repr__(self) -> str:
         s = self.status()
@@ -644,9 +562,9 @@ class Pool(PassiveChild, SupervisorListener):
     # Lease sets are dicts for that reason (item stores, not ``set.add``).
     # tests/test_ki_safety.py raises an interrupt at every such point.
 
-    def _new_lease(self, w: WorkerProcess, leases: LeaseSet) -> Lease:
+    def _new_lease(self, w: _Worker, leases: LeaseSet) -> Lease:
         """A lease object for ``w`` (no state changes: the caller commits it)."""
-        return _lease_class(w.cls_name, w.methods)(self, w, leases)
+        return _lease_class(w.handle.cls_name, w.handle.methods)(self, w, leases)
 
     def _lease_crashed(self, lease: Lease) -> None:
         """The holder saw its worker die: end the lease now, so a checkin is a no-op."""
@@ -658,13 +576,13 @@ class Pool(PassiveChild, SupervisorListener):
         """End a lease whose worker goes nowhere (dead, or stopped with the pool)."""
         lease._ended = why
         del lease._leases[lease]
-        lease._worker.lease = None
+        lease._rec.lease = None
         self._busy -= 1
 
     def _pass_on(self, lease: Lease, why: str) -> None:
         """End ``lease`` and pass its worker on: to the head waiter, dismissed, or idle."""
-        w = lease._worker
-        if self._closed is not None or not w.looks_alive():
+        w = lease._rec
+        if self._closed is not None or not w.handle.looks_alive():
             # Closed: the tree stops it. Died unseen: child_exited replaces it and its
             # replacement serves any waiter.
             self._end_lease(lease, why)
@@ -697,7 +615,7 @@ class Pool(PassiveChild, SupervisorListener):
             waiter = self._waiters[0]
             if idle:
                 w = idle[-1] if lifo else idle[0]
-                alive = w.looks_alive()
+                alive = w.handle.looks_alive()
                 if alive:
                     new = self._new_lease(w, waiter.leases)
                 # -- commit
@@ -734,7 +652,7 @@ class Pool(PassiveChild, SupervisorListener):
         core worker stays.
         """
         assert self._workers_sup is not None
-        w = lease._worker
+        w = lease._rec
         heir = None
         if not w.overflow:
             # The heir must still be running *as the supervisor sees it*: an overflow worker
@@ -744,8 +662,8 @@ class Pool(PassiveChild, SupervisorListener):
                 if (
                     h.overflow
                     and h.lease is not None
-                    and not h.exited.is_set()
-                    and self._workers_sup.set_restart(h.wid, "permanent", only_if=h)
+                    and not h.handle.exited.is_set()
+                    and self._workers_sup.set_restart(h.wid, "permanent", only_if=h.handle)
                 ):
                     heir = h
                     break
@@ -772,7 +690,7 @@ class Pool(PassiveChild, SupervisorListener):
         """End ``lease`` and replace its worker, whose state can't be trusted (reclaimed;
         ``kill``: at once, for a call interrupted part-way)."""
         assert self._workers_sup is not None
-        w = lease._worker
+        w = lease._rec
         present = self._workers.get(w.wid) is w
         # -- commit, then the calls
         lease._ended = why
@@ -785,10 +703,10 @@ class Pool(PassiveChild, SupervisorListener):
         # it, and that replacement (maybe leased to someone else by now) must not be hit.
         if w.overflow:
             self._overflow -= 1
-            self._workers_sup.terminate_child(w.wid, wait=False, only_if=w, kill=kill)
+            self._workers_sup.terminate_child(w.wid, wait=False, only_if=w.handle, kill=kill)
             self._serve_waiters()
         else:
-            self._workers_sup.restart_child(w.wid, wait=False, only_if=w, kill=kill)
+            self._workers_sup.restart_child(w.wid, wait=False, only_if=w.handle, kill=kill)
 
     def _interrupted(self, lease: Lease) -> None:
         """A call through ``lease`` was interrupted part-way (runs in the caller's thread).
@@ -820,9 +738,9 @@ class Pool(PassiveChild, SupervisorListener):
         if w is None or live:
             self._overflow -= 1
         if live:
+            assert w is not None and self._workers_sup is not None
             del self._workers[wid]
-            assert self._workers_sup is not None
-            self._workers_sup.terminate_child(wid, wait=False, only_if=w)
+            self._workers_sup.terminate_child(wid, wait=False, only_if=w.handle)
         self._serve_waiters()
 
     def _closed_error(self) -> PoolFailed:
@@ -869,7 +787,7 @@ class Pool(PassiveChild, SupervisorListener):
     def _checkout_overflow(self, wid: str, leases: LeaseSet) -> Lease:
         assert self._workers_sup is not None
         try:
-            w = self._workers_sup.start_child(self._spec(wid, "temporary"))
+            h = self._workers_sup.start_child(self._spec(wid, "temporary"))
         except BaseException as e:
             with self._lock:
                 self._drop_reserved(wid)
@@ -881,17 +799,17 @@ class Pool(PassiveChild, SupervisorListener):
             if isinstance(e, RuntimeError):  # the worker supervisor has stopped
                 raise PoolFailed(f"pool {self.name!r} is stopping") from None
             raise
-        assert isinstance(w, WorkerProcess)
         with self._lock:
             if self._closed is not None:
                 raise self._closed_error()
-            if self._workers.get(wid) is not w:
+            w = self._workers.get(wid)
+            if w is None or w.handle is not h:
                 self._drop_reserved(wid)
+                pid, code = getattr(h, "pid", None), getattr(h, "exitcode", None)
                 raise WorkerStartError(
-                    f"overflow worker pid {w.pid} of pool {self.name!r} died right after it "
-                    "started",
-                    pid=w.pid,
-                    exitcode=w.exitcode,
+                    f"overflow worker pid {pid} of pool {self.name!r} died right after it started",
+                    pid=pid,
+                    exitcode=code,
                 )
             lease = self._new_lease(w, leases)
             # -- commit
@@ -915,10 +833,10 @@ class Pool(PassiveChild, SupervisorListener):
                 lease._orphaned = True
                 if lease._in_call.locked():  # (else it ended meanwhile: reclaim now)
                     return
-            w = lease._worker
-            if self._closed is not None or w.exited.is_set():
+            w = lease._rec
+            if self._closed is not None or w.handle.exited.is_set():
                 self._end_lease(lease, _RECLAIMED)
-            elif self.restart_on_reclaim or w.broken:
+            elif self.restart_on_reclaim or w.handle.broken:
                 self._retire(lease, _RECLAIMED)
             else:
                 self._pass_on(lease, _RECLAIMED)
@@ -928,21 +846,21 @@ class Pool(PassiveChild, SupervisorListener):
     def child_exited(
         self, child_id: Hashable, child: Child, reason: ExitReason, restarting: bool
     ) -> None:
-        """Worker supervisor thread: a worker process ended (any cause)."""
-        assert isinstance(child, WorkerProcess)
-        w = child
-        if not w.stopping:  # logged outside the lock: checkouts never wait on log I/O
+        """Worker supervisor thread: a worker ended (any cause)."""
+        h: WorkerHandle = child  # type: ignore[assignment]  # our children are worker handles
+        if not h.stopping:  # logged outside the lock: checkouts never wait on log I/O
             log.warning(
                 "pool %r: worker pid %d died: %s%s",
                 self.name,
-                w.pid,
+                h.pid,
                 reason,
                 "; replacing it" if restarting else "",
             )
         with self._lock:
-            if not w.stopping:
+            if not h.stopping:
                 self._crashed += 1
-            if self._workers.get(child_id) is not w:
+            w = self._workers.get(child_id)
+            if w is None or w.handle is not h:
                 return  # dismissed or retired on purpose: already accounted for
             del self._workers[child_id]
             lease = w.lease
@@ -994,16 +912,3 @@ class Pool(PassiveChild, SupervisorListener):
     def _on_terminate(self) -> None:
         """Pool supervisor thread: the "server" child is stopped (pool stop or failure)."""
         self._close_for_stop()
-
-
-class _TreeListener(SupervisorListener):
-    """Listens to the pool's own supervisor: a worker supervisor that fails fails the pool."""
-
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-
-    def child_exited(
-        self, child_id: Hashable, child: Child, reason: ExitReason, restarting: bool
-    ) -> None:
-        if child_id == "workers" and not reason.normal:
-            self.pool._fail(reason)

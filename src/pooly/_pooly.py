@@ -26,6 +26,7 @@ from typing import Any
 from ._errors import NoSuchPool, PoolyError
 from ._pool import Pool
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
+from ._tree import start_pool_tree
 
 __all__ = ("Pooly",)
 
@@ -148,7 +149,7 @@ class Pooly:
             self._pools_sup.start_child(
                 ChildSpec(
                     name,
-                    pool._start_tree,
+                    functools.partial(start_pool_tree, pool),
                     restart="temporary",
                     shutdown=pool.shutdown_timeout + 5.0,
                 )

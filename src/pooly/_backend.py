@@ -1,0 +1,145 @@
+"""Where a pool's workers run: the seam between the pool server and its worker processes.
+
+The pool server (:mod:`pooly._pool`) keeps all the bookkeeping -- idle, leased, overflow,
+waiters -- and sees each worker only through a :class:`WorkerHandle`; it starts them through
+its :class:`WorkerBackend`. :class:`LocalBackend` runs them as OS processes on this host
+(:class:`pooly._worker.WorkerProcess`); a Ray actor is another implementation of the same
+handful of operations::
+
+    Pool ----- start_worker(cancel) ------------> WorkerBackend  (open / close around them)
+      |                                              `-> WorkerHandle
+      |- handle.call / send / receive     the data path, from the lease holder's thread
+      |- handle.looks_alive / exited      liveness, without a round trip
+      `- (via the worker supervisor)      sentinel / terminate / kill / reap: its exit status
+
+A backend is opened before the pool's first worker starts and closed after its last one has
+ended (the worker supervisor does both), so it may hold what its workers share: for
+``LocalBackend`` the pool's alive pipe (workers exit by themselves when the host dies) and,
+for the "forkserver" start method, the pool's own fork server (:mod:`pooly._zygote`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from typing import Any, Protocol
+
+from ._errors import WorkerCrashed
+from ._supervisor import ExitReason
+from ._worker import _HOST_FDS, WorkerProcess, preload_forkserver
+from ._zygote import SUPPORTED as ZYGOTE_SUPPORTED
+from ._zygote import Zygote
+
+__all__ = ("LocalBackend", "WorkerBackend", "WorkerHandle")
+
+
+class WorkerHandle(Protocol):
+    """The host's end of one worker, as the pool and its leases use it.
+
+    Data path (the lease holder's thread, one call at a time): ``call``, ``send``,
+    ``receive``. Liveness: ``looks_alive()`` (cheap, no round trip), ``exited`` (set once the
+    exit status is known), ``exitcode``. A supervisor child too: ``sentinel``, ``terminate``,
+    ``kill``, ``reap`` run on the worker supervisor's thread.
+    """
+
+    pid: int
+    methods: frozenset[str]
+    cls_name: str
+    exitcode: int | None
+    exited: threading.Event
+    broken: bool  # a call was interrupted part-way: never to be used again
+    stopping: bool  # asked to end (dismissed, retired, pool stopping): not a crash
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+    def send(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int: ...
+    def receive(self, rid: int, timeout: float | None = None) -> Any: ...
+    def looks_alive(self) -> bool: ...
+    def crashed_error(self, during: str | None = None) -> WorkerCrashed: ...
+
+    @property
+    def sentinel(self) -> int: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def reap(self) -> ExitReason: ...
+
+
+class WorkerBackend(Protocol):
+    """Starts a pool's workers. ``open`` before the first, ``close`` after the last ended."""
+
+    def open(self) -> None: ...
+    def start_worker(self) -> WorkerHandle: ...
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """Worker processes on this host, started by the pool's fork server, spawn or fork.
+
+    ``payload`` is the pickled construction recipe (class, args, kwargs); ``preload`` the
+    modules a fork server imports once before it forks workers. Holds no descriptor until
+    :meth:`open`.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_name: str,
+        cls_name: str,
+        module: str,
+        payload: bytes,
+        start_method: str,
+        start_timeout: float,
+        preload: tuple[str, ...] = (),
+    ) -> None:
+        self.pool_name = pool_name
+        self.cls_name = cls_name
+        self.start_method = start_method
+        self.start_timeout = start_timeout
+        self._payload = payload
+        self._ctx = multiprocessing.get_context(start_method)
+        # "forkserver": a fork server of the pool's own (pooly._zygote), where pidfds exist.
+        self._zygote_modules: tuple[str, ...] | None = None
+        if start_method == "forkserver" and ZYGOTE_SUPPORTED:
+            self._zygote_modules = (module, *preload)
+        elif start_method == "forkserver":
+            preload_forkserver(preload)
+        self.zygote: Zygote | None = None
+        self.alive_r = self.alive_w = -1
+
+    def open(self) -> None:
+        """Make the alive pipe (and start the fork server). Undone by :meth:`close`."""
+        self.alive_r, self.alive_w = os.pipe()
+        _HOST_FDS.update((self.alive_r, self.alive_w))
+        try:
+            if self._zygote_modules is not None:
+                self.zygote = Zygote(self.pool_name, self._zygote_modules, self.alive_r)
+                self.zygote.start(self.start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def start_worker(self) -> WorkerProcess:
+        """Start one worker and wait until its object is constructed (WorkerStartError if not)."""
+        return WorkerProcess.start(
+            ctx=self._ctx,
+            payload=self._payload,
+            alive_fd=self.alive_r,
+            pool_name=self.pool_name,
+            cls_name=self.cls_name,
+            start_timeout=self.start_timeout,
+            zygote=self.zygote,
+        )
+
+    def close(self) -> None:
+        """Stop the fork server and close the alive pipe (idempotent).
+
+        The pipe is closed on purpose only once every worker has ended, so that a graceful
+        stop stays graceful: each worker exits by itself when it reads EOF there.
+        """
+        if self.zygote is not None:
+            self.zygote.stop()
+        for fd in (self.alive_r, self.alive_w):
+            if fd >= 0:
+                _HOST_FDS.discard(fd)
+                os.close(fd)
+        self.alive_r = self.alive_w = -1
