@@ -720,3 +720,133 @@ def test_a_supervisor_starts_only_once(start) -> None:
     with pytest.raises(RuntimeError):
         sup.start()
     assert len(pids(sup)) == 1
+
+
+# ---------------------------------------------------------------------- listeners (issue 6)
+
+
+class Raising(Recorder):
+    """Records like a Recorder, then raises from the hooks named in ``bad``."""
+
+    def __init__(self, *bad: str, exc: type[BaseException] = RuntimeError) -> None:
+        super().__init__()
+        self.bad = set(bad)
+        self.exc = exc
+
+    def child_exited(
+        self, child_id: Hashable, child: pooly.Child, reason: ExitReason, restarting: bool
+    ) -> None:
+        super().child_exited(child_id, child, reason, restarting)
+        if "child_exited" in self.bad:
+            raise self.exc("listener bug in child_exited")
+
+    def supervisor_failed(self, reason: ExitReason) -> None:
+        super().supervisor_failed(reason)
+        if "supervisor_failed" in self.bad:
+            raise self.exc("listener bug in supervisor_failed")
+
+
+def stop_within(sup: Supervisor, seconds: float) -> ExitReason:
+    """sup.stop() from another thread; fails (instead of hanging the test) past ``seconds``."""
+    out: list[ExitReason] = []
+    th = threading.Thread(target=lambda: out.append(sup.stop()), daemon=True)
+    th.start()
+    th.join(seconds)
+    assert not th.is_alive(), f"stop() still blocked after {seconds}s"
+    return out[0]
+
+
+def test_a_raising_listener_is_logged_and_removed_and_the_loop_lives_on(
+    start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect I of issue 6: an exception raised by a listener hook killed the supervisor's loop
+    thread; crashes were no longer handled and stop() then hung forever."""
+    bad, good = Raising("child_exited"), Recorder()
+    sup = start(
+        [ProcessChild.spec("a", run_forever)],
+        listeners=[bad, good],
+        max_restarts=10,
+        clock=FakeClock(),
+    )
+    a1 = pids(sup)["a"]
+    with caplog.at_level("ERROR", logger="pooly.supervisor"):
+        a2 = crash(sup, "a")  # the loop still restarts after the hook raised
+        a3 = crash(sup, "a")
+    assert len({a1, a2, a3}) == 3
+    assert [p for p, _, _ in bad.exits_of("a")] == [a1], "a raising listener must be removed"
+    assert [p for p, _, _ in good.exits_of("a")] == [a1, a2], "other listeners keep hearing"
+    [record] = [r for r in caplog.records if r.name == "pooly.supervisor"]
+    assert (
+        record.exc_info is not None
+        and "listener bug in child_exited" in record.getMessage() + str(record.exc_info[1])
+    )
+    assert "child_exited" in record.getMessage() and "removed" in record.getMessage()
+    assert sup.running and sup.failure is None
+    assert stop_within(sup, 10).normal
+    assert all_gone([a3])
+
+
+def test_a_listener_raising_while_the_supervisor_stops_does_not_hang_stop(start) -> None:
+    """Defect I of issue 6: the stop path notifies listeners too; one that raises there must
+    not leave stop() waiting forever or a child running."""
+    sup = start([ProcessChild.spec(c, run_forever) for c in "ab"], listener=Raising("child_exited"))
+    before = pids(sup)
+    assert stop_within(sup, 10).normal
+    assert all_gone(before.values())
+
+
+def test_a_listener_raising_in_supervisor_failed_still_lets_the_supervisor_fail_cleanly(
+    start,
+) -> None:
+    bad, good = Raising("supervisor_failed"), Recorder()
+    sup = start(
+        [ProcessChild.spec("a", run_forever), ProcessChild.spec("b", run_forever)],
+        listeners=[bad, good],
+        max_restarts=0,
+        clock=FakeClock(),
+    )
+    b = pids(sup)["b"]
+    os.kill(pids(sup)["a"], signal.SIGKILL)
+    assert sup.wait(10), "the supervisor did not end after exceeding its intensity"
+    assert sup.failure is not None
+    assert good.failures == [sup.failure] and bad.failures == [sup.failure]
+    assert [cid for cid, _, _, _ in good.exits] == ["a", "b"]
+    assert all_gone([b])
+
+
+def test_a_listener_raising_system_exit_fails_the_supervisor_without_hanging(start) -> None:
+    """Not an Exception: it is not swallowed; the loop ends the supervisor (failed, children
+    killed) and stop() still returns."""
+    sup = start(
+        [ProcessChild.spec("a", run_forever), ProcessChild.spec("b", run_forever)],
+        listener=Raising("child_exited", exc=SystemExit),
+    )
+    b = pids(sup)["b"]
+    os.kill(pids(sup)["a"], signal.SIGKILL)
+    assert sup.wait(10)
+    assert sup.failure is not None and "SystemExit" in sup.failure.detail
+    stop_within(sup, 10)
+    assert all_gone([b])
+
+
+def test_listeners_can_be_added_and_removed_while_running(start) -> None:
+    first, late = Recorder(), Recorder()
+    sup = start([ProcessChild.spec("a", run_forever)], listener=first, clock=FakeClock())
+    a1 = pids(sup)["a"]
+    sup.add_listener(late)
+    a2 = crash(sup, "a")
+    sup.remove_listener(first)
+    crash(sup, "a")
+    assert [p for p, _, _ in first.exits_of("a")] == [a1]
+    assert [p for p, _, _ in late.exits_of("a")] == [a1, a2]
+    with pytest.raises(ValueError, match="not a listener"):
+        sup.remove_listener(first)
+    with pytest.raises(TypeError, match="listener"):
+        sup.add_listener(object())  # type: ignore[arg-type]
+
+
+def test_listener_options_are_checked() -> None:
+    with pytest.raises(TypeError, match="listeners"):
+        Supervisor(listeners=[object()])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="listener"):
+        Supervisor(listener=42)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ no polling, no sleeps::
      start_child() --start-->  child (registered under the lock; loop woken)
      terminate_child() --mailbox--> shut child down (terminate, deadline, kill)
                                    wait([wake_r, sentinel...])
-     child ends ------------------> reap -> listener.child_exited -> restart per
+     child ends ------------------> reap -> listeners.child_exited -> restart per
                                    strategy, counting restarts against intensity
                                    too many -> stop all children, fail: our own
                                    sentinel fires and the parent decides
@@ -202,6 +202,10 @@ class Supervisor:
 
     A supervisor is itself a :class:`Child`. Use :meth:`start` to start it, :meth:`stop` to
     stop it and wait.
+
+    ``listeners`` (and ``listener``, kept for a single one, called first) hear about children
+    ending and the supervisor failing; see :class:`SupervisorListener`. A hook that raises is
+    logged with its traceback and removed: listeners never take down what they observe.
     """
 
     def __init__(
@@ -214,6 +218,7 @@ class Supervisor:
         name: str = "supervisor",
         clock: Callable[[], float] = time.monotonic,
         listener: SupervisorListener | None = None,
+        listeners: Iterable[SupervisorListener] = (),
     ) -> None:
         if strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
@@ -234,7 +239,21 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.max_seconds = float(max_seconds)
         self._clock = clock
-        self._listener = listener or SupervisorListener()
+        hooks = list(listeners)
+        for hook in hooks:
+            if not isinstance(hook, SupervisorListener):
+                raise TypeError(
+                    f"supervisor {name!r}: listeners must be SupervisorListener instances, "
+                    f"got {hook!r}"
+                )
+        if listener is not None:
+            if not isinstance(listener, SupervisorListener):
+                raise TypeError(
+                    f"supervisor {name!r}: listener must be a SupervisorListener, got {listener!r}"
+                )
+            hooks.insert(0, listener)
+        # Replaced, never mutated in place: the loop iterates a snapshot without the lock.
+        self._listeners: tuple[SupervisorListener, ...] = tuple(hooks)
         self._entries: dict[Hashable, _Entry] = {s.id: _Entry(s, None) for s in specs}
         self._lock = threading.Lock()
         self._mailbox: collections.deque[Callable[[], None]] = collections.deque()
@@ -386,6 +405,54 @@ class Supervisor:
         with self._lock:
             return [(i, e.child, e.spec.restart) for i, e in self._entries.items()]
 
+    def add_listener(self, listener: SupervisorListener) -> None:
+        """Have ``listener`` hear this supervisor's events from now on (any thread)."""
+        if not isinstance(listener, SupervisorListener):
+            raise TypeError(f"listener must be a SupervisorListener, got {listener!r}")
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: SupervisorListener) -> None:
+        """Stop calling ``listener`` (any thread). ``ValueError`` if it is not a listener here.
+
+        A hook already running on the loop thread finishes; none is called after this returns
+        unless called from another hook on the loop thread, where the change applies at once.
+        """
+        with self._lock:
+            if listener not in self._listeners:
+                raise ValueError(f"{listener!r} is not a listener of supervisor {self.name!r}")
+            self._listeners = tuple(h for h in self._listeners if h is not listener)
+
+    def _notify_exit(
+        self, cid: Hashable, child: Child, reason: ExitReason, restarting: bool
+    ) -> None:
+        for hook in self._listeners:
+            if hook in self._listeners:  # an earlier hook may have removed a later one
+                self._guard(hook, "child_exited", hook.child_exited, cid, child, reason, restarting)
+
+    def _notify_failed(self, reason: ExitReason) -> None:
+        for hook in self._listeners:
+            if hook in self._listeners:
+                self._guard(hook, "supervisor_failed", hook.supervisor_failed, reason)
+
+    def _guard(
+        self, hook: SupervisorListener, what: str, fn: Callable[..., None], *args: object
+    ) -> None:
+        """Run one hook; if it raises, log the traceback and remove the listener (as trio does
+        with instruments). Only Exceptions: a SystemExit or KeyboardInterrupt raised by a hook
+        is not swallowed -- on the loop thread it ends the supervisor (children killed)."""
+        try:
+            fn(*args)
+        except Exception:
+            with self._lock:
+                self._listeners = tuple(h for h in self._listeners if h is not hook)
+            log.exception(
+                "supervisor %r: listener %r raised in %s; it has been removed",
+                self.name,
+                hook,
+                what,
+            )
+
     def _count_restart(self) -> bool:
         """Record a restart made on this supervisor's behalf; False if intensity is exceeded."""
         now = self._clock()
@@ -452,9 +519,8 @@ class Supervisor:
                     if fd in watched and self._running:
                         self._child_ended(watched[fd])
         except BaseException as e:  # a bug here must not leave children unsupervised
-            log.exception("supervisor %r crashed; stopping its children", self.name)
-            crashed = ExitReason(False, f"supervisor crashed: {e!r}")
-            self._stop_from_loop(graceful=False, reason=crashed)
+            log.exception("supervisor %r crashed; killing its children", self.name)
+            self._crashed(ExitReason(False, f"supervisor crashed: {e!r}"))
         finally:
             # Requests queued before the end still run (they find the supervisor stopped),
             # so no caller of terminate_child & co. is left waiting; _post refuses new ones.
@@ -474,10 +540,10 @@ class Supervisor:
             entry.spec.restart == "transient" and not reason.normal
         )
         if restart and not self._count_restart():
-            self._listener.child_exited(cid, child, reason, False)
+            self._notify_exit(cid, child, reason, False)
             self._fail(cid, reason)
             return
-        self._listener.child_exited(cid, child, reason, restart)
+        self._notify_exit(cid, child, reason, restart)
         if not restart:
             if entry.spec.restart == "temporary":  # as in OTP: a transient one keeps its spec
                 with self._lock:
@@ -535,7 +601,7 @@ class Supervisor:
             reason.exitcode,
         )
         log.error("%s", failure.detail)
-        self._listener.supervisor_failed(failure)
+        self._notify_failed(failure)
         self._stop_from_loop(graceful=True, reason=failure)
 
     def _stop_from_loop(self, graceful: bool, reason: ExitReason = SHUTDOWN) -> None:
@@ -547,7 +613,25 @@ class Supervisor:
         self._shutdown_entries(entries, graceful=graceful, notify=True)
         self._finish(reason)
 
+    def _crashed(self, reason: ExitReason) -> None:
+        """The loop hit an unexpected BaseException (maybe mid-stop): kill every child, end.
+
+        Listeners are not told (a hook may be what raised); whatever happens, the supervisor
+        ends, so stop() and reap() never wait forever.
+        """
+        try:
+            with self._lock:
+                self._running = False
+                entries = list(self._entries.values())
+            self._shutdown_entries(entries, graceful=False)
+        except BaseException:
+            log.exception("supervisor %r: could not stop its children after a crash", self.name)
+        finally:
+            self._finish(reason)
+
     def _finish(self, reason: ExitReason) -> None:
+        if self._done.is_set():
+            return
         with self._lock:
             self._running = False
             self._exit = reason
@@ -571,7 +655,7 @@ class Supervisor:
                     e.child = None
         for spec, child, reason in self._shutdown_children(pairs, graceful=graceful):
             if notify:
-                self._listener.child_exited(spec.id, child, reason, False)
+                self._notify_exit(spec.id, child, reason, False)
 
     def _shutdown_children(
         self, pairs: Sequence[tuple[ChildSpec, Child]], *, graceful: bool = True
