@@ -8,6 +8,7 @@ listener events or polled with a deadline, never with a bare sleep.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import pickle
@@ -850,3 +851,124 @@ def test_listener_options_are_checked() -> None:
         Supervisor(listeners=[object()])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="listener"):
         Supervisor(listener=42)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- no deadline from above
+
+
+class EndsLater(pooly.PassiveChild):
+    """A child that takes ``linger`` seconds to end after terminate (a thread ends it); kill
+    ends it at once. ``how`` says which happened."""
+
+    def __init__(self, linger: float) -> None:
+        super().__init__()
+        self.linger = linger
+        self.how: str | None = None
+
+    def terminate(self) -> None:
+        threading.Timer(self.linger, self._end, ("terminated",)).start()
+
+    def kill(self) -> None:
+        self._end("killed")
+
+    def _end(self, how: str) -> None:
+        if self.how is None:
+            self.how = how
+        super().terminate()
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(0.1, "killed"), (math.inf, "terminated")])
+def test_a_supervisor_child_with_no_shutdown_deadline_lets_its_children_take_theirs(
+    start, cap: float, expected: str
+) -> None:
+    """Defect P of issue 6 (the mechanism): a finite shutdown on a supervisor child cuts its own
+    children's longer graceful stops short; math.inf leaves each child its own deadline."""
+    leaf = EndsLater(0.4)
+
+    def start_sub() -> Supervisor:
+        return Supervisor([ChildSpec("leaf", lambda: leaf, shutdown=2.0)], name="sub").start()
+
+    top = start([ChildSpec("sub", start_sub, shutdown=cap)], name="top")
+    t0 = time.monotonic()
+    assert stop_within(top, 10).normal
+    elapsed = time.monotonic() - t0
+    assert leaf.how == expected
+    if expected == "terminated":
+        assert 0.35 <= elapsed < 2.0, elapsed
+
+
+def test_child_spec_shutdown_none_means_no_limit() -> None:
+    assert ChildSpec("a", lambda: EndsLater(0), shutdown=None).shutdown == math.inf  # type: ignore[arg-type]
+    assert ChildSpec("a", lambda: EndsLater(0), shutdown=math.inf).shutdown == math.inf
+    for bad in (math.nan, -0.5, "5", True):
+        with pytest.raises(ValueError, match="shutdown"):
+            ChildSpec("a", lambda: EndsLater(0), shutdown=bad)  # type: ignore[arg-type]
+
+
+def _tree_specs(p: pooly.Pooly, name: str) -> dict[str, float]:
+    """The shutdown deadline of each level on the way from the top to a pool's worker w0."""
+    top = p._top
+    pools = top.which_children()[1][1]
+    assert isinstance(pools, Supervisor)
+    tree = dict((cid, c) for cid, c, _ in pools.which_children())[name]
+    assert isinstance(tree, Supervisor)
+    workers = dict((cid, c) for cid, c, _ in tree.which_children())["workers"]
+    assert isinstance(workers, Supervisor)
+    return {
+        "pools": top.child_spec("pools").shutdown,
+        "pool": pools.child_spec(name).shutdown,
+        "workers": tree.child_spec("workers").shutdown,
+        "w0": workers.child_spec("w0").shutdown,
+    }
+
+
+def test_pooly_puts_no_deadline_above_a_pools_own_shutdown_timeout() -> None:
+    """Defect P of issue 6: the top supervisor gave its "pools" child a fixed 60 s shutdown, so a
+    66 s call under shutdown_timeout=90 was killed at 60 s. Only the workers carry deadlines:
+    every supervisor level above them waits for them."""
+    from tests.workers import Counter
+
+    with pooly.Pooly() as p:
+        p.start_pool("long", Counter, size=1, shutdown_timeout=90)
+        assert _tree_specs(p, "long") == {
+            "pools": math.inf,
+            "pool": math.inf,
+            "workers": math.inf,
+            "w0": 90,
+        }
+
+
+@pytest.mark.timeout(30)
+def test_pooly_stop_lets_a_call_finish_within_the_pools_shutdown_timeout_then_kills(
+    tmp_path,
+) -> None:
+    """Defect P of issue 6, end to end with small numbers: stop() waits out the pool's own
+    shutdown_timeout (a call shorter than it completes; a longer one is killed at it)."""
+    from tests.workers import Gated
+
+    p = pooly.Pooly()
+    pool = p.start_pool("p", Gated, size=2, shutdown_timeout=1.5)
+    results: dict[str, object] = {}
+
+    def call(key: str, seconds: float) -> None:
+        lease = pool.checkout()
+        try:
+            results[key] = lease.sleep_marked(str(tmp_path / key), seconds)
+        except Exception as e:
+            results[key] = e
+
+    threads = [
+        threading.Thread(target=call, args=("short", 1.0)),
+        threading.Thread(target=call, args=("long", 30.0)),
+    ]
+    for th in threads:
+        th.start()
+    assert wait_for(lambda: all((tmp_path / k).exists() for k in ("short", "long")))
+    t0 = time.monotonic()
+    p.stop()
+    elapsed = time.monotonic() - t0
+    for th in threads:
+        th.join(10)
+    assert results["short"] == 1.0, results
+    assert isinstance(results["long"], pooly.WorkerCrashed), results
+    assert 1.4 <= elapsed < 4.0, elapsed

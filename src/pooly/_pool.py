@@ -389,7 +389,8 @@ class Pool(PassiveChild, SupervisorListener):
                     "workers",
                     self._start_workers,
                     restart="permanent",
-                    shutdown=self.shutdown_timeout + 1.0,
+                    # Each worker has shutdown_timeout; a margin here could still cut it.
+                    shutdown=math.inf,
                 ),
             ],
             strategy="one_for_all",

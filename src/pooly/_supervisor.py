@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -110,7 +111,9 @@ class ChildSpec:
     ``"transient"`` (restarted only after an abnormal exit; after a normal one its spec stays,
     with no child, for ``restart_child``) or ``"temporary"`` (never restarted; forgotten
     once it ends). ``shutdown`` is how many seconds a child gets to end after ``terminate``
-    before it is killed.
+    before it is killed; ``math.inf`` (or ``None``, stored as ``math.inf``) sets no deadline
+    from above -- right for a child that is itself a supervisor, whose own children carry
+    their deadlines (a finite one would cut their graceful stops short).
     """
 
     id: Hashable
@@ -123,12 +126,17 @@ class ChildSpec:
             raise ValueError(f"restart must be one of {_RESTARTS}, got {self.restart!r}")
         if not callable(self.start):
             raise TypeError(f"start must be callable, got {self.start!r}")
+        if self.shutdown is None:
+            object.__setattr__(self, "shutdown", math.inf)
         if (
             isinstance(self.shutdown, bool)
             or not isinstance(self.shutdown, int | float)
             or not self.shutdown >= 0  # also refuses NaN
         ):
-            raise ValueError(f"shutdown must be a number of seconds >= 0, got {self.shutdown!r}")
+            raise ValueError(
+                f"child {self.id!r}: shutdown must be a number of seconds >= 0 (or math.inf/None "
+                f"for no limit), got {self.shutdown!r}"
+            )
 
 
 class SupervisorListener:
@@ -399,6 +407,14 @@ class Supervisor:
         with self._lock:
             entry = self._entries[child_id]
             entry.spec = replace(entry.spec, restart=restart)
+
+    def child_spec(self, child_id: Hashable) -> ChildSpec:
+        """The spec a child is (re)started from; ``KeyError`` if there is no such child."""
+        with self._lock:
+            try:
+                return self._entries[child_id].spec
+            except KeyError:
+                raise KeyError(f"supervisor {self.name!r} has no child {child_id!r}") from None
 
     def which_children(self) -> list[tuple[Hashable, Child | None, Restart]]:
         """(id, running child or None, restart type) for each child, in start order."""
