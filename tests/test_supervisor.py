@@ -23,6 +23,7 @@ import pytest
 
 import pooly
 from pooly import ChildSpec, ExitReason, ProcessChild, Supervisor, SupervisorListener
+from pooly._clock import VirtualClock
 from tests.conftest import wait_for
 from tests.sup_children import exit_now, exit_on_command, ignore_sigterm, run_forever
 
@@ -972,3 +973,185 @@ def test_pooly_stop_lets_a_call_finish_within_the_pools_shutdown_timeout_then_ki
     assert results["short"] == 1.0, results
     assert isinstance(results["long"], pooly.WorkerCrashed), results
     assert 1.4 <= elapsed < 4.0, elapsed
+
+
+# ---------------------------------------------------------------------- timers, one clock
+
+
+class Calls:
+    """Records timer calls: (tag, clock time, thread name)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, float, str]] = []
+
+    def __call__(self, tag: str) -> None:
+        with self.lock:
+            self.calls.append((tag, self.clock(), threading.current_thread().name))
+
+    def tags(self) -> list[str]:
+        with self.lock:
+            return [t for t, _, _ in self.calls]
+
+
+def test_timers_run_on_the_loop_thread_in_virtual_time_in_order(start) -> None:
+    clock = VirtualClock(100.0)
+    calls = Calls(clock)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock, name="timers")
+    late = sup.call_later(10, calls, "late")
+    sup.call_at(105, calls, "early")
+    sup.call_at(105, calls, "early-2")  # same time: in the order scheduled
+    dropped = sup.call_later(7, calls, "dropped")
+    assert (late.when, late.cancelled) == (110, False)
+    dropped.cancel()
+    clock.advance(5)
+    assert wait_for(lambda: calls.tags() == ["early", "early-2"])
+    clock.advance(4.9)  # 109.9: nothing due; a timer at 109.9 shows the loop has looked
+    sup.call_at(109.9, calls, "probe")
+    assert wait_for(lambda: "probe" in calls.tags())
+    assert "late" not in calls.tags() and "dropped" not in calls.tags()
+    clock.advance(0.1)
+    assert wait_for(lambda: "late" in calls.tags())
+    assert calls.calls == [
+        ("early", 105, "pooly-timers"),
+        ("early-2", 105, "pooly-timers"),
+        ("probe", 109.9, "pooly-timers"),
+        ("late", 110, "pooly-timers"),
+    ]
+    assert dropped.cancelled
+
+
+def test_autojump_runs_a_timer_an_hour_away_at_once(start) -> None:
+    clock = VirtualClock(0.0, autojump_threshold=0)
+    calls = Calls(clock)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock)
+    t0 = time.monotonic()
+    sup.call_later(3600, calls, "hour")
+    sup.call_later(60, calls, "minute")
+    assert wait_for(lambda: len(calls.tags()) == 2)
+    assert time.monotonic() - t0 < 2.0
+    assert [(t, when) for t, when, _ in calls.calls] == [("minute", 60), ("hour", 3600)]
+
+
+def test_autojump_goes_to_the_earliest_deadline_of_every_supervisor_on_the_clock(start) -> None:
+    clock = VirtualClock(0.0, autojump_threshold=0.02)
+    calls = Calls(clock)
+    one = start([ProcessChild.spec("a", run_forever)], clock=clock, name="one")
+    two = start([ProcessChild.spec("a", run_forever)], clock=clock, name="two")
+    for i in range(1, 6):
+        one.call_at(100 * i, calls, f"one@{100 * i}")
+        two.call_at(100 * i + 50, calls, f"two@{100 * i + 50}")
+    assert wait_for(lambda: len(calls.tags()) == 10)
+    # Never skipped past: each ran at its own time, whichever loop made time jump.
+    assert all(when == float(tag.split("@")[1]) for tag, when, _ in calls.calls), calls.calls
+
+
+def test_a_timer_that_raises_is_logged_and_later_timers_still_run(
+    start, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = VirtualClock()
+    calls = Calls(clock)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock)
+
+    def boom() -> None:
+        raise RuntimeError("timer bug")
+
+    with caplog.at_level("ERROR", logger="pooly.supervisor"):
+        sup.call_later(1, boom)
+        sup.call_later(2, calls, "after")
+        clock.advance(2)
+        assert wait_for(lambda: calls.tags() == ["after"])
+    [record] = [r for r in caplog.records if "timer" in r.getMessage()]
+    assert record.exc_info is not None and "timer bug" in str(record.exc_info[1])
+    assert sup.running and sup.failure is None
+
+
+def test_timers_can_schedule_timers_and_act_on_the_supervisor(start) -> None:
+    """A timer runs on the loop thread, so it may call the supervisor (here restart_child)."""
+    clock = VirtualClock(autojump_threshold=0)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock)
+    a1 = pids(sup)["a"]
+    sup.call_later(30, lambda: sup.call_later(30, sup.restart_child, "a"))
+    new = wait_new_pid(sup, "a", a1)
+    assert new != a1 and all_gone([a1])
+    assert clock() >= 60
+
+
+def test_timers_of_a_stopped_supervisor_never_run(start) -> None:
+    clock = VirtualClock()
+    calls = Calls(clock)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock)
+    pending = sup.call_later(5, calls, "pending")
+    sup.stop()
+    assert pending.cancelled
+    late = sup.call_later(0, calls, "late")
+    assert late.cancelled
+    clock.advance(10)
+    assert calls.tags() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ((-1, print), ValueError),
+        ((math.nan, print), ValueError),
+        (("1", print), ValueError),
+        ((1, "not callable"), TypeError),
+    ],
+)
+def test_call_later_refuses_bad_input(start, args: tuple[object, object], error: type) -> None:
+    sup = start([ProcessChild.spec("a", run_forever)])
+    with pytest.raises(error):
+        sup.call_later(*args)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="when"):
+        sup.call_at(math.nan, print)
+
+
+def test_shutdown_deadlines_read_the_supervisors_clock(start) -> None:
+    """A child that ignores SIGTERM with an hour's shutdown time: killed when the *virtual*
+    hour has passed (at once, with autojump), not after a real one."""
+    parent, child_end = multiprocessing.Pipe()
+    clock = VirtualClock(0.0, autojump_threshold=0.05)
+    rec = Recorder()
+    sup = start(
+        [ProcessChild.spec("stubborn", ignore_sigterm, (child_end,), shutdown=3600)],
+        clock=clock,
+        listener=rec,
+    )
+    pid = expect_ready(parent)
+    t0 = time.monotonic()
+    sup.stop()
+    assert time.monotonic() - t0 < 3.0
+    assert clock() == 3600
+    [(_, reason, _)] = rec.exits_of("stubborn")
+    assert reason.exitcode == -signal.SIGKILL and gone(pid)
+
+
+def test_shutdown_deadline_waits_for_the_clock_to_move(start) -> None:
+    parent, child_end = multiprocessing.Pipe()
+    clock = VirtualClock(0.0)
+    sup = start(
+        [ProcessChild.spec("stubborn", ignore_sigterm, (child_end,), shutdown=30)], clock=clock
+    )
+    pid = expect_ready(parent)
+    th = threading.Thread(target=sup.stop)
+    th.start()
+    clock.advance(29.9)
+    th.join(0.3)  # bounded: the stop must still be waiting for virtual time
+    assert th.is_alive() and alive(pid)
+    clock.advance(0.1)
+    th.join(5)
+    assert not th.is_alive() and all_gone([pid])
+
+
+def test_virtual_clock_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="start"):
+        VirtualClock(math.inf)
+    with pytest.raises(ValueError, match="autojump_threshold"):
+        VirtualClock(autojump_threshold=-1)
+    clock = VirtualClock(5)
+    with pytest.raises(ValueError, match="advance"):
+        clock.advance(-1)
+    clock.jump_to(3)  # never backwards
+    assert clock() == 5

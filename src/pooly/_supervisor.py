@@ -21,7 +21,10 @@ no polling, no sleeps::
                                    too many -> stop all children, fail: our own
                                    sentinel fires and the parent decides
 
-Restart intensity reads an injectable ``clock`` so tests run in virtual time. A supervisor with
+Every deadline the supervisor reads -- restart intensity windows, shutdown deadlines and the
+timers it runs on its loop (:meth:`Supervisor.call_later`) -- comes from one injectable
+``clock``, and its waits compute their timeouts from it, so tests run in virtual time
+(:class:`pooly._clock.VirtualClock`). A supervisor with
 no parent that fails just stops its children and reports (log + :attr:`Supervisor.failure`):
 nothing here ever kills or exits the host program.
 """
@@ -29,6 +32,8 @@ nothing here ever kills or exits the host program.
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -38,7 +43,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from multiprocessing.connection import wait as _wait
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = (
     "Child",
@@ -48,6 +53,8 @@ __all__ = (
     "ProcessChild",
     "Supervisor",
     "SupervisorListener",
+    "TimerHandle",
+    "VirtualTime",
 )
 
 log = logging.getLogger("pooly.supervisor")
@@ -79,6 +86,58 @@ _MAX_WAIT = (2**31 - 1) // 1000
 def wait_timeout(seconds: float | None) -> float | None:
     """A timeout for multiprocessing.connection.wait: None (no limit) past what poll takes."""
     return None if seconds is None or seconds > _MAX_WAIT else seconds
+
+
+@runtime_checkable
+class VirtualTime(Protocol):
+    """A clock a supervisor can also *wait* on: virtual time for tests.
+
+    A plain ``clock`` callable (``time.monotonic``) is taken to run in real time: a wait for
+    a deadline blocks ``deadline - clock()`` seconds. A clock that also has these two methods
+    (:class:`pooly._clock.VirtualClock`) decides itself how long a wait blocks and may move
+    time on when a wait finds nothing to do.
+    """
+
+    def __call__(self) -> float:
+        """The current time, in (virtual) seconds."""
+        ...
+
+    def sleep_time(self, deadline: float) -> float:
+        """Real seconds to block when waiting for ``deadline`` before reading the clock again."""
+        ...
+
+    def idle(self, deadline: float) -> None:
+        """A wait for ``deadline`` timed out with nothing ready (time may jump forward)."""
+        ...
+
+
+class TimerHandle:
+    """A call scheduled with :meth:`Supervisor.call_at` / :meth:`Supervisor.call_later`.
+
+    ``when`` is on the supervisor's clock. :meth:`cancel` (any thread) makes sure it will not
+    run if it has not started yet.
+    """
+
+    __slots__ = ("_args", "_cancelled", "_fn", "when")
+
+    def __init__(self, when: float, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self._fn = fn
+        self._args = args
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Don't run the call (idempotent; no effect once it has run)."""
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancelled, or dropped because the supervisor stopped before it was due."""
+        return self._cancelled
+
+    def __repr__(self) -> str:
+        state = " cancelled" if self._cancelled else ""
+        return f"<TimerHandle when={self.when:g} {self._fn!r}{state}>"
 
 
 class Child(Protocol):
@@ -266,6 +325,9 @@ class Supervisor:
         self._lock = threading.Lock()
         self._mailbox: collections.deque[Callable[[], None]] = collections.deque()
         self._restarts: collections.deque[float] = collections.deque()
+        self._vclock = clock if isinstance(clock, VirtualTime) else None
+        self._timers: list[tuple[float, int, TimerHandle]] = []  # a heap, under the lock
+        self._timer_seq = itertools.count()
         self._wake_r, self._wake_w = os.pipe()
         self._sentinel_r, self._sentinel_w = os.pipe()
         self._thread: threading.Thread | None = None
@@ -408,6 +470,74 @@ class Supervisor:
             entry = self._entries[child_id]
             entry.spec = replace(entry.spec, restart=restart)
 
+    # ------------------------------------------------------------------ timers
+
+    def call_at(self, when: float, fn: Callable[..., object], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` on the loop thread once the supervisor's clock reads ``when``.
+
+        Callable from any thread (and from the loop thread: hooks and timers may schedule
+        timers). Timers run in order of ``when``; an exception from ``fn`` is logged, never
+        fatal. A timer still pending when the supervisor stops never runs (its handle then
+        says ``cancelled``); so does one scheduled on a supervisor that is not running.
+        """
+        if isinstance(when, bool) or not isinstance(when, int | float) or math.isnan(when):
+            raise TypeError(
+                f"when must be a number (a time on the supervisor's clock), got {when!r}"
+            )
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        handle = TimerHandle(float(when), fn, args)
+        with self._lock:
+            if not self._running or self._wake_w < 0:
+                handle._cancelled = True
+                return handle
+            first = not self._timers or when < self._timers[0][0]
+            heapq.heappush(self._timers, (handle.when, next(self._timer_seq), handle))
+            if first and threading.current_thread() is not self._thread:
+                os.write(self._wake_w, b"!")  # the loop's wait must end sooner
+        return handle
+
+    def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` on the loop thread ``delay`` seconds (on the supervisor's clock)
+        from now. See :meth:`call_at`."""
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+            raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
+        return self.call_at(self._clock() + delay, fn, *args)
+
+    def _run_due_timers(self) -> None:
+        """Loop thread: run every timer whose time has come, earliest first."""
+        while True:
+            with self._lock:
+                if not self._running or not self._timers or self._timers[0][0] > self._clock():
+                    return
+                _, _, handle = heapq.heappop(self._timers)
+            if handle._cancelled:
+                continue
+            handle._cancelled = True  # ran: a late cancel() changes nothing
+            try:
+                handle._fn(*handle._args)
+            except Exception:
+                log.exception("supervisor %r: timer %r raised", self.name, handle)
+
+    def _next_deadline(self) -> float:
+        with self._lock:
+            while self._timers and self._timers[0][2]._cancelled:
+                heapq.heappop(self._timers)
+            return self._timers[0][0] if self._timers else math.inf
+
+    def _wait_until(self, fds: Sequence[int], deadline: float) -> list[Any]:
+        """Wait for any of ``fds`` or the clock reaching ``deadline`` (inf: no deadline)."""
+        if deadline == math.inf:
+            timeout: float | None = None
+        elif self._vclock is not None:
+            timeout = self._vclock.sleep_time(deadline)
+        else:
+            timeout = max(0.0, deadline - self._clock())
+        ready = _wait(fds, wait_timeout(timeout))
+        if not ready and self._vclock is not None and deadline != math.inf:
+            self._vclock.idle(deadline)
+        return ready
+
     def child_spec(self, child_id: Hashable) -> ChildSpec:
         """The spec a child is (re)started from; ``KeyError`` if there is no such child."""
         with self._lock:
@@ -528,12 +658,13 @@ class Supervisor:
                         for cid, e in self._entries.items()
                         if e.child is not None
                     }
-                ready = _wait([self._wake_r, *watched], timeout=None)
+                ready = self._wait_until([self._wake_r, *watched], self._next_deadline())
                 if self._wake_r in ready:
                     os.read(self._wake_r, 4096)
                 for fd in ready:
                     if fd in watched and self._running:
                         self._child_ended(watched[fd])
+                self._run_due_timers()
         except BaseException as e:  # a bug here must not leave children unsupervised
             log.exception("supervisor %r crashed; killing its children", self.name)
             self._crashed(ExitReason(False, f"supervisor crashed: {e!r}"))
@@ -651,6 +782,9 @@ class Supervisor:
         with self._lock:
             self._running = False
             self._exit = reason
+            for _, _, handle in self._timers:
+                handle._cancelled = True
+            self._timers.clear()
             os.close(self._wake_w)
             self._wake_w = -1
             os.close(self._wake_r)
@@ -681,7 +815,7 @@ class Supervisor:
         Children are asked in reverse order but waited on together, so a pool of hung
         workers takes one shutdown deadline to stop, not one per worker.
         """
-        now = time.monotonic()
+        now = self._clock()
         pending: dict[int, tuple[ChildSpec, Child, float]] = {}
         for spec, child in reversed(pairs):
             try:
@@ -691,7 +825,7 @@ class Supervisor:
             pending[child.sentinel] = (spec, child, now + (spec.shutdown if graceful else 0))
         killed: set[int] = set()
         while pending:
-            now = time.monotonic()
+            now = self._clock()
             for fd, (spec, child, deadline) in pending.items():
                 if fd not in killed and (deadline <= now or self._kill_requested):
                     if not self._kill_requested and graceful:
@@ -704,13 +838,13 @@ class Supervisor:
                     child.kill()
                     killed.add(fd)
             live_deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
-            timeout = max(0.0, min(live_deadlines) - now) if live_deadlines else None
+            deadline = min(live_deadlines, default=math.inf)
             # Also wake for kill(): it may cut a graceful wait short. Requests in the
             # mailbox stay queued; the loop runs them before it waits again.
             # Only the loop thread may touch the wake pipe: _finish closes it from there.
             mine = threading.current_thread() is self._thread
             wake = [self._wake_r] if mine and self._wake_r >= 0 and not self._kill_requested else []
-            for ready in _wait([*pending, *wake], wait_timeout(timeout)):
+            for ready in self._wait_until([*pending, *wake], deadline):
                 assert isinstance(ready, int)
                 if ready in pending:
                     pending.pop(ready)
