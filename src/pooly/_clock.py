@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 __all__ = ("VirtualClock",)
 
 #: How often (real seconds) a loop waiting for a virtual deadline looks at the clock again.
 _POLL = 0.005
+#: A thread whose deadline has come holds autojumps back until it waits again (it is busy
+#: acting on it) -- but no longer than this many real seconds (it may have stopped for good).
+_STALE = 1.0
 
 
 class VirtualClock:
@@ -60,8 +64,10 @@ class VirtualClock:
         self._now = float(start)
         self.autojump_threshold = float(autojump_threshold)
         self._lock = threading.Lock()
-        # Per waiting thread, the deadline it last waited for: an autojump goes to the earliest.
-        self._waiting: dict[int, float] = {}
+        # Per waiting thread: the deadline it last waited for, and when (real time) it said so.
+        # An autojump goes to the earliest deadline ahead, and waits while one has come and
+        # its thread has not waited again yet (it is acting on it: time must not run ahead).
+        self._waiting: dict[int, tuple[float, float]] = {}
 
     def __call__(self) -> float:
         return self._now
@@ -79,14 +85,22 @@ class VirtualClock:
             if when > self._now:
                 self._now = when
 
+    def deadlines(self) -> list[float]:
+        """The deadlines threads are waiting for, earliest first (for tests to sync on)."""
+        with self._lock:
+            return sorted(d for d, _ in self._waiting.values() if self._now < d < math.inf)
+
     # -- what a supervisor asks while it waits ------------------------------------
 
     def sleep_time(self, deadline: float) -> float:
-        """Real seconds a thread waiting for ``deadline`` should block before looking again."""
+        """Real seconds a thread waiting for ``deadline`` (``inf``: none) should block before
+        looking at the clock again (``inf``: until something else wakes it)."""
         with self._lock:
             if deadline <= self._now:
                 return 0.0
-            self._waiting[threading.get_ident()] = deadline
+            self._waiting[threading.get_ident()] = (deadline, time.monotonic())
+        if deadline == math.inf:
+            return math.inf
         if math.isfinite(self.autojump_threshold):
             return self.autojump_threshold
         return _POLL
@@ -95,16 +109,24 @@ class VirtualClock:
         """A wait for ``deadline`` timed out with nothing to do: autojump, if enabled.
 
         Jumps to the earliest deadline still ahead among every thread waiting on this clock
-        (a later one would skip another supervisor's timer), at most ``deadline``.
+        (a later one would skip another supervisor's timer) -- unless a thread whose deadline
+        has come has not waited again yet: it is still acting, and may set an earlier one.
         """
         if not math.isfinite(self.autojump_threshold):
             return
+        real = time.monotonic()
         with self._lock:
-            self._waiting[threading.get_ident()] = deadline
-            ahead = {t: d for t, d in self._waiting.items() if d > self._now}
-            self._waiting = ahead
+            self._waiting[threading.get_ident()] = (deadline, real)
+            now = self._now
+            live = {
+                tid: (d, t) for tid, (d, t) in self._waiting.items() if d > now or real - t < _STALE
+            }
+            self._waiting = live
+            if any(d <= now for d, _ in live.values()):
+                return
+            ahead = [d for d, _ in live.values() if d != math.inf]
             if ahead:
-                self._now = min(ahead.values())
+                self._now = min(ahead)
 
     def __repr__(self) -> str:
         return f"<VirtualClock now={self._now:g} autojump_threshold={self.autojump_threshold:g}>"

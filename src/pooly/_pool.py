@@ -46,6 +46,7 @@ from ._errors import (
 )
 from ._owner import LeaseSet, current_leases
 from ._supervisor import (
+    CancelToken,
     Child,
     ChildSpec,
     ExitReason,
@@ -54,6 +55,7 @@ from ._supervisor import (
     SupervisorListener,
 )
 from ._worker import (
+    _FDS_LOCK,
     _HOST_FDS,
     WorkerProcess,
     default_start_method,
@@ -280,12 +282,13 @@ class _WorkerSupervisor(Supervisor):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.alive_r, self.alive_w = os.pipe()
-        _HOST_FDS.update((self.alive_r, self.alive_w))
+        with _FDS_LOCK:
+            self.alive_r, self.alive_w = os.pipe()
+            _HOST_FDS.update((self.alive_r, self.alive_w))
 
-    def start(self) -> Supervisor:
+    def start(self, cancel: CancelToken | None = None) -> Supervisor:
         try:
-            return super().start()
+            return super().start(cancel)
         except BaseException:
             self._close_alive()
             raise
@@ -380,7 +383,7 @@ class Pool(PassiveChild, SupervisorListener):
 
     # ------------------------------------------------------------------ the tree
 
-    def _start_tree(self) -> Supervisor:
+    def _start_tree(self, cancel: CancelToken | None = None) -> Supervisor:
         """Start this pool's subtree (called as the pool's child start by PoolsSupervisor)."""
         tree = Supervisor(
             [
@@ -389,6 +392,7 @@ class Pool(PassiveChild, SupervisorListener):
                     "workers",
                     self._start_workers,
                     restart="permanent",
+                    cancellable=True,
                     # Each worker has shutdown_timeout; a margin here could still cut it.
                     shutdown=math.inf,
                 ),
@@ -398,9 +402,9 @@ class Pool(PassiveChild, SupervisorListener):
             name=f"pool:{self.name}",
             listener=_TreeListener(self),
         )
-        return tree.start()
+        return tree.start(cancel)
 
-    def _start_workers(self) -> Supervisor:
+    def _start_workers(self, cancel: CancelToken | None = None) -> Supervisor:
         sup = _WorkerSupervisor(
             children=[self._spec(f"w{i}", "permanent") for i in range(self.size)],
             strategy="one_for_one",
@@ -411,15 +415,23 @@ class Pool(PassiveChild, SupervisorListener):
             listener=self,
         )
         self._workers_sup = sup
-        return sup.start()
+        return sup.start(cancel)
 
     def _spec(self, wid: str, restart: Literal["permanent", "temporary"]) -> ChildSpec:
-        return ChildSpec(wid, functools.partial(self._spawn, wid), restart, self.shutdown_timeout)
+        return ChildSpec(
+            wid,
+            functools.partial(self._spawn, wid),
+            restart,
+            self.shutdown_timeout,
+            cancellable=True,
+        )
 
-    def _spawn(self, wid: str) -> WorkerProcess:
-        """Start one worker process (the child start of every worker spec)."""
+    def _spawn(self, wid: str, cancel: CancelToken | None = None) -> WorkerProcess:
+        """Start one worker process (the child start of every worker spec; a starter thread,
+        or the checkout's thread for an overflow worker). ``cancel``: the pool is stopping."""
         assert self._workers_sup is not None
         w = WorkerProcess.start(
+            cancel=cancel,
             ctx=self._ctx,
             payload=self._payload,
             alive_fd=self._workers_sup.alive_r,

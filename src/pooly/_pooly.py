@@ -151,6 +151,7 @@ class Pooly:
                     pool._start_tree,
                     restart="temporary",
                     shutdown=math.inf,  # its workers carry the pool's shutdown_timeout
+                    cancellable=True,  # a stop during start_pool cuts the workers' starts
                 )
             )
         except RuntimeError as e:

@@ -6,27 +6,37 @@ becomes readable once the child has ended, can be asked to end (``terminate``) o
 (``kill``), and says how it ended (``reap``). Worker processes, pools and supervisors are all
 children, so supervisors nest into a tree.
 
-Each supervisor runs one thread, its *loop*, which is the only place children are restarted or
-stopped. It blocks in ``multiprocessing.connection.wait`` on its children's sentinels plus a
-wake-up pipe for requests from other threads, so exits are handled the moment they happen --
-no polling, no sleeps::
+Each supervisor runs one thread, its *loop*, which only waits and decides. It blocks in
+``multiprocessing.connection.wait`` on its children's sentinels plus a wake-up pipe, so exits
+are handled the moment they happen -- no polling, no sleeps. Starting a child can take long
+(a worker constructor loading a model), so starts never run on the loop: each runs on a
+starter thread of its own and reports back through the wake-up pipe; a stop cancels starts
+in flight (:class:`CancelToken`) and waits for them at most their shutdown time::
 
-     other threads                 supervisor loop thread
-     -------------                 ----------------------
-     start_child() --start-->  child (registered under the lock; loop woken)
-     terminate_child() --mailbox--> shut child down (terminate, deadline, kill)
-                                   wait([wake_r, sentinel...])
-     child ends ------------------> reap -> listeners.child_exited -> restart per
-                                   strategy, counting restarts against intensity
-                                   too many -> stop all children, fail: our own
-                                   sentinel fires and the parent decides
+     other threads             supervisor loop thread              starter threads
+     -------------             ----------------------              ---------------
+     start_child() ---runs the start in the caller; adopted under the lock, loop woken
+     terminate_child() -mailbox-> shut child down (terminate,
+     restart_child()              deadline, kill); cancel its start
+                                  wait([wake_r, sentinel...],
+                                       next timer / deadline)
+     child ends -----------------> reap -> listeners.child_exited
+                                  restart per strategy ----------> spec.start(cancel)
+                                  (counted against intensity)       |
+                                  adopt the child <---- wake_r -----'  (a failed start
+                                  too many -> stop all children,       counts as a restart)
+                                  fail: our own sentinel fires and
+                                  the parent decides
+
+``one_for_one`` children start concurrently (initially, and after a burst of crashes);
+``one_for_all``/``rest_for_one`` ones one after another, in order.
 
 Every deadline the supervisor reads -- restart intensity windows, shutdown deadlines and the
 timers it runs on its loop (:meth:`Supervisor.call_later`) -- comes from one injectable
 ``clock``, and its waits compute their timeouts from it, so tests run in virtual time
-(:class:`pooly._clock.VirtualClock`). A supervisor with
-no parent that fails just stops its children and reports (log + :attr:`Supervisor.failure`):
-nothing here ever kills or exits the host program.
+(:class:`pooly._clock.VirtualClock`). A supervisor with no parent that fails just stops its
+children and reports (log + :attr:`Supervisor.failure`): nothing here ever kills or exits the
+host program.
 """
 
 from __future__ import annotations
@@ -46,11 +56,13 @@ from multiprocessing.connection import wait as _wait
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = (
+    "CancelToken",
     "Child",
     "ChildSpec",
     "ExitReason",
     "PassiveChild",
     "ProcessChild",
+    "StartCancelled",
     "Supervisor",
     "SupervisorListener",
     "TimerHandle",
@@ -103,7 +115,8 @@ class VirtualTime(Protocol):
         ...
 
     def sleep_time(self, deadline: float) -> float:
-        """Real seconds to block when waiting for ``deadline`` before reading the clock again."""
+        """Real seconds to block when waiting for ``deadline`` (``inf``: no deadline) before
+        reading the clock again (``inf``: until an event)."""
         ...
 
     def idle(self, deadline: float) -> None:
@@ -165,26 +178,37 @@ class Child(Protocol):
 class ChildSpec:
     """How to start a child and what to do when it ends.
 
-    ``start`` is called (in whatever thread starts the child) and returns the running child,
-    or raises if the child could not start. ``restart`` is ``"permanent"`` (always restarted),
+    ``start`` is called and returns the running child, or raises if the child could not
+    start. It runs on a starter thread of its own (``pooly-<supervisor>-start-<id>``), or in
+    the caller's thread for :meth:`Supervisor.start_child`, never on the supervisor's loop.
+    With ``cancellable=True`` it is called as ``start(cancel)`` with a :class:`CancelToken`
+    that fires if the supervisor no longer wants the child while it is starting; a start that
+    waits on something should include the token in its wait, clean up what it started, and
+    raise (:class:`StartCancelled` fits). ``restart`` is ``"permanent"`` (always restarted),
     ``"transient"`` (restarted only after an abnormal exit; after a normal one its spec stays,
     with no child, for ``restart_child``) or ``"temporary"`` (never restarted; forgotten
     once it ends). ``shutdown`` is how many seconds a child gets to end after ``terminate``
-    before it is killed; ``math.inf`` (or ``None``, stored as ``math.inf``) sets no deadline
-    from above -- right for a child that is itself a supervisor, whose own children carry
-    their deadlines (a finite one would cut their graceful stops short).
+    before it is killed (and how long a start that is cut short may take to give up);
+    ``math.inf`` (or ``None``, stored as ``math.inf``) sets no deadline from above -- right
+    for a child that is itself a supervisor, whose own children carry their deadlines (a
+    finite one would cut their graceful stops short).
     """
 
     id: Hashable
-    start: Callable[[], Child]
+    start: Callable[..., Child]
     restart: Restart = "permanent"
     shutdown: float = 5.0
+    cancellable: bool = False
 
     def __post_init__(self) -> None:
         if self.restart not in _RESTARTS:
             raise ValueError(f"restart must be one of {_RESTARTS}, got {self.restart!r}")
         if not callable(self.start):
             raise TypeError(f"start must be callable, got {self.start!r}")
+        if not isinstance(self.cancellable, bool):
+            raise TypeError(
+                f"child {self.id!r}: cancellable must be a bool, got {self.cancellable!r}"
+            )
         if self.shutdown is None:
             object.__setattr__(self, "shutdown", math.inf)
         if (
@@ -250,12 +274,127 @@ class PassiveChild:
         return SHUTDOWN
 
 
+class StartCancelled(RuntimeError):
+    """A start was cut short: the supervisor (or that child) was stopped while it ran.
+
+    Raised by :meth:`Supervisor.start` when its ``cancel`` token fires; a cancellable child
+    start may raise it too.
+    """
+
+
+class CancelToken:
+    """Tells a cancellable start (``ChildSpec(cancellable=True)``) that its child is no longer
+    wanted: the supervisor is stopping, or that child is being terminated or restarted.
+
+    ``cancelled`` turns True and ``fileno()`` becomes readable (a pipe, made on first use:
+    pass the token itself to ``select``/``multiprocessing.connection.wait`` next to what the
+    start waits for). Set by the thread stopping the child; read by the start's thread. The
+    supervisor gives a cancelled start up to the spec's ``shutdown`` seconds to return, then
+    leaves it: a start that sees the cancel must itself stop whatever it had started.
+    """
+
+    __slots__ = ("_cancelled", "_closed", "_lock", "_r", "_w")
+
+    def __init__(self) -> None:
+        self._cancelled = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._r = self._w = -1
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def fileno(self) -> int:
+        """A file descriptor that is readable once cancelled. Valid while the start runs."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("this cancel token is closed: its start has returned")
+            if self._r < 0:
+                self._r, self._w = os.pipe()
+                if self._cancelled:
+                    os.write(self._w, b"x")
+            return self._r
+
+    def cancel(self) -> None:
+        """Fire the token (idempotent; any thread)."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            # A byte rather than closing the write end: a process forked meanwhile may hold a
+            # copy of it, and would then hide an EOF.
+            if self._w >= 0:
+                os.write(self._w, b"x")
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for fd in (self._r, self._w):
+                if fd >= 0:
+                    os.close(fd)
+            self._r = self._w = -1
+
+    def __repr__(self) -> str:
+        return f"<CancelToken{' cancelled' if self._cancelled else ''}>"
+
+
+class _Start:
+    """One start in flight. ``done``/``abandoned`` are set under the supervisor's lock and
+    decide, once, who owns the result: done -> the supervisor; abandoned -> the starter."""
+
+    __slots__ = ("abandoned", "child", "deferred", "done", "error", "then", "token", "waiters")
+
+    def __init__(
+        self,
+        spec: ChildSpec,
+        then: tuple[Hashable, ...] = (),
+        waiters: list[Future[None]] | None = None,
+    ) -> None:
+        self.token = CancelToken() if spec.cancellable else None
+        self.then = then  # ids to start next, in order (an ordered restart or start)
+        self.waiters = waiters or []  # restart_child callers waiting for the new child
+        # Requests about one instance (only_if) that may be the child this start returns:
+        # decided once it has (the start may hand its child out before it returns).
+        self.deferred: list[Callable[[], None]] = []
+        self.done = False
+        self.abandoned = False
+        self.child: Child | None = None
+        self.error: BaseException | None = None
+
+    def run(self, spec: ChildSpec) -> tuple[Child | None, BaseException | None]:
+        """Run the spec's start in this thread; the token is closed once it has returned."""
+        try:
+            child = spec.start(self.token) if self.token is not None else spec.start()
+        except BaseException as e:
+            return None, e
+        finally:
+            if self.token is not None:
+                self.token._close()
+        return child, None
+
+    def cancel(self) -> None:
+        if self.token is not None:
+            self.token.cancel()
+
+    def resolve(self) -> None:
+        """Loop thread: the start is over (adopted, failed or stopped): answer who waited."""
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self.waiters = []
+        deferred, self.deferred = self.deferred, []
+        for fn in deferred:
+            fn()
+
+
 class _Entry:
-    __slots__ = ("child", "spec")
+    __slots__ = ("child", "spec", "start")
 
     def __init__(self, spec: ChildSpec, child: Child | None) -> None:
         self.spec = spec
         self.child = child
+        self.start: _Start | None = None  # a start in flight (then child is None)
 
 
 class Supervisor:
@@ -331,6 +470,10 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         self._sentinel_r, self._sentinel_w = os.pipe()
         self._thread: threading.Thread | None = None
+        # The one thread that may read (and, at the end, close) the wake pipe: the caller of
+        # start() until the loop runs, then the loop thread.
+        self._owner: threading.Thread | None = None
+        self._started = False
         self._running = False
         self._exit: ExitReason | None = None
         self._done = threading.Event()
@@ -338,29 +481,65 @@ class Supervisor:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> Supervisor:
-        """Start the children in order, then the loop thread. Returns self.
+    def start(self, cancel: CancelToken | None = None) -> Supervisor:
+        """Start the children, then the loop thread; return self once all have started.
 
-        If a child fails to start, the ones already started are stopped (in reverse order)
-        and the error propagates: a half-started tree never remains.
+        ``one_for_one``: the children start concurrently (each start on a thread of its own).
+        ``one_for_all`` / ``rest_for_one``: one after another, in order, since later children
+        may depend on earlier ones. If a start fails, the others (started or still starting)
+        are stopped and the error propagates: a half-started tree never remains. ``cancel``
+        (this supervisor being itself a cancellable child) cuts the start short the same way,
+        raising :class:`StartCancelled`.
         """
         with self._lock:
-            if self._thread is not None:
+            if self._started:
                 raise RuntimeError(f"supervisor {self.name!r} was already started")
-            self._running = True
-        started: list[_Entry] = []
+            self._started = self._running = True
+            self._owner = threading.current_thread()
         try:
-            for entry in list(self._entries.values()):
-                entry.child = entry.spec.start()
-                started.append(entry)
+            self._start_initial(cancel)
         except BaseException:
-            self._shutdown_entries(started)
+            with self._lock:
+                self._running = False
+                entries = list(self._entries.values())
+            self._shutdown_entries(entries)
             self._finish(SHUTDOWN)
             self.reap()
             raise
         self._thread = threading.Thread(target=self._loop, name=f"pooly-{self.name}", daemon=True)
+        self._owner = self._thread
         self._thread.start()
         return self
+
+    def _start_initial(self, cancel: CancelToken | None) -> None:
+        """start()'s caller: launch the initial starts and wait until all have finished."""
+        ids = tuple(self._entries)
+        if self.strategy == "one_for_one":
+            for cid in ids:
+                self._begin_start(self._entries[cid])
+        else:
+            self._start_in_order(ids)
+        while True:
+            failed: BaseException | None = None
+            for entry, st in self._take_finished_starts():
+                if st.error is not None:
+                    failed = failed or st.error
+                    continue
+                with self._lock:
+                    entry.child = st.child  # adopted even after a failure: then it is stopped
+                if failed is None:
+                    self._start_in_order(st.then)
+            if failed is not None:
+                raise failed
+            with self._lock:
+                if not any(e.start is not None for e in self._entries.values()):
+                    return
+            fds: list[Any] = [self._wake_r] if cancel is None else [self._wake_r, cancel]
+            ready = _wait(fds)  # no deadline of our own: each start has its own timeouts
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            if cancel is not None and cancel.cancelled:
+                raise StartCancelled(f"supervisor {self.name!r} was stopped while starting")
 
     @property
     def sentinel(self) -> int:
@@ -421,28 +600,46 @@ class Supervisor:
     # ------------------------------------------------------------------ dynamic children
 
     def start_child(self, spec: ChildSpec) -> Child:
-        """Start a child now, in the calling thread, and supervise it from then on."""
+        """Start a child now, in the calling thread, and supervise it from then on.
+
+        Raises what the start raised, or ``RuntimeError`` if the supervisor is not running or
+        stopped (or that child was terminated) while it started; the child is stopped then.
+        """
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"start_child expects a ChildSpec, got {spec!r}")
         with self._lock:
             if not self._running:
                 raise RuntimeError(f"supervisor {self.name!r} is not running")
             if spec.id in self._entries:
                 raise ValueError(f"supervisor {self.name!r} already has a child {spec.id!r}")
             entry = _Entry(spec, None)
-            self._entries[spec.id] = entry  # reserve the id while the child starts
-        try:
-            child = spec.start()
-        except BaseException:
-            with self._lock:
-                self._entries.pop(spec.id, None)
-            raise
+            st = entry.start = _Start(spec)  # reserves the id; a stop can cancel it
+            self._entries[spec.id] = entry
+        child, error = st.run(spec)
         with self._lock:
-            adopted = self._running and self._entries.get(spec.id) is entry
-            if adopted:
-                entry.child = child
-        if not adopted:  # the supervisor stopped while the child was starting
-            self._shutdown_children([(spec, child)])
+            if st.abandoned:  # the stop gave up waiting for us: what we started is ours
+                outcome = "orphan"
+            elif self._running and entry.start is st:
+                entry.start = None
+                if error is None:
+                    entry.child = child
+                elif self._entries.get(spec.id) is entry:
+                    del self._entries[spec.id]
+                self._mailbox.extend(st.deferred)  # requests that waited for this start
+                st.deferred = []
+                outcome = "adopted"
+            else:  # a stop is under way and waits for this start: hand the result over
+                st.child, st.error, st.done = child, error, True
+                outcome = "handed over"
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"!")
+        if outcome == "orphan" and child is not None:
+            self._stop_orphan(spec, child)
+        if error is not None:
+            raise error
+        if outcome != "adopted":
             raise RuntimeError(f"supervisor {self.name!r} stopped while starting {spec.id!r}")
-        self._wake()
+        assert child is not None
         return child
 
     def terminate_child(
@@ -460,9 +657,14 @@ class Supervisor:
     ) -> None:
         """Stop a child and start it again from its spec. Not counted against intensity.
 
-        ``only_if`` as for :meth:`terminate_child`.
+        ``only_if`` as for :meth:`terminate_child`. With ``wait``, returns once the new child
+        has started (or the supervisor has stopped); called on the loop thread (from a hook
+        or timer), once its start has begun.
         """
-        self._call(lambda: self._restart_requested(child_id, only_if), wait)
+        started: Future[None] = Future()
+        self._call(lambda: self._restart_requested(child_id, only_if, started), wait)
+        if wait and threading.current_thread() is not self._thread:
+            started.result()
 
     def set_restart(self, child_id: Hashable, restart: Restart) -> None:
         """Change a child's restart type (e.g. promote a temporary child to permanent)."""
@@ -527,10 +729,10 @@ class Supervisor:
 
     def _wait_until(self, fds: Sequence[int], deadline: float) -> list[Any]:
         """Wait for any of ``fds`` or the clock reaching ``deadline`` (inf: no deadline)."""
-        if deadline == math.inf:
-            timeout: float | None = None
-        elif self._vclock is not None:
-            timeout = self._vclock.sleep_time(deadline)
+        if self._vclock is not None:  # also told of no deadline: its idea of "busy" needs it
+            timeout: float | None = self._vclock.sleep_time(deadline)
+        elif deadline == math.inf:
+            timeout = None
         else:
             timeout = max(0.0, deadline - self._clock())
         ready = _wait(fds, wait_timeout(timeout))
@@ -645,11 +847,13 @@ class Supervisor:
             fut.result()
 
     def _loop(self) -> None:
-        """The supervisor's own thread: waits on sentinels and the mailbox, nothing else."""
+        """The supervisor's own thread: waits and decides; starts run on starter threads."""
         try:
             while self._running:
                 while self._running and self._mailbox:
                     self._mailbox.popleft()()
+                self._collect_starts()
+                self._run_due_timers()
                 if not self._running:
                     break
                 with self._lock:
@@ -664,7 +868,6 @@ class Supervisor:
                 for fd in ready:
                     if fd in watched and self._running:
                         self._child_ended(watched[fd])
-                self._run_due_timers()
         except BaseException as e:  # a bug here must not leave children unsupervised
             log.exception("supervisor %r crashed; killing its children", self.name)
             self._crashed(ExitReason(False, f"supervisor crashed: {e!r}"))
@@ -697,44 +900,127 @@ class Supervisor:
                     self._entries.pop(cid, None)
             return
         if self.strategy == "one_for_one":
-            group = [cid]
-        else:
-            ids = list(self._entries)
-            group = ids if self.strategy == "one_for_all" else ids[ids.index(cid) :]
-            self._shutdown_entries([self._entries[i] for i in group if i != cid], notify=True)
-        self._restart_group(group)
+            self._begin_start(entry)
+            return
+        ids = list(self._entries)
+        group = ids if self.strategy == "one_for_all" else ids[ids.index(cid) :]
+        self._shutdown_entries([self._entries[i] for i in group if i != cid], notify=True)
+        self._start_in_order(group)
 
-    def _restart_group(self, group: Sequence[Hashable]) -> None:
-        """Start each child of the group again, in order; a failed start counts as a restart."""
-        for cid in group:
-            while self._running:
-                entry = self._entries.get(cid)
-                if entry is None or entry.child is not None:
-                    break
-                try:
-                    child = entry.spec.start()
-                except Exception as e:
-                    reason = ExitReason(False, f"restart of {cid!r} failed: {e}")
-                    log.warning("supervisor %r: %s", self.name, reason)
-                    if not self._count_restart():
-                        self._fail(cid, reason)
-                        return
-                    continue
+    # ------------------------------------------------------------------ starts (off the loop)
+
+    def _begin_start(
+        self,
+        entry: _Entry,
+        then: Sequence[Hashable] = (),
+        waiters: list[Future[None]] | None = None,
+    ) -> None:
+        """Run the entry's start on a starter thread; it reports back through ``_Start``."""
+        st = _Start(entry.spec, tuple(then), waiters)
+        with self._lock:
+            entry.start = st
+        threading.Thread(
+            target=self._run_start,
+            args=(entry.spec, st),
+            name=f"pooly-{self.name}-start-{entry.spec.id}",
+            daemon=True,  # an abandoned start that hangs must not hold up interpreter exit
+        ).start()
+
+    def _run_start(self, spec: ChildSpec, st: _Start) -> None:
+        """Starter thread: run one start, then hand the result to the supervisor -- or, if
+        the supervisor gave up waiting for it, stop what was started."""
+        child, error = st.run(spec)
+        with self._lock:
+            orphan = st.abandoned
+            if not orphan:
+                st.child, st.error, st.done = child, error, True
+                if self._wake_w >= 0:
+                    os.write(self._wake_w, b"!")
+        if orphan and child is not None:
+            self._stop_orphan(spec, child)
+
+    def _stop_orphan(self, spec: ChildSpec, child: Child) -> None:
+        """A start that was abandoned returned a child after all: stop it here (no hooks)."""
+        log.warning(
+            "supervisor %r: child %r finished starting after its start was abandoned; stopping it",
+            self.name,
+            spec.id,
+        )
+        try:
+            self._shutdown_children([(spec, child)])
+        except Exception:
+            log.exception("supervisor %r: could not stop orphaned child %r", self.name, spec.id)
+
+    def _start_in_order(self, ids: Sequence[Hashable]) -> None:
+        """Start the first of ``ids`` that needs it; the rest follow once it has started."""
+        rest = list(ids)
+        while rest:
+            entry = self._entries.get(rest.pop(0))
+            if entry is not None and entry.child is None and entry.start is None:
+                self._begin_start(entry, rest)
+                return
+
+    def _take_finished_starts(self, limit: int | None = None) -> list[tuple[_Entry, _Start]]:
+        with self._lock:
+            out = []
+            for entry in self._entries.values():
+                st = entry.start
+                if st is not None and st.done:
+                    entry.start = None
+                    out.append((entry, st))
+                    if len(out) == limit:
+                        break
+            return out
+
+    def _collect_starts(self) -> None:
+        """Loop thread: adopt children whose start finished; a failed start counts as a
+        restart and is tried again (or fails the supervisor past its intensity)."""
+        while self._running:
+            # One at a time: handling one may stop the supervisor, and a start taken out of
+            # its entry but not handled would leave its child unsupervised.
+            finished = self._take_finished_starts(limit=1)
+            if not finished:
+                return
+            [(entry, st)] = finished
+            cid = entry.spec.id
+            if st.error is None:
                 with self._lock:
-                    entry.child = child
+                    entry.child = st.child
+                st.resolve()
+                self._start_in_order(st.then)
+                continue
+            reason = ExitReason(False, f"restart of {cid!r} failed: {st.error}")
+            log.warning("supervisor %r: %s", self.name, reason)
+            if not self._count_restart():
+                st.resolve()
+                self._fail(cid, reason)
+                return
+            self._begin_start(entry, st.then, st.waiters)
+            st.waiters = []
+            st.resolve()
 
-    def _restart_requested(self, cid: Hashable, only_if: Child | None) -> None:
+    def _restart_requested(
+        self, cid: Hashable, only_if: Child | None, started: Future[None]
+    ) -> None:
         entry = self._entries.get(cid)
         if entry is None:
             raise KeyError(f"supervisor {self.name!r} has no child {cid!r}")
         if only_if is not None and entry.child is not only_if:
+            if entry.start is not None:  # it may be the child being started: wait and see
+                entry.start.deferred.append(lambda: self._restart_requested(cid, only_if, started))
+                return
+            started.set_result(None)
             return  # that instance is gone already (and was restarted as a crash)
         self._shutdown_entries([entry], notify=True)
-        self._restart_group([cid])
+        self._begin_start(entry, waiters=[started])
 
     def _terminate_child(self, cid: Hashable, only_if: Child | None) -> None:
         entry = self._entries.get(cid)
-        if entry is None or (only_if is not None and entry.child is not only_if):
+        if entry is None:
+            return
+        if only_if is not None and entry.child is not only_if:
+            if entry.start is not None:  # it may be the child being started: wait and see
+                entry.start.deferred.append(lambda: self._terminate_child(cid, only_if))
             return
         self._shutdown_entries([entry], notify=True)
         with self._lock:
@@ -797,35 +1083,79 @@ class Supervisor:
     def _shutdown_entries(
         self, entries: Sequence[_Entry], *, graceful: bool = True, notify: bool = False
     ) -> None:
+        """Stop these children, and cut short their starts in flight."""
         pairs = []
+        starts = []
         with self._lock:
             for e in entries:
                 if e.child is not None:
                     pairs.append((e.spec, e.child))
                     e.child = None
-        for spec, child, reason in self._shutdown_children(pairs, graceful=graceful):
-            if notify:
-                self._notify_exit(spec.id, child, reason, False)
+                if e.start is not None:
+                    starts.append((e.spec, e.start))
+                    e.start = None
+        for _, st in starts:
+            st.cancel()
+        try:
+            for spec, child, reason in self._shutdown_children(pairs, starts, graceful=graceful):
+                if notify:
+                    self._notify_exit(spec.id, child, reason, False)
+        finally:
+            for _, st in starts:
+                st.resolve()
 
     def _shutdown_children(
-        self, pairs: Sequence[tuple[ChildSpec, Child]], *, graceful: bool = True
+        self,
+        pairs: Sequence[tuple[ChildSpec, Child]],
+        starts: Sequence[tuple[ChildSpec, _Start]] = (),
+        *,
+        graceful: bool = True,
     ) -> list[tuple[ChildSpec, Child, ExitReason]]:
         """Terminate in reverse start order, then wait for all; kill those past their deadline.
 
         Children are asked in reverse order but waited on together, so a pool of hung
-        workers takes one shutdown deadline to stop, not one per worker.
+        workers takes one shutdown deadline to stop, not one per worker. ``starts`` (already
+        cancelled) are waited for up to their spec's deadline too: a child that arrives in
+        time is stopped like the others (within the same deadline); a start still running
+        at its deadline is abandoned -- its starter thread stops what it started.
         """
         now = self._clock()
         pending: dict[int, tuple[ChildSpec, Child, float]] = {}
-        for spec, child in reversed(pairs):
+        stopped: list[tuple[ChildSpec, Child]] = []
+        killed: set[int] = set()
+
+        def stop(spec: ChildSpec, child: Child, deadline: float) -> None:
+            stopped.append((spec, child))
             try:
-                child.terminate() if graceful else child.kill()
+                child.terminate() if graceful and not self._kill_requested else child.kill()
             except Exception:
                 log.exception("supervisor %r: could not stop child %r", self.name, spec.id)
-            pending[child.sentinel] = (spec, child, now + (spec.shutdown if graceful else 0))
-        killed: set[int] = set()
-        while pending:
+            pending[child.sentinel] = (spec, child, deadline)
+
+        for spec, child in reversed(pairs):
+            stop(spec, child, now + (spec.shutdown if graceful else 0))
+        waiting = {st: (spec, now + (spec.shutdown if graceful else 0)) for spec, st in starts}
+        # Only the wake pipe's owner may read it; it also hears kill() and finished starts.
+        mine = threading.current_thread() is self._owner
+        while pending or waiting:
             now = self._clock()
+            with self._lock:
+                arrived = [st for st in waiting if st.done]
+                for st, (spec, deadline) in list(waiting.items()):
+                    if not st.done and (deadline <= now or self._kill_requested):
+                        st.abandoned = True
+                        del waiting[st]
+                        log.warning(
+                            "supervisor %r: the start of child %r did not return within %gs "
+                            "of being cancelled; leaving it to stop what it started",
+                            self.name,
+                            spec.id,
+                            spec.shutdown,
+                        )
+            for st in arrived:
+                spec, deadline = waiting.pop(st)
+                if st.child is not None:
+                    stop(spec, st.child, deadline)
             for fd, (spec, child, deadline) in pending.items():
                 if fd not in killed and (deadline <= now or self._kill_requested):
                     if not self._kill_requested and graceful:
@@ -837,20 +1167,21 @@ class Supervisor:
                         )
                     child.kill()
                     killed.add(fd)
-            live_deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
-            deadline = min(live_deadlines, default=math.inf)
-            # Also wake for kill(): it may cut a graceful wait short. Requests in the
-            # mailbox stay queued; the loop runs them before it waits again.
-            # Only the loop thread may touch the wake pipe: _finish closes it from there.
-            mine = threading.current_thread() is self._thread
-            wake = [self._wake_r] if mine and self._wake_r >= 0 and not self._kill_requested else []
-            for ready in self._wait_until([*pending, *wake], deadline):
+            if not pending and not waiting:
+                break  # the last starts arrived with no child to stop
+            deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
+            deadlines += [d for _, d in waiting.values()]
+            wake = [self._wake_r] if mine and self._wake_r >= 0 else []
+            if waiting and not wake:
+                # No wake pipe to hear a start finish on (not the owner): look again soon.
+                deadlines.append(self._clock() + 0.01)
+            for ready in self._wait_until([*pending, *wake], min(deadlines, default=math.inf)):
                 assert isinstance(ready, int)
                 if ready in pending:
                     pending.pop(ready)
                 elif wake:
                     os.read(self._wake_r, 4096)
-        return [(spec, child, child.reap()) for spec, child in reversed(pairs)]
+        return [(spec, child, child.reap()) for spec, child in stopped]
 
     def __repr__(self) -> str:
         state = "running" if self._running else ("failed" if self.failure else "stopped")
@@ -879,14 +1210,15 @@ class ProcessChild:
         import multiprocessing
         import multiprocessing.process
 
-        from ._worker import default_start_method, preload_forkserver
+        from ._worker import _START_LOCK, default_start_method, preload_forkserver
 
         method = start_method or default_start_method()
         if method == "forkserver":
             preload_forkserver()  # the same server serves pools: keep it warm for them too
         ctx = multiprocessing.get_context(method)
         self.proc = ctx.Process(target=target, args=tuple(args), name=name)  # type: ignore[attr-defined]
-        self.proc.start()
+        with _START_LOCK:  # see there: concurrent fork starts would share pipes
+            self.proc.start()
         # Reaped by our supervisor only; multiprocessing's own sweep would race with it.
         multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
         self.pid: int = self.proc.pid

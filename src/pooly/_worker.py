@@ -57,7 +57,7 @@ from ._errors import (
     WorkerStartError,
     describe_exit,
 )
-from ._supervisor import ExitReason, wait_timeout
+from ._supervisor import CancelToken, ExitReason, wait_timeout
 
 __all__ = ("WorkerProcess", "default_start_method", "make_payload", "preload_forkserver")
 
@@ -110,7 +110,25 @@ def _fresh_std_streams() -> None:
         setattr(sys, name, stream)
 
 
-os.register_at_fork(after_in_child=_close_host_fds_after_fork)
+#: Held while host fds are created and registered above, and across every fork: a fork
+#: from another thread (pool workers start concurrently) can't copy a pipe not yet listed.
+_FDS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    _FDS_LOCK.release()  # taken by the forking thread, the child's only thread
+    _close_host_fds_after_fork()
+
+
+#: Held around each worker's process start. With "fork", Popen makes the new process's
+#: sentinel pipe and closes its child end around the fork, out of our sight: a concurrent
+#: start in another thread would fork a worker holding a copy, which hides the first one's
+#: death. Only the process creation is serialised; constructors still run concurrently.
+_START_LOCK = threading.Lock()
+
+os.register_at_fork(
+    before=_FDS_LOCK.acquire, after_in_parent=_FDS_LOCK.release, after_in_child=_after_fork_in_child
+)
 
 _dead_fds: tuple[int, int] | None = None
 _dead_lock = threading.Lock()
@@ -423,20 +441,23 @@ class WorkerProcess:
         pool_name: str,
         cls_name: str,
         start_timeout: float,
+        cancel: CancelToken | None = None,
     ) -> WorkerProcess:
         """Start a worker process and wait until its object is constructed.
 
         Raises :class:`WorkerStartError` (with the worker-side traceback as cause) if the
-        class can't be imported, the constructor raises or exits, or it takes longer than
-        ``start_timeout`` seconds; the process is gone by then.
+        class can't be imported, the constructor raises or exits, it takes longer than
+        ``start_timeout`` seconds, or ``cancel`` fires first (its pool is stopping); the
+        process is gone by then.
         """
-        req_r, req_w = os.pipe()  # host -> worker
-        rep_r, rep_w = os.pipe()  # worker -> host
-        _HOST_FDS.update((req_w, rep_r))
         me = threading.get_ident()
-        alive_dup = os.dup(alive_fd)
-        for fd in (req_r, rep_w, alive_dup):
-            _STARTING_FDS[fd] = me
+        with _FDS_LOCK:
+            req_r, req_w = os.pipe()  # host -> worker
+            rep_r, rep_w = os.pipe()  # worker -> host
+            _HOST_FDS.update((req_w, rep_r))
+            alive_dup = os.dup(alive_fd)
+            for fd in (req_r, rep_w, alive_dup):
+                _STARTING_FDS[fd] = me
         ends = [
             multiprocessing.connection.Connection(req_r, writable=False),
             multiprocessing.connection.Connection(rep_w, readable=False),
@@ -446,7 +467,8 @@ class WorkerProcess:
             target=_worker_main, args=tuple(ends), name=f"pooly:{pool_name}", daemon=False
         )
         try:
-            proc.start()
+            with _START_LOCK:
+                proc.start()
         except BaseException:
             _release_fds((req_w, rep_r))
             raise
@@ -458,7 +480,9 @@ class WorkerProcess:
         # their sentinels from other threads (and race with our reaping) otherwise.
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
         try:
-            return cls._handshake(proc, req_w, rep_r, payload, pool_name, cls_name, start_timeout)
+            return cls._handshake(
+                proc, req_w, rep_r, payload, pool_name, cls_name, start_timeout, cancel
+            )
         except BaseException:
             _release_fds((req_w, rep_r))
             raise
@@ -473,6 +497,7 @@ class WorkerProcess:
         pool_name: str,
         cls_name: str,
         timeout: float,
+        cancel: CancelToken | None = None,
     ) -> WorkerProcess:
         pid = proc.pid
         what = f"worker {cls_name} (pid {pid}) of pool {pool_name!r}"
@@ -480,7 +505,16 @@ class WorkerProcess:
         try:
             try:
                 _send(req_w, payload)
-                if multiprocessing.connection.wait([rep_r, proc.sentinel], wait_timeout(timeout)):
+                watch: list[Any] = [rep_r, proc.sentinel]
+                if cancel is not None:
+                    watch.append(cancel)
+                ready: list[Any] = multiprocessing.connection.wait(watch, wait_timeout(timeout))
+                if cancel is not None and cancel in ready and rep_r not in ready:
+                    raise WorkerStartError(
+                        f"{what}: its start was cancelled (the pool is stopping); it was killed",
+                        pid=pid,
+                    )
+                if ready:
                     reply = _recv(rep_r)
                 else:
                     raise WorkerStartError(
