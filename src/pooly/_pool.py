@@ -45,6 +45,7 @@ from ._errors import (
     WorkerStartError,
 )
 from ._owner import LeaseSet, current_leases
+from ._process import _FDS_LOCK, _HOST_FDS, default_start_method, preload_forkserver
 from ._supervisor import (
     CancelToken,
     Child,
@@ -54,14 +55,7 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
-from ._worker import (
-    _FDS_LOCK,
-    _HOST_FDS,
-    WorkerProcess,
-    default_start_method,
-    make_payload,
-    preload_forkserver,
-)
+from ._worker import WorkerProcess, make_payload
 
 __all__ = ("Lease", "Pool", "PoolStatus")
 

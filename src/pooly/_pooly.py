@@ -26,8 +26,8 @@ from typing import Any
 
 from ._errors import NoSuchPool, PoolyError
 from ._pool import Pool
+from ._process import default_start_method, preload_forkserver
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
-from ._worker import default_start_method, preload_forkserver
 
 __all__ = ("Pooly",)
 

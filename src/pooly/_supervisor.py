@@ -61,7 +61,6 @@ __all__ = (
     "ChildSpec",
     "ExitReason",
     "PassiveChild",
-    "ProcessChild",
     "StartCancelled",
     "Supervisor",
     "SupervisorListener",
@@ -1186,77 +1185,3 @@ class Supervisor:
     def __repr__(self) -> str:
         state = "running" if self._running else ("failed" if self.failure else "stopped")
         return f"<Supervisor {self.name!r} {self.strategy} {state} children={len(self._entries)}>"
-
-
-class ProcessChild:
-    """A supervisor child that runs ``target(*args)`` in its own OS process.
-
-    For supervising your own processes with :class:`Supervisor`::
-
-        sup = Supervisor([ProcessChild.spec("ticker", tick, (1.0,))]).start()
-
-    Exit code 0 is a normal exit (not restarted when ``transient``); anything else, or a
-    signal, is abnormal. ``terminate`` sends SIGTERM, ``kill`` SIGKILL.
-    """
-
-    def __init__(
-        self,
-        target: Callable[..., object],
-        args: Sequence[object] = (),
-        *,
-        start_method: str | None = None,
-        name: str | None = None,
-    ) -> None:
-        import multiprocessing
-        import multiprocessing.process
-
-        from ._worker import _START_LOCK, default_start_method, preload_forkserver
-
-        method = start_method or default_start_method()
-        if method == "forkserver":
-            preload_forkserver()  # the same server serves pools: keep it warm for them too
-        ctx = multiprocessing.get_context(method)
-        self.proc = ctx.Process(target=target, args=tuple(args), name=name)  # type: ignore[attr-defined]
-        with _START_LOCK:  # see there: concurrent fork starts would share pipes
-            self.proc.start()
-        # Reaped by our supervisor only; multiprocessing's own sweep would race with it.
-        multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
-        self.pid: int = self.proc.pid
-
-    @classmethod
-    def spec(
-        cls,
-        child_id: Hashable,
-        target: Callable[..., object],
-        args: Sequence[object] = (),
-        *,
-        restart: Restart = "permanent",
-        shutdown: float = 5.0,
-        start_method: str | None = None,
-    ) -> ChildSpec:
-        """A :class:`ChildSpec` that starts a fresh process for every (re)start."""
-
-        def start() -> Child:
-            return cls(target, args, start_method=start_method, name=str(child_id))
-
-        return ChildSpec(child_id, start, restart, shutdown)
-
-    @property
-    def sentinel(self) -> int:
-        return self.proc.sentinel  # type: ignore[no-any-return]
-
-    def terminate(self) -> None:
-        if self.proc.exitcode is None:
-            self.proc.terminate()
-
-    def kill(self) -> None:
-        if self.proc.exitcode is None:
-            self.proc.kill()
-
-    def reap(self) -> ExitReason:
-        from ._errors import describe_exit
-
-        self.proc.join()
-        code = self.proc.exitcode
-        self.proc.close()
-        return ExitReason(code == 0, f"process {self.pid} exited with {describe_exit(code)}", code)

@@ -43,7 +43,6 @@ import pickle
 import select
 import signal
 import struct
-import sys
 import threading
 import traceback
 import weakref
@@ -57,125 +56,22 @@ from ._errors import (
     WorkerStartError,
     describe_exit,
 )
+from ._process import (
+    _FDS_LOCK,
+    _HOST_FDS,
+    _START_LOCK,
+    _STARTING_FDS,
+    _dead_pipe,
+)
 from ._supervisor import CancelToken, ExitReason, wait_timeout
 
-__all__ = ("WorkerProcess", "default_start_method", "make_payload", "preload_forkserver")
+__all__ = ("WorkerProcess", "make_payload")
 
 _HDR = struct.Struct("<Q")
 _HDR_SIZE = _HDR.size
 _PROTO = pickle.HIGHEST_PROTOCOL
 _OK, _ERR = 0, 1
 _READ_CHUNK = 1 << 16
-
-#: File descriptors the host holds for its workers (channel ends, alive pipes). A process forked
-#: from the host (the "fork" start method, or the user's own os.fork) closes them at once, so
-#: that no other process keeps a worker's channel or a pool's alive pipe open. Process-wide
-#: by nature, like fork itself; set/dict updates are atomic under the GIL, so the at-fork hook
-#: needs no lock (a lock held by another thread at fork time would deadlock the child).
-_HOST_FDS: set[int] = set()
-#: A worker's own ends of its channel, held by the host only while that worker starts,
-#: mapped to the starting thread. A child forked meanwhile by *another* thread closes them.
-_STARTING_FDS: dict[int, int] = {}
-
-
-def _close_host_fds_after_fork() -> None:
-    me = threading.get_ident()  # the forking thread is the child's only thread
-    if me in _STARTING_FDS.values():  # this fork is a pooly worker start
-        _fresh_std_streams()
-    doomed = list(_HOST_FDS) + [fd for fd, tid in list(_STARTING_FDS.items()) if tid != me]
-    for fd in doomed:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HOST_FDS.clear()
-    _STARTING_FDS.clear()
-
-
-def _fresh_std_streams() -> None:
-    """Give a freshly forked worker its own sys.stdin/stdout/stderr objects.
-
-    Another host thread may have held one of the host's stream locks at the fork (say, the
-    main thread blocked in ``input()``); the child inherits that lock held forever, and
-    multiprocessing's bootstrap (which closes stdin and flushes stdout/stderr) would hang
-    before the worker even starts. New objects on the same fds have fresh locks.
-    """
-    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 -- lives as long as the worker
-    for name, fd in (("stdout", 1), ("stderr", 2)):
-        try:
-            stream = open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-        except OSError:
-            continue
-        stream.reconfigure(line_buffering=True)
-        setattr(sys, name, stream)
-
-
-#: Held while host fds are created and registered above, and across every fork: a fork
-#: from another thread (pool workers start concurrently) can't copy a pipe not yet listed.
-_FDS_LOCK = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    _FDS_LOCK.release()  # taken by the forking thread, the child's only thread
-    _close_host_fds_after_fork()
-
-
-#: Held around each worker's process start. With "fork", Popen makes the new process's
-#: sentinel pipe and closes its child end around the fork, out of our sight: a concurrent
-#: start in another thread would fork a worker holding a copy, which hides the first one's
-#: death. Only the process creation is serialised; constructors still run concurrently.
-_START_LOCK = threading.Lock()
-
-os.register_at_fork(
-    before=_FDS_LOCK.acquire, after_in_parent=_FDS_LOCK.release, after_in_child=_after_fork_in_child
-)
-
-_dead_fds: tuple[int, int] | None = None
-_dead_lock = threading.Lock()
-
-
-def _dead_pipe() -> tuple[int, int]:
-    """(r, w): r reads EOF forever, w fails with EPIPE forever. Shared, never closed.
-
-    ``os.dup2`` of these over a worker's channel fds releases the channel at once while
-    the fd *numbers* stay valid, so a consumer thread racing with us can never read or
-    write a recycled descriptor.
-    """
-    global _dead_fds
-    with _dead_lock:
-        if _dead_fds is None:
-            r, w_closed = os.pipe()
-            os.close(w_closed)
-            r_closed, w = os.pipe()
-            os.close(r_closed)
-            _dead_fds = (r, w)
-        return _dead_fds
-
-
-def default_start_method() -> str:
-    """forkserver where available (safe in a threaded host), else spawn. Never fork."""
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods else "spawn"
-
-
-def preload_forkserver(modules: tuple[str, ...] = ()) -> bool:
-    """Have the forkserver import pooly's worker code (and ``modules``) once, up front.
-
-    Every worker forked from it then starts with them already imported: without this each
-    new worker imports pooly itself, which made a SIGKILLed worker's replacement ~5x slower
-    here. Takes effect only if the forkserver is not running yet (it is process-wide and
-    started on first use); returns whether it did.
-    """
-    from multiprocessing import forkserver
-
-    server = forkserver._forkserver
-    if getattr(server, "_forkserver_pid", None) is not None:
-        return False
-    current = list(getattr(server, "_preload_modules", []))
-    wanted = [m for m in ("pooly._worker", *modules) if m not in current]
-    if wanted:
-        multiprocessing.get_context("forkserver").set_forkserver_preload(current + wanted)
-    return True
 
 
 def make_payload(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
