@@ -42,7 +42,8 @@ class VirtualClock:
 
     ``autojump_threshold`` (real seconds, default ``inf``: never): when a supervisor has waited
     that long for a deadline with nothing else happening, time jumps to the earliest deadline
-    any supervisor using this clock is waiting for.
+    any supervisor using this clock is waiting for. It is a plain attribute: set it once a
+    test has scheduled what it needs (as with trio's ``MockClock``).
     """
 
     def __init__(self, start: float = 0.0, *, autojump_threshold: float = math.inf) -> None:

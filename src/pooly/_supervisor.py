@@ -647,7 +647,9 @@ class Supervisor:
         """Stop a child (graceful, then kill) and forget its spec.
 
         ``only_if``: act only while that very child is the one running under the id (a
-        request about one instance must not hit its replacement).
+        request about one instance must not hit its replacement). A start may hand its child
+        out before it returns: a request about the child of a start still in flight is
+        decided once that start has returned.
         """
         self._call(lambda: self._terminate_child(child_id, only_if), wait)
 
