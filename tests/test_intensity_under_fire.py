@@ -101,7 +101,9 @@ class NeighbourUser(threading.Thread):
         pytest.param(1, 3, "exit", 0.3, id="size1-restarts3-os_exit"),
         # size 2: the deaths come in waves of two; max_restarts + 1 = 4 ends a wave, so the
         # last replacement started (for death 3) still has `delay` to live when the pool
-        # fails on death 4, and is stopped by the pool, not by its own timer.
+        # fails on death 4, and is stopped by the pool, not by its own timer. Starts run off
+        # the supervisor's loop, so death 4 (a moment after death 3) may be handled while
+        # that replacement is still starting: the failure then cuts its start short.
         pytest.param(2, 3, "kill", 0.6, id="size2-restarts3-sigkill"),
     ],
 )
@@ -155,14 +157,19 @@ def test_crash_loop_fails_within_intensity_while_neighbours_serve(
         # -- exactly max_restarts + 1 deaths, counted by the workers themselves
         assert wait_for(lambda: bad.worker_pids() == [])
         started = recorded(str(records), "started")
-        assert len(started) == size + max_restarts, sorted(started)
+        s = bad.status()
+        # Replacements that finished starting (see the size-2 case above: the last one may
+        # have been cut short, before or after its constructor ran).
+        replaced = s.replaced
+        assert replaced in ((max_restarts - 1, max_restarts) if size > 1 else (max_restarts,)), s
+        assert size + replaced <= len(started) <= size + max_restarts, (sorted(started), s)
         assert wait_for(lambda: all(gone(pid) for pid in started))
         crashed = recorded(str(records), "crashed")
         assert len(crashed) == max_restarts + 1, (sorted(crashed), sorted(started))
         assert max(crashed.values()) - min(crashed.values()) < 60  # inside max_seconds
         s = bad.status()
         assert (s.state, s.idle, s.busy, s.waiting) == ("failed", 0, 0, 0), s
-        assert (s.crashed, s.replaced) == (max_restarts + 1, max_restarts), s
+        assert s.crashed == max_restarts + 1, s
 
         # -- every death hit its holder's call, with the worker's own exit status
         got = sorted((e.pid, e.exitcode) for u in users for e in u.crashes)
@@ -170,9 +177,10 @@ def test_crash_loop_fails_within_intensity_while_neighbours_serve(
             (pid, EXITCODE[how]) for pid in crashed
         )
         assert [u.unexpected for u in users] == [[]] * len(users)
-        # FIFO: one worker each for the first size + max_restarts users, none for the rest
-        assert [len(u.served) for u in users] == [1] * (size + max_restarts) + [0, 0]
-        assert {pid for u in users for pid in u.served} == set(started)
+        # FIFO: one worker each for the first size + replaced users, none for the rest
+        served = [len(u.served) for u in users]
+        assert served == [1] * (size + replaced) + [0] * (len(users) - size - replaced)
+        assert {pid for u in users for pid in u.served} <= set(started)
 
         # -- every user ends with a clear PoolFailed; the last two waited from the start
         for u in users:

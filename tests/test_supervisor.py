@@ -8,7 +8,10 @@ listener events or polled with a deadline, never with a bare sleep.
 
 from __future__ import annotations
 
+import functools
+import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -22,6 +25,8 @@ import pytest
 
 import pooly
 from pooly import ChildSpec, ExitReason, ProcessChild, Supervisor, SupervisorListener
+from pooly import _supervisor as pooly_sup
+from pooly._clock import VirtualClock
 from tests.conftest import gone, wait_for
 from tests.sup_children import exit_now, exit_on_command, ignore_sigterm, run_forever
 
@@ -499,14 +504,21 @@ def test_listener_hears_each_child_on_stop(start) -> None:
 # ---------------------------------------------------------------------- start failure
 
 
+@pytest.mark.parametrize("strategy", ["one_for_all", "one_for_one"])
 @pytest.mark.parametrize("failure", ["start raises", "target not picklable"])
-def test_start_failure_stops_the_children_already_started(supervisors, failure: str) -> None:
+def test_start_failure_stops_the_children_already_started(
+    supervisors, failure: str, strategy: str
+) -> None:
+    """In order (one_for_all/rest_for_one) the children after the failing one never start;
+    concurrently (one_for_one) they may have: every child started is stopped either way."""
+    lock = threading.Lock()
     started: list[ProcessChild] = []
     later_calls: list[str] = []
 
     def first() -> ProcessChild:
         child = ProcessChild(run_forever)
-        started.append(child)
+        with lock:
+            started.append(child)
         return child
 
     def boom() -> pooly.Child:
@@ -523,16 +535,23 @@ def test_start_failure_stops_the_children_already_started(supervisors, failure: 
         expected = (AttributeError, pickle.PicklingError, TypeError)
 
     def later() -> pooly.Child:
-        later_calls.append("c")
-        return ProcessChild(run_forever)
+        child = ProcessChild(run_forever)
+        with lock:
+            later_calls.append("c")
+            started.append(child)
+        return child
 
-    sup = Supervisor([ChildSpec("a", first), ChildSpec("a2", first), bad, ChildSpec("c", later)])
+    sup = Supervisor(
+        [ChildSpec("a", first), ChildSpec("a2", first), bad, ChildSpec("c", later)],
+        strategy=strategy,  # type: ignore[arg-type]
+    )
     supervisors.append(sup)
     with pytest.raises(expected):
         sup.start()
-    assert len(started) == 2
     assert all_gone([c.pid for c in started])
-    assert later_calls == [], "children after the failing one must not start"
+    if strategy == "one_for_all":
+        assert len(started) == 2
+        assert later_calls == [], "children after the failing one must not start"
     assert not sup.running
     with pytest.raises(RuntimeError):
         sup.start_child(ProcessChild.spec("x", run_forever))
@@ -713,3 +732,836 @@ def test_a_supervisor_starts_only_once(start) -> None:
     with pytest.raises(RuntimeError):
         sup.start()
     assert len(pids(sup)) == 1
+
+
+# ---------------------------------------------------------------------- listeners (issue 6)
+
+
+class Raising(Recorder):
+    """Records like a Recorder, then raises from the hooks named in ``bad``."""
+
+    def __init__(self, *bad: str, exc: type[BaseException] = RuntimeError) -> None:
+        super().__init__()
+        self.bad = set(bad)
+        self.exc = exc
+
+    def child_exited(
+        self, child_id: Hashable, child: pooly.Child, reason: ExitReason, restarting: bool
+    ) -> None:
+        super().child_exited(child_id, child, reason, restarting)
+        if "child_exited" in self.bad:
+            raise self.exc("listener bug in child_exited")
+
+    def supervisor_failed(self, reason: ExitReason) -> None:
+        super().supervisor_failed(reason)
+        if "supervisor_failed" in self.bad:
+            raise self.exc("listener bug in supervisor_failed")
+
+
+def stop_within(sup: Supervisor, seconds: float) -> ExitReason:
+    """sup.stop() from another thread; fails (instead of hanging the test) past ``seconds``."""
+    out: list[ExitReason] = []
+    th = threading.Thread(target=lambda: out.append(sup.stop()), daemon=True)
+    th.start()
+    th.join(seconds)
+    assert not th.is_alive(), f"stop() still blocked after {seconds}s"
+    return out[0]
+
+
+def test_a_raising_listener_is_logged_and_removed_and_the_loop_lives_on(
+    start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect I of issue 6: an exception raised by a listener hook killed the supervisor's loop
+    thread; crashes were no longer handled and stop() then hung forever."""
+    bad, good = Raising("child_exited"), Recorder()
+    sup = start(
+        [ProcessChild.spec("a", run_forever)],
+        listeners=[bad, good],
+        max_restarts=10,
+        clock=FakeClock(),
+    )
+    a1 = pids(sup)["a"]
+    with caplog.at_level("ERROR", logger="pooly.supervisor"):
+        a2 = crash(sup, "a")  # the loop still restarts after the hook raised
+        a3 = crash(sup, "a")
+    assert len({a1, a2, a3}) == 3
+    assert [p for p, _, _ in bad.exits_of("a")] == [a1], "a raising listener must be removed"
+    assert [p for p, _, _ in good.exits_of("a")] == [a1, a2], "other listeners keep hearing"
+    [record] = [r for r in caplog.records if r.name == "pooly.supervisor"]
+    assert (
+        record.exc_info is not None
+        and "listener bug in child_exited" in record.getMessage() + str(record.exc_info[1])
+    )
+    assert "child_exited" in record.getMessage() and "removed" in record.getMessage()
+    assert sup.running and sup.failure is None
+    assert stop_within(sup, 10).normal
+    assert all_gone([a3])
+
+
+def test_a_listener_raising_while_the_supervisor_stops_does_not_hang_stop(start) -> None:
+    """Defect I of issue 6: the stop path notifies listeners too; one that raises there must
+    not leave stop() waiting forever or a child running."""
+    sup = start([ProcessChild.spec(c, run_forever) for c in "ab"], listener=Raising("child_exited"))
+    before = pids(sup)
+    assert stop_within(sup, 10).normal
+    assert all_gone(before.values())
+
+
+def test_a_listener_raising_in_supervisor_failed_still_lets_the_supervisor_fail_cleanly(
+    start,
+) -> None:
+    bad, good = Raising("supervisor_failed"), Recorder()
+    sup = start(
+        [ProcessChild.spec("a", run_forever), ProcessChild.spec("b", run_forever)],
+        listeners=[bad, good],
+        max_restarts=0,
+        clock=FakeClock(),
+    )
+    b = pids(sup)["b"]
+    os.kill(pids(sup)["a"], signal.SIGKILL)
+    assert sup.wait(10), "the supervisor did not end after exceeding its intensity"
+    assert sup.failure is not None
+    assert good.failures == [sup.failure] and bad.failures == [sup.failure]
+    assert [cid for cid, _, _, _ in good.exits] == ["a", "b"]
+    assert all_gone([b])
+
+
+def test_a_listener_raising_system_exit_fails_the_supervisor_without_hanging(start) -> None:
+    """Not an Exception: it is not swallowed; the loop ends the supervisor (failed, children
+    killed) and stop() still returns."""
+    sup = start(
+        [ProcessChild.spec("a", run_forever), ProcessChild.spec("b", run_forever)],
+        listener=Raising("child_exited", exc=SystemExit),
+    )
+    b = pids(sup)["b"]
+    os.kill(pids(sup)["a"], signal.SIGKILL)
+    assert sup.wait(10)
+    assert sup.failure is not None and "SystemExit" in sup.failure.detail
+    stop_within(sup, 10)
+    assert all_gone([b])
+
+
+def test_listeners_can_be_added_and_removed_while_running(start) -> None:
+    first, late = Recorder(), Recorder()
+    sup = start([ProcessChild.spec("a", run_forever)], listener=first, clock=FakeClock())
+    a1 = pids(sup)["a"]
+    sup.add_listener(late)
+    a2 = crash(sup, "a")
+    sup.remove_listener(first)
+    crash(sup, "a")
+    assert [p for p, _, _ in first.exits_of("a")] == [a1]
+    assert [p for p, _, _ in late.exits_of("a")] == [a1, a2]
+    with pytest.raises(ValueError, match="not a listener"):
+        sup.remove_listener(first)
+    with pytest.raises(TypeError, match="listener"):
+        sup.add_listener(object())  # type: ignore[arg-type]
+
+
+def test_listener_options_are_checked() -> None:
+    with pytest.raises(TypeError, match="listeners"):
+        Supervisor(listeners=[object()])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="listener"):
+        Supervisor(listener=42)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- no deadline from above
+
+
+class EndsLater(pooly.PassiveChild):
+    """A child that takes ``linger`` seconds to end after terminate (a thread ends it); kill
+    ends it at once. ``how`` says which happened."""
+
+    def __init__(self, linger: float) -> None:
+        super().__init__()
+        self.linger = linger
+        self.how: str | None = None
+
+    def terminate(self) -> None:
+        threading.Timer(self.linger, self._end, ("terminated",)).start()
+
+    def kill(self) -> None:
+        self._end("killed")
+
+    def _end(self, how: str) -> None:
+        if self.how is None:
+            self.how = how
+        super().terminate()
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(0.1, "killed"), (math.inf, "terminated")])
+def test_a_supervisor_child_with_no_shutdown_deadline_lets_its_children_take_theirs(
+    start, cap: float, expected: str
+) -> None:
+    """Defect P of issue 6 (the mechanism): a finite shutdown on a supervisor child cuts its own
+    children's longer graceful stops short; math.inf leaves each child its own deadline."""
+    leaf = EndsLater(0.4)
+
+    def start_sub() -> Supervisor:
+        return Supervisor([ChildSpec("leaf", lambda: leaf, shutdown=2.0)], name="sub").start()
+
+    top = start([ChildSpec("sub", start_sub, shutdown=cap)], name="top")
+    t0 = time.monotonic()
+    assert stop_within(top, 10).normal
+    elapsed = time.monotonic() - t0
+    assert leaf.how == expected
+    if expected == "terminated":
+        assert 0.35 <= elapsed < 2.0, elapsed
+
+
+def test_child_spec_shutdown_none_means_no_limit() -> None:
+    assert ChildSpec("a", lambda: EndsLater(0), shutdown=None).shutdown == math.inf  # type: ignore[arg-type]
+    assert ChildSpec("a", lambda: EndsLater(0), shutdown=math.inf).shutdown == math.inf
+    for bad in (math.nan, -0.5, "5", True):
+        with pytest.raises(ValueError, match="shutdown"):
+            ChildSpec("a", lambda: EndsLater(0), shutdown=bad)  # type: ignore[arg-type]
+
+
+def _tree_specs(p: pooly.Pooly, name: str) -> dict[str, float]:
+    """The shutdown deadline of each level on the way from the top to a pool's worker w0."""
+    top = p._top
+    pools = top.which_children()[1][1]
+    assert isinstance(pools, Supervisor)
+    tree = dict((cid, c) for cid, c, _ in pools.which_children())[name]
+    assert isinstance(tree, Supervisor)
+    workers = dict((cid, c) for cid, c, _ in tree.which_children())["workers"]
+    assert isinstance(workers, Supervisor)
+    return {
+        "pools": top.child_spec("pools").shutdown,
+        "pool": pools.child_spec(name).shutdown,
+        "workers": tree.child_spec("workers").shutdown,
+        "w0": workers.child_spec("w0").shutdown,
+    }
+
+
+def test_pooly_puts_no_deadline_above_a_pools_own_shutdown_timeout() -> None:
+    """Defect P of issue 6: the top supervisor gave its "pools" child a fixed 60 s shutdown, so a
+    66 s call under shutdown_timeout=90 was killed at 60 s. Only the workers carry deadlines:
+    every supervisor level above them waits for them."""
+    from tests.workers import Counter
+
+    with pooly.Pooly() as p:
+        p.start_pool("long", Counter, size=1, shutdown_timeout=90)
+        assert _tree_specs(p, "long") == {
+            "pools": math.inf,
+            "pool": math.inf,
+            "workers": math.inf,
+            "w0": 90,
+        }
+
+
+@pytest.mark.timeout(30)
+def test_pooly_stop_lets_a_call_finish_within_the_pools_shutdown_timeout_then_kills(
+    tmp_path,
+) -> None:
+    """Defect P of issue 6, end to end with small numbers: stop() waits out the pool's own
+    shutdown_timeout (a call shorter than it completes; a longer one is killed at it)."""
+    from tests.workers import Gated
+
+    p = pooly.Pooly()
+    pool = p.start_pool("p", Gated, size=2, shutdown_timeout=1.5)
+    results: dict[str, object] = {}
+
+    def call(key: str, seconds: float) -> None:
+        lease = pool.checkout()
+        try:
+            results[key] = lease.sleep_marked(str(tmp_path / key), seconds)
+        except Exception as e:
+            results[key] = e
+
+    threads = [
+        threading.Thread(target=call, args=("short", 1.0)),
+        threading.Thread(target=call, args=("long", 30.0)),
+    ]
+    for th in threads:
+        th.start()
+    assert wait_for(lambda: all((tmp_path / k).exists() for k in ("short", "long")))
+    t0 = time.monotonic()
+    p.stop()
+    elapsed = time.monotonic() - t0
+    for th in threads:
+        th.join(10)
+    assert results["short"] == 1.0, results
+    assert isinstance(results["long"], pooly.WorkerCrashed), results
+    assert 1.4 <= elapsed < 4.0, elapsed
+
+
+# ---------------------------------------------------------------------- timers, one clock
+
+
+class Calls:
+    """Records timer calls: (tag, clock time, thread name)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, float, str]] = []
+
+    def __call__(self, tag: str) -> None:
+        with self.lock:
+            self.calls.append((tag, self.clock(), threading.current_thread().name))
+
+    def tags(self) -> list[str]:
+        with self.lock:
+            return [t for t, _, _ in self.calls]
+
+
+def test_timers_run_on_the_loop_thread_in_virtual_time_in_order(start) -> None:
+    clock = VirtualClock(100.0)
+    calls = Calls(clock)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock, name="timers")
+    late = sup.call_later(10, calls, "late")
+    sup.call_at(105, calls, "early")
+    sup.call_at(105, calls, "early-2")  # same time: in the order scheduled
+    dropped = sup.call_later(7, calls, "dropped")
+    assert (late.when, late.cancelled) == (110, False)
+    dropped.cancel()
+    clock.advance(5)
+    assert wait_for(lambda: calls.tags() == ["early", "early-2"])
+    clock.advance(4.9)  # 109.9: nothing due; a timer at 109.9 shows the loop has looked
+    sup.call_at(109.9, calls, "probe")
+    assert wait_for(lambda: "probe" in calls.tags())
+    assert "late" not in calls.tags() and "dropped" not in calls.tags()
+    clock.advance(0.1)
+    assert wait_for(lambda: "late" in calls.tags())
+    assert calls.calls == [
+        ("early", 105, "pooly-timers"),
+        ("early-2", 105, "pooly-timers"),
+        ("probe", 109.9, "pooly-timers"),
+        ("late", 110, "pooly-timers"),
+    ]
+    assert dropped.cancelled
+
+
+def test_autojump_runs_a_timer_an_hour_away_at_once(start) -> None:
+    clock = VirtualClock(0.0)
+    calls = Calls(clock)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock)
+    t0 = time.monotonic()
+    sup.call_later(3600, calls, "hour")
+    sup.call_later(60, calls, "minute")
+    clock.autojump_threshold = 0  # from now on (both timers are set)
+    assert wait_for(lambda: len(calls.tags()) == 2)
+    assert time.monotonic() - t0 < 2.0
+    assert [(t, when) for t, when, _ in calls.calls] == [("minute", 60), ("hour", 3600)]
+
+
+def test_autojump_goes_to_the_earliest_deadline_of_every_supervisor_on_the_clock(start) -> None:
+    clock = VirtualClock(0.0)
+    calls = Calls(clock)
+    one = start([ProcessChild.spec("a", run_forever)], clock=clock, name="one")
+    two = start([ProcessChild.spec("a", run_forever)], clock=clock, name="two")
+    for i in range(1, 6):
+        one.call_at(100 * i, calls, f"one@{100 * i}")
+        two.call_at(100 * i + 50, calls, f"two@{100 * i + 50}")
+    clock.autojump_threshold = 0.02
+    assert wait_for(lambda: len(calls.tags()) == 10)
+    # Never skipped past: each ran at its own time, whichever loop made time jump.
+    assert all(when == float(tag.split("@")[1]) for tag, when, _ in calls.calls), calls.calls
+
+
+def test_a_timer_that_raises_is_logged_and_later_timers_still_run(
+    start, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = VirtualClock()
+    calls = Calls(clock)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock)
+
+    def boom() -> None:
+        raise RuntimeError("timer bug")
+
+    with caplog.at_level("ERROR", logger="pooly.supervisor"):
+        sup.call_later(1, boom)
+        sup.call_later(2, calls, "after")
+        clock.advance(2)
+        assert wait_for(lambda: calls.tags() == ["after"])
+    [record] = [r for r in caplog.records if "timer" in r.getMessage()]
+    assert record.exc_info is not None and "timer bug" in str(record.exc_info[1])
+    assert sup.running and sup.failure is None
+
+
+def test_timers_can_schedule_timers_and_act_on_the_supervisor(start) -> None:
+    """A timer runs on the loop thread, so it may call the supervisor (here restart_child)."""
+    clock = VirtualClock(autojump_threshold=0)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock)
+    a1 = pids(sup)["a"]
+    sup.call_later(30, lambda: sup.call_later(30, sup.restart_child, "a"))
+    new = wait_new_pid(sup, "a", a1)
+    assert new != a1 and all_gone([a1])
+    assert clock() >= 60
+
+
+def test_timers_of_a_stopped_supervisor_never_run(start) -> None:
+    clock = VirtualClock()
+    calls = Calls(clock)
+    sup = start([ProcessChild.spec("a", run_forever)], clock=clock)
+    pending = sup.call_later(5, calls, "pending")
+    sup.stop()
+    assert pending.cancelled
+    late = sup.call_later(0, calls, "late")
+    assert late.cancelled
+    clock.advance(10)
+    assert calls.tags() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ((-1, print), ValueError),
+        ((math.nan, print), ValueError),
+        (("1", print), ValueError),
+        ((1, "not callable"), TypeError),
+    ],
+)
+def test_call_later_refuses_bad_input(start, args: tuple[object, object], error: type) -> None:
+    sup = start([ProcessChild.spec("a", run_forever)])
+    with pytest.raises(error):
+        sup.call_later(*args)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="when"):
+        sup.call_at(math.nan, print)
+
+
+def test_shutdown_deadlines_read_the_supervisors_clock(start) -> None:
+    """A child that ignores SIGTERM with an hour's shutdown time: killed when the *virtual*
+    hour has passed (at once, with autojump), not after a real one."""
+    parent, child_end = multiprocessing.Pipe()
+    clock = VirtualClock(0.0, autojump_threshold=0.05)
+    rec = Recorder()
+    sup = start(
+        [ProcessChild.spec("stubborn", ignore_sigterm, (child_end,), shutdown=3600)],
+        clock=clock,
+        listener=rec,
+    )
+    pid = expect_ready(parent)
+    t0 = time.monotonic()
+    sup.stop()
+    assert time.monotonic() - t0 < 3.0
+    assert clock() == 3600
+    [(_, reason, _)] = rec.exits_of("stubborn")
+    assert reason.exitcode == -signal.SIGKILL and gone(pid)
+
+
+def test_shutdown_deadline_waits_for_the_clock_to_move(start) -> None:
+    parent, child_end = multiprocessing.Pipe()
+    clock = VirtualClock(0.0)
+    sup = start(
+        [ProcessChild.spec("stubborn", ignore_sigterm, (child_end,), shutdown=30)], clock=clock
+    )
+    pid = expect_ready(parent)
+    th = threading.Thread(target=sup.stop)
+    th.start()
+    assert wait_for(lambda: clock.deadlines() == [30])  # the stop is waiting for its deadline
+    clock.advance(29.9)
+    th.join(0.3)  # bounded: the stop must still be waiting for virtual time
+    assert th.is_alive() and alive(pid)
+    clock.advance(0.1)
+    th.join(5)
+    assert not th.is_alive() and all_gone([pid])
+
+
+def test_virtual_clock_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="start"):
+        VirtualClock(math.inf)
+    with pytest.raises(ValueError, match="autojump_threshold"):
+        VirtualClock(autojump_threshold=-1)
+    clock = VirtualClock(5)
+    with pytest.raises(ValueError, match="advance"):
+        clock.advance(-1)
+    clock.jump_to(3)  # never backwards
+    assert clock() == 5
+
+
+# ---------------------------------------------------------------------- starts off the loop
+
+
+class Gate:
+    """A start that blocks until the test opens the gate; counts how many run at once."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.entered = 0
+        self.cancelled: list[bool] = []
+
+    def enter(self) -> None:
+        with self.lock:
+            self.running += 1
+            self.entered += 1
+            self.most = max(self.most, self.running)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.running -= 1
+
+    def start(self) -> ProcessChild:
+        """Not cancellable: ignores a stop, returns once the gate opens."""
+        self.enter()
+        try:
+            assert self.opened.wait(20)
+            return ProcessChild(run_forever)
+        finally:
+            self.leave()
+
+    def start_cancellable(self, cancel: pooly_sup.CancelToken) -> ProcessChild:
+        """Waits for the gate or the cancel, whichever first (a handshake would do this)."""
+        self.enter()
+        try:
+            ready = multiprocessing.connection.wait([cancel, self._gate_fd()], 20)
+            with self.lock:
+                self.cancelled.append(cancel.cancelled)
+            if cancel.cancelled:
+                raise pooly_sup.StartCancelled("gate start cancelled")
+            assert ready
+            return ProcessChild(run_forever)
+        finally:
+            self.leave()
+
+    def _gate_fd(self) -> int:
+        with self.lock:
+            if not hasattr(self, "_r"):
+                self._r, self._w = os.pipe()
+            return self._r
+
+    def open(self) -> None:
+        self.opened.set()
+        self._gate_fd()
+        os.write(self._w, b"x")
+
+
+def test_other_exits_are_handled_while_a_restart_is_starting(start) -> None:
+    """Seam 1 of issue 6: the loop only waits and decides. A start that hangs (a slow worker
+    constructor) no longer keeps the supervisor from reaping and restarting another child."""
+    gate, rec = Gate(), Recorder()
+    first = [True]
+
+    def slow_on_restart() -> ProcessChild:
+        if first[0]:
+            first[0] = False
+            return ProcessChild(run_forever)
+        return gate.start()
+
+    sup = start(
+        [ChildSpec("slow", slow_on_restart), ProcessChild.spec("other", run_forever)],
+        listener=rec,
+        max_restarts=10,
+        clock=FakeClock(),
+    )
+    before = pids(sup)
+    os.kill(before["slow"], signal.SIGKILL)
+    assert wait_for(lambda: gate.entered == 1)  # the restart is stuck in its start
+    t0 = time.monotonic()
+    other2 = crash(sup, "other")
+    assert time.monotonic() - t0 < 2.0
+    [(pid, reason, again)] = rec.exits_of("other")
+    assert (pid, reason.exitcode, again) == (before["other"], -signal.SIGKILL, True)
+    assert "slow" not in pids(sup)
+    gate.open()
+    wait_new_pid(sup, "slow", before["slow"])
+    assert pids(sup)["other"] == other2
+
+
+def test_stop_cuts_a_cancellable_start_short(start) -> None:
+    gate = Gate()
+    first = [True]
+
+    def start_fn(cancel: pooly_sup.CancelToken) -> ProcessChild:
+        if first[0]:
+            first[0] = False
+            return ProcessChild(run_forever)
+        return gate.start_cancellable(cancel)
+
+    sup = start([ChildSpec("c", start_fn, cancellable=True, shutdown=30)], clock=FakeClock())
+    os.kill(pids(sup)["c"], signal.SIGKILL)
+    assert wait_for(lambda: gate.entered == 1)
+    t0 = time.monotonic()
+    assert stop_within(sup, 10).normal
+    assert time.monotonic() - t0 < 2.0, "stop waited for the start instead of cancelling it"
+    assert gate.cancelled == [True] and gate.running == 0
+
+
+def test_stop_abandons_a_start_that_ignores_the_cancel_after_its_shutdown_time(
+    start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start is left to its thread; when it returns a child after all, that thread stops
+    the child: nothing is left running."""
+    gate = Gate()
+    started: list[ProcessChild] = []
+    first = [True]
+
+    def start_fn() -> ProcessChild:
+        if first[0]:
+            first[0] = False
+            return ProcessChild(run_forever)
+        child = gate.start()
+        started.append(child)
+        return child
+
+    sup = start([ChildSpec("c", start_fn, shutdown=0.3)])  # real time: the deadline must pass
+    os.kill(pids(sup)["c"], signal.SIGKILL)
+    assert wait_for(lambda: gate.entered == 1)
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="pooly.supervisor"):
+        stop_within(sup, 10)
+        assert 0.25 <= time.monotonic() - t0 < 3.0
+        gate.open()
+        assert wait_for(lambda: started and gone(started[0].pid))
+        assert wait_for(lambda: "stopping it" in caplog.text)
+    assert "did not return within 0.3s" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["terminate_child", "restart_child"])
+def test_terminating_or_restarting_a_child_cancels_its_start(start, how: str) -> None:
+    gate = Gate()
+    calls = [0]
+
+    def start_fn(cancel: pooly_sup.CancelToken) -> ProcessChild:
+        calls[0] += 1
+        if calls[0] == 2:  # only the restart after the crash is slow
+            return gate.start_cancellable(cancel)
+        return ProcessChild(run_forever)
+
+    sup = start([ChildSpec("c", start_fn, cancellable=True)], clock=FakeClock())
+    c1 = pids(sup)["c"]
+    os.kill(c1, signal.SIGKILL)
+    assert wait_for(lambda: gate.entered == 1)
+    t0 = time.monotonic()
+    getattr(sup, how)("c")
+    assert time.monotonic() - t0 < 2.0
+    assert gate.cancelled == [True]
+    if how == "terminate_child":
+        assert sup.which_children() == []
+    else:
+        assert calls[0] == 3 and alive(pids(sup)["c"])
+
+
+def test_one_for_one_starts_its_children_concurrently(start) -> None:
+    """Seam 1 of issue 6: a pool of size 2 with a 3 s constructor started in 6 s. All three
+    starts must be running at once to pass the barrier."""
+    barrier = threading.Barrier(3, timeout=10)
+
+    def together() -> ProcessChild:
+        barrier.wait()
+        return ProcessChild(run_forever)
+
+    sup = start([ChildSpec(c, together) for c in "abc"])
+    assert len(pids(sup)) == 3
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+def test_ordered_strategies_start_one_child_after_another(start, strategy: str) -> None:
+    gate, order = Gate(), []
+
+    def in_order(cid: str) -> ProcessChild:
+        gate.enter()
+        try:
+            order.append(cid)
+            return ProcessChild(run_forever)
+        finally:
+            gate.leave()
+
+    sup = start([ChildSpec(c, functools.partial(in_order, c)) for c in "abcd"], strategy=strategy)
+    assert order == list("abcd") and gate.most == 1
+    # A restart of the group keeps the order too.
+    os.kill(pids(sup)["b"], signal.SIGKILL)
+    assert wait_for(lambda: len(order) >= 7 and len(pids(sup)) == 4)
+    assert order[4:] == (list("abcd") if strategy == "one_for_all" else list("bcd"))
+    assert gate.most == 1
+
+
+def test_replacements_after_a_burst_of_crashes_start_concurrently(start) -> None:
+    barrier = threading.Barrier(3, timeout=10)
+    calls = {c: 0 for c in "abc"}
+
+    def start_fn(cid: str) -> ProcessChild:
+        calls[cid] += 1
+        if calls[cid] == 2:
+            barrier.wait()  # passes only if the three replacements start at once
+        return ProcessChild(run_forever)
+
+    sup = start(
+        [ChildSpec(c, functools.partial(start_fn, c)) for c in "abc"],
+        max_restarts=5,
+        clock=FakeClock(),
+    )
+    before = pids(sup)
+    for pid in before.values():
+        os.kill(pid, signal.SIGKILL)
+    assert wait_for(
+        lambda: len(pids(sup)) == 3 and not set(pids(sup).values()) & set(before.values())
+    )
+    assert sup.running and not barrier.broken
+
+
+def test_a_failed_restart_counts_against_intensity(start) -> None:
+    rec = Recorder()
+    calls = [0]
+
+    def flaky() -> ProcessChild:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise RuntimeError("cannot start again")
+        return ProcessChild(run_forever)
+
+    sup = start(
+        [ChildSpec("f", flaky), ProcessChild.spec("other", run_forever)],
+        max_restarts=3,
+        clock=FakeClock(),
+        listener=rec,
+    )
+    other = pids(sup)["other"]
+    os.kill(pids(sup)["f"], signal.SIGKILL)  # restart 1; then 3 failed starts: 4 > 3
+    assert sup.wait(10)
+    assert calls[0] == 4
+    assert sup.failure is not None and "cannot start again" in sup.failure.detail
+    assert all_gone([other])
+
+
+def test_a_request_about_a_child_still_being_adopted_is_not_lost(start) -> None:
+    """A start may hand its child out before it returns (a pool makes a new worker available
+    from inside its start). A request bound to that instance (only_if) that reaches the loop
+    before the child is adopted waits for the start, instead of being dropped as stale."""
+    made: list[ProcessChild] = []
+
+    def start_fn() -> ProcessChild:
+        child = ProcessChild(run_forever)
+        made.append(child)
+        if len(made) == 2:  # the restart: ask for it to be restarted again, before returning
+            sup.restart_child("c", wait=False, only_if=child)
+        return child
+
+    sup = start([ChildSpec("c", start_fn)], max_restarts=5, clock=FakeClock())
+    os.kill(made[0].pid, signal.SIGKILL)
+    assert wait_for(lambda: len(made) == 3 and pids(sup).get("c") == made[2].pid)
+    assert all_gone([made[0].pid, made[1].pid])
+
+
+def test_a_cancelled_supervisor_start_stops_what_it_started(supervisors) -> None:
+    gate = Gate()
+    token = pooly_sup.CancelToken()
+    sup = Supervisor(
+        [
+            ProcessChild.spec("fast", run_forever),
+            ChildSpec("slow", gate.start_cancellable, cancellable=True),
+        ]
+    )
+    supervisors.append(sup)
+    out: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sup.start(token)
+        except BaseException as e:
+            out.append(e)
+
+    th = threading.Thread(target=run)
+    th.start()
+    assert wait_for(lambda: gate.entered == 1 and "fast" in pids(sup))
+    fast = pids(sup)["fast"]
+    token.cancel()
+    th.join(10)
+    assert len(out) == 1 and isinstance(out[0], pooly_sup.StartCancelled)
+    assert gate.cancelled == [True] and all_gone([fast])
+    assert not sup.running
+
+
+def test_cancel_token() -> None:
+    token = pooly_sup.CancelToken()
+    assert not token.cancelled
+    fd = token.fileno()
+    assert multiprocessing.connection.wait([fd], 0) == []
+    token.cancel()
+    token.cancel()
+    assert token.cancelled and multiprocessing.connection.wait([token], 0) == [token]
+    late = pooly_sup.CancelToken()
+    late.cancel()  # cancelled before anyone asked for the fd: readable all the same
+    assert multiprocessing.connection.wait([late], 0) == [late]
+    token._close()
+    with pytest.raises(ValueError, match="closed"):
+        token.fileno()
+    with pytest.raises(TypeError, match="cancellable"):
+        ChildSpec("x", lambda: None, cancellable=1)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- pools: slow starts
+
+
+@pytest.mark.timeout(40)
+def test_a_crash_reaches_its_holder_at_once_while_a_replacement_starts_slowly(
+    sup: pooly.Pooly, tmp_path
+) -> None:
+    """Defect D of issue 6: while a replacement ran a slow constructor (on the supervisor's
+    loop), another worker's death reached its holder only after 5 s, with exitcode None."""
+    from tests.workers import SlowInit
+
+    marker = tmp_path / "slow"
+    pool = sup.start_pool("d", SlowInit, args=(str(marker), 30.0), size=2, max_restarts=5)
+    a, b = pool.checkout(), pool.checkout()
+    marker.touch()  # from now on every constructor takes 30 s
+    os.kill(a.pid, signal.SIGKILL)
+    assert wait_for(lambda: pool.status().crashed == 1)  # its replacement is starting now
+    t0 = time.monotonic()
+    with pytest.raises(pooly.WorkerCrashed) as ei:
+        b.kill_self()
+    elapsed = time.monotonic() - t0
+    assert (ei.value.pid, ei.value.exitcode) == (b.pid, -signal.SIGKILL)
+    assert elapsed < 1.5, elapsed
+
+
+@pytest.mark.timeout(40)
+def test_stop_pool_cuts_a_slow_replacement_start_short(sup: pooly.Pooly, tmp_path) -> None:
+    """Defect H of issue 6: stop_pool during a slow start waited out the constructor (19.5 s
+    with shutdown_timeout=1)."""
+    from tests.workers import SlowInit
+
+    marker = tmp_path / "slow"
+    pool = sup.start_pool(
+        "h", SlowInit, args=(str(marker), 60.0), size=1, shutdown_timeout=1, max_restarts=5
+    )
+    (pid,) = pool.worker_pids()
+    marker.touch()
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: pool.status().crashed == 1)  # the replacement is starting
+    t0 = time.monotonic()
+    sup.stop_pool("h")
+    assert time.monotonic() - t0 < 1 + 2.0
+    # (the leftover-process check after the test proves the slow worker is gone)
+
+
+@pytest.mark.timeout(40)
+def test_pooly_stop_cuts_a_start_pool_in_progress_short(tmp_path) -> None:
+    from tests.chaos_workers import RecordedSlowInit, recorded
+
+    p = pooly.Pooly()
+    out: list[BaseException | str] = []
+
+    def starter() -> None:
+        try:
+            p.start_pool("s", RecordedSlowInit, args=(str(tmp_path), "", 60.0), size=2)
+            out.append("started")
+        except BaseException as e:
+            out.append(e)
+
+    th = threading.Thread(target=starter)
+    th.start()
+    assert wait_for(lambda: len(recorded(str(tmp_path), "started")) == 2, 10)
+    t0 = time.monotonic()
+    p.stop()
+    assert time.monotonic() - t0 < 5.0
+    th.join(10)
+    assert len(out) == 1 and isinstance(out[0], pooly.PoolyError), out
+
+
+@pytest.mark.timeout(40)
+def test_a_pools_workers_start_concurrently(sup: pooly.Pooly, tmp_path) -> None:
+    """Seam 1 of issue 6: start_pool(size=2) with a slow constructor cost two constructors
+    (16.6 s with a 3 s model load); it must cost about one."""
+    from tests.workers import SlowInit
+
+    marker = tmp_path / "slow"
+    marker.touch()
+    t0 = time.monotonic()
+    pool = sup.start_pool("c", SlowInit, args=(str(marker), 2.0), size=2)
+    elapsed = time.monotonic() - t0
+    assert len(pool.worker_pids()) == 2
+    assert 2.0 <= elapsed < 1.5 * 2.0, elapsed

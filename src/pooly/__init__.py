@@ -1,7 +1,8 @@
 """Pooly: Erlang/OTP-style supervised pools of worker processes.
 
 Re-exports only; the implementation lives in the private modules:
-``_supervisor`` (the reusable supervisor), ``_worker`` (worker processes and their channel),
+``_supervisor`` (the reusable supervisor), ``_process`` (start methods, fd hygiene,
+``ProcessChild``), ``_worker`` (worker processes and their channel),
 ``_pool`` (the pool server and leases), ``_pooly`` (the top of the tree), ``_errors``.
 """
 
@@ -18,12 +19,12 @@ from ._errors import (
 )
 from ._pool import Lease, Pool, PoolStatus
 from ._pooly import Pooly
+from ._process import ProcessChild
 from ._supervisor import (
     Child,
     ChildSpec,
     ExitReason,
     PassiveChild,
-    ProcessChild,
     Supervisor,
     SupervisorListener,
 )

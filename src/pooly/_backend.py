@@ -26,8 +26,9 @@ import threading
 from typing import Any, Protocol
 
 from ._errors import WorkerCrashed
-from ._supervisor import ExitReason
-from ._worker import _HOST_FDS, WorkerProcess, preload_forkserver
+from ._process import _FDS_LOCK, _HOST_FDS, preload_forkserver
+from ._supervisor import CancelToken, ExitReason
+from ._worker import WorkerProcess
 from ._zygote import SUPPORTED as ZYGOTE_SUPPORTED
 from ._zygote import Zygote
 
@@ -68,7 +69,7 @@ class WorkerBackend(Protocol):
     """Starts a pool's workers. ``open`` before the first, ``close`` after the last ended."""
 
     def open(self) -> None: ...
-    def start_worker(self) -> WorkerHandle: ...
+    def start_worker(self, cancel: CancelToken | None = None) -> WorkerHandle: ...
     def close(self) -> None: ...
 
 
@@ -108,8 +109,9 @@ class LocalBackend:
 
     def open(self) -> None:
         """Make the alive pipe (and start the fork server). Undone by :meth:`close`."""
-        self.alive_r, self.alive_w = os.pipe()
-        _HOST_FDS.update((self.alive_r, self.alive_w))
+        with _FDS_LOCK:  # no fork between making them and registering them
+            self.alive_r, self.alive_w = os.pipe()
+            _HOST_FDS.update((self.alive_r, self.alive_w))
         try:
             if self._zygote_modules is not None:
                 self.zygote = Zygote(self.pool_name, self._zygote_modules, self.alive_r)
@@ -118,9 +120,11 @@ class LocalBackend:
             self.close()
             raise
 
-    def start_worker(self) -> WorkerProcess:
-        """Start one worker and wait until its object is constructed (WorkerStartError if not)."""
+    def start_worker(self, cancel: CancelToken | None = None) -> WorkerProcess:
+        """Start one worker and wait until its object is constructed (WorkerStartError if
+        not, or if ``cancel`` fires first)."""
         return WorkerProcess.start(
+            cancel=cancel,
             ctx=self._ctx,
             payload=self._payload,
             alive_fd=self.alive_r,

@@ -42,7 +42,9 @@ from ._errors import (
     WorkerStartError,
 )
 from ._owner import LeaseSet, current_leases
+from ._process import default_start_method
 from ._supervisor import (
+    CancelToken,
     Child,
     ChildSpec,
     ExitReason,
@@ -50,7 +52,7 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
-from ._worker import ChannelClosed, default_start_method, make_payload
+from ._worker import ChannelClosed, make_payload
 
 __all__ = ("Lease", "Pool", "PoolStatus")
 
@@ -388,11 +390,19 @@ class Pool(PassiveChild, SupervisorListener):
     # ------------------------------------------------------------------ the tree
 
     def _spec(self, wid: str, restart: Literal["permanent", "temporary"]) -> ChildSpec:
-        return ChildSpec(wid, functools.partial(self._spawn, wid), restart, self.shutdown_timeout)
+        return ChildSpec(
+            wid,
+            functools.partial(self._spawn, wid),
+            restart,
+            self.shutdown_timeout,
+            cancellable=True,
+        )
 
-    def _spawn(self, wid: str) -> WorkerHandle:
-        """Start one worker (the child start of every worker spec) and take it in."""
-        h = self._backend.start_worker()
+    def _spawn(self, wid: str, cancel: CancelToken | None = None) -> WorkerHandle:
+        """Start one worker (the child start of every worker spec: a starter thread, or the
+        checkout's thread for an overflow worker) and take it in. ``cancel``: the pool is
+        stopping."""
+        h = self._backend.start_worker(cancel)
         w = _Worker(h, wid, overflow=False)
         with self._lock:
             if wid in self._reserved:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -81,7 +82,8 @@ class Pooly:
         self._top = Supervisor(
             [
                 ChildSpec("server", functools.partial(_itself, self._registry), shutdown=1.0),
-                ChildSpec("pools", self._pools_sup.start, shutdown=60.0),
+                # No deadline from above: each pool's workers carry their own shutdown_timeout.
+                ChildSpec("pools", self._pools_sup.start, shutdown=math.inf),
             ],
             strategy="one_for_all",
             max_restarts=0,
@@ -151,7 +153,8 @@ class Pooly:
                     name,
                     functools.partial(start_pool_tree, pool),
                     restart="temporary",
-                    shutdown=pool.shutdown_timeout + 5.0,
+                    shutdown=math.inf,  # its workers carry the pool's shutdown_timeout
+                    cancellable=True,  # a stop during start_pool cuts the workers' starts
                 )
             )
         except RuntimeError as e:

@@ -6,30 +6,46 @@ becomes readable once the child has ended, can be asked to end (``terminate``) o
 (``kill``), and says how it ended (``reap``). Worker processes, pools and supervisors are all
 children, so supervisors nest into a tree.
 
-Each supervisor runs one thread, its *loop*, which is the only place children are restarted or
-stopped. It blocks in ``multiprocessing.connection.wait`` on its children's sentinels plus a
-wake-up pipe for requests from other threads, so exits are handled the moment they happen --
-no polling, no sleeps::
+Each supervisor runs one thread, its *loop*, which only waits and decides. It blocks in
+``multiprocessing.connection.wait`` on its children's sentinels plus a wake-up pipe, so exits
+are handled the moment they happen -- no polling, no sleeps. Starting a child can take long
+(a worker constructor loading a model), so starts never run on the loop: each runs on a
+starter thread of its own and reports back through the wake-up pipe; a stop cancels starts
+in flight (:class:`CancelToken`) and waits for them at most their shutdown time::
 
-     other threads                 supervisor loop thread
-     -------------                 ----------------------
-     start_child() --start-->  child (registered under the lock; loop woken)
-     terminate_child() --mailbox--> shut child down (terminate, deadline, kill)
-                                   wait([wake_r, sentinel...])
-     child ends ------------------> reap -> listener.child_exited -> restart per
-                                   strategy, counting restarts against intensity
-                                   too many -> stop all children, fail: our own
-                                   sentinel fires and the parent decides
+     other threads             supervisor loop thread              starter threads
+     -------------             ----------------------              ---------------
+     start_child() ---runs the start in the caller; adopted under the lock, loop woken
+     terminate_child() -mailbox-> shut child down (terminate,
+     restart_child()              deadline, kill); cancel its start
+                                  wait([wake_r, sentinel...],
+                                       next timer / deadline)
+     child ends -----------------> reap -> listeners.child_exited
+                                  restart per strategy ----------> spec.start(cancel)
+                                  (counted against intensity)       |
+                                  adopt the child <---- wake_r -----'  (a failed start
+                                  too many -> stop all children,       counts as a restart)
+                                  fail: our own sentinel fires and
+                                  the parent decides
 
-Restart intensity reads an injectable ``clock`` so tests run in virtual time. A supervisor with
-no parent that fails just stops its children and reports (log + :attr:`Supervisor.failure`):
-nothing here ever kills or exits the host program.
+``one_for_one`` children start concurrently (initially, and after a burst of crashes);
+``one_for_all``/``rest_for_one`` ones one after another, in order.
+
+Every deadline the supervisor reads -- restart intensity windows, shutdown deadlines and the
+timers it runs on its loop (:meth:`Supervisor.call_later`) -- comes from one injectable
+``clock``, and its waits compute their timeouts from it, so tests run in virtual time
+(:class:`pooly._clock.VirtualClock`). A supervisor with no parent that fails just stops its
+children and reports (log + :attr:`Supervisor.failure`): nothing here ever kills or exits the
+host program.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -37,16 +53,19 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from multiprocessing.connection import wait as _wait
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = (
+    "CancelToken",
     "Child",
     "ChildSpec",
     "ExitReason",
     "PassiveChild",
-    "ProcessChild",
+    "StartCancelled",
     "Supervisor",
     "SupervisorListener",
+    "TimerHandle",
+    "VirtualTime",
 )
 
 log = logging.getLogger("pooly.supervisor")
@@ -80,6 +99,59 @@ def wait_timeout(seconds: float | None) -> float | None:
     return None if seconds is None or seconds > _MAX_WAIT else seconds
 
 
+@runtime_checkable
+class VirtualTime(Protocol):
+    """A clock a supervisor can also *wait* on: virtual time for tests.
+
+    A plain ``clock`` callable (``time.monotonic``) is taken to run in real time: a wait for
+    a deadline blocks ``deadline - clock()`` seconds. A clock that also has these two methods
+    (:class:`pooly._clock.VirtualClock`) decides itself how long a wait blocks and may move
+    time on when a wait finds nothing to do.
+    """
+
+    def __call__(self) -> float:
+        """The current time, in (virtual) seconds."""
+        ...
+
+    def sleep_time(self, deadline: float) -> float:
+        """Real seconds to block when waiting for ``deadline`` (``inf``: no deadline) before
+        reading the clock again (``inf``: until an event)."""
+        ...
+
+    def idle(self, deadline: float) -> None:
+        """A wait for ``deadline`` timed out with nothing ready (time may jump forward)."""
+        ...
+
+
+class TimerHandle:
+    """A call scheduled with :meth:`Supervisor.call_at` / :meth:`Supervisor.call_later`.
+
+    ``when`` is on the supervisor's clock. :meth:`cancel` (any thread) makes sure it will not
+    run if it has not started yet.
+    """
+
+    __slots__ = ("_args", "_cancelled", "_fn", "when")
+
+    def __init__(self, when: float, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self._fn = fn
+        self._args = args
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Don't run the call (idempotent; no effect once it has run)."""
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancelled, or dropped because the supervisor stopped before it was due."""
+        return self._cancelled
+
+    def __repr__(self) -> str:
+        state = " cancelled" if self._cancelled else ""
+        return f"<TimerHandle when={self.when:g} {self._fn!r}{state}>"
+
+
 class Child(Protocol):
     """A running child. All methods are called from the supervisor's loop thread."""
 
@@ -105,30 +177,48 @@ class Child(Protocol):
 class ChildSpec:
     """How to start a child and what to do when it ends.
 
-    ``start`` is called (in whatever thread starts the child) and returns the running child,
-    or raises if the child could not start. ``restart`` is ``"permanent"`` (always restarted),
+    ``start`` is called and returns the running child, or raises if the child could not
+    start. It runs on a starter thread of its own (``pooly-<supervisor>-start-<id>``), or in
+    the caller's thread for :meth:`Supervisor.start_child`, never on the supervisor's loop.
+    With ``cancellable=True`` it is called as ``start(cancel)`` with a :class:`CancelToken`
+    that fires if the supervisor no longer wants the child while it is starting; a start that
+    waits on something should include the token in its wait, clean up what it started, and
+    raise (:class:`StartCancelled` fits). ``restart`` is ``"permanent"`` (always restarted),
     ``"transient"`` (restarted only after an abnormal exit; after a normal one its spec stays,
     with no child, for ``restart_child``) or ``"temporary"`` (never restarted; forgotten
     once it ends). ``shutdown`` is how many seconds a child gets to end after ``terminate``
-    before it is killed.
+    before it is killed (and how long a start that is cut short may take to give up);
+    ``math.inf`` (or ``None``, stored as ``math.inf``) sets no deadline from above -- right
+    for a child that is itself a supervisor, whose own children carry their deadlines (a
+    finite one would cut their graceful stops short).
     """
 
     id: Hashable
-    start: Callable[[], Child]
+    start: Callable[..., Child]
     restart: Restart = "permanent"
     shutdown: float = 5.0
+    cancellable: bool = False
 
     def __post_init__(self) -> None:
         if self.restart not in _RESTARTS:
             raise ValueError(f"restart must be one of {_RESTARTS}, got {self.restart!r}")
         if not callable(self.start):
             raise TypeError(f"start must be callable, got {self.start!r}")
+        if not isinstance(self.cancellable, bool):
+            raise TypeError(
+                f"child {self.id!r}: cancellable must be a bool, got {self.cancellable!r}"
+            )
+        if self.shutdown is None:
+            object.__setattr__(self, "shutdown", math.inf)
         if (
             isinstance(self.shutdown, bool)
             or not isinstance(self.shutdown, int | float)
             or not self.shutdown >= 0  # also refuses NaN
         ):
-            raise ValueError(f"shutdown must be a number of seconds >= 0, got {self.shutdown!r}")
+            raise ValueError(
+                f"child {self.id!r}: shutdown must be a number of seconds >= 0 (or math.inf/None "
+                f"for no limit), got {self.shutdown!r}"
+            )
 
 
 class SupervisorListener:
@@ -195,12 +285,127 @@ class PassiveChild:
             os.close(fd)
 
 
+class StartCancelled(RuntimeError):
+    """A start was cut short: the supervisor (or that child) was stopped while it ran.
+
+    Raised by :meth:`Supervisor.start` when its ``cancel`` token fires; a cancellable child
+    start may raise it too.
+    """
+
+
+class CancelToken:
+    """Tells a cancellable start (``ChildSpec(cancellable=True)``) that its child is no longer
+    wanted: the supervisor is stopping, or that child is being terminated or restarted.
+
+    ``cancelled`` turns True and ``fileno()`` becomes readable (a pipe, made on first use:
+    pass the token itself to ``select``/``multiprocessing.connection.wait`` next to what the
+    start waits for). Set by the thread stopping the child; read by the start's thread. The
+    supervisor gives a cancelled start up to the spec's ``shutdown`` seconds to return, then
+    leaves it: a start that sees the cancel must itself stop whatever it had started.
+    """
+
+    __slots__ = ("_cancelled", "_closed", "_lock", "_r", "_w")
+
+    def __init__(self) -> None:
+        self._cancelled = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._r = self._w = -1
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def fileno(self) -> int:
+        """A file descriptor that is readable once cancelled. Valid while the start runs."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("this cancel token is closed: its start has returned")
+            if self._r < 0:
+                self._r, self._w = os.pipe()
+                if self._cancelled:
+                    os.write(self._w, b"x")
+            return self._r
+
+    def cancel(self) -> None:
+        """Fire the token (idempotent; any thread)."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            # A byte rather than closing the write end: a process forked meanwhile may hold a
+            # copy of it, and would then hide an EOF.
+            if self._w >= 0:
+                os.write(self._w, b"x")
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for fd in (self._r, self._w):
+                if fd >= 0:
+                    os.close(fd)
+            self._r = self._w = -1
+
+    def __repr__(self) -> str:
+        return f"<CancelToken{' cancelled' if self._cancelled else ''}>"
+
+
+class _Start:
+    """One start in flight. ``done``/``abandoned`` are set under the supervisor's lock and
+    decide, once, who owns the result: done -> the supervisor; abandoned -> the starter."""
+
+    __slots__ = ("abandoned", "child", "deferred", "done", "error", "then", "token", "waiters")
+
+    def __init__(
+        self,
+        spec: ChildSpec,
+        then: tuple[Hashable, ...] = (),
+        waiters: list[Future[None]] | None = None,
+    ) -> None:
+        self.token = CancelToken() if spec.cancellable else None
+        self.then = then  # ids to start next, in order (an ordered restart or start)
+        self.waiters = waiters or []  # restart_child callers waiting for the new child
+        # Requests about one instance (only_if) that may be the child this start returns:
+        # decided once it has (the start may hand its child out before it returns).
+        self.deferred: list[Callable[[], None]] = []
+        self.done = False
+        self.abandoned = False
+        self.child: Child | None = None
+        self.error: BaseException | None = None
+
+    def run(self, spec: ChildSpec) -> tuple[Child | None, BaseException | None]:
+        """Run the spec's start in this thread; the token is closed once it has returned."""
+        try:
+            child = spec.start(self.token) if self.token is not None else spec.start()
+        except BaseException as e:
+            return None, e
+        finally:
+            if self.token is not None:
+                self.token._close()
+        return child, None
+
+    def cancel(self) -> None:
+        if self.token is not None:
+            self.token.cancel()
+
+    def resolve(self) -> None:
+        """Loop thread: the start is over (adopted, failed or stopped): answer who waited."""
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self.waiters = []
+        deferred, self.deferred = self.deferred, []
+        for fn in deferred:
+            fn()
+
+
 class _Entry:
-    __slots__ = ("child", "spec")
+    __slots__ = ("child", "spec", "start")
 
     def __init__(self, spec: ChildSpec, child: Child | None) -> None:
         self.spec = spec
         self.child = child
+        self.start: _Start | None = None  # a start in flight (then child is None)
 
 
 class Supervisor:
@@ -214,6 +419,10 @@ class Supervisor:
 
     A supervisor is itself a :class:`Child`. Use :meth:`start` to start it, :meth:`stop` to
     stop it and wait.
+
+    ``listeners`` (and ``listener``, kept for a single one, called first) hear about children
+    ending and the supervisor failing; see :class:`SupervisorListener`. A hook that raises is
+    logged with its traceback and removed: listeners never take down what they observe.
     """
 
     def __init__(
@@ -226,6 +435,7 @@ class Supervisor:
         name: str = "supervisor",
         clock: Callable[[], float] = time.monotonic,
         listener: SupervisorListener | None = None,
+        listeners: Iterable[SupervisorListener] = (),
     ) -> None:
         if strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
@@ -246,14 +456,38 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.max_seconds = float(max_seconds)
         self._clock = clock
-        self._listener = listener or SupervisorListener()
+        hooks = list(listeners)
+        for hook in hooks:
+            if not isinstance(hook, SupervisorListener):
+                raise TypeError(
+                    f"supervisor {name!r}: listeners must be SupervisorListener instances, "
+                    f"got {hook!r}"
+                )
+        if listener is not None:
+            if not isinstance(listener, SupervisorListener):
+                raise TypeError(
+                    f"supervisor {name!r}: listener must be a SupervisorListener, got {listener!r}"
+                )
+            hooks.insert(0, listener)
+        # Replaced, never mutated in place: the loop iterates a snapshot without the lock.
+        self._listeners: tuple[SupervisorListener, ...] = tuple(hooks)
         self._entries: dict[Hashable, _Entry] = {s.id: _Entry(s, None) for s in specs}
         self._lock = threading.Lock()
         self._mailbox: collections.deque[Callable[[], None]] = collections.deque()
         self._restarts: collections.deque[float] = collections.deque()
+        self._vclock = clock if isinstance(clock, VirtualTime) else None
+        self._timers: list[tuple[float, int, TimerHandle]] = []  # a heap, under the lock
+        self._timer_seq = itertools.count()
         self._wake_r, self._wake_w = os.pipe()
         self._sentinel_r, self._sentinel_w = os.pipe()
         self._thread: threading.Thread | None = None
+        # The one thread that may read (and, at the end, close) the wake pipe: the caller of
+        # start() until the loop runs, then the loop thread.
+        # The thread that may read the wake pipe (the starter, then the loop), by ident: code
+        # here may run in a thread being torn down, where current_thread() would leave a
+        # _DummyThread behind.
+        self._owner: int | None = None
+        self._started = False
         self._running = False
         self._exit: ExitReason | None = None
         self._done = threading.Event()
@@ -261,29 +495,65 @@ class Supervisor:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> Supervisor:
-        """Start the children in order, then the loop thread. Returns self.
+    def start(self, cancel: CancelToken | None = None) -> Supervisor:
+        """Start the children, then the loop thread; return self once all have started.
 
-        If a child fails to start, the ones already started are stopped (in reverse order)
-        and the error propagates: a half-started tree never remains.
+        ``one_for_one``: the children start concurrently (each start on a thread of its own).
+        ``one_for_all`` / ``rest_for_one``: one after another, in order, since later children
+        may depend on earlier ones. If a start fails, the others (started or still starting)
+        are stopped and the error propagates: a half-started tree never remains. ``cancel``
+        (this supervisor being itself a cancellable child) cuts the start short the same way,
+        raising :class:`StartCancelled`.
         """
         with self._lock:
-            if self._thread is not None:
+            if self._started:
                 raise RuntimeError(f"supervisor {self.name!r} was already started")
-            self._running = True
-        started: list[_Entry] = []
+            self._started = self._running = True
+            self._owner = threading.get_ident()
         try:
-            for entry in list(self._entries.values()):
-                entry.child = entry.spec.start()
-                started.append(entry)
+            self._start_initial(cancel)
         except BaseException:
-            self._shutdown_entries(started)
+            with self._lock:
+                self._running = False
+                entries = list(self._entries.values())
+            self._shutdown_entries(entries)
             self._finish(SHUTDOWN)
             self.reap()
             raise
         self._thread = threading.Thread(target=self._loop, name=f"pooly-{self.name}", daemon=True)
+        self._owner = None  # until the loop thread has an ident of its own (set as it starts)
         self._thread.start()
         return self
+
+    def _start_initial(self, cancel: CancelToken | None) -> None:
+        """start()'s caller: launch the initial starts and wait until all have finished."""
+        ids = tuple(self._entries)
+        if self.strategy == "one_for_one":
+            for cid in ids:
+                self._begin_start(self._entries[cid])
+        else:
+            self._start_in_order(ids)
+        while True:
+            failed: BaseException | None = None
+            for entry, st in self._take_finished_starts():
+                if st.error is not None:
+                    failed = failed or st.error
+                    continue
+                with self._lock:
+                    entry.child = st.child  # adopted even after a failure: then it is stopped
+                if failed is None:
+                    self._start_in_order(st.then)
+            if failed is not None:
+                raise failed
+            with self._lock:
+                if not any(e.start is not None for e in self._entries.values()):
+                    return
+            fds: list[Any] = [self._wake_r] if cancel is None else [self._wake_r, cancel]
+            ready = _wait(fds)  # no deadline of our own: each start has its own timeouts
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            if cancel is not None and cancel.cancelled:
+                raise StartCancelled(f"supervisor {self.name!r} was stopped while starting")
 
     @property
     def sentinel(self) -> int:
@@ -344,28 +614,46 @@ class Supervisor:
     # ------------------------------------------------------------------ dynamic children
 
     def start_child(self, spec: ChildSpec) -> Child:
-        """Start a child now, in the calling thread, and supervise it from then on."""
+        """Start a child now, in the calling thread, and supervise it from then on.
+
+        Raises what the start raised, or ``RuntimeError`` if the supervisor is not running or
+        stopped (or that child was terminated) while it started; the child is stopped then.
+        """
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"start_child expects a ChildSpec, got {spec!r}")
         with self._lock:
             if not self._running:
                 raise RuntimeError(f"supervisor {self.name!r} is not running")
             if spec.id in self._entries:
                 raise ValueError(f"supervisor {self.name!r} already has a child {spec.id!r}")
             entry = _Entry(spec, None)
-            self._entries[spec.id] = entry  # reserve the id while the child starts
-        try:
-            child = spec.start()
-        except BaseException:
-            with self._lock:
-                self._entries.pop(spec.id, None)
-            raise
+            st = entry.start = _Start(spec)  # reserves the id; a stop can cancel it
+            self._entries[spec.id] = entry
+        child, error = st.run(spec)
         with self._lock:
-            adopted = self._running and self._entries.get(spec.id) is entry
-            if adopted:
-                entry.child = child
-        if not adopted:  # the supervisor stopped while the child was starting
-            self._shutdown_children([(spec, child)])
+            if st.abandoned:  # the stop gave up waiting for us: what we started is ours
+                outcome = "orphan"
+            elif self._running and entry.start is st:
+                entry.start = None
+                if error is None:
+                    entry.child = child
+                elif self._entries.get(spec.id) is entry:
+                    del self._entries[spec.id]
+                self._mailbox.extend(st.deferred)  # requests that waited for this start
+                st.deferred = []
+                outcome = "adopted"
+            else:  # a stop is under way and waits for this start: hand the result over
+                st.child, st.error, st.done = child, error, True
+                outcome = "handed over"
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"!")
+        if outcome == "orphan" and child is not None:
+            self._stop_orphan(spec, child)
+        if error is not None:
+            raise error
+        if outcome != "adopted":
             raise RuntimeError(f"supervisor {self.name!r} stopped while starting {spec.id!r}")
-        self._wake()
+        assert child is not None
         return child
 
     def terminate_child(
@@ -379,7 +667,9 @@ class Supervisor:
         """Stop a child (graceful, then kill; ``kill``: at once) and forget its spec.
 
         ``only_if``: act only while that very child is the one running under the id (a
-        request about one instance must not hit its replacement).
+        request about one instance must not hit its replacement). A start may hand its child
+        out before it returns: a request about the child of a start still in flight is
+        decided once that start has returned.
         """
         self._call(lambda: self._terminate_child(child_id, only_if, not kill), wait)
 
@@ -393,9 +683,15 @@ class Supervisor:
     ) -> None:
         """Stop a child and start it again from its spec. Not counted against intensity.
 
-        ``only_if`` and ``kill`` as for :meth:`terminate_child`.
+        ``only_if`` and ``kill`` as for :meth:`terminate_child`. With ``wait``, returns once
+        the new child has started (or the supervisor has stopped); called on the loop thread
+        (from a hook or timer), once its start has begun.
         """
-        self._call(lambda: self._restart_requested(child_id, only_if, not kill), wait)
+        started: Future[None] = Future()
+        graceful = not kill
+        self._call(lambda: self._restart_requested(child_id, only_if, graceful, started), wait)
+        if wait and not self._on_loop():
+            started.result()
 
     def set_restart(
         self, child_id: Hashable, restart: Restart, *, only_if: Child | None = None
@@ -413,10 +709,134 @@ class Supervisor:
             entry.spec = replace(entry.spec, restart=restart)
             return True
 
+    # ------------------------------------------------------------------ timers
+
+    def call_at(self, when: float, fn: Callable[..., object], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` on the loop thread once the supervisor's clock reads ``when``.
+
+        Callable from any thread (and from the loop thread: hooks and timers may schedule
+        timers). Timers run in order of ``when``; an exception from ``fn`` is logged, never
+        fatal. A timer still pending when the supervisor stops never runs (its handle then
+        says ``cancelled``); so does one scheduled on a supervisor that is not running.
+        """
+        if isinstance(when, bool) or not isinstance(when, int | float) or math.isnan(when):
+            raise TypeError(
+                f"when must be a number (a time on the supervisor's clock), got {when!r}"
+            )
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        handle = TimerHandle(float(when), fn, args)
+        with self._lock:
+            if not self._running or self._wake_w < 0:
+                handle._cancelled = True
+                return handle
+            first = not self._timers or when < self._timers[0][0]
+            heapq.heappush(self._timers, (handle.when, next(self._timer_seq), handle))
+            if first and not self._on_loop():
+                os.write(self._wake_w, b"!")  # the loop's wait must end sooner
+        return handle
+
+    def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` on the loop thread ``delay`` seconds (on the supervisor's clock)
+        from now. See :meth:`call_at`."""
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+            raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
+        return self.call_at(self._clock() + delay, fn, *args)
+
+    def _run_due_timers(self) -> None:
+        """Loop thread: run every timer whose time has come, earliest first."""
+        while True:
+            with self._lock:
+                if not self._running or not self._timers or self._timers[0][0] > self._clock():
+                    return
+                _, _, handle = heapq.heappop(self._timers)
+            if handle._cancelled:
+                continue
+            handle._cancelled = True  # ran: a late cancel() changes nothing
+            try:
+                handle._fn(*handle._args)
+            except Exception:
+                log.exception("supervisor %r: timer %r raised", self.name, handle)
+
+    def _next_deadline(self) -> float:
+        with self._lock:
+            while self._timers and self._timers[0][2]._cancelled:
+                heapq.heappop(self._timers)
+            return self._timers[0][0] if self._timers else math.inf
+
+    def _wait_until(self, fds: Sequence[int], deadline: float) -> list[Any]:
+        """Wait for any of ``fds`` or the clock reaching ``deadline`` (inf: no deadline)."""
+        if self._vclock is not None:  # also told of no deadline: its idea of "busy" needs it
+            timeout: float | None = self._vclock.sleep_time(deadline)
+        elif deadline == math.inf:
+            timeout = None
+        else:
+            timeout = max(0.0, deadline - self._clock())
+        ready = _wait(fds, wait_timeout(timeout))
+        if not ready and self._vclock is not None and deadline != math.inf:
+            self._vclock.idle(deadline)
+        return ready
+
+    def child_spec(self, child_id: Hashable) -> ChildSpec:
+        """The spec a child is (re)started from; ``KeyError`` if there is no such child."""
+        with self._lock:
+            try:
+                return self._entries[child_id].spec
+            except KeyError:
+                raise KeyError(f"supervisor {self.name!r} has no child {child_id!r}") from None
+
     def which_children(self) -> list[tuple[Hashable, Child | None, Restart]]:
         """(id, running child or None, restart type) for each child, in start order."""
         with self._lock:
             return [(i, e.child, e.spec.restart) for i, e in self._entries.items()]
+
+    def add_listener(self, listener: SupervisorListener) -> None:
+        """Have ``listener`` hear this supervisor's events from now on (any thread)."""
+        if not isinstance(listener, SupervisorListener):
+            raise TypeError(f"listener must be a SupervisorListener, got {listener!r}")
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: SupervisorListener) -> None:
+        """Stop calling ``listener`` (any thread). ``ValueError`` if it is not a listener here.
+
+        A hook already running on the loop thread finishes; none is called after this returns
+        unless called from another hook on the loop thread, where the change applies at once.
+        """
+        with self._lock:
+            if listener not in self._listeners:
+                raise ValueError(f"{listener!r} is not a listener of supervisor {self.name!r}")
+            self._listeners = tuple(h for h in self._listeners if h is not listener)
+
+    def _notify_exit(
+        self, cid: Hashable, child: Child, reason: ExitReason, restarting: bool
+    ) -> None:
+        for hook in self._listeners:
+            if hook in self._listeners:  # an earlier hook may have removed a later one
+                self._guard(hook, "child_exited", hook.child_exited, cid, child, reason, restarting)
+
+    def _notify_failed(self, reason: ExitReason) -> None:
+        for hook in self._listeners:
+            if hook in self._listeners:
+                self._guard(hook, "supervisor_failed", hook.supervisor_failed, reason)
+
+    def _guard(
+        self, hook: SupervisorListener, what: str, fn: Callable[..., None], *args: object
+    ) -> None:
+        """Run one hook; if it raises, log the traceback and remove the listener (as trio does
+        with instruments). Only Exceptions: a SystemExit or KeyboardInterrupt raised by a hook
+        is not swallowed -- on the loop thread it ends the supervisor (children killed)."""
+        try:
+            fn(*args)
+        except Exception:
+            with self._lock:
+                self._listeners = tuple(h for h in self._listeners if h is not hook)
+            log.exception(
+                "supervisor %r: listener %r raised in %s; it has been removed",
+                self.name,
+                hook,
+                what,
+            )
 
     def _count_restart(self) -> bool:
         """Record a restart made on this supervisor's behalf; False if intensity is exceeded."""
@@ -454,9 +874,7 @@ class Supervisor:
             else:
                 fut.set_result(None)
 
-        # get_ident, not current_thread(): this may run in a thread being torn down (a lease
-        # reclaimed from a dying holder), where current_thread() would leave a _DummyThread.
-        if self._thread is not None and self._thread.ident == threading.get_ident():
+        if self._on_loop():
             run()
         elif not self._post(run):
             if not wait:
@@ -465,12 +883,24 @@ class Supervisor:
         if wait:
             fut.result()
 
+    def _on_loop(self) -> bool:
+        """Whether the calling thread is the loop thread.
+
+        By ident, not current_thread(): this may run in a thread being torn down (a lease
+        reclaimed from a dying holder), where current_thread() would leave a _DummyThread.
+        """
+        t = self._thread
+        return t is not None and t.ident == threading.get_ident()
+
     def _loop(self) -> None:
-        """The supervisor's own thread: waits on sentinels and the mailbox, nothing else."""
+        """The supervisor's own thread: waits and decides; starts run on starter threads."""
+        self._owner = threading.get_ident()
         try:
             while self._running:
                 while self._running and self._mailbox:
                     self._mailbox.popleft()()
+                self._collect_starts()
+                self._run_due_timers()
                 if not self._running:
                     break
                 with self._lock:
@@ -479,16 +909,15 @@ class Supervisor:
                         for cid, e in self._entries.items()
                         if e.child is not None
                     }
-                ready = _wait([self._wake_r, *watched], timeout=None)
+                ready = self._wait_until([self._wake_r, *watched], self._next_deadline())
                 if self._wake_r in ready:
                     os.read(self._wake_r, 4096)
                 for fd in ready:
                     if fd in watched and self._running:
                         self._child_ended(watched[fd])
         except BaseException as e:  # a bug here must not leave children unsupervised
-            log.exception("supervisor %r crashed; stopping its children", self.name)
-            crashed = ExitReason(False, f"supervisor crashed: {e!r}")
-            self._stop_from_loop(graceful=False, reason=crashed)
+            log.exception("supervisor %r crashed; killing its children", self.name)
+            self._crashed(ExitReason(False, f"supervisor crashed: {e!r}"))
         finally:
             # Requests queued before the end still run (they find the supervisor stopped),
             # so no caller of terminate_child & co. is left waiting; _post refuses new ones.
@@ -509,54 +938,139 @@ class Supervisor:
             entry.spec.restart == "transient" and not reason.normal
         )
         if restart and not self._count_restart():
-            self._listener.child_exited(cid, child, reason, False)
+            self._notify_exit(cid, child, reason, False)
             self._fail(cid, reason)
             return
-        self._listener.child_exited(cid, child, reason, restart)
+        self._notify_exit(cid, child, reason, restart)
         if not restart:
             if entry.spec.restart == "temporary":  # as in OTP: a transient one keeps its spec
                 with self._lock:
                     self._entries.pop(cid, None)
             return
         if self.strategy == "one_for_one":
-            group = [cid]
-        else:
-            ids = list(self._entries)
-            group = ids if self.strategy == "one_for_all" else ids[ids.index(cid) :]
-            self._shutdown_entries([self._entries[i] for i in group if i != cid], notify=True)
-        self._restart_group(group)
+            self._begin_start(entry)
+            return
+        ids = list(self._entries)
+        group = ids if self.strategy == "one_for_all" else ids[ids.index(cid) :]
+        self._shutdown_entries([self._entries[i] for i in group if i != cid], notify=True)
+        self._start_in_order(group)
 
-    def _restart_group(self, group: Sequence[Hashable]) -> None:
-        """Start each child of the group again, in order; a failed start counts as a restart."""
-        for cid in group:
-            while self._running:
-                entry = self._entries.get(cid)
-                if entry is None or entry.child is not None:
-                    break
-                try:
-                    child = entry.spec.start()
-                except Exception as e:
-                    reason = ExitReason(False, f"restart of {cid!r} failed: {e}")
-                    log.warning("supervisor %r: %s", self.name, reason)
-                    if not self._count_restart():
-                        self._fail(cid, reason)
-                        return
-                    continue
+    # ------------------------------------------------------------------ starts (off the loop)
+
+    def _begin_start(
+        self,
+        entry: _Entry,
+        then: Sequence[Hashable] = (),
+        waiters: list[Future[None]] | None = None,
+    ) -> None:
+        """Run the entry's start on a starter thread; it reports back through ``_Start``."""
+        st = _Start(entry.spec, tuple(then), waiters)
+        with self._lock:
+            entry.start = st
+        threading.Thread(
+            target=self._run_start,
+            args=(entry.spec, st),
+            name=f"pooly-{self.name}-start-{entry.spec.id}",
+            daemon=True,  # an abandoned start that hangs must not hold up interpreter exit
+        ).start()
+
+    def _run_start(self, spec: ChildSpec, st: _Start) -> None:
+        """Starter thread: run one start, then hand the result to the supervisor -- or, if
+        the supervisor gave up waiting for it, stop what was started."""
+        child, error = st.run(spec)
+        with self._lock:
+            orphan = st.abandoned
+            if not orphan:
+                st.child, st.error, st.done = child, error, True
+                if self._wake_w >= 0:
+                    os.write(self._wake_w, b"!")
+        if orphan and child is not None:
+            self._stop_orphan(spec, child)
+
+    def _stop_orphan(self, spec: ChildSpec, child: Child) -> None:
+        """A start that was abandoned returned a child after all: stop it here (no hooks)."""
+        log.warning(
+            "supervisor %r: child %r finished starting after its start was abandoned; stopping it",
+            self.name,
+            spec.id,
+        )
+        try:
+            self._shutdown_children([(spec, child)])
+        except Exception:
+            log.exception("supervisor %r: could not stop orphaned child %r", self.name, spec.id)
+
+    def _start_in_order(self, ids: Sequence[Hashable]) -> None:
+        """Start the first of ``ids`` that needs it; the rest follow once it has started."""
+        rest = list(ids)
+        while rest:
+            entry = self._entries.get(rest.pop(0))
+            if entry is not None and entry.child is None and entry.start is None:
+                self._begin_start(entry, rest)
+                return
+
+    def _take_finished_starts(self, limit: int | None = None) -> list[tuple[_Entry, _Start]]:
+        with self._lock:
+            out = []
+            for entry in self._entries.values():
+                st = entry.start
+                if st is not None and st.done:
+                    entry.start = None
+                    out.append((entry, st))
+                    if len(out) == limit:
+                        break
+            return out
+
+    def _collect_starts(self) -> None:
+        """Loop thread: adopt children whose start finished; a failed start counts as a
+        restart and is tried again (or fails the supervisor past its intensity)."""
+        while self._running:
+            # One at a time: handling one may stop the supervisor, and a start taken out of
+            # its entry but not handled would leave its child unsupervised.
+            finished = self._take_finished_starts(limit=1)
+            if not finished:
+                return
+            [(entry, st)] = finished
+            cid = entry.spec.id
+            if st.error is None:
                 with self._lock:
-                    entry.child = child
+                    entry.child = st.child
+                st.resolve()
+                self._start_in_order(st.then)
+                continue
+            reason = ExitReason(False, f"restart of {cid!r} failed: {st.error}")
+            log.warning("supervisor %r: %s", self.name, reason)
+            if not self._count_restart():
+                st.resolve()
+                self._fail(cid, reason)
+                return
+            self._begin_start(entry, st.then, st.waiters)
+            st.waiters = []
+            st.resolve()
 
-    def _restart_requested(self, cid: Hashable, only_if: Child | None, graceful: bool) -> None:
+    def _restart_requested(
+        self, cid: Hashable, only_if: Child | None, graceful: bool, started: Future[None]
+    ) -> None:
         entry = self._entries.get(cid)
         if entry is None:
             raise KeyError(f"supervisor {self.name!r} has no child {cid!r}")
         if only_if is not None and entry.child is not only_if:
+            if entry.start is not None:  # it may be the child being started: wait and see
+                entry.start.deferred.append(
+                    lambda: self._restart_requested(cid, only_if, graceful, started)
+                )
+                return
+            started.set_result(None)
             return  # that instance is gone already (and was restarted as a crash)
         self._shutdown_entries([entry], graceful=graceful, notify=True)
-        self._restart_group([cid])
+        self._begin_start(entry, waiters=[started])
 
     def _terminate_child(self, cid: Hashable, only_if: Child | None, graceful: bool) -> None:
         entry = self._entries.get(cid)
-        if entry is None or (only_if is not None and entry.child is not only_if):
+        if entry is None:
+            return
+        if only_if is not None and entry.child is not only_if:
+            if entry.start is not None:  # it may be the child being started: wait and see
+                entry.start.deferred.append(lambda: self._terminate_child(cid, only_if, graceful))
             return
         self._shutdown_entries([entry], graceful=graceful, notify=True)
         with self._lock:
@@ -570,7 +1084,7 @@ class Supervisor:
             reason.exitcode,
         )
         log.error("%s", failure.detail)
-        self._listener.supervisor_failed(failure)
+        self._notify_failed(failure)
         self._stop_from_loop(graceful=True, reason=failure)
 
     def _stop_from_loop(self, graceful: bool, reason: ExitReason = SHUTDOWN) -> None:
@@ -582,10 +1096,31 @@ class Supervisor:
         self._shutdown_entries(entries, graceful=graceful, notify=True)
         self._finish(reason)
 
+    def _crashed(self, reason: ExitReason) -> None:
+        """The loop hit an unexpected BaseException (maybe mid-stop): kill every child, end.
+
+        Listeners are not told (a hook may be what raised); whatever happens, the supervisor
+        ends, so stop() and reap() never wait forever.
+        """
+        try:
+            with self._lock:
+                self._running = False
+                entries = list(self._entries.values())
+            self._shutdown_entries(entries, graceful=False)
+        except BaseException:
+            log.exception("supervisor %r: could not stop its children after a crash", self.name)
+        finally:
+            self._finish(reason)
+
     def _finish(self, reason: ExitReason) -> None:
+        if self._done.is_set():
+            return
         with self._lock:
             self._running = False
             self._exit = reason
+            for _, _, handle in self._timers:
+                handle._cancelled = True
+            self._timers.clear()
             os.close(self._wake_w)
             self._wake_w = -1
             os.close(self._wake_r)
@@ -598,35 +1133,79 @@ class Supervisor:
     def _shutdown_entries(
         self, entries: Sequence[_Entry], *, graceful: bool = True, notify: bool = False
     ) -> None:
+        """Stop these children, and cut short their starts in flight."""
         pairs = []
+        starts = []
         with self._lock:
             for e in entries:
                 if e.child is not None:
                     pairs.append((e.spec, e.child))
                     e.child = None
-        for spec, child, reason in self._shutdown_children(pairs, graceful=graceful):
-            if notify:
-                self._listener.child_exited(spec.id, child, reason, False)
+                if e.start is not None:
+                    starts.append((e.spec, e.start))
+                    e.start = None
+        for _, st in starts:
+            st.cancel()
+        try:
+            for spec, child, reason in self._shutdown_children(pairs, starts, graceful=graceful):
+                if notify:
+                    self._notify_exit(spec.id, child, reason, False)
+        finally:
+            for _, st in starts:
+                st.resolve()
 
     def _shutdown_children(
-        self, pairs: Sequence[tuple[ChildSpec, Child]], *, graceful: bool = True
+        self,
+        pairs: Sequence[tuple[ChildSpec, Child]],
+        starts: Sequence[tuple[ChildSpec, _Start]] = (),
+        *,
+        graceful: bool = True,
     ) -> list[tuple[ChildSpec, Child, ExitReason]]:
         """Terminate in reverse start order, then wait for all; kill those past their deadline.
 
         Children are asked in reverse order but waited on together, so a pool of hung
-        workers takes one shutdown deadline to stop, not one per worker.
+        workers takes one shutdown deadline to stop, not one per worker. ``starts`` (already
+        cancelled) are waited for up to their spec's deadline too: a child that arrives in
+        time is stopped like the others (within the same deadline); a start still running
+        at its deadline is abandoned -- its starter thread stops what it started.
         """
-        now = time.monotonic()
+        now = self._clock()
         pending: dict[int, tuple[ChildSpec, Child, float]] = {}
-        for spec, child in reversed(pairs):
+        stopped: list[tuple[ChildSpec, Child]] = []
+        killed: set[int] = set()
+
+        def stop(spec: ChildSpec, child: Child, deadline: float) -> None:
+            stopped.append((spec, child))
             try:
-                child.terminate() if graceful else child.kill()
+                child.terminate() if graceful and not self._kill_requested else child.kill()
             except Exception:
                 log.exception("supervisor %r: could not stop child %r", self.name, spec.id)
-            pending[child.sentinel] = (spec, child, now + (spec.shutdown if graceful else 0))
-        killed: set[int] = set()
-        while pending:
-            now = time.monotonic()
+            pending[child.sentinel] = (spec, child, deadline)
+
+        for spec, child in reversed(pairs):
+            stop(spec, child, now + (spec.shutdown if graceful else 0))
+        waiting = {st: (spec, now + (spec.shutdown if graceful else 0)) for spec, st in starts}
+        # Only the wake pipe's owner may read it; it also hears kill() and finished starts.
+        mine = self._owner == threading.get_ident()
+        while pending or waiting:
+            now = self._clock()
+            with self._lock:
+                arrived = [st for st in waiting if st.done]
+                for st, (spec, deadline) in list(waiting.items()):
+                    if not st.done and (deadline <= now or self._kill_requested):
+                        st.abandoned = True
+                        del waiting[st]
+                        log.warning(
+                            "supervisor %r: the start of child %r did not return within %gs "
+                            "of being cancelled; leaving it to stop what it started",
+                            self.name,
+                            spec.id,
+                            spec.shutdown,
+                        )
+            for st in arrived:
+                spec, deadline = waiting.pop(st)
+                if st.child is not None:
+                    stop(spec, st.child, deadline)
             for fd, (spec, child, deadline) in pending.items():
                 if fd not in killed and (deadline <= now or self._kill_requested):
                     if not self._kill_requested and graceful:
@@ -638,94 +1217,22 @@ class Supervisor:
                         )
                     child.kill()
                     killed.add(fd)
-            live_deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
-            timeout = max(0.0, min(live_deadlines) - now) if live_deadlines else None
-            # Also wake for kill(): it may cut a graceful wait short. Requests in the
-            # mailbox stay queued; the loop runs them before it waits again.
-            # Only the loop thread may touch the wake pipe: _finish closes it from there.
-            mine = self._thread is not None and self._thread.ident == threading.get_ident()
-            wake = [self._wake_r] if mine and self._wake_r >= 0 and not self._kill_requested else []
-            for ready in _wait([*pending, *wake], wait_timeout(timeout)):
+            if not pending and not waiting:
+                break  # the last starts arrived with no child to stop
+            deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
+            deadlines += [d for _, d in waiting.values()]
+            wake = [self._wake_r] if mine and self._wake_r >= 0 else []
+            if waiting and not wake:
+                # No wake pipe to hear a start finish on (not the owner): look again soon.
+                deadlines.append(self._clock() + 0.01)
+            for ready in self._wait_until([*pending, *wake], min(deadlines, default=math.inf)):
                 assert isinstance(ready, int)
                 if ready in pending:
                     pending.pop(ready)
                 elif wake:
                     os.read(self._wake_r, 4096)
-        return [(spec, child, child.reap()) for spec, child in reversed(pairs)]
+        return [(spec, child, child.reap()) for spec, child in stopped]
 
     def __repr__(self) -> str:
         state = "running" if self._running else ("failed" if self.failure else "stopped")
         return f"<Supervisor {self.name!r} {self.strategy} {state} children={len(self._entries)}>"
-
-
-class ProcessChild:
-    """A supervisor child that runs ``target(*args)`` in its own OS process.
-
-    For supervising your own processes with :class:`Supervisor`::
-
-        sup = Supervisor([ProcessChild.spec("ticker", tick, (1.0,))]).start()
-
-    Exit code 0 is a normal exit (not restarted when ``transient``); anything else, or a
-    signal, is abnormal. ``terminate`` sends SIGTERM, ``kill`` SIGKILL.
-    """
-
-    def __init__(
-        self,
-        target: Callable[..., object],
-        args: Sequence[object] = (),
-        *,
-        start_method: str | None = None,
-        name: str | None = None,
-    ) -> None:
-        import multiprocessing
-        import multiprocessing.process
-
-        from ._worker import default_start_method, preload_forkserver
-
-        method = start_method or default_start_method()
-        if method == "forkserver":
-            preload_forkserver()  # the same server serves pools: keep it warm for them too
-        ctx = multiprocessing.get_context(method)
-        self.proc = ctx.Process(target=target, args=tuple(args), name=name)  # type: ignore[attr-defined]
-        self.proc.start()
-        # Reaped by our supervisor only; multiprocessing's own sweep would race with it.
-        multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
-        self.pid: int = self.proc.pid
-
-    @classmethod
-    def spec(
-        cls,
-        child_id: Hashable,
-        target: Callable[..., object],
-        args: Sequence[object] = (),
-        *,
-        restart: Restart = "permanent",
-        shutdown: float = 5.0,
-        start_method: str | None = None,
-    ) -> ChildSpec:
-        """A :class:`ChildSpec` that starts a fresh process for every (re)start."""
-
-        def start() -> Child:
-            return cls(target, args, start_method=start_method, name=str(child_id))
-
-        return ChildSpec(child_id, start, restart, shutdown)
-
-    @property
-    def sentinel(self) -> int:
-        return self.proc.sentinel  # type: ignore[no-any-return]
-
-    def terminate(self) -> None:
-        if self.proc.exitcode is None:
-            self.proc.terminate()
-
-    def kill(self) -> None:
-        if self.proc.exitcode is None:
-            self.proc.kill()
-
-    def reap(self) -> ExitReason:
-        from ._errors import describe_exit
-
-        self.proc.join()
-        code = self.proc.exitcode
-        self.proc.close()
-        return ExitReason(code == 0, f"process {self.pid} exited with {describe_exit(code)}", code)

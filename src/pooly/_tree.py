@@ -19,7 +19,14 @@ import math
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from ._supervisor import Child, ChildSpec, ExitReason, Supervisor, SupervisorListener
+from ._supervisor import (
+    CancelToken,
+    Child,
+    ChildSpec,
+    ExitReason,
+    Supervisor,
+    SupervisorListener,
+)
 
 if TYPE_CHECKING:
     from ._backend import WorkerBackend
@@ -28,12 +35,13 @@ if TYPE_CHECKING:
 __all__ = ("PoolSupervisor", "WorkerSupervisor", "start_pool_tree")
 
 
-def start_pool_tree(pool: Pool) -> Supervisor:
+def start_pool_tree(pool: Pool, cancel: CancelToken | None = None) -> Supervisor:
     """Make and start ``pool``'s subtree (the pool's child start in the pools supervisor).
 
     The supervisor is made only here, so a pool whose start is refused holds no descriptor.
+    ``cancel``: the pools supervisor is stopping (cuts the workers' starts short).
     """
-    return PoolSupervisor(pool).start()
+    return PoolSupervisor(pool).start(cancel)
 
 
 class WorkerSupervisor(Supervisor):
@@ -51,10 +59,10 @@ class WorkerSupervisor(Supervisor):
         )
         self.backend = backend
 
-    def start(self) -> Supervisor:
+    def start(self, cancel: CancelToken | None = None) -> Supervisor:
         self.backend.open()
         try:
-            return super().start()
+            return super().start(cancel)
         except BaseException:
             self.backend.close()
             raise
@@ -77,7 +85,13 @@ class PoolSupervisor(Supervisor):
             [
                 ChildSpec("server", lambda: pool, restart="permanent", shutdown=1.0),
                 # Each worker has the pool's shutdown_timeout; a deadline here could cut it.
-                ChildSpec("workers", self._start_workers, restart="permanent", shutdown=math.inf),
+                ChildSpec(
+                    "workers",
+                    self._start_workers,
+                    restart="permanent",
+                    shutdown=math.inf,
+                    cancellable=True,
+                ),
             ],
             strategy="one_for_all",
             max_restarts=0,
@@ -86,10 +100,10 @@ class PoolSupervisor(Supervisor):
         )
         self.pool = pool
 
-    def _start_workers(self) -> Supervisor:
+    def _start_workers(self, cancel: CancelToken | None = None) -> Supervisor:
         sup = WorkerSupervisor(self.pool, self.pool._backend)
         self.pool._workers_sup = sup
-        return sup.start()
+        return sup.start(cancel)
 
 
 class _FailPoolOnWorkersFailure(SupervisorListener):

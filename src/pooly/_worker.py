@@ -49,7 +49,6 @@ import pickle
 import select
 import signal
 import struct
-import sys
 import threading
 import time
 import traceback
@@ -64,19 +63,19 @@ from ._errors import (
     WorkerStartError,
     describe_exit,
 )
-from ._supervisor import ExitReason
+from ._process import (
+    _FDS_LOCK,
+    _HOST_FDS,
+    _START_LOCK,
+    _STARTING_FDS,
+    _dead_pipe,
+)
+from ._supervisor import CancelToken, ExitReason
 
 if TYPE_CHECKING:
     from ._zygote import Zygote
 
-__all__ = (
-    "ChannelClosed",
-    "ReplyTimeout",
-    "WorkerProcess",
-    "default_start_method",
-    "make_payload",
-    "preload_forkserver",
-)
+__all__ = ("ChannelClosed", "ReplyTimeout", "WorkerProcess", "make_payload")
 
 _HDR = struct.Struct("<QQ")  # payload length, request id (echoed in the reply)
 _HDR_SIZE = _HDR.size
@@ -84,98 +83,6 @@ _PROTO = pickle.HIGHEST_PROTOCOL
 _OK, _ERR = 0, 1
 _READ_CHUNK = 1 << 16
 _MAX_POLL = (2**31 - 1) // 1000  # seconds: poll(2) takes a C int of milliseconds
-
-#: File descriptors the host holds for its workers (channel ends, alive pipes). A process forked
-#: from the host (the "fork" start method, or the user's own os.fork) closes them at once, so
-#: that no other process keeps a worker's channel or a pool's alive pipe open. Process-wide
-#: by nature, like fork itself; set/dict updates are atomic under the GIL, so the at-fork hook
-#: needs no lock (a lock held by another thread at fork time would deadlock the child).
-_HOST_FDS: set[int] = set()
-#: A worker's own ends of its channel, held by the host only while that worker starts,
-#: mapped to the starting thread. A child forked meanwhile by *another* thread closes them.
-_STARTING_FDS: dict[int, int] = {}
-
-
-def _close_host_fds_after_fork() -> None:
-    me = threading.get_ident()  # the forking thread is the child's only thread
-    if me in _STARTING_FDS.values():  # this fork is a pooly worker start
-        _fresh_std_streams()
-    doomed = list(_HOST_FDS) + [fd for fd, tid in list(_STARTING_FDS.items()) if tid != me]
-    for fd in doomed:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HOST_FDS.clear()
-    _STARTING_FDS.clear()
-
-
-def _fresh_std_streams() -> None:
-    """Give a freshly forked worker its own sys.stdin/stdout/stderr objects.
-
-    Another host thread may have held one of the host's stream locks at the fork (say, the
-    main thread blocked in ``input()``); the child inherits that lock held forever, and
-    multiprocessing's bootstrap (which closes stdin and flushes stdout/stderr) would hang
-    before the worker even starts. New objects on the same fds have fresh locks.
-    """
-    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 -- lives as long as the worker
-    for name, fd in (("stdout", 1), ("stderr", 2)):
-        try:
-            stream = open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-        except OSError:
-            continue
-        stream.reconfigure(line_buffering=True)
-        setattr(sys, name, stream)
-
-
-os.register_at_fork(after_in_child=_close_host_fds_after_fork)
-
-_dead_fds: tuple[int, int] | None = None
-_dead_lock = threading.Lock()
-
-
-def _dead_pipe() -> tuple[int, int]:
-    """(r, w): r reads EOF forever, w fails with EPIPE forever. Shared, never closed.
-
-    ``os.dup2`` of these over a worker's channel fds releases the channel at once while
-    the fd *numbers* stay valid, so a consumer thread racing with us can never read or
-    write a recycled descriptor.
-    """
-    global _dead_fds
-    with _dead_lock:
-        if _dead_fds is None:
-            r, w_closed = os.pipe()
-            os.close(w_closed)
-            r_closed, w = os.pipe()
-            os.close(r_closed)
-            _dead_fds = (r, w)
-        return _dead_fds
-
-
-def default_start_method() -> str:
-    """forkserver where available (safe in a threaded host), else spawn. Never fork."""
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods else "spawn"
-
-
-def preload_forkserver(modules: tuple[str, ...] = ()) -> bool:
-    """Have the forkserver import pooly's worker code (and ``modules``) once, up front.
-
-    Every worker forked from it then starts with them already imported: without this each
-    new worker imports pooly itself, which made a SIGKILLed worker's replacement ~5x slower
-    here. Takes effect only if the forkserver is not running yet (it is process-wide and
-    started on first use); returns whether it did.
-    """
-    from multiprocessing import forkserver
-
-    server = forkserver._forkserver
-    if getattr(server, "_forkserver_pid", None) is not None:
-        return False
-    current = list(getattr(server, "_preload_modules", []))
-    wanted = [m for m in ("pooly._worker", *modules) if m not in current]
-    if wanted:
-        multiprocessing.get_context("forkserver").set_forkserver_preload(current + wanted)
-    return True
 
 
 def make_payload(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -246,8 +153,9 @@ def _send_sigpipe_blocked(fd: int, buf: bytes) -> None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _send_within(fd: int, data: bytes, deadline: float, sentinel: int) -> bool:
-    """Write one frame (request id 0) by ``deadline`` (monotonic); False if it passed.
+def _send_within(fd: int, data: bytes, deadline: float, sentinel: int, cancel_fd: int = -1) -> bool:
+    """Write one frame (request id 0) by ``deadline`` (monotonic); False if it passed, or
+    if ``cancel_fd`` became readable first.
 
     Gives up with ``BrokenPipeError`` if ``sentinel`` (the peer's) shows it has ended.
     The fd is non-blocking meanwhile, so no write can outlast the deadline.
@@ -256,6 +164,8 @@ def _send_within(fd: int, data: bytes, deadline: float, sentinel: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     poller.register(sentinel, select.POLLIN)
+    if cancel_fd >= 0:
+        poller.register(cancel_fd, select.POLLIN)
     guard = _getsignal(_SIGPIPE) is not _SIG_IGN
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGPIPE}) if guard else set()
     os.set_blocking(fd, False)
@@ -272,6 +182,8 @@ def _send_within(fd: int, data: bytes, deadline: float, sentinel: int) -> bool:
             for ready, _ in poller.poll(math.ceil(left * 1000)):
                 if ready == sentinel:
                     raise BrokenPipeError(f"the reader of fd {fd} has ended")
+                if ready == cancel_fd:
+                    return False
         return True
     except BrokenPipeError:
         if guard:
@@ -548,26 +460,29 @@ class WorkerProcess:
         cls_name: str,
         start_timeout: float,
         zygote: Zygote | None = None,
+        cancel: CancelToken | None = None,
     ) -> WorkerProcess:
         """Start a worker process (forked by ``zygote`` if given, else by ``ctx``) and wait
         until its object is constructed.
 
         Raises :class:`WorkerStartError` (with the worker-side traceback as cause) if the
-        class can't be imported, the constructor raises or exits, or it takes longer than
-        ``start_timeout`` seconds; the process is gone by then.
+        class can't be imported, the constructor raises or exits, it takes longer than
+        ``start_timeout`` seconds, or ``cancel`` fires first (its pool is stopping); the
+        process is gone by then.
         """
         what = f"worker {cls_name} of pool {pool_name!r}"
         try:
             _dead_pipe()  # made now, not at the first stop: a host out of fds still stops
-            req_r, req_w = os.pipe()  # host -> worker
-            try:
-                rep_r, rep_w = os.pipe()  # worker -> host
-            except BaseException:
-                _close_fds((req_r, req_w))
-                raise
+            with _FDS_LOCK:  # no fork between making the host's ends and registering them
+                req_r, req_w = os.pipe()  # host -> worker
+                try:
+                    rep_r, rep_w = os.pipe()  # worker -> host
+                except BaseException:
+                    _close_fds((req_r, req_w))
+                    raise
+                _HOST_FDS.update((req_w, rep_r))
         except OSError as e:
             raise WorkerStartError(f"could not start {what}: {e}") from e
-        _HOST_FDS.update((req_w, rep_r))
         try:
             proc = _start_process(ctx, zygote, (req_r, rep_w), alive_fd, pool_name, start_timeout)
         except OSError as e:
@@ -577,7 +492,9 @@ class WorkerProcess:
             _release_fds((req_w, rep_r))
             raise
         try:
-            return cls._handshake(proc, req_w, rep_r, payload, pool_name, cls_name, start_timeout)
+            return cls._handshake(
+                proc, req_w, rep_r, payload, pool_name, cls_name, start_timeout, cancel
+            )
         except BaseException:
             _release_fds((req_w, rep_r))
             raise
@@ -592,6 +509,7 @@ class WorkerProcess:
         pool_name: str,
         cls_name: str,
         timeout: float,
+        cancel: CancelToken | None = None,
     ) -> WorkerProcess:
         pid = proc.pid
         what = f"worker {cls_name} (pid {pid}) of pool {pool_name!r}"
@@ -600,10 +518,20 @@ class WorkerProcess:
             deadline = time.monotonic() + min(timeout, _MAX_POLL)
             try:
                 # A worker stuck while bootstrapping never reads: a payload over what a pipe
-                # holds must not block us past start_timeout.
-                sent = _send_within(req_w, payload, deadline, proc.sentinel)
+                # holds must not block us past start_timeout (nor past a cancel).
+                cancel_fd = cancel.fileno() if cancel is not None else -1
+                sent = _send_within(req_w, payload, deadline, proc.sentinel, cancel_fd)
+                watch: list[Any] = [rep_r, proc.sentinel]
+                if cancel is not None:
+                    watch.append(cancel)
                 left = max(0.0, deadline - time.monotonic())
-                if sent and multiprocessing.connection.wait([rep_r, proc.sentinel], left):
+                ready: list[Any] = multiprocessing.connection.wait(watch, left) if sent else []
+                if cancel is not None and cancel.cancelled and rep_r not in ready:
+                    raise WorkerStartError(
+                        f"{what}: its start was cancelled (the pool is stopping); it was killed",
+                        pid=pid,
+                    )
+                if ready:
                     frame = _recv(rep_r)
                     reply = None if frame is None else frame[1]
                 else:
@@ -847,13 +775,14 @@ def _start_process(
     ``kill``, ``close``: a multiprocessing process, or a ZygoteProcess)."""
     me = threading.get_ident()
     ends: tuple[int, ...] = channel
-    try:
-        ends += (os.dup(alive_fd),)
-    except BaseException:
-        _close_fds(ends)
-        raise
-    for fd in ends:  # a child forked meanwhile by another thread must not keep them
-        _STARTING_FDS[fd] = me
+    with _FDS_LOCK:  # a child forked meanwhile by another thread must not keep them
+        try:
+            ends += (os.dup(alive_fd),)
+        except BaseException:
+            _close_fds(ends)
+            raise
+        for fd in ends:
+            _STARTING_FDS[fd] = me
     if zygote is not None:
         try:
             return zygote.spawn(ends, timeout)
@@ -870,7 +799,8 @@ def _start_process(
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main, args=tuple(conns), name=f"pooly:{pool_name}", daemon=False
         )
-        proc.start()
+        with _START_LOCK:  # Popen makes pipes around its fork: one start at a time
+            proc.start()
     finally:
         for c in conns:
             _STARTING_FDS.pop(c.fileno(), None)

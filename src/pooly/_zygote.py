@@ -57,7 +57,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import WorkerStartError, describe_exit
-from ._worker import _HOST_FDS, _STARTING_FDS, _close_fds
+from ._process import _HOST_FDS, _STARTING_FDS
+from ._worker import _close_fds
 from ._zygote_proc import EMFILE, recv, send, zygote_main
 
 __all__ = ("SUPPORTED", "Zygote", "ZygoteProcess")

@@ -1,0 +1,209 @@
+"""Host processes: start methods, the forkserver, fd hygiene across forks, ProcessChild.
+
+What every process pooly starts needs from the host, whoever starts it (a pool's worker, or
+a :class:`ProcessChild` under a plain :class:`~pooly._supervisor.Supervisor`):
+
+- the start method (forkserver where available, never fork by default) and a preloaded
+  forkserver, so a new process starts with pooly's worker code already imported;
+- fd hygiene: the host's ends of worker channels and pools' alive pipes are listed in
+  ``_HOST_FDS`` and closed in any child forked from the host (an at-fork hook), so no other
+  process can hide a worker's death by holding a copy; process creation is serialised
+  (``_START_LOCK``) because ``Popen`` makes pipes around a fork out of our sight;
+- ``_dead_pipe``: fds to ``dup2`` over a finished channel, so its numbers stay valid.
+
+The supervisor (``_supervisor``) knows nothing of this; ``_worker`` and ``_pool`` build on it::
+
+    _supervisor  <--  _process  <--  _worker  <--  _pool  <--  _pooly
+    (generic)         (host OS)      (one worker)  (pool)      (tree top)
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.process
+import os
+import sys
+import threading
+from collections.abc import Callable, Hashable, Sequence
+
+from ._errors import describe_exit
+from ._supervisor import Child, ChildSpec, ExitReason, Restart
+
+__all__ = ("ProcessChild", "default_start_method", "preload_forkserver")
+
+#: File descriptors the host holds for its workers (channel ends, alive pipes). A process forked
+#: from the host (the "fork" start method, or the user's own os.fork) closes them at once, so
+#: that no other process keeps a worker's channel or a pool's alive pipe open. Process-wide
+#: by nature, like fork itself. Updated under _FDS_LOCK where fds are created (so a fork can't
+#: copy one not listed yet); the forking thread itself holds that lock across the fork.
+_HOST_FDS: set[int] = set()
+#: A worker's own ends of its channel, held by the host only while that worker starts,
+#: mapped to the starting thread. A child forked meanwhile by *another* thread closes them.
+_STARTING_FDS: dict[int, int] = {}
+
+
+def _close_host_fds_after_fork() -> None:
+    me = threading.get_ident()  # the forking thread is the child's only thread
+    if me in _STARTING_FDS.values():  # this fork is a pooly worker start
+        _fresh_std_streams()
+    doomed = list(_HOST_FDS) + [fd for fd, tid in list(_STARTING_FDS.items()) if tid != me]
+    for fd in doomed:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HOST_FDS.clear()
+    _STARTING_FDS.clear()
+
+
+def _fresh_std_streams() -> None:
+    """Give a freshly forked worker its own sys.stdin/stdout/stderr objects.
+
+    Another host thread may have held one of the host's stream locks at the fork (say, the
+    main thread blocked in ``input()``); the child inherits that lock held forever, and
+    multiprocessing's bootstrap (which closes stdin and flushes stdout/stderr) would hang
+    before the worker even starts. New objects on the same fds have fresh locks.
+    """
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 -- lives as long as the worker
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        try:
+            stream = open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        except OSError:
+            continue
+        stream.reconfigure(line_buffering=True)
+        setattr(sys, name, stream)
+
+
+#: Held while host fds are created and registered above, and across every fork: a fork
+#: from another thread (pool workers start concurrently) can't copy a pipe not yet listed.
+_FDS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    _FDS_LOCK.release()  # taken by the forking thread, the child's only thread
+    _close_host_fds_after_fork()
+
+
+#: Held around each worker's process start. With "fork", Popen makes the new process's
+#: sentinel pipe and closes its child end around the fork, out of our sight: a concurrent
+#: start in another thread would fork a worker holding a copy, which hides the first one's
+#: death. Only the process creation is serialised; constructors still run concurrently.
+_START_LOCK = threading.Lock()
+
+os.register_at_fork(
+    before=_FDS_LOCK.acquire, after_in_parent=_FDS_LOCK.release, after_in_child=_after_fork_in_child
+)
+
+_dead_fds: tuple[int, int] | None = None
+_dead_lock = threading.Lock()
+
+
+def _dead_pipe() -> tuple[int, int]:
+    """(r, w): r reads EOF forever, w fails with EPIPE forever. Shared, never closed.
+
+    ``os.dup2`` of these over a worker's channel fds releases the channel at once while
+    the fd *numbers* stay valid, so a consumer thread racing with us can never read or
+    write a recycled descriptor.
+    """
+    global _dead_fds
+    with _dead_lock:
+        if _dead_fds is None:
+            r, w_closed = os.pipe()
+            os.close(w_closed)
+            r_closed, w = os.pipe()
+            os.close(r_closed)
+            _dead_fds = (r, w)
+        return _dead_fds
+
+
+def default_start_method() -> str:
+    """forkserver where available (safe in a threaded host), else spawn. Never fork."""
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def preload_forkserver(modules: tuple[str, ...] = ()) -> bool:
+    """Have the forkserver import pooly's worker code (and ``modules``) once, up front.
+
+    Every worker forked from it then starts with them already imported: without this each
+    new worker imports pooly itself, which made a SIGKILLed worker's replacement ~5x slower
+    here. Takes effect only if the forkserver is not running yet (it is process-wide and
+    started on first use); returns whether it did.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if getattr(server, "_forkserver_pid", None) is not None:
+        return False
+    current = list(getattr(server, "_preload_modules", []))
+    wanted = [m for m in ("pooly._worker", *modules) if m not in current]
+    if wanted:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(current + wanted)
+    return True
+
+
+class ProcessChild:
+    """A supervisor child that runs ``target(*args)`` in its own OS process.
+
+    For supervising your own processes with :class:`Supervisor`::
+
+        sup = Supervisor([ProcessChild.spec("ticker", tick, (1.0,))]).start()
+
+    Exit code 0 is a normal exit (not restarted when ``transient``); anything else, or a
+    signal, is abnormal. ``terminate`` sends SIGTERM, ``kill`` SIGKILL.
+    """
+
+    def __init__(
+        self,
+        target: Callable[..., object],
+        args: Sequence[object] = (),
+        *,
+        start_method: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        method = start_method or default_start_method()
+        if method == "forkserver":
+            preload_forkserver()  # the same server serves pools: keep it warm for them too
+        ctx = multiprocessing.get_context(method)
+        self.proc = ctx.Process(target=target, args=tuple(args), name=name)  # type: ignore[attr-defined]
+        with _START_LOCK:  # see there: concurrent fork starts would share pipes
+            self.proc.start()
+        # Reaped by our supervisor only; multiprocessing's own sweep would race with it.
+        multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
+        self.pid: int = self.proc.pid
+
+    @classmethod
+    def spec(
+        cls,
+        child_id: Hashable,
+        target: Callable[..., object],
+        args: Sequence[object] = (),
+        *,
+        restart: Restart = "permanent",
+        shutdown: float = 5.0,
+        start_method: str | None = None,
+    ) -> ChildSpec:
+        """A :class:`ChildSpec` that starts a fresh process for every (re)start."""
+
+        def start() -> Child:
+            return cls(target, args, start_method=start_method, name=str(child_id))
+
+        return ChildSpec(child_id, start, restart, shutdown)
+
+    @property
+    def sentinel(self) -> int:
+        return self.proc.sentinel  # type: ignore[no-any-return]
+
+    def terminate(self) -> None:
+        if self.proc.exitcode is None:
+            self.proc.terminate()
+
+    def kill(self) -> None:
+        if self.proc.exitcode is None:
+            self.proc.kill()
+
+    def reap(self) -> ExitReason:
+        self.proc.join()
+        code = self.proc.exitcode
+        self.proc.close()
+        return ExitReason(code == 0, f"process {self.pid} exited with {describe_exit(code)}", code)
