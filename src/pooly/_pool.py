@@ -569,7 +569,8 @@ class Pool(PassiveChild, SupervisorListener):
     # (checks, new objects) and then commits with stores only (``del d[k]``, ``d[k] = v``,
     # ``x.a = v``, ``n += 1``), ending in at most one call: an interrupt lands before the
     # change or after it, never half-way, and no worker is ever neither idle nor leased.
-    # Lease sets are dicts for that reason (item stores, not ``set.add``).
+    # Lease sets are dicts for that reason (item stores, not ``set.add``), and the few stores
+    # that end a lease are written out where more stores follow them, not called.
     # tests/test_ki_safety.py raises an interrupt at every such point.
 
     def _new_lease(self, w: _Worker, leases: LeaseSet) -> Lease:

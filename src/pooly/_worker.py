@@ -117,7 +117,8 @@ class ChannelClosed(Exception):
 _SIGPIPE, _SIG_IGN, _getsignal = signal.SIGPIPE, signal.SIG_IGN, signal.getsignal
 _pdumps, _ploads = pickle.dumps, pickle.loads  # module globals: cheaper than pickle.x
 
-Frame = tuple[int, "bytes | bytearray | memoryview"]  # (request id, pickled payload)
+Payload = bytes | bytearray | memoryview
+Frame = tuple[int, Payload]  # (request id, pickled payload)
 
 
 def _send(fd: int, data: bytes, rid: int = 0) -> None:
@@ -201,12 +202,16 @@ def _write_all(fd: int, view: memoryview) -> None:
 
 
 def _recv(fd: int) -> Frame | None:
-    """Read one frame; None on EOF (the peer is gone)."""
-    return _recv_rest(fd, os.read(fd, _READ_CHUNK))
+    """Read one frame; None on EOF (the peer is gone). Only where one frame is expected."""
+    got = _recv_rest(fd, os.read(fd, _READ_CHUNK))
+    return None if got is None else (got[0], got[1])
 
 
-def _recv_rest(fd: int, chunk: bytes) -> Frame | None:
-    """Finish reading a frame whose first read returned ``chunk``."""
+def _recv_rest(fd: int, chunk: bytes) -> tuple[int, Payload, bytes] | None:
+    """Finish reading a frame whose first read returned ``chunk``: (request id, payload,
+    the bytes read past it -- the start of the next frame, when requests or replies were
+    pipelined). None on EOF. Never reads past the frame once its header is in.
+    """
     while len(chunk) < _HDR_SIZE:
         if not chunk:
             return None
@@ -215,18 +220,19 @@ def _recv_rest(fd: int, chunk: bytes) -> Frame | None:
             return None
         chunk += more
     n, rid = _HDR.unpack_from(chunk)
+    end = _HDR_SIZE + n
+    if len(chunk) >= end:
+        return rid, memoryview(chunk)[_HDR_SIZE:end], chunk[end:]
     have = len(chunk) - _HDR_SIZE
-    if have == n:
-        return rid, memoryview(chunk)[_HDR_SIZE:]
     buf = bytearray(n)
     buf[:have] = memoryview(chunk)[_HDR_SIZE:]
     view = memoryview(buf)[have:]
     while view:
-        k = os.readv(fd, [view])
+        k = os.readv(fd, [view])  # into the frame's own buffer: never past its end
         if k == 0:
             return None
         view = view[k:]
-    return rid, buf
+    return rid, buf, b""
 
 
 # ---------------------------------------------------------------------- child side
@@ -347,16 +353,18 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
     """
     loads, dumps, read, write = pickle.loads, pickle.dumps, os.read, os.write
     pack, unpack_from, hdr_size, chunk_size = _HDR.pack, _HDR.unpack_from, _HDR_SIZE, _READ_CHUNK
+    ahead = b""  # bytes of the next request(s), read with the last one (pipelining)
     while True:
-        chunk = read(rfd, chunk_size)
+        chunk = ahead or read(rfd, chunk_size)
         n, rid = unpack_from(chunk) if len(chunk) >= hdr_size else (-hdr_size - 1, 0)
         if n == len(chunk) - hdr_size:
-            data: bytes | bytearray | memoryview = memoryview(chunk)[hdr_size:]
+            data: Payload = memoryview(chunk)[hdr_size:]
+            ahead = b""
         else:
             frame = _recv_rest(rfd, chunk)
             if frame is None:
                 return  # the host closed our channel: a graceful stop
-            rid, data = frame
+            rid, data, ahead = frame
         name = "?"
         try:
             name, args, kwargs = loads(data)
@@ -397,6 +405,7 @@ class WorkerProcess:
 
     __slots__ = (
         "__weakref__",
+        "_ahead",
         "_pending",
         "_poll",
         "_rid",
@@ -439,6 +448,7 @@ class WorkerProcess:
         self.broken = False  # a call was interrupted part-way: the channel can't be trusted
         self._rid = 0  # the last request id sent (0 is the start handshake)
         self._pending: collections.deque[tuple[int, str]] = collections.deque()
+        self._ahead = b""  # bytes of the next reply(s), read with the last (pipelining)
         # Owned by the pool (under its lock): its child id, current lease, overflow or core.
         self.wid: Any = None
         self.lease: Any = None
@@ -600,8 +610,9 @@ class WorkerProcess:
             size = len(chunk) - _HDR_SIZE
             if size >= 0 and _HDR.unpack_from(chunk) == (size, rid):
                 frame: Frame | None = (rid, memoryview(chunk)[_HDR_SIZE:])
-            else:
-                frame = _recv_rest(self.rep_r, chunk)
+            else:  # (nothing else is pending: no other reply can follow this one)
+                got = _recv_rest(self.rep_r, chunk)
+                frame = None if got is None else (got[0], got[1])
         except OSError:
             frame = None
         except BaseException:
@@ -610,11 +621,7 @@ class WorkerProcess:
         if frame is None:
             raise ChannelClosed(name)
         if frame[0] != rid:
-            self.broken = True
-            raise PoolyError(
-                f"worker pid {self.pid} of pool {self.pool_name!r} answered request "
-                f"{frame[0]} where {rid} was expected; its channel is out of step"
-            )
+            raise self._out_of_step(frame[0], rid)
         try:
             msg = _ploads(frame[1])
         except Exception:
@@ -652,12 +659,12 @@ class WorkerProcess:
         while True:
             if not any(r == rid for r, _ in self._pending):
                 raise ValueError(f"request {rid} is not pending on worker pid {self.pid}")
-            if deadline is not None:
+            if deadline is not None and not self._ahead:
                 left = deadline - time.monotonic()
                 if not self._poll.poll(max(0, math.ceil(left * 1000)) if left > 0 else 0):
                     raise ReplyTimeout(f"no reply from worker pid {self.pid} within {timeout}s")
             try:
-                frame = _recv(self.rep_r)
+                frame = self._read_frame()
             except OSError:
                 frame = None
             except BaseException:
@@ -667,15 +674,27 @@ class WorkerProcess:
             if frame is None:
                 raise ChannelClosed(name)
             if frame[0] != want:
-                self.broken = True
-                raise PoolyError(
-                    f"worker pid {self.pid} of pool {self.pool_name!r} answered request "
-                    f"{frame[0]} where {want} was expected; its channel is out of step"
-                )
+                raise self._out_of_step(frame[0], want)
             self._pending.popleft()
             if want == rid:
                 return self._decode(name, frame[1])
             # else: a reply its caller gave up on; dropped
+
+    def _read_frame(self) -> Frame | None:
+        """The next reply, starting with bytes read ahead with the last one."""
+        chunk, self._ahead = self._ahead, b""
+        got = _recv_rest(self.rep_r, chunk or os.read(self.rep_r, _READ_CHUNK))
+        if got is None:
+            return None
+        rid, payload, self._ahead = got
+        return rid, payload
+
+    def _out_of_step(self, got: int, want: int) -> PoolyError:
+        self.broken = True  # never to be trusted again
+        return PoolyError(
+            f"worker pid {self.pid} of pool {self.pool_name!r} answered request {got} where "
+            f"{want} was expected; its channel is out of step"
+        )
 
     @property
     def pending(self) -> int:
