@@ -13,7 +13,8 @@ Who raises what, and how neighbours differ:
 * :class:`WorkerStartError` -- a worker could not be started: its class could not be imported
   or its constructor raised, hung or exited. Carries the worker-side traceback.
 * :class:`LeaseError` -- a lease was misused: called after checkin, checked in twice, checked
-  in to the wrong pool, used from two threads at once.
+  in to the wrong pool, used from two threads at once; or called after a call through it was
+  interrupted (Ctrl-C), which ended it.
 * :class:`PoolFailed` -- the pool gave up after exceeding its restart intensity (or was
   stopped). It stays failed until stopped and started again.
 * :class:`NoSuchPool` -- no pool of that name is running.
@@ -53,7 +54,9 @@ class CheckoutTimeout(PoolyError, TimeoutError):
 
 
 class LeaseError(PoolyError):
-    """Raised when a lease is used outside its validity: after checkin, twice, or elsewhere.
+    """Raised when a lease is used outside its validity: after checkin, twice, or elsewhere,
+    or after a call through it was interrupted part-way (its message then says so: the
+    worker was killed and is being replaced).
 
     The operation changed nothing: a stale lease can never reach a worker that someone else
     now holds.
