@@ -166,7 +166,7 @@ def test_permanent_child_is_restarted_after_every_kind_of_exit(start) -> None:
     os.kill(pid3, signal.SIGKILL)  # killed
     pid4 = expect_ready(parent)
     assert len({pid1, pid2, pid3, pid4}) == 4
-    assert pids(sup) == {"p": pid4}
+    assert wait_for(lambda: pids(sup) == {"p": pid4})
     assert all_gone([pid1, pid2, pid3])
     exits = rec.exits_of("p")
     assert [(pid, r.exitcode, r.normal, restarting) for pid, r, restarting in exits] == [
@@ -205,7 +205,7 @@ def test_transient_child_is_restarted_only_after_an_abnormal_exit(start) -> None
     assert (last_pid, r3.exitcode, r3.normal, again3) == (pid3, 0, True, False)
     assert "t" not in pids(sup)
     assert all_gone([pid1, pid2, pid3])
-    assert pids(sup) == {"other": other}
+    assert wait_for(lambda: pids(sup) == {"other": other})
     assert not parent.poll(0), "a transient child that exited normally was restarted"
     assert sup.running and sup.failure is None
 
@@ -571,7 +571,7 @@ def test_start_child_terminate_child_and_which_children(start) -> None:
     assert x_entry == ("x", child, "transient")
     with pytest.raises(ValueError):
         sup.start_child(ProcessChild.spec("x", run_forever))
-    assert pids(sup) == {"a": a, "x": child.pid}
+    assert wait_for(lambda: pids(sup) == {"a": a, "x": child.pid})
 
     # A dynamically started child is supervised like the others.
     x2 = crash(sup, "x")
@@ -581,7 +581,7 @@ def test_start_child_terminate_child_and_which_children(start) -> None:
     assert gone(x2)
     assert [cid for cid, _, _ in sup.which_children()] == ["a"]
     assert rec.exits_of("x")[-1][0] == x2 and rec.exits_of("x")[-1][2] is False
-    assert pids(sup) == {"a": a}
+    assert wait_for(lambda: pids(sup) == {"a": a})
     sup.terminate_child("no such child")  # unknown id: nothing to do
     assert sup.running and sup.failure is None
 
@@ -601,7 +601,7 @@ def test_restart_child_gives_a_new_pid_and_is_not_counted_against_intensity(star
         assert gone(seen[-1])
         seen.append(new)
     assert sup.running and sup.failure is None  # max_restarts=0, yet three restarts
-    assert pids(sup)["b"] == b
+    assert wait_for(lambda: pids(sup).get("b") == b)
     with pytest.raises(KeyError):
         sup.restart_child("no such child")
     # A real crash *is* counted: with max_restarts=0 it fails the supervisor.
@@ -1258,7 +1258,7 @@ def test_other_exits_are_handled_while_a_restart_is_starting(start) -> None:
     assert "slow" not in pids(sup)
     gate.open()
     wait_new_pid(sup, "slow", before["slow"])
-    assert pids(sup)["other"] == other2
+    assert wait_for(lambda: pids(sup).get("other") == other2)
 
 
 def test_stop_cuts_a_cancellable_start_short(start) -> None:

@@ -411,12 +411,13 @@ class Pool(PassiveChild, SupervisorListener):
                 self._workers[wid] = w
                 self._reserved[wid] = w
             else:
-                if wid in self._restartable:
-                    self._replaced += 1
+                again = wid in self._restartable
                 # -- commit, then the calls
                 self._restartable[wid] = None
                 self._workers[wid] = w
-                if self._closed is None:
+                if self._closed is None:  # (one that comes up as the pool fails never serves)
+                    if again:
+                        self._replaced += 1
                     self._idle.append(w)
                     self._serve_waiters()
         return h
