@@ -397,3 +397,41 @@ def test_start_timeout_covers_sending_a_big_payload(sup: pooly.Pooly) -> None:
         _stuck_in_bootstrap = False
     pool = sup.start_pool("l2", Counter, size=1, start_method="fork")  # nothing else harmed
     assert pool.transaction(lambda w: w.incr()) == 1
+
+
+# ---------------------------------------------------------------------- concurrent starts
+
+
+def _pipe_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("pipe:"):
+            inodes.add(target)
+    return inodes
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_concurrent_starts_leave_no_worker_holding_another_workers_channel(
+    sup: pooly.Pooly, method: str
+) -> None:
+    """Workers start concurrently (issue 6, seam 1): a worker forked while another one's
+    channel was being made could keep that channel's reply end, hiding the other's death
+    from its holder (a call then hung instead of raising WorkerCrashed)."""
+    for round_ in range(3):
+        pool = sup.start_pool(f"c{round_}", Counter, size=6, start_method=method)
+        with pool._lock:
+            workers = list(pool._workers.values())
+        channel = {
+            w.handle.pid: {
+                f"pipe:[{os.fstat(fd).st_ino}]" for fd in (w.handle.req_w, w.handle.rep_r)
+            }
+            for w in workers
+        }
+        for pid in channel:
+            others = set().union(*(c for p, c in channel.items() if p != pid))
+            assert not _pipe_inodes(pid) & others, f"worker {pid} holds another's channel"
+        sup.stop_pool(f"c{round_}")

@@ -142,8 +142,9 @@ class LocalBackend:
         """
         if self.zygote is not None:
             self.zygote.stop()
-        for fd in (self.alive_r, self.alive_w):
-            if fd >= 0:
-                _HOST_FDS.discard(fd)
-                os.close(fd)
-        self.alive_r = self.alive_w = -1
+        with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
+            for fd in (self.alive_r, self.alive_w):
+                if fd >= 0:
+                    _HOST_FDS.discard(fd)
+                    os.close(fd)
+            self.alive_r = self.alive_w = -1

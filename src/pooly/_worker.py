@@ -483,7 +483,11 @@ class WorkerProcess:
         what = f"worker {cls_name} of pool {pool_name!r}"
         try:
             _dead_pipe()  # made now, not at the first stop: a host out of fds still stops
-            with _FDS_LOCK:  # no fork between making the host's ends and registering them
+            # No fork (another thread starting a worker) between making the ends and
+            # registering them: a child that kept this worker's reply end would hide its
+            # death. The host's ends close in every child; the worker's own in every child
+            # but the one this thread forks.
+            with _FDS_LOCK:
                 req_r, req_w = os.pipe()  # host -> worker
                 try:
                     rep_r, rep_w = os.pipe()  # worker -> host
@@ -491,6 +495,8 @@ class WorkerProcess:
                     _close_fds((req_r, req_w))
                     raise
                 _HOST_FDS.update((req_w, rep_r))
+                me = threading.get_ident()
+                _STARTING_FDS[req_r] = _STARTING_FDS[rep_w] = me
         except OSError as e:
             raise WorkerStartError(f"could not start {what}: {e}") from e
         try:
@@ -798,6 +804,8 @@ def _start_process(
         try:
             ends += (os.dup(alive_fd),)
         except BaseException:
+            for fd in ends:
+                _STARTING_FDS.pop(fd, None)  # (registered by the caller)
             _close_fds(ends)
             raise
         for fd in ends:
@@ -806,9 +814,10 @@ def _start_process(
         try:
             return zygote.spawn(ends, timeout)
         finally:
-            for fd in ends:
-                _STARTING_FDS.pop(fd, None)
-            _close_fds(ends)
+            with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
+                for fd in ends:
+                    _STARTING_FDS.pop(fd, None)
+                _close_fds(ends)
     conns = [
         multiprocessing.connection.Connection(ends[0], writable=False),
         multiprocessing.connection.Connection(ends[1], readable=False),
@@ -821,9 +830,10 @@ def _start_process(
         with _START_LOCK:  # Popen makes pipes around its fork: one start at a time
             proc.start()
     finally:
-        for c in conns:
-            _STARTING_FDS.pop(c.fileno(), None)
-            c.close()
+        with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
+            for c in conns:
+                _STARTING_FDS.pop(c.fileno(), None)
+                c.close()
     # Pooly reaps its own workers; multiprocessing's global bookkeeping would poll
     # their sentinels from other threads (and race with our reaping) otherwise.
     multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
@@ -831,9 +841,10 @@ def _start_process(
 
 
 def _release_fds(fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        _HOST_FDS.discard(fd)
-    _close_fds(fds)
+    with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
+        for fd in fds:
+            _HOST_FDS.discard(fd)
+        _close_fds(fds)
 
 
 def _end_process(proc: Any, *, kill: bool) -> int | None:

@@ -57,7 +57,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import WorkerStartError, describe_exit
-from ._process import _HOST_FDS, _STARTING_FDS
+from ._process import _FDS_LOCK, _HOST_FDS, _STARTING_FDS
 from ._worker import _close_fds
 from ._zygote_proc import EMFILE, recv, send, zygote_main
 
@@ -105,15 +105,17 @@ class _Server:
         self._replies: collections.deque[tuple[tuple[Any, ...], list[int]]] = collections.deque()
         self._exits: dict[int, int] = {}
         self._live: set[int] = set()  # forked, handle not closed: their exits are kept
-        ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.ctl = ctl
-        _HOST_FDS.add(ctl.fileno())
         me = threading.get_ident()
+        with _FDS_LOCK:  # no fork (another pool's start) between making and listing them
+            ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            _HOST_FDS.add(ctl.fileno())
+            _STARTING_FDS[theirs.fileno()] = me
+        self.ctl = ctl
         alive = None
         try:
-            alive = multiprocessing.connection.Connection(os.dup(alive_fd), writable=False)
-            for fd in (theirs.fileno(), alive.fileno()):
-                _STARTING_FDS[fd] = me  # a fork by another thread meanwhile must not keep them
+            with _FDS_LOCK:
+                alive = multiprocessing.connection.Connection(os.dup(alive_fd), writable=False)
+                _STARTING_FDS[alive.fileno()] = me  # a fork by another thread must not keep it
             proc = multiprocessing.get_context("spawn").Process(
                 target=zygote_main,
                 args=(theirs, alive, env, modules, pool_name),
@@ -122,15 +124,17 @@ class _Server:
             )
             proc.start()
         except BaseException:
-            _HOST_FDS.discard(ctl.fileno())
-            ctl.close()
+            with _FDS_LOCK:
+                _HOST_FDS.discard(ctl.fileno())
+                ctl.close()
             raise
         finally:
-            for fd in (theirs.fileno(), -1 if alive is None else alive.fileno()):
-                _STARTING_FDS.pop(fd, None)
-            theirs.close()
-            if alive is not None:
-                alive.close()
+            with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
+                for fd in (theirs.fileno(), -1 if alive is None else alive.fileno()):
+                    _STARTING_FDS.pop(fd, None)
+                theirs.close()
+                if alive is not None:
+                    alive.close()
         # We reap it ourselves; multiprocessing's sweep of its children would race with us.
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
         self.proc = proc
@@ -299,7 +303,7 @@ class _Server:
         code: int | None = proc.exitcode
         self._wait_for(lambda: False, time.monotonic() + 1.0)  # read up to its EOF
         self.dead = True
-        with self._req_lock, self._read_lock:  # nobody is reading or asking: free the fd
+        with self._req_lock, self._read_lock, _FDS_LOCK:  # nobody reads or asks: free it
             _HOST_FDS.discard(self.ctl.fileno())
             self.ctl.close()
         _HOST_FDS.difference_update(self._spawn_fds)
@@ -402,8 +406,9 @@ class ZygoteProcess:
 
 
 def _close_pidfd(pidfd: int, server: _Server, pid: int) -> None:
-    _HOST_FDS.discard(pidfd)
-    _close_fds((pidfd,))
+    with _FDS_LOCK:  # no fork between unlisting and closing it (numbers are reused)
+        _HOST_FDS.discard(pidfd)
+        _close_fds((pidfd,))
     server.forget(pid)
 
 
