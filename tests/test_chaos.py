@@ -300,13 +300,18 @@ def test_overflow_promotions_do_not_grow_the_pool_bookkeeping(sup: pooly.Pooly) 
         pool.checkin(core)  # overflow busy: it is promoted, this core worker dismissed
         pool.checkin(extra)
     assert wait_for(lambda: pool.status().idle == 1)
-    grown = {
-        f"{type(o).__name__}.{k}": n
-        for o in (pool, pool._workers_sup)
-        for k, n in _collection_sizes(o).items()
-        if n > 4  # size + max_overflow, plus room for a child still being stopped
-    }
-    assert not grown, f"grew with 40 promotions: {grown}"
+
+    def grown() -> dict[str, int]:
+        return {
+            f"{type(o).__name__}.{k}": n
+            for o in (pool, pool._workers_sup)
+            for k, n in _collection_sizes(o).items()
+            if n > 4  # size + max_overflow, plus room for a child still being stopped
+        }
+
+    # Dismissed workers leave the supervisor once stopped, which may lag the checkins a
+    # little on a loaded machine: bounded means it settles.
+    assert wait_for(lambda: not grown(), 10), f"grew with 40 promotions: {grown()}"
 
 
 @pytest.mark.timeout(60)

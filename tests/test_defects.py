@@ -435,3 +435,27 @@ def test_concurrent_starts_leave_no_worker_holding_another_workers_channel(
             others = set().union(*(c for p, c in channel.items() if p != pid))
             assert not _pipe_inodes(pid) & others, f"worker {pid} holds another's channel"
         sup.stop_pool(f"c{round_}")
+
+
+@pytest.mark.timeout(10)
+def test_fd_finalizer_run_by_gc_inside_the_fd_lock_does_not_deadlock() -> None:
+    """A garbage collection inside a section holding the fd lock (it allocates) may run a
+    dropped worker handle's finalizer, which closes that handle's fds under the same lock:
+    with a plain lock the starting thread deadlocked on itself (seen as a hung start_pool)."""
+    import weakref
+
+    from pooly._process import _FDS_LOCK, _HOST_FDS
+    from pooly._worker import _release_fds
+
+    class Handle:
+        pass
+
+    r, w = os.pipe()
+    _HOST_FDS.update((r, w))
+    h = Handle()
+    h.cycle = h  # type: ignore[attr-defined]  # only the cyclic GC frees it
+    weakref.finalize(h, _release_fds, (r, w))
+    del h
+    with _FDS_LOCK:
+        gc.collect()
+    assert r not in _HOST_FDS and w not in _HOST_FDS

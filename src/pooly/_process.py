@@ -74,9 +74,12 @@ def _fresh_std_streams() -> None:
         setattr(sys, name, stream)
 
 
-#: Held while host fds are created and registered above, and across every fork: a fork
-#: from another thread (pool workers start concurrently) can't copy a pipe not yet listed.
-_FDS_LOCK = threading.Lock()
+#: Held while host fds are created and listed above (and unlisted and closed), and across
+#: every fork: a fork from another thread (pool workers start concurrently) can't copy a
+#: pipe not yet listed, or one whose number is about to be reused. Re-entrant: a garbage
+#: collection inside a locked section may run a worker handle's finalizer, which closes
+#: that handle's fds under the same lock.
+_FDS_LOCK = threading.RLock()
 
 
 def _after_fork_in_child() -> None:
