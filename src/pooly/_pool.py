@@ -594,7 +594,11 @@ class Pool(PassiveChild, SupervisorListener):
     def _pass_on(self, lease: Lease, why: str) -> None:
         """End ``lease`` and pass its worker on: to the head waiter, dismissed, or idle."""
         w = lease._rec
-        if self._closed is not None or not w.handle.looks_alive():
+        # Liveness is checked (a poll) only where the worker would go on to someone: an idle
+        # one that died unseen is skipped by checkout, and child_exited replaces it.
+        if self._closed is not None or (
+            (self._waiters or self._overflow) and not w.handle.looks_alive()
+        ):
             # Closed: the tree stops it. Died unseen: child_exited replaces it and its
             # replacement serves any waiter.
             self._end_lease(lease, why)
