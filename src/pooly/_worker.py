@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import _thread
 import collections
+import contextlib
 import functools
 import inspect
 import math
@@ -53,6 +54,7 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Iterator
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
@@ -121,17 +123,35 @@ Payload = bytes | bytearray | memoryview
 Frame = tuple[int, Payload]  # (request id, pickled payload)
 
 
-def _send(fd: int, data: bytes, rid: int = 0) -> None:
-    """Write one frame. EPIPE (the reader is gone) raises ``BrokenPipeError``, never kills.
+@contextlib.contextmanager
+def _no_sigpipe() -> Iterator[None]:
+    """Writes inside may meet EPIPE (the reader is gone): ``BrokenPipeError``, never death.
 
     Python ignores SIGPIPE, but a host may have restored its default (CLI tools do, so
     that ``| head`` ends them quietly): then a write to a dead worker's pipe would kill the
-    whole host with exit 141. In that case the write runs with SIGPIPE blocked in this
+    whole host with exit 141. In that case the writes run with SIGPIPE blocked in this
     thread, and the signal the kernel queued for it is taken off again.
     """
+    if _getsignal(_SIGPIPE) is _SIG_IGN:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGPIPE})
+    try:
+        yield
+    except BrokenPipeError:
+        signal.sigtimedwait({_SIGPIPE}, 0)  # the SIGPIPE sent to this thread, if any
+        raise
+    finally:
+        if _SIGPIPE not in old:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _send(fd: int, data: bytes, rid: int = 0) -> None:
+    """Write one frame; ``BrokenPipeError`` if the reader is gone (see :func:`_no_sigpipe`)."""
     n = len(data)
     if _getsignal(_SIGPIPE) is not _SIG_IGN:
-        _send_sigpipe_blocked(fd, _HDR.pack(n, rid) + data)
+        with _no_sigpipe():
+            _write_all(fd, memoryview(_HDR.pack(n, rid) + data))
     elif n <= _READ_CHUNK:
         buf = _HDR.pack(n, rid) + data
         sent = os.write(fd, buf)  # a pipe takes up to 64 KiB in one write
@@ -140,18 +160,6 @@ def _send(fd: int, data: bytes, rid: int = 0) -> None:
     else:
         _write_all(fd, memoryview(_HDR.pack(n, rid)))
         _write_all(fd, memoryview(data))
-
-
-def _send_sigpipe_blocked(fd: int, buf: bytes) -> None:
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGPIPE})
-    try:
-        _write_all(fd, memoryview(buf))
-    except BrokenPipeError:
-        signal.sigtimedwait({_SIGPIPE}, 0)  # the SIGPIPE sent to this thread: consume it
-        raise
-    finally:
-        if _SIGPIPE not in old:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _send_within(fd: int, data: bytes, deadline: float, sentinel: int, cancel_fd: int = -1) -> bool:
@@ -167,33 +175,26 @@ def _send_within(fd: int, data: bytes, deadline: float, sentinel: int, cancel_fd
     poller.register(sentinel, select.POLLIN)
     if cancel_fd >= 0:
         poller.register(cancel_fd, select.POLLIN)
-    guard = _getsignal(_SIGPIPE) is not _SIG_IGN
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGPIPE}) if guard else set()
     os.set_blocking(fd, False)
     try:
-        while view:
-            try:
-                view = view[os.write(fd, view) :]
-                continue
-            except BlockingIOError:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            for ready, _ in poller.poll(math.ceil(left * 1000)):
-                if ready == sentinel:
-                    raise BrokenPipeError(f"the reader of fd {fd} has ended")
-                if ready == cancel_fd:
+        with _no_sigpipe():
+            while view:
+                try:
+                    view = view[os.write(fd, view) :]
+                    continue
+                except BlockingIOError:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
                     return False
-        return True
-    except BrokenPipeError:
-        if guard:
-            signal.sigtimedwait({_SIGPIPE}, 0)
-        raise
+                for ready, _ in poller.poll(math.ceil(left * 1000)):
+                    if ready == sentinel:
+                        raise BrokenPipeError(f"the reader of fd {fd} has ended")
+                    if ready == cancel_fd:
+                        return False
+            return True
     finally:
         os.set_blocking(fd, True)
-        if guard and _SIGPIPE not in old:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
