@@ -39,10 +39,11 @@ from ._errors import (
     LeaseError,
     PoolFailed,
     PoolFull,
+    PoolyError,
     WorkerStartError,
 )
 from ._owner import LeaseSet, current_leases
-from ._process import default_start_method
+from ._process import HOST, default_start_method
 from ._supervisor import (
     CancelToken,
     Child,
@@ -204,6 +205,8 @@ class Lease:
         return functools.partial(self.call, name)
 
     def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._pool._gen != HOST.gen:  # a copy in a forked child: its channel stayed behind
+            raise self._pool._forked_error()
         if not self._in_call.acquire(False):
             raise LeaseError(
                 f"lease on worker pid {self._worker.pid} of pool {self._pool.name!r} is "
@@ -280,6 +283,16 @@ def _lease_class(cls_name: str, methods: frozenset[str]) -> type[Lease]:
     body: dict[str, Any] = {"__slots__": ()}
     body.update({m: _remote_method(m) for m in sorted(methods) if m not in own})
     return type(f"Lease[{cls_name}]", (Lease,), body)
+
+
+def forked_error(what: str) -> PoolyError:
+    """Using a parent's pooly object in a forked child: say why it can't work."""
+    return PoolyError(
+        f"{what} belongs to the process this one was forked from; a forked child (os.fork, "
+        "a fork-context multiprocessing.Pool, a pre-fork server's worker) inherits only an "
+        "inert copy: its workers, threads and channels stayed with the parent. Start a "
+        f"Pooly in this process (pid {HOST.pid}) to use pools here."
+    )
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -367,6 +380,7 @@ class Pool(PassiveChild, SupervisorListener):
             preload=preload,
         )
         self._clock = clock
+        self._gen = HOST.gen  # which process this pool belongs to (see _forked_error)
         super().__init__()
 
         self._lock = threading.Lock()
@@ -433,6 +447,8 @@ class Pool(PassiveChild, SupervisorListener):
         :class:`PoolFailed` if the pool has failed or stopped. If the calling thread ends
         without checking in, the worker is reclaimed.
         """
+        if self._gen != HOST.gen:
+            raise self._forked_error()
         if timeout is not None:
             timeout = _check_seconds("timeout", timeout, allow_zero=True)
         leases = current_leases()
@@ -491,6 +507,8 @@ class Pool(PassiveChild, SupervisorListener):
 
     def checkin(self, lease: Lease) -> None:
         """Give a leased worker back. A lease whose worker died is a quiet no-op."""
+        if self._gen != HOST.gen:
+            raise self._forked_error()
         if not isinstance(lease, Lease):
             raise LeaseError(
                 f"pool {self.name!r}: checkin expects a lease from checkout(), got "
@@ -527,6 +545,8 @@ class Pool(PassiveChild, SupervisorListener):
 
     def status(self) -> PoolStatus:
         """A consistent snapshot of the pool's counts and state."""
+        if self._gen != HOST.gen:
+            raise self._forked_error()
         with self._lock:
             if self._closed is not None:
                 state: State = "failed" if self._failed else "stopped"
@@ -551,15 +571,22 @@ class Pool(PassiveChild, SupervisorListener):
 
     def worker_pids(self) -> list[int]:
         """Process ids of the pool's live workers (idle and busy)."""
+        if self._gen != HOST.gen:
+            raise self._forked_error()
         with self._lock:
             return [w.handle.pid for w in self._workers.values()]
 
     def __repr__(self) -> str:
+        if self._gen != HOST.gen:
+            return f"<Pool {self.name!r} of another process (this one was forked from it)>"
         s = self.status()
         return (
             f"<Pool {self.name!r} {s.state} idle={s.idle} busy={s.busy} "
             f"overflow={s.overflow}/{s.max_overflow} waiting={s.waiting}>"
         )
+
+    def _forked_error(self) -> PoolyError:
+        return forked_error(f"pool {self.name!r}")
 
     # ------------------------------------------------------------------ internals (locked)
     #

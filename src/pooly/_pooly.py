@@ -14,6 +14,7 @@ behind the user's back; it stays in the registry, marked failed (``checkout`` ra
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import math
@@ -25,7 +26,8 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from ._errors import NoSuchPool, PoolyError
-from ._pool import Pool
+from ._pool import Pool, forked_error
+from ._process import HOST
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
 from ._tree import start_pool_tree
 
@@ -90,8 +92,13 @@ class Pooly:
             name="pooly",
         )
         self._top.start()
-        # Stops the tree if this Pooly is dropped without stop(), or at interpreter exit.
-        self._finalizer = weakref.finalize(self, _shutdown, self._registry, self._top)
+        self._gen = HOST.gen
+        # Stops the tree if this Pooly is dropped without stop() -- on a thread of its own,
+        # never the one the garbage collector happens to run on. Interpreter exit is
+        # _stop_all_at_exit's business, not weakref's (whose exit order is newest first).
+        self._finalizer = weakref.finalize(self, _collected, self._registry, self._top, self._gen)
+        self._finalizer.atexit = False
+        _LIVE[self._finalizer] = self._gen
 
     # ------------------------------------------------------------------ pools
 
@@ -172,6 +179,7 @@ class Pooly:
 
     def pool(self, name: str) -> Pool:
         """The pool of that name (also a failed one, until it is stopped)."""
+        self._check_here()
         with self._registry.lock:
             try:
                 return self._registry.pools[name]
@@ -182,11 +190,13 @@ class Pooly:
 
     def pools(self) -> list[Pool]:
         """Every registered pool, in start order."""
+        self._check_here()
         with self._registry.lock:
             return list(self._registry.pools.values())
 
     def stop_pool(self, name: str) -> None:
         """Stop a pool: fail its waiters, stop its workers (graceful, then kill), forget it."""
+        self._check_here()
         with self._registry.lock:
             pool = self._registry.pools.pop(name, None)
         if pool is None:
@@ -200,10 +210,23 @@ class Pooly:
     # ------------------------------------------------------------------ lifecycle
 
     def stop(self) -> None:
-        """Stop every pool and the tree. Idempotent; leaves no worker process behind."""
-        self._finalizer()
+        """Stop every pool and the tree. Idempotent; leaves no worker process behind.
+
+        In a child forked from the process that made this Pooly it does nothing: the tree
+        belongs to the parent (so a forked child that exits a ``with Pooly()`` block it
+        inherited, or runs inherited clean-up code, never touches the parent's workers).
+        """
+        found = self._finalizer.detach()
+        _LIVE.pop(self._finalizer, None)
+        if found is not None and self._gen == HOST.gen:
+            _shutdown(self._registry, self._top)
+
+    def _check_here(self) -> None:
+        if self._gen != HOST.gen:
+            raise forked_error("this Pooly")
 
     def _check_running(self) -> None:
+        self._check_here()
         if not self._finalizer.alive:
             raise PoolyError("this Pooly has been stopped; create a new one")
         failure = self._top.failure
@@ -217,6 +240,8 @@ class Pooly:
         self.stop()
 
     def __repr__(self) -> str:
+        if self._gen != HOST.gen:
+            return "<Pooly of another process (this one was forked from it)>"
         names = [p.name for p in self.pools()]
         return f"<Pooly pools={names}{'' if self._finalizer.alive else ' stopped'}>"
 
@@ -225,6 +250,66 @@ def _itself(child: _Registry) -> _Registry:
     # Not a lambda over self: the supervisor thread holds its specs, and a Pooly must stay
     # collectable (its finalizer then stops the tree).
     return child
+
+
+#: This process's running Poolys' finalizers (-> the fork generation that made each), oldest
+#: first. A dict: ordered, and the finalizers hold no reference to their Pooly.
+_LIVE: dict[weakref.finalize[Any, Any], int] = {}
+#: Stops begun by the garbage collector, still running on their own threads.
+_STOPPING: dict[threading.Thread, None] = {}
+_EXIT_JOIN = 30.0  # seconds to wait at exit for such stops to finish
+
+
+def _collected(registry: _Registry, top: Supervisor, gen: int) -> None:
+    """A Pooly was garbage-collected without stop(): stop its tree on a thread of its own.
+
+    The collector runs on whichever thread happens to allocate -- possibly one of this very
+    tree's supervisor threads, which stopping the tree waits for: done in place, it would
+    wait for itself forever. A finalizer must never block the thread it runs on.
+    """
+    for fin in [f for f in _LIVE if not f.alive]:  # (this one's among them)
+        _LIVE.pop(fin, None)
+    if gen != HOST.gen:  # a forked child's copy: the tree is the parent's
+        return
+    t = threading.Thread(target=_stop_collected, args=(registry, top), name="pooly-stop")
+    t.daemon = True  # _stop_all_at_exit waits for it (with a deadline), not threading
+    _STOPPING[t] = None
+    t.start()
+
+
+def _stop_collected(registry: _Registry, top: Supervisor) -> None:
+    try:
+        _shutdown(registry, top)
+    except Exception:
+        log.exception("stopping a Pooly that was garbage-collected without stop()")
+    finally:
+        _STOPPING.pop(threading.current_thread(), None)
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    """At interpreter exit, stop every Pooly this process made and did not stop, newest first.
+
+    Registered when pooly is imported, so it runs after the program's own later ``atexit``
+    hooks (which may still use pools) and before multiprocessing's. Each Pooly stops as a
+    whole, top-down, as ``stop()`` does: its pools refuse new work, then each worker is
+    stopped (graceful, then kill) and reaped before anything it depends on closes, so an
+    exit without ``stop()`` is quiet -- no worker's end is taken for a crash. Nothing is
+    done for Poolys inherited from a parent process (a forked child's exit).
+    """
+    for fin, gen in reversed(list(_LIVE.items())):
+        _LIVE.pop(fin, None)
+        found = fin.detach()
+        if found is None or gen != HOST.gen:
+            continue
+        _obj, _func, args, _kwargs = found
+        try:
+            _shutdown(args[0], args[1])
+        except Exception:
+            log.exception("stopping a Pooly at interpreter exit")
+    deadline = time.monotonic() + _EXIT_JOIN
+    for t in list(_STOPPING):
+        t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _shutdown(registry: _Registry, top: Supervisor) -> None:

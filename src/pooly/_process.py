@@ -29,7 +29,27 @@ from collections.abc import Callable, Hashable, Sequence
 from ._errors import describe_exit
 from ._supervisor import Child, ChildSpec, ExitReason, Restart
 
-__all__ = ("ProcessChild", "default_start_method", "preload_forkserver")
+__all__ = ("HOST", "ProcessChild", "default_start_method", "preload_forkserver")
+
+
+class _Host:
+    """This process as pooly sees it: its pid, and how many forks it is from where it began.
+
+    Every pooly object made here records ``gen``; a child forked from this process (by
+    anyone: ``os.fork``, a fork-context ``multiprocessing.Pool``, a pre-fork server) gets a
+    new ``gen``, so the parent's objects can tell in O(1) -- no ``getpid`` syscall on the
+    hot path -- that they are copies: their threads, locks' owners and descriptors stayed
+    with the parent. They then refuse to act (see ``Pool._forked_error``).
+    """
+
+    __slots__ = ("gen", "pid")
+
+    def __init__(self) -> None:
+        self.gen = 0
+        self.pid = os.getpid()
+
+
+HOST = _Host()
 
 #: File descriptors the host holds for its workers (channel ends, alive pipes). A process forked
 #: from the host (the "fork" start method, or the user's own os.fork) closes them at once, so
@@ -85,6 +105,43 @@ _FDS_LOCK = threading.RLock()
 def _after_fork_in_child() -> None:
     _FDS_LOCK.release()  # taken by the forking thread, the child's only thread
     _close_host_fds_after_fork()
+    HOST.gen += 1
+    HOST.pid = os.getpid()
+    # Locks another thread of the parent may have held at the fork would stay held forever
+    # here (their owners don't exist in the child): a fresh Pooly could never start a pool.
+    _START_LOCK._at_fork_reinit()  # type: ignore[attr-defined]
+    _dead_lock._at_fork_reinit()  # type: ignore[attr-defined]
+    _forget_parents_forkserver()
+
+
+def _forget_parents_forkserver() -> None:
+    """Make multiprocessing start a forkserver of this child's own when it needs one.
+
+    Forked after the parent started multiprocessing's forkserver, a child inherits its
+    address and pid, and its next "forkserver" start calls ``waitpid`` on a process that is
+    not its child: a bare ``ChildProcessError`` (CPython does not reset this at fork). The
+    parent's server stays the parent's; the child's copy of its alive fd is closed so the
+    parent's server still exits with the parent.
+    """
+    fs = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(fs, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive, int):
+        try:
+            os.close(alive)
+        except OSError:
+            pass
+    for attr in ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid"):
+        setattr(server, attr, None)
+    if hasattr(server, "_forkserver_authkey"):  # 3.13.x+
+        server._forkserver_authkey = None
+    if hasattr(server, "_inherited_fds"):
+        server._inherited_fds = None
+    lock = getattr(server, "_lock", None)
+    if lock is not None and hasattr(lock, "_at_fork_reinit"):
+        lock._at_fork_reinit()
 
 
 #: Held around each worker's process start. With "fork", Popen makes the new process's

@@ -456,7 +456,8 @@ class WorkerProcess:
         self.overflow = False
         self._poll = select.poll()
         self._poll.register(rep_r, select.POLLIN)
-        weakref.finalize(self, _release_fds, (req_w, rep_r))
+        # Not at interpreter exit: the Pooly's exit hook stops workers first (in order).
+        weakref.finalize(self, _release_fds, (req_w, rep_r)).atexit = False
 
     # -- starting ------------------------------------------------------------------
 

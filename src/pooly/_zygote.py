@@ -349,6 +349,7 @@ class ZygoteProcess:
         self._closed = False
         _HOST_FDS.add(pidfd)
         self._finalizer = weakref.finalize(self, _close_pidfd, pidfd, server, pid)
+        self._finalizer.atexit = False  # the Pooly's exit hook stops workers first
 
     def _check_closed(self) -> None:
         if self._closed:
