@@ -33,6 +33,7 @@ __all__ = (
     "FAULT_KINDS",
     "FAULT_LABELS",
     "FORGET_AFTER",
+    "FORK_CHILD_BOUND",
     "HEAL_BOUND",
     "HUNG_AFTER",
     "INTERRUPTED",
@@ -159,6 +160,7 @@ OTHER_FAULTS = {
     "interrupted-main": "call interrupted mid-flight by SIGINT (main thread)",
     "slow-start": f"SIGKILL, replacement's constructor slow ({SLOW_START:g} s)",
     "stop-restart": "stop_pool + start_pool under load",
+    "host-fork": "host forks a child that uses pooly and exits",
 }
 FAULT_LABELS = {
     "sigkill-busy": OTHER_FAULTS["sigkill-busy"],
@@ -170,6 +172,7 @@ FAULT_LABELS = {
     "interrupted-main": OTHER_FAULTS["interrupted-main"],
     "slow-start": OTHER_FAULTS["slow-start"],
     "stop-restart": OTHER_FAULTS["stop-restart"],
+    "host-fork": OTHER_FAULTS["host-fork"],
 }
 FAULT_KINDS = tuple(FAULT_LABELS)  # what --faults chooses from
 CONFIRMED = {  # what "confirmed" means for a kind, in the report
@@ -181,6 +184,7 @@ CONFIRMED = {  # what "confirmed" means for a kind, in the report
     "interrupted-main": "KeyboardInterrupt, then checked in",
     "slow-start": "a replacement's constructor slept",
     "stop-restart": "back and serving",
+    "host-fork": "child: PoolyError, own pool served, exited, left nothing",
     **{
         k: (f"WorkerCrashed, {describe_exit(f.exitcode)}" if f.exitcode else f.outcome)
         for k, f in CALL_FAULTS.items()
@@ -196,6 +200,7 @@ WEIGHTS = {
     "interrupted": 1.0,
     "interrupted-main": 0.5,
     "slow-start": 0.5,
+    "host-fork": 0.5,
 }
 
 
@@ -219,6 +224,7 @@ SHAPES = (
     Shape("zeta", 4, 0, "lifo"),
 )
 CHECKOUT_TIMEOUT = 5.0  # a regular consumer's checkout bound; timing out is an OTHER outcome
+FORK_CHILD_BOUND = 30.0  # a forked child must have exited (and left nothing) this soon
 HUNG_AFTER = 10.0  # a checkout or call in flight this long is hung
 HEAL_BOUND = 10.0  # a pool must be back at full size this soon after each fault
 MAX_SECONDS = 5.0  # restart-intensity window of each pool

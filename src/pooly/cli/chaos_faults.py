@@ -8,19 +8,22 @@ helper thread whose check runs once the helper has ended.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
-from .. import Lease
+from .. import Lease, Pooly, PoolyError
 from .chaos_calls import ChaosCalls
 from .chaos_config import (
     CALL_FAULTS,
     CHECKOUT_TIMEOUT,
+    FORK_CHILD_BOUND,
     HEAL_BOUND,
     HUNG_AFTER,
     MAX_DOOMED,
@@ -29,7 +32,9 @@ from .chaos_config import (
     WEIGHTS,
     Shape,
 )
+from .chaos_proc import proc_stat
 from .common import is_full
+from .workers import ChaosWorker
 
 __all__ = ("ChaosFaults",)
 
@@ -92,6 +97,11 @@ class ChaosFaults(ChaosCalls):
                 self._burst(name, rng.randrange(1 << 30))
         elif kind == "slow-start":
             self._slow_start(name, rng)
+        elif kind == "host-fork":
+            if any(th.name.startswith("host-fork") for th, _ in self.helpers):
+                self.count(self.fig.skipped, kind)  # one at a time
+            else:
+                self._host_fork(name, rng.random())
         elif kind == "interrupted-main":
             # The main thread makes this call (see Chaos.run_workload), if Ctrl-C would
             # raise KeyboardInterrupt there: Python's own SIGINT handler is in place.
@@ -158,6 +168,57 @@ class ChaosFaults(ChaosCalls):
                 self.count(self.fig.confirmed, "slow-start")
 
         self._helper(f"slow-start-{name}", wait, check)
+
+    def _host_fork(self, name: str, draw: float) -> None:
+        """Fork the host, as a pre-fork server or a fork-context ``multiprocessing.Pool`` does,
+        while everything else goes on: the child finds pool ``name`` inert (PoolyError at
+        once), runs a pool of its own, lives on a moment (holding whatever it inherited, while
+        the restarter may be stopping pools), then exits as a program does (atexit hooks,
+        the inherited Pooly's included). It must exit in time and leave no process behind."""
+        pool = self.pools[name]
+        linger = 0.2 + 1.3 * draw
+        self.count(self.fig.faults, "host-fork")
+        result: list[str] = []
+
+        def fork() -> None:
+            r, w = os.pipe()
+            with warnings.catch_warnings():  # 3.12+: "multi-threaded, fork() may deadlock"
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child: nothing of the soak's (its locks may be held), only pooly
+                _forked_child(pool, w, linger)
+            os.close(w)
+            deadline = time.monotonic() + FORK_CHILD_BOUND
+            while os.waitpid(pid, os.WNOHANG)[0] == 0:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    result.append(f"HUNG: forked child {pid} did not exit in {FORK_CHILD_BOUND:g}s")
+                    break
+                time.sleep(0.01)
+            with os.fdopen(r, "rb") as f:
+                report = f.read().decode()
+            if result:
+                return
+            if not report.startswith("ok"):
+                result.append(f"forked child {pid}: {report or 'died without a word'}")
+                return
+            pids = [int(x) for x in report.split()[1:]]
+            while any(_running(p) for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            left = [p for p in pids if _running(p)]
+            if left:
+                result.append(f"forked child {pid} left its pool's processes {left} running")
+
+        def check() -> None:
+            if not result:
+                self.count(self.fig.confirmed, "host-fork")
+            elif result[0].startswith("HUNG"):
+                self.hung(result[0])
+            else:
+                self.other(result[0], self.fig.checkouts)
+
+        self._helper(f"host-fork-{name}", fork, check)
 
     def _helper(self, name: str, target: Callable[[], None], check: Callable[[], None]) -> None:
         th = self.thread(name, target)
@@ -327,3 +388,37 @@ class ChaosFaults(ChaosCalls):
             f"{self.elapsed():6.1f}s  {name}: stopped under load in "
             f"{(stopped - t) * 1000:.0f} ms, serving again {down_ms:.0f} ms after the stop began"
         )
+
+
+def _forked_child(parents_pool: object, w: int, linger: float) -> None:
+    """The body of a child forked by the ``host-fork`` fault; always ends in ``os._exit``."""
+    code, report = 1, "error"
+    try:
+        try:
+            parents_pool.checkout(timeout=1)  # type: ignore[attr-defined]
+            report = "the parent's pool served a checkout in its forked child"
+        except PoolyError:
+            mine = Pooly()
+            pool = mine.start_pool("forked-child", ChaosWorker, size=1)
+            pids = pool.worker_pids()
+            with pool.checkout(timeout=CHECKOUT_TIMEOUT) as lease:
+                echoed = lease.echo(linger)
+            time.sleep(linger)
+            mine.stop()
+            if echoed == linger:
+                code, report = 0, " ".join(["ok", *map(str, pids)])
+            else:
+                report = f"its own pool answered {echoed!r}, not {linger!r}"
+        atexit._run_exitfuncs()  # exit as a program does (os._exit skips them)
+    except BaseException as e:
+        report = f"{type(e).__name__}: {e}"
+    finally:
+        try:
+            os.write(w, report.encode()[:4000])
+        finally:
+            os._exit(code)
+
+
+def _running(pid: int) -> bool:
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
