@@ -63,7 +63,13 @@ def test_short_soak_explains_every_outcome_and_leaves_nothing(tmp_path: Path) ->
     # Real harm was done, of every kind, and each fault did what it was meant to.
     for kind in chaos_config.FAULT_LABELS:
         assert faults.get(kind, 0) > 0, f"no {kind} fault injected\n{report}"
-    for kind in (*chaos_config.CALL_FAULTS, "interrupted", "interrupted-main", "slow-start"):
+    for kind in (
+        *chaos_config.CALL_FAULTS,
+        "interrupted",
+        "interrupted-main",
+        "slow-start",
+        "host-fork",
+    ):
         assert data["confirmed"].get(kind, 0) > 0, f"no {kind} fault confirmed\n{report}"
     assert calls["WorkerCrashed"] > 0 and sum(data["replaced"].values()) > 0, report
     assert checkouts.get(chaos_config.WAITER_TIMEOUT, 0) > 0, report
