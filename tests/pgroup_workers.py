@@ -54,3 +54,24 @@ class TreeMaker:
         creating ``marker``."""
         Path(marker).touch()
         ctypes.PyDLL(None).sleep(3600)  # PyDLL: the call keeps the GIL
+
+
+class TerminalUser:
+    """A worker that writes to its terminal and has children that use it."""
+
+    def use_terminal(self) -> dict[str, str]:
+        print("the worker writes to its terminal", flush=True)
+        # A child inherits fd 0 (and the worker's signal dispositions): it writes to the
+        # terminal, and reads its stdin.
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import os, sys; print('its child writes too', flush=True); "
+                "print(os.readlink('/proc/self/fd/0') + ' ' + repr(sys.stdin.read()))",
+            ],
+            stdout=None,
+            check=True,
+            timeout=20,
+        )
+        return {"child": str(child.returncode), "stdin": os.readlink("/proc/self/fd/0")}

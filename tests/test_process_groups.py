@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,3 +228,77 @@ def test_sigkilled_host_kills_tree_of_worker_stuck_holding_the_gil(tmp_path: Pat
     """
     with reaped_at_end() as pids:
         _sigkill_host(tmp_path, "forkserver", "gil", pids)
+
+
+TTY_HOST = r"""
+import fcntl, json, sys, termios
+import pooly
+from tests.pgroup_workers import TerminalUser
+
+def main():
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the pty is our terminal, we its foreground group
+    attrs = termios.tcgetattr(0)
+    attrs[3] |= termios.TOSTOP  # background writes stop the writer (stty tostop)
+    termios.tcsetattr(0, termios.TCSANOW, attrs)
+    with pooly.Pooly(start_method=sys.argv[1]) as p:
+        pool = p.start_pool("tty", TerminalUser, size=1)
+        with pool.checkout() as w:
+            print("RESULT " + json.dumps(w.use_terminal()), flush=True)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_terminal_does_not_stop_workers(tmp_path: Path, method: str) -> None:
+    """Issue 7, defect 4 (its fix): a worker in a process group of its own is a background
+    group of the host's terminal, which stops a background process that reads it (SIGTTIN)
+    or, under ``stty tostop``, writes to it (SIGTTOU) -- with no shell to resume it. A
+    worker and its children must write to the terminal as before and read /dev/null."""
+    script = tmp_path / "tty_host.py"
+    script.write_text(TTY_HOST)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    master, slave = os.openpty()
+    pids: list[int] = []
+    try:
+        with reaped_at_end() as pids:
+            host = subprocess.Popen(
+                [sys.executable, str(script), method],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=env,
+                cwd=tmp_path,
+                start_new_session=True,  # a session of its own, for the pty to lead
+            )
+            os.close(slave)
+            slave = -1
+            out = b""
+            try:
+                deadline = time.monotonic() + 15
+                while b"RESULT" not in out and time.monotonic() < deadline:
+                    pids += [q.pid for q in psutil.Process(host.pid).children(recursive=True)]
+                    if select.select([master], [], [], 0.1)[0]:
+                        try:
+                            out += os.read(master, 4096)
+                        except OSError:  # EIO: every slave end is closed
+                            break
+                assert host.wait(10) == 0, out.decode(errors="replace")
+            finally:
+                if host.poll() is None:
+                    pids += [q.pid for q in psutil.Process(host.pid).children(recursive=True)]
+                    host.kill()
+                host.wait()
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    text = out.decode(errors="replace")
+    assert "the worker writes to its terminal" in text, text
+    assert "its child writes too" in text, text
+    assert "/dev/null ''" in text, text  # the child read its stdin: /dev/null, not the pty
+    result = json.loads(text.split("RESULT ", 1)[1].splitlines()[0])
+    assert result == {"child": "0", "stdin": "/dev/null"}
