@@ -963,9 +963,8 @@ def _end_process(proc: Any, *, kill: bool) -> int | None:
     Idempotent: a second call on the same (closed) process returns None.
     """
     try:
-        if not kill:
-            _join_tree(proc, 5)
-        if proc.exitcode is None:
+        # (Not proc.exitcode to ask: multiprocessing's reaps the worker, group left alive.)
+        if kill or not _join_tree(proc, 5):
             proc.kill()
             _join_tree(proc)
         code: int | None = proc.exitcode
@@ -978,8 +977,9 @@ def _end_process(proc: Any, *, kill: bool) -> int | None:
 # ---------------------------------------------------------------------- process groups
 
 
-def _join_tree(proc: Any, timeout: float | None = None) -> None:
-    """``proc.join(timeout)``, and the worker's group SIGKILLed once it has exited.
+def _join_tree(proc: Any, timeout: float | None = None) -> bool:
+    """``proc.join(timeout)``, and the worker's group SIGKILLed once it has exited; whether
+    it has.
 
     Host side (supervisor loop thread, or a starter thread). A worker process is the leader
     of its own group (:func:`_lead_own_group`); what it started and left behind dies here.
@@ -998,11 +998,13 @@ def _join_tree(proc: Any, timeout: float | None = None) -> None:
     """
     if not isinstance(proc, multiprocessing.process.BaseProcess):  # a ZygoteProcess
         proc.join(timeout)
-        if proc.exitcode is None and multiprocessing.connection.wait([proc.sentinel], 0):
-            _kill_group_after_reap(proc.pid)  # exited, status lost: its server may be gone
-        return
+        if not multiprocessing.connection.wait([proc.sentinel], 0):
+            return False
+        if proc.exitcode is None:  # exited, status lost: its fork server may be gone
+            _kill_group_after_reap(proc.pid)
+        return True
     if not multiprocessing.connection.wait([proc.sentinel], timeout):
-        return  # still running (the sentinel shows the exit: its pipe end closes with it)
+        return False  # still running (the sentinel shows the exit: its pipe end closes with it)
     popen = proc._popen  # type: ignore[attr-defined]
     if popen is not None and popen.returncode is None:  # not reaped by an earlier join
         pid: int = popen.pid
@@ -1015,6 +1017,7 @@ def _join_tree(proc: Any, timeout: float | None = None) -> None:
         else:
             _kill_group(pid)
     proc.join()
+    return True
 
 
 def _kill_group(pgid: int) -> None:
