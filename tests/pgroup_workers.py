@@ -75,3 +75,12 @@ class TerminalUser:
             timeout=20,
         )
         return {"child": str(child.returncode), "stdin": os.readlink("/proc/self/fd/0")}
+
+
+class FailsAfterTree:
+    """A worker whose constructor starts a tree, records its pids in ``path``, then fails."""
+
+    def __init__(self, path: str) -> None:
+        pids = TreeMaker().tree()
+        Path(path).write_text(f"{os.getpid()} {pids[0]} {pids[1]}")
+        raise RuntimeError("the constructor fails after starting processes")

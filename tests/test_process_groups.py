@@ -31,7 +31,7 @@ import pytest
 
 import pooly
 from tests.conftest import gone, wait_for
-from tests.pgroup_workers import TreeMaker
+from tests.pgroup_workers import FailsAfterTree, TreeMaker
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -145,6 +145,60 @@ def test_shutdown_timeout_kill_kills_worker_tree(method: str) -> None:
         assert len(outcome) == 1 and isinstance(outcome[0], pooly.WorkerCrashed), outcome
 
 
+@pytest.mark.parametrize("method", START_METHODS)
+def test_failed_start_kills_its_tree(tmp_path: Path, method: str) -> None:
+    """Issue 7, defect 4: a worker whose constructor fails after starting processes is
+    reaped by its starter (not the supervisor): its tree goes too."""
+    record = tmp_path / "pids"
+    with reaped_at_end() as pids, pooly.Pooly(start_method=method) as p:
+        try:
+            with pytest.raises(pooly.WorkerStartError):
+                p.start_pool("a", FailsAfterTree, (str(record),), size=1, max_restarts=0)
+        finally:
+            if record.exists():
+                pids += [int(pid) for pid in record.read_text().split()]
+        assert len(pids) == 3
+        assert_all_gone(pids)
+
+
+def test_worker_of_a_killed_fork_server_still_takes_its_tree(sup: pooly.Pooly) -> None:
+    """Issue 7, defect 4: a worker whose fork server was killed (so its parent is gone and
+    init reaps it) still takes its tree along when it crashes: the host kills the group."""
+    pool = sup.start_pool("a", TreeMaker, size=1, start_method="forkserver")
+    with reaped_at_end() as pids:
+        with pool.checkout(timeout=10) as w:
+            make_tree(w, pids)
+            pids.append(w.pid)
+            server = pool._backend.zygote.pid  # type: ignore[attr-defined]
+            assert server is not None
+            os.kill(server, signal.SIGKILL)
+            assert wait_for(lambda: gone(server))
+            with pytest.raises(pooly.WorkerCrashed):
+                w.crash()
+        assert_all_gone(pids)
+
+
+def test_multiprocessing_forkserver_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 7, defect 4: where pooly has no fork server of its own (no pidfds: not Linux),
+    "forkserver" is multiprocessing's, which reaps the worker itself; the host still kills
+    the crashed worker's group (see _kill_group_after_reap for the one chance it takes)."""
+    monkeypatch.setattr(pooly._backend, "ZYGOTE_SUPPORTED", False)  # type: ignore[attr-defined]
+    with reaped_at_end() as pids, pooly.Pooly(start_method="forkserver") as p:
+        pool = p.start_pool("a", TreeMaker, size=1)
+        assert pool._backend.zygote is None  # type: ignore[attr-defined]
+        with pool.checkout(timeout=10) as w:
+            make_tree(w, pids)
+            pids.append(w.pid)
+            with pytest.raises(pooly.WorkerCrashed):
+                w.crash()
+        assert_all_gone(pids)
+        with pool.checkout(timeout=10) as w:  # the stop path too
+            make_tree(w, pids)
+            pids.append(w.pid)
+        p.stop_pool("a")
+        assert_all_gone(pids)
+
+
 def _ignores_sigterm(pid: int) -> bool:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -156,7 +210,7 @@ def _ignores_sigterm(pid: int) -> bool:
 HOST = r"""
 import json, sys, threading
 import pooly
-from tests.pgroup_workers import TreeMaker
+from tests.pgroup_workers import FailsAfterTree, TreeMaker
 
 def main():
     method, mode, marker = sys.argv[1:4]
