@@ -40,12 +40,16 @@ SIGKILLed when the worker ends, however it ends::
     crash, kill, stop, timeout     its parent, before reaping it  leader exited, not yet reaped
       (parent = the pool's fork      (pooly._zygote_proc, or        (the zombie pins the group id:
       server, or this host)          WorkerProcess.reap)             no other group can have it)
-    host death                     its own watchdog thread        EOF on the alive pipe
+    host death                     its own watchdog thread,       EOF on the alive pipe
                                    and the pool's fork server     (even if the worker is stuck
                                                                     holding the GIL)
+                                   or (fork, spawn) the worker    its last act, if the request
+                                   itself on its way out            pipe's EOF came first
 
 A graceful stop stays graceful: the worker reads EOF, returns, and may end its own children
-on the way out; only what is left of its group when it has exited is killed. A descendant
+on the way out (when its object is released); only what is left of its group then is
+killed (a worker started by multiprocessing does it itself as ``_worker_main`` returns,
+before multiprocessing's exit hooks; see :func:`_end_group_on_the_way_out`). A descendant
 that leaves the group itself (``setsid``, ``start_new_session=True``) is on its own.
 
 Being its own group, a worker no longer gets what the terminal sends to the foreground group
@@ -334,8 +338,8 @@ def _lead_own_group() -> None:
     "fork" and "spawn" give no such hook (with spawn, the child has exec'd before ``start``
     returns, and a parent's ``setpgid`` then fails): there, until this runs, the worker is in
     its parent's group -- harmless, since the parent only ever kills a worker's group once
-    the worker has exited (:func:`_kill_group_of_exited`), and a group that was never made
-    is simply not there (ESRCH). (With spawn, what the main module itself starts when it is
+    the worker has exited (:func:`_join_tree`), and a group that was never made is simply
+    not there (ESRCH). (With spawn, what the main module itself starts when it is
     imported as ``__mp_main__`` runs before this, and stays in the host's group.)
     """
     try:
