@@ -23,13 +23,17 @@ fixed every worker's environment at its first start. A zygote belongs to one poo
       sendmsg("fork", SCM_RIGHTS: the 3 fds) ---- control -->  poll([control, alive, SIGCHLD])
                                                   socketpair   fork() -> child: close the
                                                   (SEQPACKET)    zygote's fds, reset signals,
+                                                                 setpgid: its own group,
                                                                  _worker_core(req_r, rep_w, alive)
-      ZygoteProcess(pid, pidfd) <--- ("forked", pid) + pidfd   parent: close the 3 fds, open
-        sentinel = the pidfd                                     the child's pidfd, send it
-        kill() = pidfd_send_signal                             SIGCHLD -> waitpid(-1, WNOHANG)
+      ZygoteProcess(pid, pidfd) <--- ("forked", pid) + pidfd   parent: setpgid too, close the
+        sentinel = the pidfd                                     3 fds, open the child's pidfd,
+        kill() = pidfd_send_signal                               send it
+                                                               SIGCHLD -> waitid(WNOWAIT),
+                                                                 killpg(pid): its tree, waitpid
         join(): bounded wait for <---------- ("exit", pid, code)  (code: -signal or status)
                                                                EOF on alive (host died) or on
-                                                               control (pool stopped) -> exit
+                                                               control (pool stopped) -> killpg
+                                                                 each live worker's group, exit
 
 This module is the host's side; the zygote's own is :mod:`pooly._zygote_proc`. The host
 reads the control socket only when it waits for something (a fork's reply, an exit report):

@@ -4,6 +4,18 @@ Runs in the process :mod:`pooly._zygote` starts for a pool (see the sketch there
 thread, one poll loop on the control socket, the pool's alive pipe and a SIGCHLD wakeup
 pipe. Also the message helpers both sides use (one SEQPACKET message per request, reply or
 exit report; fds ride along with SCM_RIGHTS).
+
+Being the workers' parent, it is also what ends each worker's process tree (issue 7,
+defect 4; see :mod:`pooly._worker`). A worker leads its own process group, made from both
+sides of the fork before the host hears of the pid. When a worker exits, the zygote SIGKILLs
+its group *before* reaping it: ``waitid(WNOWAIT)`` finds the exited child and leaves it a
+zombie, whose pid pins the group id (no other group can have it); then ``killpg``; then
+``waitpid`` and the exit report. When the zygote itself exits -- its host died (EOF on the
+alive pipe), or its pool stopped (EOF on the control socket; every worker has ended by then)
+-- it SIGKILLs the groups of all the workers it still has: a worker stuck in C code that
+holds the GIL can't run its own watchdog. A zygote that is killed does none of this: its
+workers keep serving, and when one of them ends its host kills the group as best it can
+(:func:`pooly._worker._kill_group_after_reap`).
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import signal
 import socket
 from collections.abc import Sequence
 
-from ._worker import _close_fds, _worker_core
+from ._worker import _close_fds, _kill_group, _lead_own_group, _worker_core
 
 _MSG_MAX = 1 << 16
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
@@ -114,6 +126,8 @@ class _ZygoteLoop:
         self.wake_r = wake_r
         self.private = private
         self.pool_name = pool_name
+        #: Forked and not reaped yet: each leads a process group whose id is its pid.
+        self.workers: set[int] = set()
         # Replies and exit reports not sent yet, each with fds to send and then close. Sent
         # as the socket takes them: this process never blocks on a busy host.
         self.outbox: collections.deque[tuple[bytes, list[int]]] = collections.deque()
@@ -128,15 +142,23 @@ class _ZygoteLoop:
             poller.modify(ctl_fd, select.POLLIN | (select.POLLOUT if self.outbox else 0))
             for fd, events in poller.poll():
                 if fd == alive_fd:
-                    return  # the host never writes: readable means it is gone
+                    return self._end_workers()  # the host never writes: readable, it's gone
                 if fd == self.wake_r:
                     self._reap()
                 elif events & select.POLLOUT and not self._flush():
-                    return
+                    return self._end_workers()
                 elif events & (select.POLLIN | select.POLLHUP | select.POLLERR) and not (
                     self._request()
                 ):
-                    return  # the host closed the control socket: the pool stops
+                    return self._end_workers()  # the host closed the control socket
+
+    def _end_workers(self) -> None:
+        """On the way out: reap (and report) the workers that have exited, SIGKILL the
+        groups of the others (unreaped: their ids are pinned). Not waited for: whoever
+        inherits them reaps them."""
+        self._reap()
+        for pid in self.workers:
+            _kill_group(pid)
 
     def _flush(self) -> bool:
         while self.outbox:
@@ -159,11 +181,18 @@ class _ZygoteLoop:
             pass
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # WNOWAIT: the exited child stays a zombie, so its pid -- its group's id --
+                # can't be reused by an unrelated process while we kill the group.
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if info is None:
                 return
+            pid = info.si_pid
+            if pid in self.workers:
+                self.workers.discard(pid)
+                _kill_group(pid)  # what the worker started and left behind
+            _, status = os.waitpid(pid, 0)  # it has exited: returns at once
             code = os.waitstatus_to_exitcode(status)  # negative: killed by that signal
             self.outbox.append((pickle.dumps(("exit", pid, code)), []))
             self._flush()
@@ -200,11 +229,19 @@ class _ZygoteLoop:
         if pid == 0:
             code = 1
             try:
+                _lead_own_group()  # first: see below
                 self._become_worker()
                 code = proc._bootstrap()  # type: ignore[attr-defined]
             finally:
                 os._exit(code)
         _close_fds(tuple(fds))
+        # The worker's own process group, made from this side too: it exists before the host
+        # hears of the pid (nothing kills a group not made yet), whichever process runs first.
+        try:
+            os.setpgid(pid, pid)
+        except OSError:  # (the child did it; or it has exited already)
+            pass
+        self.workers.add(pid)
         try:
             # Race-free: only this process reaps the child, and it has not yet.
             pidfd = os.pidfd_open(pid)
