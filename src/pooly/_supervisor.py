@@ -7,11 +7,12 @@ becomes readable once the child has ended, can be asked to end (``terminate``) o
 children, so supervisors nest into a tree.
 
 Each supervisor runs one thread, its *loop*, which only waits and decides. It blocks in
-``multiprocessing.connection.wait`` on its children's sentinels plus a wake-up pipe, so exits
-are handled the moment they happen -- no polling, no sleeps. Starting a child can take long
-(a worker constructor loading a model), so starts never run on the loop: each runs on a
-starter thread of its own and reports back through the wake-up pipe; a stop cancels starts
-in flight (:class:`CancelToken`) and waits for them at most their shutdown time::
+``multiprocessing.connection.wait`` on its children's sentinels plus a wake-up signal (an
+eventfd), so exits are handled the moment they happen -- no polling, no sleeps. Starting a
+child can take long (a worker constructor loading a model), so starts never run on the loop:
+each runs on a starter thread of its own and reports back through the wake-up signal; a stop
+cancels starts in flight (:class:`CancelToken`) and waits for them at most their shutdown
+time::
 
      other threads             supervisor loop thread              starter threads
      -------------             ----------------------              ---------------
@@ -46,7 +47,6 @@ import heapq
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -54,6 +54,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from multiprocessing.connection import wait as _wait
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from ._fds import Signal
 
 __all__ = (
     "CancelToken",
@@ -239,18 +241,18 @@ class SupervisorListener:
 class PassiveChild:
     """A child with no thread or process of its own: it ends only when told to.
 
-    Subclasses override :meth:`_on_terminate`. The sentinel is a pipe whose write end is
-    closed once the child has ended.
+    Subclasses override :meth:`_on_terminate`. The sentinel is a :class:`~pooly._fds.Signal`
+    (one fd), set once the child has ended: a write, so no forked copy can hide it.
     """
 
     def __init__(self) -> None:
-        self._sentinel_r, self._sentinel_w = os.pipe()
+        self._sentinel = Signal()
         self._ended = False
         self._end_lock = threading.Lock()
 
     @property
     def sentinel(self) -> int:
-        return self._sentinel_r
+        return self._sentinel.fileno()
 
     def _on_terminate(self) -> None:
         """Runs once, on the thread that ends the child."""
@@ -263,26 +265,18 @@ class PassiveChild:
         try:
             self._on_terminate()
         finally:
-            self._close_fd("_sentinel_w")
+            self._sentinel.set()
 
     def kill(self) -> None:
         self.terminate()
 
     def reap(self) -> ExitReason:
-        self._close_fd("_sentinel_r")
+        self._sentinel.close()
         return SHUTDOWN
 
     def discard(self) -> None:
         """Release the sentinel of a child that was never started (idempotent)."""
-        self._close_fd("_sentinel_w")
-        self._close_fd("_sentinel_r")
-
-    def _close_fd(self, attr: str) -> None:
-        with self._end_lock:
-            fd = getattr(self, attr)
-            setattr(self, attr, -1)
-        if fd >= 0:
-            os.close(fd)
+        self._sentinel.close()
 
 
 class StartCancelled(RuntimeError):
@@ -297,20 +291,20 @@ class CancelToken:
     """Tells a cancellable start (``ChildSpec(cancellable=True)``) that its child is no longer
     wanted: the supervisor is stopping, or that child is being terminated or restarted.
 
-    ``cancelled`` turns True and ``fileno()`` becomes readable (a pipe, made on first use:
+    ``cancelled`` turns True and ``fileno()`` becomes readable (a Signal, made on first use:
     pass the token itself to ``select``/``multiprocessing.connection.wait`` next to what the
     start waits for). Set by the thread stopping the child; read by the start's thread. The
     supervisor gives a cancelled start up to the spec's ``shutdown`` seconds to return, then
     leaves it: a start that sees the cancel must itself stop whatever it had started.
     """
 
-    __slots__ = ("_cancelled", "_closed", "_lock", "_r", "_w")
+    __slots__ = ("_cancelled", "_closed", "_lock", "_signal")
 
     def __init__(self) -> None:
         self._cancelled = False
         self._closed = False
         self._lock = threading.Lock()
-        self._r = self._w = -1
+        self._signal: Signal | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -321,11 +315,11 @@ class CancelToken:
         with self._lock:
             if self._closed:
                 raise ValueError("this cancel token is closed: its start has returned")
-            if self._r < 0:
-                self._r, self._w = os.pipe()
+            if self._signal is None:
+                self._signal = Signal()
                 if self._cancelled:
-                    os.write(self._w, b"x")
-            return self._r
+                    self._signal.set()
+            return self._signal.fileno()
 
     def cancel(self) -> None:
         """Fire the token (idempotent; any thread)."""
@@ -333,18 +327,15 @@ class CancelToken:
             if self._cancelled:
                 return
             self._cancelled = True
-            # A byte rather than closing the write end: a process forked meanwhile may hold a
-            # copy of it, and would then hide an EOF.
-            if self._w >= 0:
-                os.write(self._w, b"x")
+            if self._signal is not None:
+                self._signal.set()
 
     def _close(self) -> None:
         with self._lock:
             self._closed = True
-            for fd in (self._r, self._w):
-                if fd >= 0:
-                    os.close(fd)
-            self._r = self._w = -1
+            signal, self._signal = self._signal, None
+        if signal is not None:
+            signal.close()
 
     def __repr__(self) -> str:
         return f"<CancelToken{' cancelled' if self._cancelled else ''}>"
@@ -478,8 +469,14 @@ class Supervisor:
         self._vclock = clock if isinstance(clock, VirtualTime) else None
         self._timers: list[tuple[float, int, TimerHandle]] = []  # a heap, under the lock
         self._timer_seq = itertools.count()
-        self._wake_r, self._wake_w = os.pipe()
-        self._sentinel_r, self._sentinel_w = os.pipe()
+        # Two Signals (one fd each): the loop's wake-up, and our own "ended" sentinel.
+        self._wakeup = Signal()
+        try:
+            self._ended_signal = Signal()
+        except BaseException:
+            self._wakeup.close()
+            raise
+        self._wake_r = self._wakeup.fileno()  # -1 once closed (under the lock)
         self._thread: threading.Thread | None = None
         # The one thread that may read (and, at the end, close) the wake pipe: the caller of
         # start() until the loop runs, then the loop thread.
@@ -551,13 +548,13 @@ class Supervisor:
             fds: list[Any] = [self._wake_r] if cancel is None else [self._wake_r, cancel]
             ready = _wait(fds)  # no deadline of our own: each start has its own timeouts
             if self._wake_r in ready:
-                os.read(self._wake_r, 4096)
+                self._wakeup.drain()
             if cancel is not None and cancel.cancelled:
                 raise StartCancelled(f"supervisor {self.name!r} was stopped while starting")
 
     @property
     def sentinel(self) -> int:
-        return self._sentinel_r
+        return self._ended_signal.fileno()
 
     @property
     def failure(self) -> ExitReason | None:
@@ -588,10 +585,7 @@ class Supervisor:
         self._done.wait()
         if self._thread is not None and self._thread.ident != threading.get_ident():
             self._thread.join()
-        with self._lock:
-            if self._sentinel_r >= 0:
-                os.close(self._sentinel_r)
-                self._sentinel_r = -1
+        self._ended_signal.close()
         return self._exit or SHUTDOWN
 
     def stop(self, timeout: float | None = None) -> ExitReason:
@@ -645,8 +639,8 @@ class Supervisor:
             else:  # a stop is under way and waits for this start: hand the result over
                 st.child, st.error, st.done = child, error, True
                 outcome = "handed over"
-            if self._wake_w >= 0:
-                os.write(self._wake_w, b"!")
+            if self._wake_r >= 0:
+                self._wakeup.set()
         if outcome == "orphan" and child is not None:
             self._stop_orphan(spec, child)
         if error is not None:
@@ -727,13 +721,13 @@ class Supervisor:
             raise TypeError(f"fn must be callable, got {fn!r}")
         handle = TimerHandle(float(when), fn, args)
         with self._lock:
-            if not self._running or self._wake_w < 0:
+            if not self._running or self._wake_r < 0:
                 handle._cancelled = True
                 return handle
             first = not self._timers or when < self._timers[0][0]
             heapq.heappush(self._timers, (handle.when, next(self._timer_seq), handle))
             if first and not self._on_loop():
-                os.write(self._wake_w, b"!")  # the loop's wait must end sooner
+                self._wakeup.set()  # the loop's wait must end sooner
         return handle
 
     def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> TimerHandle:
@@ -854,14 +848,14 @@ class Supervisor:
             if not self._running:
                 return False
             self._mailbox.append(fn)
-            os.write(self._wake_w, b"!")
+            self._wakeup.set()
         return True
 
     def _wake(self) -> None:
         # Under the lock: _finish closes the pipe under it too, so the fd is never reused.
         with self._lock:
-            if self._wake_w >= 0:
-                os.write(self._wake_w, b"!")
+            if self._wake_r >= 0:
+                self._wakeup.set()
 
     def _call(self, fn: Callable[[], None], wait: bool) -> None:
         fut: Future[None] = Future()
@@ -911,7 +905,7 @@ class Supervisor:
                     }
                 ready = self._wait_until([self._wake_r, *watched], self._next_deadline())
                 if self._wake_r in ready:
-                    os.read(self._wake_r, 4096)
+                    self._wakeup.drain()
                 for fd in ready:
                     if fd in watched and self._running:
                         self._child_ended(watched[fd])
@@ -982,8 +976,8 @@ class Supervisor:
             orphan = st.abandoned
             if not orphan:
                 st.child, st.error, st.done = child, error, True
-                if self._wake_w >= 0:
-                    os.write(self._wake_w, b"!")
+                if self._wake_r >= 0:
+                    self._wakeup.set()
         if orphan and child is not None:
             self._stop_orphan(spec, child)
 
@@ -1121,12 +1115,10 @@ class Supervisor:
             for _, _, handle in self._timers:
                 handle._cancelled = True
             self._timers.clear()
-            os.close(self._wake_w)
-            self._wake_w = -1
-            os.close(self._wake_r)
+            self._wakeup.close()
             self._wake_r = -1
         self._done.set()
-        os.close(self._sentinel_w)
+        self._ended_signal.set()
 
     # ------------------------------------------------------------------ stopping children
 
@@ -1230,7 +1222,7 @@ class Supervisor:
                 if ready in pending:
                     pending.pop(ready)
                 elif wake:
-                    os.read(self._wake_r, 4096)
+                    self._wakeup.drain()
         return [(spec, child, child.reap()) for spec, child in stopped]
 
     def __repr__(self) -> str:

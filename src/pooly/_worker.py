@@ -65,13 +65,8 @@ from ._errors import (
     WorkerStartError,
     describe_exit,
 )
-from ._process import (
-    _FDS_LOCK,
-    _HOST_FDS,
-    _START_LOCK,
-    _STARTING_FDS,
-    _dead_pipe,
-)
+from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS, _dead_pipe
+from ._process import _START_LOCK
 from ._supervisor import CancelToken, ExitReason
 
 if TYPE_CHECKING:
@@ -399,14 +394,17 @@ class WorkerProcess:
     """The host's end of one worker process; a supervisor child.
 
     ``call`` runs in the consumer's thread (one at a time: the lease serialises calls);
-    ``terminate``/``kill``/``reap`` run in the supervisor's loop thread. The channel fds are
-    never closed while the object lives: stopping and reaping point them at dead pipes
-    instead (see :func:`_dead_pipe`); they are closed when the object is collected.
+    ``terminate``/``kill``/``reap`` run in the supervisor's loop thread. Stopping and reaping
+    point the channel fds at dead pipes (see :func:`_dead_pipe`), so their numbers stay valid
+    for a consumer thread still in a call; :meth:`release` closes them once the pool knows no
+    thread can use them any more (reaped, and no call in flight), else the object's collection
+    does.
     """
 
     __slots__ = (
         "__weakref__",
         "_ahead",
+        "_fds_finalizer",
         "_pending",
         "_poll",
         "_rid",
@@ -456,7 +454,20 @@ class WorkerProcess:
         self.overflow = False
         self._poll = select.poll()
         self._poll.register(rep_r, select.POLLIN)
-        weakref.finalize(self, _release_fds, (req_w, rep_r))
+        self._fds_finalizer = weakref.finalize(self, _release_fds, (req_w, rep_r))
+
+    def release(self) -> None:
+        """Close the channel fds now (idempotent). Only once reaped, and once no thread can
+        be in a call, send or receive on them (the pool decides: the worker is unleased, or
+        its lease has ended and no call through it is in flight); a use after this fails as
+        a dead channel, never on a recycled fd number."""
+        if not self._fds_finalizer.alive:
+            return
+        dead = select.poll()
+        dead.register(_dead_pipe()[0], select.POLLIN)  # reads EOF: not alive
+        self._poll = dead
+        self.req_w = self.rep_r = -1  # EBADF (a dead channel) for any stray use
+        self._fds_finalizer()
 
     # -- starting ------------------------------------------------------------------
 
@@ -777,7 +788,7 @@ class WorkerProcess:
         dead_r, dead_w = _dead_pipe()
         os.dup2(dead_w, self.req_w)
         os.dup2(dead_r, self.rep_r)
-        self.proc.close()
+        _close_process(self.proc)
         if self.stopping and code in (0, -signal.SIGKILL, -signal.SIGTERM):
             return ExitReason(True, f"worker pid {self.pid} stopped", code)
         return ExitReason(
@@ -828,8 +839,11 @@ def _start_process(
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main, args=tuple(conns), name=f"pooly:{pool_name}", daemon=False
         )
-        with _START_LOCK:  # Popen makes pipes around its fork: one start at a time
+        # _START_LOCK: Popen makes pipes around its fork, one start at a time. _FDS_LOCK: no
+        # fork (the user's, in another thread) between making its pipes and listing them.
+        with _START_LOCK, _FDS_LOCK:
             proc.start()
+            _HOST_FDS.update(_trim_process_fds(proc))
     finally:
         with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
             for c in conns:
@@ -848,6 +862,40 @@ def _release_fds(fds: tuple[int, ...]) -> None:
         _close_fds(fds)
 
 
+def _process_fds(proc: Any) -> list[int]:
+    """The host's fds that multiprocessing keeps for a started ``proc`` until it is closed:
+    its sentinel, and the write end of the pipe that carried its preparation data (spawn) or
+    serves as its parent sentinel (fork). Listed so that no fork of the host keeps them."""
+    finalizer = getattr(getattr(proc, "_popen", None), "finalizer", None)
+    fds = [fd for fd in getattr(finalizer, "_args", None) or () if isinstance(fd, int)]
+    return fds if proc.sentinel in fds else [proc.sentinel, *fds]
+
+
+def _trim_process_fds(proc: Any) -> list[int]:
+    """Right after ``proc.start()`` (under ``_FDS_LOCK``): close the fd multiprocessing keeps
+    beside the sentinel (the preparation-data pipe's write end, written in full by then, or
+    the fork child's parent sentinel, which pooly's workers don't watch: they watch the
+    alive pipe), one fd less per process; return the fds left, to be listed."""
+    finalizer = getattr(getattr(proc, "_popen", None), "finalizer", None)
+    fds = _process_fds(proc)
+    if finalizer is None or len(fds) != 2 or fds[0] != proc.sentinel:
+        return fds  # not the shape we know: leave it to multiprocessing
+    finalizer._args = (proc.sentinel,)
+    _close_fds((fds[1],))
+    return [proc.sentinel]
+
+
+def _close_process(proc: Any) -> None:
+    """``proc.close()`` (ValueError while it runs), unlisting the fds it closes."""
+    with _FDS_LOCK:  # no fork between closing them and unlisting them (numbers are reused)
+        try:
+            fds = _process_fds(proc)
+        except ValueError:  # closed already
+            fds = []
+        proc.close()
+        _HOST_FDS.difference_update(fds)
+
+
 def _end_process(proc: Any, *, kill: bool) -> int | None:
     """Make sure a worker that failed to start is gone and reaped; return its exit code.
 
@@ -862,5 +910,5 @@ def _end_process(proc: Any, *, kill: bool) -> int | None:
         code: int | None = proc.exitcode
     except ValueError:  # already closed by an earlier call
         return None
-    proc.close()
+    _close_process(proc)
     return code

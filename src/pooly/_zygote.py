@@ -57,8 +57,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import WorkerStartError, describe_exit
-from ._process import _FDS_LOCK, _HOST_FDS, _STARTING_FDS
-from ._worker import _close_fds
+from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS
+from ._worker import _close_fds, _close_process, _trim_process_fds
 from ._zygote_proc import EMFILE, recv, send, zygote_main
 
 __all__ = ("SUPPORTED", "Zygote", "ZygoteProcess")
@@ -122,7 +122,9 @@ class _Server:
                 name=f"pooly-zygote:{pool_name}",
                 daemon=False,
             )
-            proc.start()
+            with _FDS_LOCK:  # no fork between making its pipes (in start) and listing them
+                proc.start()
+                _HOST_FDS.update(_trim_process_fds(proc))
         except BaseException:
             with _FDS_LOCK:
                 _HOST_FDS.discard(ctl.fileno())
@@ -139,10 +141,7 @@ class _Server:
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
         self.proc = proc
         self.pid: int = proc.pid  # type: ignore[assignment]
-        self._spawn_fds = [proc.sentinel]
         try:
-            self._spawn_fds = _spawn_fds(proc)
-            _HOST_FDS.update(self._spawn_fds)
             self._ready(deadline)
         except BaseException:
             self.stop(0)
@@ -306,18 +305,8 @@ class _Server:
         with self._req_lock, self._read_lock, _FDS_LOCK:  # nobody reads or asks: free it
             _HOST_FDS.discard(self.ctl.fileno())
             self.ctl.close()
-        _HOST_FDS.difference_update(self._spawn_fds)
-        proc.close()
+        _close_process(proc)
         return code
-
-
-def _spawn_fds(proc: multiprocessing.process.BaseProcess) -> list[int]:
-    """The host's fds that multiprocessing's spawn keeps for ``proc`` until it is closed: its
-    sentinel, and the write end of the pipe that carried its preparation data (which the
-    zygote holds the read end of). Registered so that no fork of the host keeps them."""
-    finalizer = getattr(getattr(proc, "_popen", None), "finalizer", None)
-    fds = [fd for fd in getattr(finalizer, "_args", None) or () if isinstance(fd, int)]
-    return fds if proc.sentinel in fds else [proc.sentinel, *fds]
 
 
 class ZygoteProcess:
