@@ -9,6 +9,7 @@ one start that hit it, never a failure of running pools.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import multiprocessing.resource_tracker
 import os
@@ -22,7 +23,8 @@ from typing import Any
 import pytest
 
 import pooly
-from pooly import _fds
+from pooly import _fds, _supervisor
+from pooly._supervisor import ChildSpec, ExitReason, Supervisor
 from tests.conftest import wait_for
 from tests.workers import Counter
 
@@ -251,3 +253,60 @@ def test_dead_workers_fds_are_released_when_reaped() -> None:
         top.stop()
         if gc_was:
             gc.enable()
+
+
+class _Unkillable:
+    """A child that never ends, even killed (a process stuck in the kernel, say)."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+
+    @property
+    def sentinel(self) -> int:
+        return self.r
+
+    def terminate(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+    def reap(self) -> ExitReason:
+        return ExitReason(True, "reaped")
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+@pytest.mark.timeout(30)
+def test_a_child_that_never_ends_does_not_hang_its_supervisors_stop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 7, defect 1: no wait in pooly is without a deadline. A killed child that does
+    not end used to hold its supervisor's stop (and a parent supervisor's, whose child it
+    is, with shutdown=inf) forever; now each gives up after a kill's grace, logging why."""
+    monkeypatch.setattr(_supervisor, "KILL_GRACE", 0.3)
+    child = _Unkillable()
+    inner = Supervisor([ChildSpec("stuck", lambda: child, shutdown=0.2)], name="inner")
+    outer = Supervisor([ChildSpec("inner", inner.start, shutdown=math.inf)], name="outer")
+    outer.start()
+    try:
+        t0 = time.monotonic()
+        th = threading.Thread(target=outer.stop, daemon=True)
+        th.start()
+        th.join(10)
+        assert not th.is_alive(), "stop waited for a child that never ends"
+        assert time.monotonic() - t0 < 5
+        assert "did not end within" in caplog.text
+    finally:
+        child.close()
+
+
+def test_a_pools_deadline_is_finite_and_covers_its_workers_shutdown(sup: pooly.Pooly) -> None:
+    """Issue 7, defect 1: a pool's subtree had no deadline from above (shutdown=inf), so a
+    stop could wait forever on it; now its workers' shutdown_timeout plus kill graces."""
+    sup.start_pool("a", Counter, size=1, shutdown_timeout=7.0)
+    spec = sup._pools_sup.child_spec("a")
+    assert 7.0 < spec.shutdown < math.inf
+    assert sup._pools_sup.shutdown_bound() < math.inf

@@ -27,7 +27,7 @@ from typing import Any
 from ._errors import NoSuchPool, PoolyError
 from ._pool import Pool
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
-from ._tree import start_pool_tree
+from ._tree import pool_shutdown, start_pool_tree
 
 __all__ = ("Pooly",)
 
@@ -153,7 +153,7 @@ class Pooly:
                     name,
                     functools.partial(start_pool_tree, pool),
                     restart="temporary",
-                    shutdown=math.inf,  # its workers carry the pool's shutdown_timeout
+                    shutdown=pool_shutdown(pool),  # its workers' shutdown_timeout, and graces
                     cancellable=True,  # a stop during start_pool cuts the workers' starts
                 )
             )

@@ -101,6 +101,33 @@ def wait_timeout(seconds: float | None) -> float | None:
     return None if seconds is None or seconds > _MAX_WAIT else seconds
 
 
+#: How long a killed child gets to end before its supervisor gives up on it (logs an error
+#: and moves on, unreaped): a SIGKILLed process ends at once, unless stuck in the kernel.
+KILL_GRACE = 5.0
+
+
+def shutdown_bound(spec_shutdown: float, child: object) -> float:
+    """How long ``child`` may take to stop gracefully: its spec's ``shutdown``, or, where that
+    is ``inf`` ("no deadline from above": a nested supervisor), the child's own bound
+    (:meth:`Supervisor.shutdown_bound`) when it has one."""
+    if spec_shutdown != math.inf:
+        return spec_shutdown
+    bound = getattr(child, "shutdown_bound", None)
+    return float(bound()) if callable(bound) else math.inf
+
+
+def kill_bound(child: object) -> float:
+    """How long ``child`` may take to end once killed (:data:`KILL_GRACE`, more for a nested
+    supervisor, which gives its own children that much first)."""
+    bound = getattr(child, "kill_bound", None)
+    return float(bound()) if callable(bound) else KILL_GRACE
+
+
+def _event_timeout(seconds: float) -> float | None:
+    """A timeout for Event.wait: None (no limit) past what it takes (inf included)."""
+    return None if seconds > threading.TIMEOUT_MAX else seconds
+
+
 @runtime_checkable
 class VirtualTime(Protocol):
     """A clock a supervisor can also *wait* on: virtual time for tests.
@@ -581,10 +608,21 @@ class Supervisor:
             self._wake()  # already stopping: wake the shutdown wait so it kills now
 
     def reap(self) -> ExitReason:
-        """Wait for the end and release the sentinel. Idempotent."""
+        """Wait for the end and release the sentinel. Idempotent.
+
+        Called once the supervisor has ended (its sentinel is readable); its loop thread
+        then only runs what was queued for it, given :data:`KILL_GRACE` to finish.
+        """
         self._done.wait()
-        if self._thread is not None and self._thread.ident != threading.get_ident():
-            self._thread.join()
+        thread = self._thread
+        if thread is not None and thread.ident != threading.get_ident():
+            thread.join(KILL_GRACE)
+            if thread.is_alive():
+                log.error(
+                    "supervisor %r: its thread did not finish within %gs of its end; leaving it",
+                    self.name,
+                    KILL_GRACE,
+                )
         self._ended_signal.close()
         return self._exit or SHUTDOWN
 
@@ -592,14 +630,45 @@ class Supervisor:
         """Stop all children and wait until the supervisor has ended (blocking).
 
         Children get their graceful ``shutdown`` time; if the whole stop takes longer than
-        ``timeout``, the remaining children are killed.
+        ``timeout`` (``None``: :meth:`shutdown_bound`, what the children's deadlines add up
+        to), the remaining children are killed. Never waits without a deadline: if even
+        killing does not end it in time (:meth:`kill_bound`), logs an error and returns an
+        abnormal reason, leaving the supervisor to end by itself.
         """
         if self._thread is None:
             return SHUTDOWN
         self.terminate()
-        if not self._done.wait(timeout):
+        bound = self.shutdown_bound() if timeout is None else timeout
+        if not self._done.wait(_event_timeout(bound)):
             self.kill()
+            if not self._done.wait(self.kill_bound()):
+                log.error(
+                    "supervisor %r did not end within %gs of being killed; giving up on it",
+                    self.name,
+                    self.kill_bound(),
+                )
+                return ExitReason(False, f"supervisor {self.name!r} did not end when killed")
         return self.reap()
+
+    def shutdown_bound(self) -> float:
+        """The longest a graceful stop of this supervisor should take: its slowest child's
+        (or cancelled start's) ``shutdown``, nested supervisors' own bounds for children
+        specified with ``inf``, plus a kill's grace. ``inf`` only if a child of its own was
+        specified with no deadline and has no bound of its own."""
+        with self._lock:
+            parts = [
+                shutdown_bound(e.spec.shutdown, e.child) if e.child is not None else e.spec.shutdown
+                for e in self._entries.values()
+                if e.child is not None or e.start is not None
+            ]
+        return max(parts, default=0.0) + self.kill_bound()
+
+    def kill_bound(self) -> float:
+        """The longest this supervisor should take to end once killed: it kills its children
+        and gives each its own kill bound."""
+        with self._lock:
+            children = [e.child for e in self._entries.values() if e.child is not None]
+        return KILL_GRACE + max((kill_bound(c) for c in children), default=0.0)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the supervisor has ended (stopped or failed); True if it has."""
@@ -758,16 +827,24 @@ class Supervisor:
                 heapq.heappop(self._timers)
             return self._timers[0][0] if self._timers else math.inf
 
-    def _wait_until(self, fds: Sequence[int], deadline: float) -> list[Any]:
-        """Wait for any of ``fds`` or the clock reaching ``deadline`` (inf: no deadline)."""
+    def _wait_until(
+        self, fds: Sequence[int], deadline: float, real_deadline: float = math.inf
+    ) -> list[Any]:
+        """Wait for any of ``fds`` or the clock reaching ``deadline`` (inf: no deadline), and
+        at most until ``real_deadline`` (``time.monotonic()``, whatever the clock)."""
         if self._vclock is not None:  # also told of no deadline: its idea of "busy" needs it
             timeout: float | None = self._vclock.sleep_time(deadline)
         elif deadline == math.inf:
             timeout = None
         else:
             timeout = max(0.0, deadline - self._clock())
+        capped = False
+        if real_deadline != math.inf:
+            cap = max(0.0, real_deadline - time.monotonic())
+            if timeout is None or cap < timeout:
+                timeout, capped = cap, True
         ready = _wait(fds, wait_timeout(timeout))
-        if not ready and self._vclock is not None and deadline != math.inf:
+        if not ready and self._vclock is not None and deadline != math.inf and not capped:
             self._vclock.idle(deadline)
         return ready
 
@@ -1159,12 +1236,18 @@ class Supervisor:
         workers takes one shutdown deadline to stop, not one per worker. ``starts`` (already
         cancelled) are waited for up to their spec's deadline too: a child that arrives in
         time is stopped like the others (within the same deadline); a start still running
-        at its deadline is abandoned -- its starter thread stops what it started.
+        at its deadline is abandoned -- its starter thread stops what it started. A child
+        with no deadline of its own (``inf``) gets its :func:`shutdown_bound`; a killed child
+        that has not ended within its :func:`kill_bound` is given up on (an error is logged;
+        it is reported as ended abnormally, unreaped): no wait here is without a deadline.
         """
         now = self._clock()
         pending: dict[int, tuple[ChildSpec, Child, float]] = {}
         stopped: list[tuple[ChildSpec, Child]] = []
-        killed: set[int] = set()
+        # sentinel -> when to give up on it, in real (monotonic) time even on a virtual
+        # clock: a kill takes real time to land, which virtual time must not skip.
+        killed: dict[int, float] = {}
+        lost: dict[int, ExitReason] = {}  # id(child) -> why it was not reaped
 
         def stop(spec: ChildSpec, child: Child, deadline: float) -> None:
             stopped.append((spec, child))
@@ -1175,7 +1258,8 @@ class Supervisor:
             pending[child.sentinel] = (spec, child, deadline)
 
         for spec, child in reversed(pairs):
-            stop(spec, child, now + (spec.shutdown if graceful else 0))
+            bound = shutdown_bound(spec.shutdown, child) if graceful else 0
+            stop(spec, child, now + bound)
         waiting = {st: (spec, now + (spec.shutdown if graceful else 0)) for spec, st in starts}
         # Only the wake pipe's owner may read it; it also hears kill() and finished starts.
         mine = self._owner == threading.get_ident()
@@ -1198,32 +1282,53 @@ class Supervisor:
                 spec, deadline = waiting.pop(st)
                 if st.child is not None:
                     stop(spec, st.child, deadline)
-            for fd, (spec, child, deadline) in pending.items():
+            for fd, (spec, child, deadline) in list(pending.items()):
                 if fd not in killed and (deadline <= now or self._kill_requested):
                     if not self._kill_requested and graceful:
                         log.warning(
                             "supervisor %r: child %r did not stop within %gs; killing it",
                             self.name,
                             spec.id,
-                            spec.shutdown,
+                            shutdown_bound(spec.shutdown, child),
                         )
-                    child.kill()
-                    killed.add(fd)
+                    try:
+                        child.kill()
+                    except Exception:
+                        log.exception("supervisor %r: could not kill child %r", self.name, spec.id)
+                    killed[fd] = time.monotonic() + kill_bound(child)  # real time: see below
+                elif fd in killed and killed[fd] <= time.monotonic():
+                    log.error(
+                        "supervisor %r: child %r did not end within %gs of being killed; "
+                        "giving up on it (not reaped)",
+                        self.name,
+                        spec.id,
+                        kill_bound(child),
+                    )
+                    del pending[fd]
+                    lost[id(child)] = ExitReason(
+                        False, f"child {spec.id!r} did not end when killed; given up on"
+                    )
             if not pending and not waiting:
                 break  # the last starts arrived with no child to stop
             deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
             deadlines += [d for _, d in waiting.values()]
+            give_up = min((d for fd, d in killed.items() if fd in pending), default=math.inf)
             wake = [self._wake_r] if mine and self._wake_r >= 0 else []
             if waiting and not wake:
                 # No wake pipe to hear a start finish on (not the owner): look again soon.
                 deadlines.append(self._clock() + 0.01)
-            for ready in self._wait_until([*pending, *wake], min(deadlines, default=math.inf)):
+            for ready in self._wait_until(
+                [*pending, *wake], min(deadlines, default=math.inf), give_up
+            ):
                 assert isinstance(ready, int)
                 if ready in pending:
                     pending.pop(ready)
                 elif wake:
                     self._wakeup.drain()
-        return [(spec, child, child.reap()) for spec, child in stopped]
+        return [
+            (spec, child, lost[id(child)] if id(child) in lost else child.reap())
+            for spec, child in stopped
+        ]
 
     def __repr__(self) -> str:
         state = "running" if self._running else ("failed" if self.failure else "stopped")

@@ -15,11 +15,11 @@ supervisor's listener fails the pool when the worker supervisor gives up.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from ._supervisor import (
+    KILL_GRACE,
     CancelToken,
     Child,
     ChildSpec,
@@ -32,7 +32,21 @@ if TYPE_CHECKING:
     from ._backend import WorkerBackend
     from ._pool import Pool
 
-__all__ = ("PoolSupervisor", "WorkerSupervisor", "start_pool_tree")
+__all__ = ("PoolSupervisor", "WorkerSupervisor", "pool_shutdown", "start_pool_tree")
+
+
+def workers_shutdown(pool: Pool) -> float:
+    """The deadline of a pool's worker supervisor, as its pool supervisor's child: each worker
+    gets the pool's ``shutdown_timeout`` and then a kill's grace; one more grace of margin, so
+    that it ends by itself before this deadline cuts it short."""
+    return pool.shutdown_timeout + 2 * KILL_GRACE
+
+
+def pool_shutdown(pool: Pool) -> float:
+    """The deadline of a pool's subtree as a child of the pools supervisor (what ``stop_pool``
+    may take at most): its worker supervisor's, that one's kill grace, and a margin. Finite,
+    so a cancelled pool start is waited for with a bound too."""
+    return workers_shutdown(pool) + 2 * KILL_GRACE
 
 
 def start_pool_tree(pool: Pool, cancel: CancelToken | None = None) -> Supervisor:
@@ -84,12 +98,12 @@ class PoolSupervisor(Supervisor):
         super().__init__(
             [
                 ChildSpec("server", lambda: pool, restart="permanent", shutdown=1.0),
-                # Each worker has the pool's shutdown_timeout; a deadline here could cut it.
+                # Each worker has the pool's shutdown_timeout; this deadline comes after it.
                 ChildSpec(
                     "workers",
                     self._start_workers,
                     restart="permanent",
-                    shutdown=math.inf,
+                    shutdown=workers_shutdown(pool),
                     cancellable=True,
                 ),
             ],

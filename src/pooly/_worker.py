@@ -41,6 +41,7 @@ import collections
 import contextlib
 import functools
 import inspect
+import logging
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -67,12 +68,14 @@ from ._errors import (
 )
 from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS, _dead_pipe
 from ._process import _START_LOCK
-from ._supervisor import CancelToken, ExitReason
+from ._supervisor import KILL_GRACE, CancelToken, ExitReason
 
 if TYPE_CHECKING:
     from ._zygote import Zygote
 
 __all__ = ("ChannelClosed", "ReplyTimeout", "WorkerProcess", "make_payload")
+
+log = logging.getLogger("pooly.worker")
 
 _HDR = struct.Struct("<QQ")  # payload length, request id (echoed in the reply)
 _HDR_SIZE = _HDR.size
@@ -906,9 +909,12 @@ def _end_process(proc: Any, *, kill: bool) -> int | None:
             proc.join(5)
         if proc.exitcode is None:
             proc.kill()
-            proc.join()
+            proc.join(KILL_GRACE)
         code: int | None = proc.exitcode
     except ValueError:  # already closed by an earlier call
+        return None
+    if code is None:  # not even a SIGKILL ended it in time: no wait without a deadline
+        log.error("worker pid %s did not end within %gs of being killed", proc.pid, KILL_GRACE)
         return None
     _close_process(proc)
     return code

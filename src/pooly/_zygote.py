@@ -58,6 +58,7 @@ from typing import Any
 
 from ._errors import WorkerStartError, describe_exit
 from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS
+from ._supervisor import KILL_GRACE
 from ._worker import _close_fds, _close_process, _trim_process_fds
 from ._zygote_proc import EMFILE, recv, send, zygote_main
 
@@ -296,10 +297,19 @@ class _Server:
             proc.join(timeout)
             if proc.exitcode is None:
                 proc.kill()
-                proc.join()
+                proc.join(KILL_GRACE)
         except ValueError:  # closed by an earlier stop
             return None
         code: int | None = proc.exitcode
+        if code is None:  # no wait without a deadline: leave it, and its fds, be
+            log.error(
+                "pool %r: its fork server (pid %d) did not end within %gs of being killed",
+                self.pool_name,
+                self.pid,
+                KILL_GRACE,
+            )
+            self.dead = True
+            return None
         self._wait_for(lambda: False, time.monotonic() + 1.0)  # read up to its EOF
         self.dead = True
         with self._req_lock, self._read_lock, _FDS_LOCK:  # nobody reads or asks: free it
