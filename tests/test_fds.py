@@ -9,11 +9,14 @@ one start that hit it, never a failure of running pools.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import multiprocessing.resource_tracker
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -310,3 +313,147 @@ def test_a_pools_deadline_is_finite_and_covers_its_workers_shutdown(sup: pooly.P
     spec = sup._pools_sup.child_spec("a")
     assert 7.0 < spec.shutdown < math.inf
     assert sup._pools_sup.shutdown_bound() < math.inf
+
+
+# ---------------------------------------------------------------------- out of fds
+
+# Runs in a subprocess of its own, under `ulimit -n 1024`: setrlimit would bind this one.
+UNDER_1024 = r"""
+import json, logging, os, resource, signal, sys, threading, time
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+import pooly
+from tests.workers import Counter
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+deferrals = []
+
+class Deferrals(logging.Handler):
+    def emit(self, record):
+        if "not counted as a restart" in record.getMessage():
+            deferrals.append(record)
+
+logging.getLogger("pooly").addHandler(Deferrals())
+
+def wait(pred, t=30.0):
+    end = time.monotonic() + t
+    while not pred():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True
+
+def serves(p):
+    with p.checkout(timeout=10) as lease:
+        return lease.incr() > 0
+
+def refused():
+    top = pooly.Pooly()
+    pools, error = [], None
+    for i in range(200):
+        try:
+            pools.append(top.start_pool(f"p{i}", Counter, size=4, max_restarts=100))
+        except pooly.PoolyError as e:
+            error = e
+            break
+    out = {"pools": len(pools), "error": str(error), "kind": type(error).__name__}
+    out["all_serve"] = all(serves(p) for p in pools)
+    victim = pools[0].worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    out["replaced"] = wait(lambda: pools[0].status().replaced == 1 and pools[0].status().idle == 4)
+    out["all_serve_after"] = all(serves(p) for p in pools)
+    out["failed"] = [p.name for p in pools if p.status().state == "failed"]
+    top.stop()
+    return out
+
+def deferred():
+    # A pool that tolerates one crash; the host then has no fd left for its replacement.
+    top = pooly.Pooly()
+    pool = top.start_pool("d", Counter, size=1, max_restarts=1, max_seconds=60)
+    victim = pool.worker_pids()[0]
+    hog = []
+    try:
+        while True:
+            hog.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    os.kill(victim, signal.SIGKILL)
+    got = {}
+    def waiter():
+        try:
+            with pool.checkout(timeout=30) as lease:
+                got["pid"] = lease.getpid()
+        except BaseException as e:
+            got["error"] = repr(e)
+    t = threading.Thread(target=waiter)
+    t.start()
+    # Several tries fail for want of fds (each would count: the pool would fail)...
+    out = {"retries_seen": wait(lambda: len(deferrals) >= 3 or pool.status().state == "failed")}
+    out["state_while_out"] = pool.status().state
+    for fd in hog:
+        os.close(fd)
+    t.join(30)
+    out["waiter"] = got
+    out["victim"] = victim
+    out["state"] = pool.status().state
+    top.stop()
+    return out
+
+print(json.dumps({"refused": refused(), "deferred": deferred()}), flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_running_out_of_fds_refuses_one_start_and_never_fails_running_pools() -> None:
+    """Issue 7, defect 7: under `ulimit -n 1024`, start pools of 4 until one is refused: the
+    refusal is a PoolyError naming the limit and the cost, every earlier pool still serves,
+    and a SIGKILLed worker of an early pool is still replaced. A replacement refused for want
+    of fds is retried (not counted toward restart intensity: the pool does not fail) and
+    serves a waiter once fds are free again."""
+    proc = subprocess.run(
+        [sys.executable, "-c", UNDER_1024],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    refused, deferred = out["refused"], out["deferred"]
+    assert refused["kind"] == "PoolyError", refused
+    assert "out of file descriptors" in refused["error"], refused
+    assert "RLIMIT_NOFILE" in refused["error"] and "1024" in refused["error"], refused
+    assert "per worker" in refused["error"], refused
+    assert refused["pools"] >= 45, refused  # ~35 fitted before
+    assert refused["all_serve"] and refused["replaced"] and refused["all_serve_after"], refused
+    assert refused["failed"] == [], refused
+    assert deferred["retries_seen"] and deferred["state_while_out"] != "failed", deferred
+    assert deferred["state"] == "ready", deferred
+    assert "pid" in deferred["waiter"] and deferred["waiter"]["pid"] != deferred["victim"]
+    assert "not counted as a restart" in proc.stderr
+
+
+MANY_WORKERS = r"""
+import json, resource
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+import pooly
+from tests.workers import Counter
+
+with pooly.Pooly() as top:
+    pools = [top.start_pool(f"p{i}", Counter, size=32) for i in range(8)]
+    leases = [p.checkout(timeout=10) for p in pools for _ in range(32)]
+    pids = {lease.getpid() for lease in leases}
+    print(json.dumps({"workers": len(pids)}), flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_256_workers_fit_under_1024_fds() -> None:
+    """Issue 7, defect 7: 256 workers (8 forkserver pools of 32) in one host under
+    `ulimit -n 1024`, all answering (~4 fds per worker and ~11 per pool did not fit)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", MANY_WORKERS], cwd=ROOT, capture_output=True, text=True, timeout=80
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"workers": 256}

@@ -29,10 +29,12 @@ servers and the alive pipe all register their fds here.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import sys
 import threading
+import weakref
 
 __all__ = ("Signal", "alive_pipe", "host_fds")
 
@@ -52,6 +54,39 @@ _FDS_LOCK = threading.RLock()
 #: Set in a forked child when the fork was a pooly worker start by the forking thread (read
 #: by pooly._process's own after-fork hook, which runs after ours).
 forked_for_worker = False
+
+
+def out_of_fds(error: BaseException | None) -> bool:
+    """Whether ``error``, or an exception it was raised from, is EMFILE or ENFILE."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def fd_usage() -> tuple[int, int, int]:
+    """(fds open in this process, RLIMIT_NOFILE soft limit, hard limit); -1 if unknown."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        soft = hard = -1
+    try:
+        count = len(os.listdir("/proc/self/fd")) - 1  # (listdir's own)
+    except OSError:  # no /proc, or no fd left to read it with: probe each number
+        limit = soft if 0 < soft <= 1 << 16 else 1 << 12
+        count = 0
+        for fd in range(limit):
+            try:
+                os.fstat(fd)
+            except OSError:
+                continue
+            count += 1
+    return count, soft, hard
 
 
 def host_fds() -> frozenset[int]:
@@ -131,17 +166,20 @@ class Signal:
     to a recycled fd number). Raises ``OSError`` (EMFILE...) from the constructor only.
     """
 
-    __slots__ = ("__weakref__", "_lock", "_r", "_w")
+    __slots__ = ("__weakref__", "_finalizer", "_lock", "_r", "_w")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         with _FDS_LOCK:  # no fork between making and listing it
             if _EVENTFD:
                 self._r = self._w = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-                _HOST_FDS.add(self._r)
+                fds = [self._r]
             else:
                 self._r, self._w = os.pipe()
-                _HOST_FDS.update((self._r, self._w))
+                fds = [self._r, self._w]
+            _HOST_FDS.update(fds)
+        # close(), or the object's collection (one never closed: a supervisor never started)
+        self._finalizer = weakref.finalize(self, release, fds)
         if not _EVENTFD:
             os.set_blocking(self._r, False)
             os.set_blocking(self._w, False)
@@ -187,9 +225,8 @@ class Signal:
     def close(self) -> None:
         """Release the fd(s) (idempotent)."""
         with self._lock:
-            fds = [self._r] if self._r == self._w else [self._r, self._w]
             self._r = self._w = -1
-        release([fd for fd in fds if fd >= 0])
+        self._finalizer()
 
     def __repr__(self) -> str:
         return f"<Signal fd={self._r}>"

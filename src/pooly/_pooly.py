@@ -27,7 +27,7 @@ from typing import Any
 from ._errors import NoSuchPool, PoolyError
 from ._pool import Pool
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
-from ._tree import pool_shutdown, start_pool_tree
+from ._tree import check_fds, pool_shutdown, start_pool_tree
 
 __all__ = ("Pooly",)
 
@@ -77,19 +77,25 @@ class Pooly:
         self._preload = preload
         self._start_method = start_method
         self._clock = clock
-        self._registry = _Registry()
-        self._pools_sup = Supervisor(strategy="one_for_one", name="pools", listener=self._registry)
-        self._top = Supervisor(
-            [
-                ChildSpec("server", functools.partial(_itself, self._registry), shutdown=1.0),
-                # No deadline from above: each pool's workers carry their own shutdown_timeout.
-                ChildSpec("pools", self._pools_sup.start, shutdown=math.inf),
-            ],
-            strategy="one_for_all",
-            max_restarts=0,
-            name="pooly",
-        )
-        self._top.start()
+        try:
+            self._registry = _Registry()
+            self._pools_sup = Supervisor(
+                strategy="one_for_one", name="pools", listener=self._registry
+            )
+            self._top = Supervisor(
+                [
+                    ChildSpec("server", functools.partial(_itself, self._registry), shutdown=1.0),
+                    # Bounded by the pools supervisor's own shutdown_bound(): its pools' ones.
+                    ChildSpec("pools", self._pools_sup.start, shutdown=math.inf),
+                ],
+                strategy="one_for_all",
+                max_restarts=0,
+                name="pooly",
+            )
+            self._top.start()
+        except Exception as e:  # (what was made is released with it: its fds' finalizers)
+            check_fds("cannot create a Pooly", e)  # out of fds: a PoolyError saying so
+            raise
         # Stops the tree if this Pooly is dropped without stop(), or at interpreter exit.
         self._finalizer = weakref.finalize(self, _shutdown, self._registry, self._top)
 
@@ -125,23 +131,27 @@ class Pooly:
         with reg.lock:  # before the Pool exists: a refused name must cost no descriptor
             if name in reg.pools or name in reg.starting:
                 raise ValueError(f"a pool named {name!r} already exists")
-        pool = Pool(
-            name,
-            worker,
-            args,
-            kwargs,
-            size=os.cpu_count() or 1 if size is None else size,
-            max_overflow=max_overflow,
-            strategy=strategy,
-            max_restarts=max_restarts,
-            max_seconds=max_seconds,
-            start_method=self._start_method if start_method is None else start_method,
-            start_timeout=start_timeout,
-            shutdown_timeout=shutdown_timeout,
-            restart_on_reclaim=restart_on_reclaim,
-            clock=self._clock,
-            preload=self._preload,
-        )
+        try:
+            pool = Pool(
+                name,
+                worker,
+                args,
+                kwargs,
+                size=os.cpu_count() or 1 if size is None else size,
+                max_overflow=max_overflow,
+                strategy=strategy,
+                max_restarts=max_restarts,
+                max_seconds=max_seconds,
+                start_method=self._start_method if start_method is None else start_method,
+                start_timeout=start_timeout,
+                shutdown_timeout=shutdown_timeout,
+                restart_on_reclaim=restart_on_reclaim,
+                clock=self._clock,
+                preload=self._preload,
+            )
+        except OSError as e:
+            check_fds(f"cannot start pool {name!r}", e)
+            raise
         with reg.lock:
             if name in reg.pools or name in reg.starting:
                 pool.discard()

@@ -101,6 +101,11 @@ def wait_timeout(seconds: float | None) -> float | None:
     return None if seconds is None or seconds > _MAX_WAIT else seconds
 
 
+#: A deferred restart (see Supervisor's ``retry_later``) is tried again after RETRY_MIN
+#: seconds, doubling each time it fails so again, up to RETRY_MAX.
+RETRY_MIN = 0.05
+RETRY_MAX = 5.0
+
 #: How long a killed child gets to end before its supervisor gives up on it (logs an error
 #: and moves on, unreaped): a SIGKILLed process ends at once, unless stuck in the kernel.
 KILL_GRACE = 5.0
@@ -441,6 +446,12 @@ class Supervisor:
     ``listeners`` (and ``listener``, kept for a single one, called first) hear about children
     ending and the supervisor failing; see :class:`SupervisorListener`. A hook that raises is
     logged with its traceback and removed: listeners never take down what they observe.
+
+    ``retry_later(error)``: True for a restart failure that is not the child's fault but a
+    shortage the host may recover from (out of file descriptors): such a failure is not
+    counted toward restart intensity; the start is tried again after a backoff (from
+    :data:`RETRY_MIN` doubling to :data:`RETRY_MAX` seconds on ``clock``), logged at WARNING.
+    An initial start (in :meth:`start`) that fails so still fails.
     """
 
     def __init__(
@@ -454,6 +465,7 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         listener: SupervisorListener | None = None,
         listeners: Iterable[SupervisorListener] = (),
+        retry_later: Callable[[BaseException], bool] | None = None,
     ) -> None:
         if strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
@@ -489,6 +501,12 @@ class Supervisor:
             hooks.insert(0, listener)
         # Replaced, never mutated in place: the loop iterates a snapshot without the lock.
         self._listeners: tuple[SupervisorListener, ...] = tuple(hooks)
+        if retry_later is not None and not callable(retry_later):
+            raise TypeError(
+                f"supervisor {name!r}: retry_later must be callable, got {retry_later!r}"
+            )
+        self._retry_later = retry_later
+        self._deferrals: dict[Hashable, int] = {}  # child id -> restarts deferred in a row
         self._entries: dict[Hashable, _Entry] = {s.id: _Entry(s, None) for s in specs}
         self._lock = threading.Lock()
         self._mailbox: collections.deque[Callable[[], None]] = collections.deque()
@@ -1105,8 +1123,12 @@ class Supervisor:
             if st.error is None:
                 with self._lock:
                     entry.child = st.child
+                self._deferrals.pop(cid, None)
                 st.resolve()
                 self._start_in_order(st.then)
+                continue
+            if self._retry_later is not None and self._retry_later(st.error):
+                self._defer_start(cid, st)
                 continue
             reason = ExitReason(False, f"restart of {cid!r} failed: {st.error}")
             log.warning("supervisor %r: %s", self.name, reason)
@@ -1117,6 +1139,29 @@ class Supervisor:
             self._begin_start(entry, st.then, st.waiters)
             st.waiters = []
             st.resolve()
+
+    def _defer_start(self, cid: Hashable, st: _Start) -> None:
+        """Loop thread: a restart failed for want of something the host may get back (see
+        ``retry_later``): not counted; tried again after a backoff, on a timer."""
+        n = self._deferrals.get(cid, 0)
+        self._deferrals[cid] = n + 1
+        delay = min(RETRY_MIN * 2**n, RETRY_MAX)
+        log.warning(
+            "supervisor %r: restart of %r failed for want of a resource (%s); not counted as a "
+            "restart, trying again in %gs",
+            self.name,
+            cid,
+            st.error,
+            delay,
+        )
+        self.call_later(delay, self._retry_start, cid, st.then)
+        st.resolve()  # whoever waited for this restart: it is deferred, not lost
+
+    def _retry_start(self, cid: Hashable, then: tuple[Hashable, ...]) -> None:
+        """Loop thread (a timer): start a deferred child again, if it still needs it."""
+        entry = self._entries.get(cid)
+        if entry is not None and entry.child is None and entry.start is None:
+            self._begin_start(entry, then)
 
     def _restart_requested(
         self, cid: Hashable, only_if: Child | None, graceful: bool, started: Future[None]

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
+from ._errors import PoolyError
+from ._fds import fd_usage, out_of_fds
 from ._supervisor import (
     KILL_GRACE,
     CancelToken,
@@ -32,7 +34,13 @@ if TYPE_CHECKING:
     from ._backend import WorkerBackend
     from ._pool import Pool
 
-__all__ = ("PoolSupervisor", "WorkerSupervisor", "pool_shutdown", "start_pool_tree")
+__all__ = (
+    "PoolSupervisor",
+    "WorkerSupervisor",
+    "check_fds",
+    "pool_shutdown",
+    "start_pool_tree",
+)
 
 
 def workers_shutdown(pool: Pool) -> float:
@@ -53,9 +61,46 @@ def start_pool_tree(pool: Pool, cancel: CancelToken | None = None) -> Supervisor
     """Make and start ``pool``'s subtree (the pool's child start in the pools supervisor).
 
     The supervisor is made only here, so a pool whose start is refused holds no descriptor.
-    ``cancel``: the pools supervisor is stopping (cuts the workers' starts short).
+    ``cancel``: the pools supervisor is stopping (cuts the workers' starts short). A start
+    that ran out of file descriptors raises a :class:`PoolyError` saying so (see
+    :func:`check_fds`), with nothing of the pool left behind.
     """
-    return PoolSupervisor(pool).start(cancel)
+    try:
+        return PoolSupervisor(pool).start(cancel)
+    except Exception as e:
+        check_fds(f"cannot start pool {pool.name!r}", e, pool)
+        raise
+
+
+#: What pooly's fds cost in the host, for the message of a start refused for want of them:
+#: a pool's own (its two supervisors' wake-up and sentinel, its server's sentinel; and a
+#: forkserver pool's fork server: control socket and sentinel), and each worker's (its
+#: channel's two ends, and its pidfd or sentinel). A start needs a few more for a moment.
+POOL_FDS = 5
+FORK_SERVER_FDS = 2
+WORKER_FDS = 3
+
+
+def check_fds(what: str, error: BaseException, pool: Pool | None = None) -> None:
+    """Raise a :class:`PoolyError` explaining the fd limit if ``error`` comes from running
+    out of file descriptors (EMFILE/ENFILE); else return (the caller re-raises ``error``)."""
+    if not out_of_fds(error):
+        return
+    open_fds, soft, hard = fd_usage()
+    cost = ""
+    if pool is not None:
+        fixed = POOL_FDS + (FORK_SERVER_FDS if pool.start_method == "forkserver" else 0)
+        cost = (
+            f" This pool ({pool.size} workers, {pool.start_method}) needs about "
+            f"{fixed + WORKER_FDS * pool.size} fds: {fixed} for the pool and {WORKER_FDS} per "
+            "worker."
+        )
+    raise PoolyError(
+        f"{what}: this process is out of file descriptors ({error}); {open_fds} are open, "
+        f"and the limit (RLIMIT_NOFILE) is {soft} (hard limit {hard}).{cost} Raise the "
+        "limit (ulimit -n, or resource.setrlimit(resource.RLIMIT_NOFILE, ...)) or stop pools "
+        "you no longer need. Running pools are not affected."
+    ) from error
 
 
 class WorkerSupervisor(Supervisor):
@@ -70,6 +115,9 @@ class WorkerSupervisor(Supervisor):
             name=f"workers:{pool.name}",
             clock=pool._clock,
             listener=pool,
+            # A replacement refused for want of fds is not the worker's fault: retried on a
+            # timer, never counted toward the pool's restart intensity (never failing it).
+            retry_later=out_of_fds,
         )
         self.backend = backend
 

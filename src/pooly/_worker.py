@@ -526,6 +526,9 @@ class WorkerProcess:
             return cls._handshake(
                 proc, req_w, rep_r, payload, pool_name, cls_name, start_timeout, cancel
             )
+        except OSError as e:
+            _release_fds((req_w, rep_r))
+            raise WorkerStartError(f"could not start {what}: {e}") from e
         except BaseException:
             _release_fds((req_w, rep_r))
             raise
@@ -547,10 +550,11 @@ class WorkerProcess:
         reply: bytes | bytearray | memoryview | None = None
         try:
             deadline = time.monotonic() + min(timeout, _MAX_POLL)
+            # (Out of it, out of fds: an OSError for start() to report, not a worker's death.)
+            cancel_fd = cancel.fileno() if cancel is not None else -1
             try:
                 # A worker stuck while bootstrapping never reads: a payload over what a pipe
                 # holds must not block us past start_timeout (nor past a cancel).
-                cancel_fd = cancel.fileno() if cancel is not None else -1
                 sent = _send_within(req_w, payload, deadline, proc.sentinel, cancel_fd)
                 watch: list[Any] = [rep_r, proc.sentinel]
                 if cancel is not None:

@@ -40,6 +40,7 @@ others. Every wait has a deadline.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import math
 import multiprocessing
@@ -216,7 +217,7 @@ class _Server:
                 self._live.add(msg[1])
             else:
                 msg = (
-                    "error",
+                    "emfile",
                     f"started worker pid {msg[1]}, but its pidfd could not be received here: "
                     f"the kernel dropped it ({EMFILE}?); the worker exits by itself",
                 )
@@ -257,6 +258,10 @@ class _Server:
             msg, got = self._replies.popleft()
         finally:
             self._req_lock.release()
+        if msg[0] == "emfile":  # we are out of fds (an OSError: see pooly._fds.out_of_fds)
+            raise WorkerStartError(f"{what} could not start a worker: {msg[1]}") from OSError(
+                errno.EMFILE, EMFILE
+            )
         if msg[0] != "forked":
             raise WorkerStartError(f"{what} could not start a worker: {msg[1]}")
         return msg[1], got[0]
