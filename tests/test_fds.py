@@ -378,6 +378,7 @@ def deferred():
     except OSError:
         pass
     os.kill(victim, signal.SIGKILL)
+    wait(lambda: pool.status().crashed == 1)  # (else the waiter could lease the dying one)
     got = {}
     def waiter():
         try:
