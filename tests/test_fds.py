@@ -49,9 +49,15 @@ def _fd_count() -> int:
 
 
 def _not_pooly() -> set[int]:
-    """fds of multiprocessing's own helpers (the resource tracker's pipe): not pooly's."""
-    fd = getattr(multiprocessing.resource_tracker._resource_tracker, "_fd", None)  # type: ignore[attr-defined]
-    return {fd} if fd is not None else set()
+    """fds of multiprocessing's own helpers (the resource tracker's pipe, its forkserver's
+    alive pipe): not pooly's."""
+    import multiprocessing.forkserver
+
+    fds = {
+        getattr(multiprocessing.resource_tracker._resource_tracker, "_fd", None),  # type: ignore[attr-defined]
+        getattr(multiprocessing.forkserver._forkserver, "_forkserver_alive_fd", None),
+    }
+    return {fd for fd in fds if fd is not None}
 
 
 @pytest.fixture
@@ -458,3 +464,35 @@ def test_256_workers_fit_under_1024_fds() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"workers": 256}
+
+
+def _sleep_until_killed() -> None:
+    time.sleep(60)
+
+
+def test_os_fork_child_holds_none_of_a_process_childs_fds() -> None:
+    """Issue 7, defect 1: the same for a plain Supervisor's ProcessChild (its sentinel and
+    multiprocessing's other pipe, its supervisor's Signals)."""
+    from pooly import ProcessChild
+
+    before = _links()
+    sup = Supervisor([ProcessChild.spec("p", _sleep_until_killed, shutdown=0.5)]).start()
+    try:
+        mine = {fd: t for fd, t in _links().items() if before.get(fd) != t}
+        for fd in _not_pooly():
+            mine.pop(fd, None)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(r)
+                os.write(w, repr(_links()).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            links: dict[int, str] = eval(f.read())
+        wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, timeout=10)
+        assert mine and _held_by_child(mine, links) == {}
+    finally:
+        sup.stop()

@@ -35,8 +35,9 @@ import select
 import sys
 import threading
 import weakref
+from typing import Any
 
-__all__ = ("Signal", "alive_pipe", "host_fds")
+__all__ = ("Signal", "alive_pipe", "close_process", "host_fds", "process_fds")
 
 #: File descriptors the host holds for pooly. Process-wide by nature, like fork itself.
 #: Updated under _FDS_LOCK where fds are created (so a fork can't copy one not listed yet).
@@ -230,6 +231,29 @@ class Signal:
 
     def __repr__(self) -> str:
         return f"<Signal fd={self._r}>"
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def process_fds(proc: Any) -> list[int]:
+    """The host's fds that multiprocessing keeps for a started ``proc`` until it is closed:
+    its sentinel, and the write end of the pipe that carried its preparation data (spawn) or
+    serves as its parent sentinel (fork). Listed so that no fork of the host keeps them."""
+    finalizer = getattr(getattr(proc, "_popen", None), "finalizer", None)
+    fds = [fd for fd in getattr(finalizer, "_args", None) or () if isinstance(fd, int)]
+    return fds if proc.sentinel in fds else [proc.sentinel, *fds]
+
+
+def close_process(proc: Any) -> None:
+    """``proc.close()`` (ValueError while it runs), unlisting the fds it closes."""
+    with _FDS_LOCK:  # no fork between closing them and unlisting them (numbers are reused)
+        try:
+            fds = process_fds(proc)
+        except ValueError:  # closed already
+            fds = []
+        proc.close()
+        _HOST_FDS.difference_update(fds)
 
 
 # ---------------------------------------------------------------------- the dead pipe

@@ -121,8 +121,9 @@ class ProcessChild:
             preload_forkserver()  # the same server serves pools: keep it warm for them too
         ctx = multiprocessing.get_context(method)
         self.proc = ctx.Process(target=target, args=tuple(args), name=name)  # type: ignore[attr-defined]
-        with _START_LOCK:  # see there: concurrent fork starts would share pipes
+        with _START_LOCK, _FDS_LOCK:  # see there: concurrent fork starts would share pipes
             self.proc.start()
+            _HOST_FDS.update(_fds.process_fds(self.proc))  # no fork of the host keeps them
         # Reaped by our supervisor only; multiprocessing's own sweep would race with it.
         multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
         self.pid: int = self.proc.pid
@@ -160,5 +161,5 @@ class ProcessChild:
     def reap(self) -> ExitReason:
         self.proc.join()
         code = self.proc.exitcode
-        self.proc.close()
+        _fds.close_process(self.proc)
         return ExitReason(code == 0, f"process {self.pid} exited with {describe_exit(code)}", code)

@@ -66,7 +66,7 @@ from ._errors import (
     WorkerStartError,
     describe_exit,
 )
-from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS, _dead_pipe
+from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS, _dead_pipe, close_process, process_fds
 from ._process import _START_LOCK
 from ._supervisor import KILL_GRACE, CancelToken, ExitReason
 
@@ -795,7 +795,7 @@ class WorkerProcess:
         dead_r, dead_w = _dead_pipe()
         os.dup2(dead_w, self.req_w)
         os.dup2(dead_r, self.rep_r)
-        _close_process(self.proc)
+        close_process(self.proc)
         if self.stopping and code in (0, -signal.SIGKILL, -signal.SIGTERM):
             return ExitReason(True, f"worker pid {self.pid} stopped", code)
         return ExitReason(
@@ -869,38 +869,18 @@ def _release_fds(fds: tuple[int, ...]) -> None:
         _close_fds(fds)
 
 
-def _process_fds(proc: Any) -> list[int]:
-    """The host's fds that multiprocessing keeps for a started ``proc`` until it is closed:
-    its sentinel, and the write end of the pipe that carried its preparation data (spawn) or
-    serves as its parent sentinel (fork). Listed so that no fork of the host keeps them."""
-    finalizer = getattr(getattr(proc, "_popen", None), "finalizer", None)
-    fds = [fd for fd in getattr(finalizer, "_args", None) or () if isinstance(fd, int)]
-    return fds if proc.sentinel in fds else [proc.sentinel, *fds]
-
-
 def _trim_process_fds(proc: Any) -> list[int]:
     """Right after ``proc.start()`` (under ``_FDS_LOCK``): close the fd multiprocessing keeps
     beside the sentinel (the preparation-data pipe's write end, written in full by then, or
     the fork child's parent sentinel, which pooly's workers don't watch: they watch the
     alive pipe), one fd less per process; return the fds left, to be listed."""
     finalizer = getattr(getattr(proc, "_popen", None), "finalizer", None)
-    fds = _process_fds(proc)
+    fds = process_fds(proc)
     if finalizer is None or len(fds) != 2 or fds[0] != proc.sentinel:
         return fds  # not the shape we know: leave it to multiprocessing
     finalizer._args = (proc.sentinel,)
     _close_fds((fds[1],))
     return [proc.sentinel]
-
-
-def _close_process(proc: Any) -> None:
-    """``proc.close()`` (ValueError while it runs), unlisting the fds it closes."""
-    with _FDS_LOCK:  # no fork between closing them and unlisting them (numbers are reused)
-        try:
-            fds = _process_fds(proc)
-        except ValueError:  # closed already
-            fds = []
-        proc.close()
-        _HOST_FDS.difference_update(fds)
 
 
 def _end_process(proc: Any, *, kill: bool) -> int | None:
@@ -920,5 +900,5 @@ def _end_process(proc: Any, *, kill: bool) -> int | None:
     if code is None:  # not even a SIGKILL ended it in time: no wait without a deadline
         log.error("worker pid %s did not end within %gs of being killed", proc.pid, KILL_GRACE)
         return None
-    _close_process(proc)
+    close_process(proc)
     return code

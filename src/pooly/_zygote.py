@@ -58,9 +58,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import WorkerStartError, describe_exit
-from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS
+from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS, close_process
 from ._supervisor import KILL_GRACE
-from ._worker import _close_fds, _close_process, _trim_process_fds
+from ._worker import _close_fds, _trim_process_fds
 from ._zygote_proc import EMFILE, recv, send, zygote_main
 
 __all__ = ("SUPPORTED", "Zygote", "ZygoteProcess")
@@ -320,7 +320,7 @@ class _Server:
         with self._req_lock, self._read_lock, _FDS_LOCK:  # nobody reads or asks: free it
             _HOST_FDS.discard(self.ctl.fileno())
             self.ctl.close()
-        _close_process(proc)
+        close_process(proc)
         return code
 
 
