@@ -496,3 +496,43 @@ def test_os_fork_child_holds_none_of_a_process_childs_fds() -> None:
         assert mine and _held_by_child(mine, links) == {}
     finally:
         sup.stop()
+
+
+def test_an_inherited_pooly_object_freed_in_a_forked_child_closes_none_of_its_fds() -> None:
+    """Issue 7, defect 1: the host's fds are closed in a forked child, whose own new fds
+    then reuse the numbers; an inherited pooly object (a Signal here) closed or collected
+    there must not close them (its finalizer would have closed the child's own file)."""
+    sig = _fds.Signal()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(r)
+            a, b = os.pipe()  # the lowest free numbers: the Signal's, closed at the fork
+            assert sig.fileno() in (a, b), (sig.fileno(), a, b)
+            sig.close()
+            os.fstat(a)
+            os.fstat(b)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.close(r)
+    try:
+        assert _exit_status(pid) == 0, "the inherited Signal closed the child's own fds"
+    finally:
+        sig.close()
+
+
+def _exit_status(pid: int, timeout: float = 10.0) -> int:
+    status: list[int] = []
+
+    def ended() -> bool:
+        got, code = os.waitpid(pid, os.WNOHANG)
+        if got:
+            status.append(os.waitstatus_to_exitcode(code))
+        return bool(got)
+
+    assert wait_for(ended, timeout=timeout), f"child {pid} did not exit"
+    return status[0]

@@ -101,8 +101,15 @@ def register(*fds: int) -> None:
     _HOST_FDS.update(fds)
 
 
-def release(fds: tuple[int, ...] | list[int]) -> None:
-    """Unlist and close ``fds`` (errors ignored), with no fork in between."""
+def release(fds: tuple[int, ...] | list[int], owner: int | None = None) -> None:
+    """Unlist and close ``fds`` (errors ignored), with no fork in between.
+
+    ``owner``: the pid that made them. In any other process (a forked child, where a
+    finalizer of an inherited object runs) they were closed at the fork, and their numbers
+    may belong to someone else by now: nothing is closed.
+    """
+    if owner is not None and owner != os.getpid():
+        return
     with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
         for fd in fds:
             _HOST_FDS.discard(fd)
@@ -180,7 +187,7 @@ class Signal:
                 fds = [self._r, self._w]
             _HOST_FDS.update(fds)
         # close(), or the object's collection (one never closed: a supervisor never started)
-        self._finalizer = weakref.finalize(self, release, fds)
+        self._finalizer = weakref.finalize(self, release, fds, os.getpid())
         if not _EVENTFD:
             os.set_blocking(self._r, False)
             os.set_blocking(self._w, False)

@@ -66,7 +66,15 @@ from ._errors import (
     WorkerStartError,
     describe_exit,
 )
-from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS, _dead_pipe, close_process, process_fds
+from ._fds import (
+    _FDS_LOCK,
+    _HOST_FDS,
+    _STARTING_FDS,
+    _dead_pipe,
+    close_process,
+    process_fds,
+    release,
+)
 from ._process import _START_LOCK
 from ._supervisor import KILL_GRACE, CancelToken, ExitReason
 
@@ -457,7 +465,8 @@ class WorkerProcess:
         self.overflow = False
         self._poll = select.poll()
         self._poll.register(rep_r, select.POLLIN)
-        self._fds_finalizer = weakref.finalize(self, _release_fds, (req_w, rep_r))
+        # (owner: in a forked child these numbers are closed already, maybe reused)
+        self._fds_finalizer = weakref.finalize(self, release, (req_w, rep_r), os.getpid())
 
     def release(self) -> None:
         """Close the channel fds now (idempotent). Only once reaped, and once no thread can

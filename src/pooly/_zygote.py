@@ -352,7 +352,7 @@ class ZygoteProcess:
         self._done = False
         self._closed = False
         _HOST_FDS.add(pidfd)
-        self._finalizer = weakref.finalize(self, _close_pidfd, pidfd, server, pid)
+        self._finalizer = weakref.finalize(self, _close_pidfd, pidfd, server, pid, os.getpid())
 
     def _check_closed(self) -> None:
         if self._closed:
@@ -409,7 +409,9 @@ class ZygoteProcess:
         return f"<ZygoteProcess pid={self.pid} {state}>"
 
 
-def _close_pidfd(pidfd: int, server: _Server, pid: int) -> None:
+def _close_pidfd(pidfd: int, server: _Server, pid: int, owner: int) -> None:
+    if owner != os.getpid():  # a forked child: closed at the fork, the number maybe reused
+        return
     with _FDS_LOCK:  # no fork between unlisting and closing it (numbers are reused)
         _HOST_FDS.discard(pidfd)
         _close_fds((pidfd,))
