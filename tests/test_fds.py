@@ -9,6 +9,8 @@ one start that hit it, never a failure of running pools.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import math
 import multiprocessing
@@ -27,7 +29,8 @@ import pytest
 
 import pooly
 from pooly import _fds, _supervisor
-from pooly._supervisor import ChildSpec, ExitReason, Supervisor
+from pooly._clock import VirtualClock
+from pooly._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor
 from tests.conftest import wait_for
 from tests.workers import Counter
 
@@ -536,3 +539,42 @@ def _exit_status(pid: int, timeout: float = 10.0) -> int:
 
     assert wait_for(ended, timeout=timeout), f"child {pid} did not exit"
     return status[0]
+
+
+class _Flaky(PassiveChild):
+    """A child that ends when told to (here: its "crash")."""
+
+
+@pytest.mark.timeout(30)
+def test_a_restart_refused_for_want_of_fds_is_retried_with_backoff_not_counted() -> None:
+    """Issue 7, defect 7 (the supervisor's part, in virtual time): a restart that fails with
+    EMFILE used to count toward intensity and be tried again at once, failing the supervisor
+    within microseconds; with ``retry_later`` it is tried again after 0.05, 0.1, 0.2 ... s
+    (not counted: max_restarts=1 holds through five refusals), then comes up."""
+    clock = VirtualClock(0.0, autojump_threshold=0)
+    tries: list[float] = []
+    children: list[_Flaky] = []
+
+    def start() -> Child:
+        tries.append(clock())
+        if 1 < len(tries) <= 6:
+            raise OSError(errno.EMFILE, "Too many open files")
+        children.append(_Flaky())
+        return children[-1]
+
+    sup = Supervisor(
+        [ChildSpec("c", start)],
+        max_restarts=1,
+        max_seconds=1000,
+        clock=clock,
+        retry_later=_fds.out_of_fds,
+        name="flaky",
+    ).start()
+    try:
+        children[0].terminate()  # a crash: counted (1 of 1); its restarts are refused 5x
+        assert wait_for(lambda: len(children) == 2, timeout=10), tries
+        assert sup.running and sup.failure is None
+        gaps = [round(b - a, 3) for a, b in itertools.pairwise(tries[1:])]
+        assert gaps == [0.05, 0.1, 0.2, 0.4, 0.8], tries
+    finally:
+        sup.stop()
