@@ -379,6 +379,7 @@ def deferred():
     # A pool that tolerates one crash; the host then has no fd left for its replacement.
     top = pooly.Pooly()
     pool = top.start_pool("d", Counter, size=1, max_restarts=1, max_seconds=60)
+    spare = top.start_pool("o", Counter, size=0, max_overflow=1)
     victim = pool.worker_pids()[0]
     hog = []
     try:
@@ -400,12 +401,18 @@ def deferred():
     # Several tries fail for want of fds (each would count: the pool would fail)...
     out = {"retries_seen": wait(lambda: len(deferrals) >= 3 or pool.status().state == "failed")}
     out["state_while_out"] = pool.status().state
+    try:
+        spare.checkout(block=False)
+        out["overflow"] = "started"
+    except pooly.PoolyError as e:
+        out["overflow"] = str(e)
     for fd in hog:
         os.close(fd)
     t.join(30)
     out["waiter"] = got
     out["victim"] = victim
     out["state"] = pool.status().state
+    out["overflow_after"] = serves(spare)
     top.stop()
     return out
 
@@ -441,6 +448,9 @@ def test_running_out_of_fds_refuses_one_start_and_never_fails_running_pools() ->
     assert deferred["state"] == "ready", deferred
     assert "pid" in deferred["waiter"] and deferred["waiter"]["pid"] != deferred["victim"]
     assert "not counted as a restart" in proc.stderr
+    assert "cannot start an overflow worker" in deferred["overflow"], deferred
+    assert "out of file descriptors" in deferred["overflow"], deferred
+    assert deferred["overflow_after"], deferred
 
 
 MANY_WORKERS = r"""

@@ -52,6 +52,7 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
+from ._tree import check_fds
 from ._worker import ChannelClosed, make_payload
 
 __all__ = ("Lease", "Pool", "PoolStatus")
@@ -833,6 +834,8 @@ class Pool(PassiveChild, SupervisorListener):
                 raise closed from e
             if isinstance(e, RuntimeError):  # the worker supervisor has stopped
                 raise PoolFailed(f"pool {self.name!r} is stopping") from None
+            if isinstance(e, Exception):  # out of fds: a PoolyError saying so
+                check_fds(f"pool {self.name!r}: cannot start an overflow worker", e, self)
             raise
         with self._lock:
             if self._closed is not None:
