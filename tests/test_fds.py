@@ -139,8 +139,9 @@ def test_fork_started_worker_of_another_pool_holds_none_of_poolys_fds(
     pools: tuple[pooly.Pooly, dict[int, str]],
 ) -> None:
     """Issue 7, defect 1: a worker started with "fork" (here also an overflow worker started
-    after the others) holds no pooly fd of the host but its own (channel, sentinel) and the
-    alive pipe: no eventfd or pidfd (anon inodes) at all, no other pipe or socket."""
+    after the others) holds no pooly fd of the host but its own (channel, multiprocessing's
+    sentinel pipes) and the alive pipe: no eventfd or pidfd (anon inodes) at all, no other
+    pipe or socket."""
     top, mine = pools
     forked = top.pool("forked")
     with forked.checkout() as a, forked.checkout() as b:  # the second one is new
@@ -150,7 +151,8 @@ def test_fork_started_worker_of_another_pool_holds_none_of_poolys_fds(
             host = _links()
             pooly_now = {host[fd] for fd in _fds.host_fds() | set(mine) if fd in host}
             h: Any = lease._worker
-            own = (h.req_w, h.rep_r, h.proc.sentinel)  # its channel, its "I ended" pipe
+            # Its channel, and multiprocessing's pipes of it ("it ended", "its parent ended").
+            own = (h.req_w, h.rep_r, *_fds.process_fds(h.proc))
             allowed = {host[_fds.alive_pipe()], *(host[fd] for fd in own)}
             assert set(worker.values()) & pooly_now <= allowed
 

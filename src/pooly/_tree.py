@@ -75,10 +75,12 @@ def start_pool_tree(pool: Pool, cancel: CancelToken | None = None) -> Supervisor
 #: What pooly's fds cost in the host, for the message of a start refused for want of them:
 #: a pool's own (its two supervisors' wake-up and sentinel, its server's sentinel; and a
 #: forkserver pool's fork server: control socket and sentinel), and each worker's (its
-#: channel's two ends, and its pidfd or sentinel). A start needs a few more for a moment.
+#: channel's two ends, and its pidfd; or, started by multiprocessing, its sentinel and the
+#: pipe multiprocessing keeps beside it). A start needs a few more for a moment.
 POOL_FDS = 5
 FORK_SERVER_FDS = 2
 WORKER_FDS = 3
+MP_WORKER_FDS = 4
 
 
 def check_fds(what: str, error: BaseException, pool: Pool | None = None) -> None:
@@ -89,11 +91,12 @@ def check_fds(what: str, error: BaseException, pool: Pool | None = None) -> None
     open_fds, soft, hard = fd_usage()
     cost = ""
     if pool is not None:
-        fixed = POOL_FDS + (FORK_SERVER_FDS if pool.start_method == "forkserver" else 0)
+        zygote = pool.start_method == "forkserver"
+        fixed = POOL_FDS + (FORK_SERVER_FDS if zygote else 0)
+        each = WORKER_FDS if zygote else MP_WORKER_FDS
         cost = (
             f" This pool ({pool.size} workers, {pool.start_method}) needs about "
-            f"{fixed + WORKER_FDS * pool.size} fds: {fixed} for the pool and {WORKER_FDS} per "
-            "worker."
+            f"{fixed + each * pool.size} fds: {fixed} for the pool and {each} per worker."
         )
     raise PoolyError(
         f"{what}: this process is out of file descriptors ({error}); {open_fds} are open, "

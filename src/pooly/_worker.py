@@ -859,7 +859,9 @@ def _start_process(
         # fork (the user's, in another thread) between making its pipes and listing them.
         with _START_LOCK, _FDS_LOCK:
             proc.start()
-            _HOST_FDS.update(_trim_process_fds(proc))
+            # Both listed, not trimmed (as the fork server's are): the worker's user code
+            # may ask multiprocessing.parent_process().is_alive(), which reads the other.
+            _HOST_FDS.update(process_fds(proc))
     finally:
         with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
             for c in conns:
@@ -879,10 +881,11 @@ def _release_fds(fds: tuple[int, ...]) -> None:
 
 
 def _trim_process_fds(proc: Any) -> list[int]:
-    """Right after ``proc.start()`` (under ``_FDS_LOCK``): close the fd multiprocessing keeps
-    beside the sentinel (the preparation-data pipe's write end, written in full by then, or
-    the fork child's parent sentinel, which pooly's workers don't watch: they watch the
-    alive pipe), one fd less per process; return the fds left, to be listed."""
+    """Right after a spawn ``proc.start()`` of pooly's own process (a fork server; under
+    ``_FDS_LOCK``): close the fd multiprocessing keeps beside the sentinel -- the
+    preparation data pipe's write end, written in full by then, which the child goes on to
+    watch as its parent sentinel (a fork server watches the alive pipe instead) -- one fd
+    less per process; return the fds left, to be listed."""
     finalizer = getattr(getattr(proc, "_popen", None), "finalizer", None)
     fds = process_fds(proc)
     if finalizer is None or len(fds) != 2 or fds[0] != proc.sentinel:
