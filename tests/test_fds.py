@@ -408,6 +408,11 @@ def deferred():
         out["overflow"] = "started"
     except pooly.PoolyError as e:
         out["overflow"] = str(e)
+    try:
+        pooly.Pooly().stop()
+        out["new_pooly"] = "created"
+    except pooly.PoolyError as e:
+        out["new_pooly"] = str(e)
     for fd in hog:
         os.close(fd)
     t.join(30)
@@ -428,7 +433,8 @@ def test_running_out_of_fds_refuses_one_start_and_never_fails_running_pools() ->
     refusal is a PoolyError naming the limit and the cost, every earlier pool still serves,
     and a SIGKILLed worker of an early pool is still replaced. A replacement refused for want
     of fds is retried (not counted toward restart intensity: the pool does not fail) and
-    serves a waiter once fds are free again."""
+    serves a waiter once fds are free again; an overflow checkout or a new Pooly() refused
+    meanwhile says why, as start_pool does."""
     proc = subprocess.run(
         [sys.executable, "-c", UNDER_1024],
         cwd=ROOT,
@@ -453,6 +459,8 @@ def test_running_out_of_fds_refuses_one_start_and_never_fails_running_pools() ->
     assert "cannot start an overflow worker" in deferred["overflow"], deferred
     assert "out of file descriptors" in deferred["overflow"], deferred
     assert deferred["overflow_after"], deferred
+    assert "cannot create a Pooly" in deferred["new_pooly"], deferred
+    assert "RLIMIT_NOFILE" in deferred["new_pooly"], deferred
 
 
 MANY_WORKERS = r"""

@@ -378,7 +378,11 @@ class Pool(PassiveChild, SupervisorListener):
             preload=preload,
         )
         self._clock = clock
-        super().__init__()
+        try:
+            super().__init__()  # (its sentinel: a first fd)
+        except OSError as e:
+            check_fds(f"cannot start pool {name!r}", e)  # out of fds: a PoolyError saying so
+            raise
 
         self._lock = threading.Lock()
         self._idle: collections.deque[_Worker] = collections.deque()

@@ -131,27 +131,23 @@ class Pooly:
         with reg.lock:  # before the Pool exists: a refused name must cost no descriptor
             if name in reg.pools or name in reg.starting:
                 raise ValueError(f"a pool named {name!r} already exists")
-        try:
-            pool = Pool(
-                name,
-                worker,
-                args,
-                kwargs,
-                size=os.cpu_count() or 1 if size is None else size,
-                max_overflow=max_overflow,
-                strategy=strategy,
-                max_restarts=max_restarts,
-                max_seconds=max_seconds,
-                start_method=self._start_method if start_method is None else start_method,
-                start_timeout=start_timeout,
-                shutdown_timeout=shutdown_timeout,
-                restart_on_reclaim=restart_on_reclaim,
-                clock=self._clock,
-                preload=self._preload,
-            )
-        except OSError as e:
-            check_fds(f"cannot start pool {name!r}", e)
-            raise
+        pool = Pool(
+            name,
+            worker,
+            args,
+            kwargs,
+            size=os.cpu_count() or 1 if size is None else size,
+            max_overflow=max_overflow,
+            strategy=strategy,
+            max_restarts=max_restarts,
+            max_seconds=max_seconds,
+            start_method=self._start_method if start_method is None else start_method,
+            start_timeout=start_timeout,
+            shutdown_timeout=shutdown_timeout,
+            restart_on_reclaim=restart_on_reclaim,
+            clock=self._clock,
+            preload=self._preload,
+        )
         with reg.lock:
             if name in reg.pools or name in reg.starting:
                 pool.discard()
