@@ -9,6 +9,7 @@ one start that hit it, never a failure of running pools.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
@@ -524,7 +525,8 @@ def test_os_fork_child_holds_none_of_a_process_childs_fds() -> None:
 def test_an_inherited_pooly_object_freed_in_a_forked_child_closes_none_of_its_fds() -> None:
     """Issue 7, defect 1: the host's fds are closed in a forked child, whose own new fds
     then reuse the numbers; an inherited pooly object (a Signal here) closed or collected
-    there must not close them (its finalizer would have closed the child's own file)."""
+    there must not close them (its finalizer would have closed the child's own file), nor
+    write into them."""
     sig = _fds.Signal()
     r, w = os.pipe()
     pid = os.fork()
@@ -534,7 +536,11 @@ def test_an_inherited_pooly_object_freed_in_a_forked_child_closes_none_of_its_fd
             os.close(r)
             a, b = os.pipe()  # the lowest free numbers: the Signal's, closed at the fork
             assert sig.fileno() in (a, b), (sig.fileno(), a, b)
-            sig.close()
+            os.set_blocking(a, False)
+            sig.set()  # would write into the child's own pipe
+            with contextlib.suppress(BlockingIOError):
+                assert os.read(a, 64) == b""
+            sig.close()  # would close it
             os.fstat(a)
             os.fstat(b)
             code = 0

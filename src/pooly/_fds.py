@@ -20,6 +20,13 @@ servers and the alive pipe all register their fds here.
 - :func:`alive_pipe`: the host's one alive pipe (per process, made on first use, made again
   in a forked child): every worker and fork server reads it and exits at EOF, i.e. when the
   host process is gone.
+- :func:`process_fds` / :func:`close_process`: the fds multiprocessing keeps for a process
+  it started (listed like ours), and closing them.
+- :func:`out_of_fds` / :func:`fd_usage`: telling an EMFILE/ENFILE failure, and the numbers
+  (fds open, RLIMIT_NOFILE) for the error that reports it.
+
+Finalizers that close listed fds carry their owner's pid: in a forked child the numbers
+were closed at the fork and may be someone else's by now.
 
 ::
 
@@ -37,7 +44,16 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ("Signal", "alive_pipe", "close_process", "host_fds", "process_fds")
+__all__ = (
+    "Signal",
+    "alive_pipe",
+    "close_process",
+    "fd_usage",
+    "host_fds",
+    "out_of_fds",
+    "process_fds",
+    "release",
+)
 
 #: File descriptors the host holds for pooly. Process-wide by nature, like fork itself.
 #: Updated under _FDS_LOCK where fds are created (so a fork can't copy one not listed yet).
@@ -174,10 +190,13 @@ class Signal:
     to a recycled fd number). Raises ``OSError`` (EMFILE...) from the constructor only.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_lock", "_r", "_w")
+    __slots__ = ("__weakref__", "_finalizer", "_lock", "_pid", "_r", "_w")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # In a forked child the fds are closed and their numbers may be reused: an inherited
+        # Signal then does nothing (a write would land in someone else's file).
+        self._pid = os.getpid()
         with _FDS_LOCK:  # no fork between making and listing it
             if _EVENTFD:
                 self._r = self._w = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -197,9 +216,10 @@ class Signal:
         return self._r
 
     def set(self) -> None:
-        """Make :meth:`fileno` readable (any thread; idempotent; no-op once closed)."""
+        """Make :meth:`fileno` readable (any thread; idempotent; no-op once closed, or in a
+        forked child)."""
         with self._lock:
-            if self._w < 0:
+            if self._w < 0 or self._pid != os.getpid():
                 return
             try:
                 if _EVENTFD:
@@ -212,7 +232,7 @@ class Signal:
     def is_set(self) -> bool:
         """Whether it is readable now (no wait)."""
         with self._lock:
-            if self._r < 0:
+            if self._r < 0 or self._pid != os.getpid():
                 return False
             p = select.poll()
             p.register(self._r, select.POLLIN)
@@ -221,7 +241,7 @@ class Signal:
     def drain(self) -> None:
         """Make it unready again (reads what was written). Never blocks."""
         with self._lock:
-            if self._r < 0:
+            if self._r < 0 or self._pid != os.getpid():
                 return
             try:
                 while os.read(self._r, 4096):
