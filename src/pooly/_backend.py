@@ -14,19 +14,20 @@ handful of operations::
 
 A backend is opened before the pool's first worker starts and closed after its last one has
 ended (the worker supervisor does both), so it may hold what its workers share: for
-``LocalBackend`` the pool's alive pipe (workers exit by themselves when the host dies) and,
-for the "forkserver" start method, the pool's own fork server (:mod:`pooly._zygote`).
+``LocalBackend`` with the "forkserver" start method, the pool's own fork server
+(:mod:`pooly._zygote`). Workers exit by themselves when the host dies: they watch the host's
+alive pipe, one per host process for every pool (:func:`pooly._fds.alive_pipe`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 from typing import Any, Protocol
 
 from ._errors import WorkerCrashed
-from ._process import _FDS_LOCK, _HOST_FDS, preload_forkserver
+from ._fds import alive_pipe
+from ._process import preload_forkserver
 from ._supervisor import CancelToken, ExitReason
 from ._worker import WorkerProcess
 from ._zygote import SUPPORTED as ZYGOTE_SUPPORTED
@@ -39,9 +40,10 @@ class WorkerHandle(Protocol):
     """The host's end of one worker, as the pool and its leases use it.
 
     Data path (the lease holder's thread, one call at a time): ``call``, ``send``,
-    ``receive``. Liveness: ``looks_alive()`` (cheap, no round trip), ``exited`` (set once the
-    exit status is known), ``exitcode``. A supervisor child too: ``sentinel``, ``terminate``,
-    ``kill``, ``reap`` run on the worker supervisor's thread.
+    ``receive``; ``release`` once it is over for good. Liveness: ``looks_alive()`` (cheap,
+    no round trip), ``exited`` (set once the exit status is known), ``exitcode``. A
+    supervisor child too: ``sentinel``, ``terminate``, ``kill``, ``reap`` run on the worker
+    supervisor's thread.
     """
 
     pid: int
@@ -57,6 +59,9 @@ class WorkerHandle(Protocol):
     def receive(self, rid: int, timeout: float | None = None) -> Any: ...
     def looks_alive(self) -> bool: ...
     def crashed_error(self, during: str | None = None) -> WorkerCrashed: ...
+    def release(self) -> None:
+        """Free what the handle holds (fds), once reaped and no thread is in a call on it:
+        the pool decides when. Idempotent; a later use fails as a dead channel."""
 
     @property
     def sentinel(self) -> int: ...
@@ -77,8 +82,8 @@ class LocalBackend:
     """Worker processes on this host, started by the pool's fork server, spawn or fork.
 
     ``payload`` is the pickled construction recipe (class, args, kwargs); ``preload`` the
-    modules a fork server imports once before it forks workers. Holds no descriptor until
-    :meth:`open`.
+    modules a fork server imports once before it forks workers. Holds no descriptor of its
+    own until :meth:`open` (the host's alive pipe is shared, made on first use).
     """
 
     def __init__(
@@ -105,16 +110,17 @@ class LocalBackend:
         elif start_method == "forkserver":
             preload_forkserver(preload)
         self.zygote: Zygote | None = None
-        self.alive_r = self.alive_w = -1
+
+    @property
+    def alive_r(self) -> int:
+        """The read end of the host's alive pipe, which every worker watches."""
+        return alive_pipe()
 
     def open(self) -> None:
-        """Make the alive pipe (and start the fork server). Undone by :meth:`close`."""
-        with _FDS_LOCK:  # no fork between making them and registering them
-            self.alive_r, self.alive_w = os.pipe()
-            _HOST_FDS.update((self.alive_r, self.alive_w))
+        """Start the fork server, if any. Undone by :meth:`close`."""
         try:
             if self._zygote_modules is not None:
-                self.zygote = Zygote(self.pool_name, self._zygote_modules, self.alive_r)
+                self.zygote = Zygote(self.pool_name, self._zygote_modules, alive_pipe())
                 self.zygote.start(self.start_timeout)
         except BaseException:
             self.close()
@@ -127,7 +133,7 @@ class LocalBackend:
             cancel=cancel,
             ctx=self._ctx,
             payload=self._payload,
-            alive_fd=self.alive_r,
+            alive_fd=alive_pipe(),
             pool_name=self.pool_name,
             cls_name=self.cls_name,
             start_timeout=self.start_timeout,
@@ -135,16 +141,6 @@ class LocalBackend:
         )
 
     def close(self) -> None:
-        """Stop the fork server and close the alive pipe (idempotent).
-
-        The pipe is closed on purpose only once every worker has ended, so that a graceful
-        stop stays graceful: each worker exits by itself when it reads EOF there.
-        """
+        """Stop the fork server (idempotent)."""
         if self.zygote is not None:
             self.zygote.stop()
-        with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
-            for fd in (self.alive_r, self.alive_w):
-                if fd >= 0:
-                    _HOST_FDS.discard(fd)
-                    os.close(fd)
-            self.alive_r = self.alive_w = -1

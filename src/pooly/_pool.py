@@ -53,6 +53,7 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
+from ._tree import check_fds
 from ._worker import ChannelClosed, make_payload
 
 __all__ = ("Lease", "Pool", "PoolStatus")
@@ -123,12 +124,16 @@ class _Worker:
     Changed only under the pool's lock.
     """
 
-    __slots__ = ("handle", "lease", "overflow", "wid")
+    __slots__ = ("handle", "last", "lease", "overflow", "wid")
 
     def __init__(self, handle: WorkerHandle, wid: str, overflow: bool) -> None:
         self.handle = handle
         self.wid = wid
         self.lease: Lease | None = None
+        # The last lease made for it: the only one through which a call can be in flight
+        # (an older one's calls fail before touching the worker). Its fds are closed, once
+        # it has been reaped, outside such a call (see Pool._release_channel).
+        self.last: Lease | None = None
         self.overflow = overflow
 
 
@@ -154,6 +159,7 @@ class Lease:
         "_orphaned",
         "_pool",
         "_rec",
+        "_release_channel",
         "_worker",
     )
 
@@ -169,6 +175,9 @@ class Lease:
         # Its holder ended while another thread's call through it was in flight: that call's
         # end finishes the reclaim (a worker is never handed on mid-call).
         self._orphaned = False
+        # Set (by the supervisor thread) once the worker has been reaped while a call
+        # through this lease was in flight: that call's end closes the worker's fds.
+        self._release_channel = False
 
     @property
     def pid(self) -> int:
@@ -228,6 +237,8 @@ class Lease:
             self._in_call.release()
             if self._orphaned:
                 self._pool._reclaim(self)
+            if self._release_channel:
+                self._worker.release()
 
     def _ended_error(self) -> Exception:
         w = self._worker
@@ -381,7 +392,11 @@ class Pool(PassiveChild, SupervisorListener):
         )
         self._clock = clock
         self._gen = HOST.gen  # which process this pool belongs to (see _forked_error)
-        super().__init__()
+        try:
+            super().__init__()  # (its sentinel: a first fd)
+        except OSError as e:
+            check_fds(f"cannot start pool {name!r}", e)  # out of fds: a PoolyError saying so
+            raise
 
         self._lock = threading.Lock()
         self._idle: collections.deque[_Worker] = collections.deque()
@@ -400,6 +415,9 @@ class Pool(PassiveChild, SupervisorListener):
         self._closed: PoolFailed | None = None
         self._failed = False
         self._workers_sup: Supervisor | None = None  # set by the pool's WorkerSupervisor
+        # Workers taken out of _workers on purpose (dismissed, retired, unused overflow)
+        # until they have ended: child_exited then finds their last lease (fd release).
+        self._gone: dict[WorkerHandle, _Worker] = {}
 
     # ------------------------------------------------------------------ the tree
 
@@ -602,8 +620,11 @@ class Pool(PassiveChild, SupervisorListener):
     # tests/test_ki_safety.py raises an interrupt at every such point.
 
     def _new_lease(self, w: _Worker, leases: LeaseSet) -> Lease:
-        """A lease object for ``w`` (no state changes: the caller commits it)."""
-        return _lease_class(w.handle.cls_name, w.handle.methods)(self, w, leases)
+        """A lease object for ``w`` (no state changes the caller must commit: ``w.last``
+        only says which lease a call could be in flight through)."""
+        lease = _lease_class(w.handle.cls_name, w.handle.methods)(self, w, leases)
+        w.last = lease
+        return lease
 
     def _lease_crashed(self, lease: Lease) -> None:
         """The holder saw its worker die: end the lease now, so a checkin is a no-op."""
@@ -723,6 +744,7 @@ class Pool(PassiveChild, SupervisorListener):
         self._busy -= 1
         if present:
             del self._workers[w.wid]
+            self._gone[w.handle] = w
         if w.wid in self._restartable:  # its spec is forgotten: keep the map bounded
             del self._restartable[w.wid]
         self._overflow -= 1
@@ -742,6 +764,7 @@ class Pool(PassiveChild, SupervisorListener):
         self._busy -= 1
         if present:
             del self._workers[w.wid]
+            self._gone[w.handle] = w
         # Bound to this instance: if it died meanwhile, its crash restart already replaced
         # it, and that replacement (maybe leased to someone else by now) must not be hit.
         if w.overflow:
@@ -783,6 +806,7 @@ class Pool(PassiveChild, SupervisorListener):
         if live:
             assert w is not None and self._workers_sup is not None
             del self._workers[wid]
+            self._gone[w.handle] = w
             self._workers_sup.terminate_child(wid, wait=False, only_if=w.handle)
         self._serve_waiters()
 
@@ -841,6 +865,8 @@ class Pool(PassiveChild, SupervisorListener):
                 raise closed from e
             if isinstance(e, RuntimeError):  # the worker supervisor has stopped
                 raise PoolFailed(f"pool {self.name!r} is stopping") from None
+            if isinstance(e, Exception):  # out of fds: a PoolyError saying so
+                check_fds(f"pool {self.name!r}: cannot start an overflow worker", e, self)
             raise
         with self._lock:
             if self._closed is not None:
@@ -904,19 +930,42 @@ class Pool(PassiveChild, SupervisorListener):
                 self._crashed += 1
             w = self._workers.get(child_id)
             if w is None or w.handle is not h:
-                return  # dismissed or retired on purpose: already accounted for
-            del self._workers[child_id]
-            lease = w.lease
-            if lease is not None:
-                self._end_lease(lease, _CRASHED)
+                # Dismissed or retired on purpose: already accounted for.
+                gone = self._gone.pop(h, None)
+                last = None if gone is None else gone.last
             else:
-                try:
-                    self._idle.remove(w)
-                except ValueError:
-                    pass
-            if w.overflow:
-                self._overflow -= 1
-            self._serve_waiters()
+                del self._workers[child_id]
+                last = w.last
+                lease = w.lease
+                if lease is not None:
+                    self._end_lease(lease, _CRASHED)
+                else:
+                    try:
+                        self._idle.remove(w)
+                    except ValueError:
+                        pass
+                if w.overflow:
+                    self._overflow -= 1
+                self._serve_waiters()
+        self._release_channel(h, last)
+
+    @staticmethod
+    def _release_channel(h: WorkerHandle, last: Lease | None) -> None:
+        """Worker supervisor thread, after ``h`` was reaped: close its fds now -- unless a
+        call through its last lease is in flight on them (a number closed under it could be
+        reused by another file): then that call's end closes them (Lease._call).
+
+        The flag goes first: a call ending after we fail to take its lock sees it.
+        """
+        if last is not None:
+            last._release_channel = True
+            if not last._in_call.acquire(False):
+                return
+        try:
+            h.release()
+        finally:
+            if last is not None:
+                last._in_call.release()
 
     def supervisor_failed(self, reason: ExitReason) -> None:
         """Worker supervisor thread: it exceeded its intensity and is about to stop all."""

@@ -29,7 +29,7 @@ from ._errors import NoSuchPool, PoolyError
 from ._pool import Pool, forked_error
 from ._process import HOST
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
-from ._tree import start_pool_tree
+from ._tree import check_fds, pool_shutdown, start_pool_tree
 
 __all__ = ("Pooly",)
 
@@ -79,19 +79,25 @@ class Pooly:
         self._preload = preload
         self._start_method = start_method
         self._clock = clock
-        self._registry = _Registry()
-        self._pools_sup = Supervisor(strategy="one_for_one", name="pools", listener=self._registry)
-        self._top = Supervisor(
-            [
-                ChildSpec("server", functools.partial(_itself, self._registry), shutdown=1.0),
-                # No deadline from above: each pool's workers carry their own shutdown_timeout.
-                ChildSpec("pools", self._pools_sup.start, shutdown=math.inf),
-            ],
-            strategy="one_for_all",
-            max_restarts=0,
-            name="pooly",
-        )
-        self._top.start()
+        try:
+            self._registry = _Registry()
+            self._pools_sup = Supervisor(
+                strategy="one_for_one", name="pools", listener=self._registry
+            )
+            self._top = Supervisor(
+                [
+                    ChildSpec("server", functools.partial(_itself, self._registry), shutdown=1.0),
+                    # Bounded by the pools supervisor's own shutdown_bound(): its pools' ones.
+                    ChildSpec("pools", self._pools_sup.start, shutdown=math.inf),
+                ],
+                strategy="one_for_all",
+                max_restarts=0,
+                name="pooly",
+            )
+            self._top.start()
+        except Exception as e:  # (what was made is released with it: its fds' finalizers)
+            check_fds("cannot create a Pooly", e)  # out of fds: a PoolyError saying so
+            raise
         self._gen = HOST.gen
         # Stops the tree if this Pooly is dropped without stop() -- on a thread of its own,
         # never the one the garbage collector happens to run on. Interpreter exit is
@@ -160,7 +166,7 @@ class Pooly:
                     name,
                     functools.partial(start_pool_tree, pool),
                     restart="temporary",
-                    shutdown=math.inf,  # its workers carry the pool's shutdown_timeout
+                    shutdown=pool_shutdown(pool),  # its workers' shutdown_timeout, and graces
                     cancellable=True,  # a stop during start_pool cuts the workers' starts
                 )
             )

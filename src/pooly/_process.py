@@ -5,11 +5,9 @@ a :class:`ProcessChild` under a plain :class:`~pooly._supervisor.Supervisor`):
 
 - the start method (forkserver where available, never fork by default) and a preloaded
   forkserver, so a new process starts with pooly's worker code already imported;
-- fd hygiene: the host's ends of worker channels and pools' alive pipes are listed in
-  ``_HOST_FDS`` and closed in any child forked from the host (an at-fork hook), so no other
-  process can hide a worker's death by holding a copy; process creation is serialised
-  (``_START_LOCK``) because ``Popen`` makes pipes around a fork out of our sight;
-- ``_dead_pipe``: fds to ``dup2`` over a finished channel, so its numbers stay valid.
+- fd hygiene (the registry itself is :mod:`pooly._fds`): process creation is serialised
+  (``_START_LOCK``) because ``Popen`` makes pipes around a fork out of our sight, and a
+  freshly forked worker gets fresh std streams;
 
 The supervisor (``_supervisor``) knows nothing of this; ``_worker`` and ``_pool`` build on it::
 
@@ -26,7 +24,15 @@ import sys
 import threading
 from collections.abc import Callable, Hashable, Sequence
 
+from . import _fds
 from ._errors import describe_exit
+
+# The fd registry and its at-fork closing live in pooly._fds (re-exported here for the
+# modules that import them from here); this module's own after-fork hook runs after it.
+from ._fds import _FDS_LOCK as _FDS_LOCK
+from ._fds import _HOST_FDS as _HOST_FDS
+from ._fds import _STARTING_FDS as _STARTING_FDS
+from ._fds import _dead_pipe as _dead_pipe
 from ._supervisor import Child, ChildSpec, ExitReason, Restart
 
 __all__ = ("HOST", "ProcessChild", "default_start_method", "preload_forkserver")
@@ -51,30 +57,6 @@ class _Host:
 
 HOST = _Host()
 
-#: File descriptors the host holds for its workers (channel ends, alive pipes). A process forked
-#: from the host (the "fork" start method, or the user's own os.fork) closes them at once, so
-#: that no other process keeps a worker's channel or a pool's alive pipe open. Process-wide
-#: by nature, like fork itself. Updated under _FDS_LOCK where fds are created (so a fork can't
-#: copy one not listed yet); the forking thread itself holds that lock across the fork.
-_HOST_FDS: set[int] = set()
-#: A worker's own ends of its channel, held by the host only while that worker starts,
-#: mapped to the starting thread. A child forked meanwhile by *another* thread closes them.
-_STARTING_FDS: dict[int, int] = {}
-
-
-def _close_host_fds_after_fork() -> None:
-    me = threading.get_ident()  # the forking thread is the child's only thread
-    if me in _STARTING_FDS.values():  # this fork is a pooly worker start
-        _fresh_std_streams()
-    doomed = list(_HOST_FDS) + [fd for fd, tid in list(_STARTING_FDS.items()) if tid != me]
-    for fd in doomed:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HOST_FDS.clear()
-    _STARTING_FDS.clear()
-
 
 def _fresh_std_streams() -> None:
     """Give a freshly forked worker its own sys.stdin/stdout/stderr objects.
@@ -94,23 +76,15 @@ def _fresh_std_streams() -> None:
         setattr(sys, name, stream)
 
 
-#: Held while host fds are created and listed above (and unlisted and closed), and across
-#: every fork: a fork from another thread (pool workers start concurrently) can't copy a
-#: pipe not yet listed, or one whose number is about to be reused. Re-entrant: a garbage
-#: collection inside a locked section may run a worker handle's finalizer, which closes
-#: that handle's fds under the same lock.
-_FDS_LOCK = threading.RLock()
-
-
 def _after_fork_in_child() -> None:
-    _FDS_LOCK.release()  # taken by the forking thread, the child's only thread
-    _close_host_fds_after_fork()
+    # pooly._fds's hook (registered first, so run first) has closed the host's fds already.
+    if _fds.forked_for_worker:
+        _fresh_std_streams()
     HOST.gen += 1
     HOST.pid = os.getpid()
     # Locks another thread of the parent may have held at the fork would stay held forever
     # here (their owners don't exist in the child): a fresh Pooly could never start a pool.
     _START_LOCK._at_fork_reinit()  # type: ignore[attr-defined]
-    _dead_lock._at_fork_reinit()  # type: ignore[attr-defined]
     _forget_parents_forkserver()
 
 
@@ -150,30 +124,7 @@ def _forget_parents_forkserver() -> None:
 #: death. Only the process creation is serialised; constructors still run concurrently.
 _START_LOCK = threading.Lock()
 
-os.register_at_fork(
-    before=_FDS_LOCK.acquire, after_in_parent=_FDS_LOCK.release, after_in_child=_after_fork_in_child
-)
-
-_dead_fds: tuple[int, int] | None = None
-_dead_lock = threading.Lock()
-
-
-def _dead_pipe() -> tuple[int, int]:
-    """(r, w): r reads EOF forever, w fails with EPIPE forever. Shared, never closed.
-
-    ``os.dup2`` of these over a worker's channel fds releases the channel at once while
-    the fd *numbers* stay valid, so a consumer thread racing with us can never read or
-    write a recycled descriptor.
-    """
-    global _dead_fds
-    with _dead_lock:
-        if _dead_fds is None:
-            r, w_closed = os.pipe()
-            os.close(w_closed)
-            r_closed, w = os.pipe()
-            os.close(r_closed)
-            _dead_fds = (r, w)
-        return _dead_fds
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_start_method() -> str:
@@ -226,8 +177,9 @@ class ProcessChild:
             preload_forkserver()  # the same server serves pools: keep it warm for them too
         ctx = multiprocessing.get_context(method)
         self.proc = ctx.Process(target=target, args=tuple(args), name=name)  # type: ignore[attr-defined]
-        with _START_LOCK:  # see there: concurrent fork starts would share pipes
+        with _START_LOCK, _FDS_LOCK:  # see there: concurrent fork starts would share pipes
             self.proc.start()
+            _HOST_FDS.update(_fds.process_fds(self.proc))  # no fork of the host keeps them
         # Reaped by our supervisor only; multiprocessing's own sweep would race with it.
         multiprocessing.process._children.discard(self.proc)  # type: ignore[attr-defined]
         self.pid: int = self.proc.pid
@@ -265,5 +217,5 @@ class ProcessChild:
     def reap(self) -> ExitReason:
         self.proc.join()
         code = self.proc.exitcode
-        self.proc.close()
+        _fds.close_process(self.proc)
         return ExitReason(code == 0, f"process {self.pid} exited with {describe_exit(code)}", code)

@@ -7,11 +7,12 @@ becomes readable once the child has ended, can be asked to end (``terminate``) o
 children, so supervisors nest into a tree.
 
 Each supervisor runs one thread, its *loop*, which only waits and decides. It blocks in
-``multiprocessing.connection.wait`` on its children's sentinels plus a wake-up pipe, so exits
-are handled the moment they happen -- no polling, no sleeps. Starting a child can take long
-(a worker constructor loading a model), so starts never run on the loop: each runs on a
-starter thread of its own and reports back through the wake-up pipe; a stop cancels starts
-in flight (:class:`CancelToken`) and waits for them at most their shutdown time::
+``multiprocessing.connection.wait`` on its children's sentinels plus a wake-up signal (an
+eventfd), so exits are handled the moment they happen -- no polling, no sleeps. Starting a
+child can take long (a worker constructor loading a model), so starts never run on the loop:
+each runs on a starter thread of its own and reports back through the wake-up signal; a stop
+cancels starts in flight (:class:`CancelToken`) and waits for them at most their shutdown
+time::
 
      other threads             supervisor loop thread              starter threads
      -------------             ----------------------              ---------------
@@ -46,7 +47,6 @@ import heapq
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -54,6 +54,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from multiprocessing.connection import wait as _wait
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from ._fds import Signal
 
 __all__ = (
     "CancelToken",
@@ -97,6 +99,38 @@ _MAX_WAIT = (2**31 - 1) // 1000
 def wait_timeout(seconds: float | None) -> float | None:
     """A timeout for multiprocessing.connection.wait: None (no limit) past what poll takes."""
     return None if seconds is None or seconds > _MAX_WAIT else seconds
+
+
+#: A deferred restart (see Supervisor's ``retry_later``) is tried again after RETRY_MIN
+#: seconds, doubling each time it fails so again, up to RETRY_MAX.
+RETRY_MIN = 0.05
+RETRY_MAX = 5.0
+
+#: How long a killed child gets to end before its supervisor gives up on it (logs an error
+#: and moves on, unreaped): a SIGKILLed process ends at once, unless stuck in the kernel.
+KILL_GRACE = 5.0
+
+
+def shutdown_bound(spec_shutdown: float, child: object) -> float:
+    """How long ``child`` may take to stop gracefully: its spec's ``shutdown``, or, where that
+    is ``inf`` ("no deadline from above": a nested supervisor), the child's own bound
+    (:meth:`Supervisor.shutdown_bound`) when it has one."""
+    if spec_shutdown != math.inf:
+        return spec_shutdown
+    bound = getattr(child, "shutdown_bound", None)
+    return float(bound()) if callable(bound) else math.inf
+
+
+def kill_bound(child: object) -> float:
+    """How long ``child`` may take to end once killed (:data:`KILL_GRACE`, more for a nested
+    supervisor, which gives its own children that much first)."""
+    bound = getattr(child, "kill_bound", None)
+    return float(bound()) if callable(bound) else KILL_GRACE
+
+
+def _event_timeout(seconds: float) -> float | None:
+    """A timeout for Event.wait: None (no limit) past what it takes (inf included)."""
+    return None if seconds > threading.TIMEOUT_MAX else seconds
 
 
 @runtime_checkable
@@ -239,18 +273,18 @@ class SupervisorListener:
 class PassiveChild:
     """A child with no thread or process of its own: it ends only when told to.
 
-    Subclasses override :meth:`_on_terminate`. The sentinel is a pipe whose write end is
-    closed once the child has ended.
+    Subclasses override :meth:`_on_terminate`. The sentinel is a :class:`~pooly._fds.Signal`
+    (one fd), set once the child has ended: a write, so no forked copy can hide it.
     """
 
     def __init__(self) -> None:
-        self._sentinel_r, self._sentinel_w = os.pipe()
+        self._sentinel = Signal()
         self._ended = False
         self._end_lock = threading.Lock()
 
     @property
     def sentinel(self) -> int:
-        return self._sentinel_r
+        return self._sentinel.fileno()
 
     def _on_terminate(self) -> None:
         """Runs once, on the thread that ends the child."""
@@ -263,26 +297,18 @@ class PassiveChild:
         try:
             self._on_terminate()
         finally:
-            self._close_fd("_sentinel_w")
+            self._sentinel.set()
 
     def kill(self) -> None:
         self.terminate()
 
     def reap(self) -> ExitReason:
-        self._close_fd("_sentinel_r")
+        self._sentinel.close()
         return SHUTDOWN
 
     def discard(self) -> None:
         """Release the sentinel of a child that was never started (idempotent)."""
-        self._close_fd("_sentinel_w")
-        self._close_fd("_sentinel_r")
-
-    def _close_fd(self, attr: str) -> None:
-        with self._end_lock:
-            fd = getattr(self, attr)
-            setattr(self, attr, -1)
-        if fd >= 0:
-            os.close(fd)
+        self._sentinel.close()
 
 
 class StartCancelled(RuntimeError):
@@ -297,20 +323,20 @@ class CancelToken:
     """Tells a cancellable start (``ChildSpec(cancellable=True)``) that its child is no longer
     wanted: the supervisor is stopping, or that child is being terminated or restarted.
 
-    ``cancelled`` turns True and ``fileno()`` becomes readable (a pipe, made on first use:
+    ``cancelled`` turns True and ``fileno()`` becomes readable (a Signal, made on first use:
     pass the token itself to ``select``/``multiprocessing.connection.wait`` next to what the
     start waits for). Set by the thread stopping the child; read by the start's thread. The
     supervisor gives a cancelled start up to the spec's ``shutdown`` seconds to return, then
     leaves it: a start that sees the cancel must itself stop whatever it had started.
     """
 
-    __slots__ = ("_cancelled", "_closed", "_lock", "_r", "_w")
+    __slots__ = ("_cancelled", "_closed", "_lock", "_signal")
 
     def __init__(self) -> None:
         self._cancelled = False
         self._closed = False
         self._lock = threading.Lock()
-        self._r = self._w = -1
+        self._signal: Signal | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -321,11 +347,11 @@ class CancelToken:
         with self._lock:
             if self._closed:
                 raise ValueError("this cancel token is closed: its start has returned")
-            if self._r < 0:
-                self._r, self._w = os.pipe()
+            if self._signal is None:
+                self._signal = Signal()
                 if self._cancelled:
-                    os.write(self._w, b"x")
-            return self._r
+                    self._signal.set()
+            return self._signal.fileno()
 
     def cancel(self) -> None:
         """Fire the token (idempotent; any thread)."""
@@ -333,18 +359,15 @@ class CancelToken:
             if self._cancelled:
                 return
             self._cancelled = True
-            # A byte rather than closing the write end: a process forked meanwhile may hold a
-            # copy of it, and would then hide an EOF.
-            if self._w >= 0:
-                os.write(self._w, b"x")
+            if self._signal is not None:
+                self._signal.set()
 
     def _close(self) -> None:
         with self._lock:
             self._closed = True
-            for fd in (self._r, self._w):
-                if fd >= 0:
-                    os.close(fd)
-            self._r = self._w = -1
+            signal, self._signal = self._signal, None
+        if signal is not None:
+            signal.close()
 
     def __repr__(self) -> str:
         return f"<CancelToken{' cancelled' if self._cancelled else ''}>"
@@ -423,6 +446,12 @@ class Supervisor:
     ``listeners`` (and ``listener``, kept for a single one, called first) hear about children
     ending and the supervisor failing; see :class:`SupervisorListener`. A hook that raises is
     logged with its traceback and removed: listeners never take down what they observe.
+
+    ``retry_later(error)``: True for a restart failure that is not the child's fault but a
+    shortage the host may recover from (out of file descriptors): such a failure is not
+    counted toward restart intensity; the start is tried again after a backoff (from
+    :data:`RETRY_MIN` doubling to :data:`RETRY_MAX` seconds on ``clock``), logged at WARNING.
+    An initial start (in :meth:`start`) that fails so still fails.
     """
 
     def __init__(
@@ -436,6 +465,7 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         listener: SupervisorListener | None = None,
         listeners: Iterable[SupervisorListener] = (),
+        retry_later: Callable[[BaseException], bool] | None = None,
     ) -> None:
         if strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
@@ -471,6 +501,12 @@ class Supervisor:
             hooks.insert(0, listener)
         # Replaced, never mutated in place: the loop iterates a snapshot without the lock.
         self._listeners: tuple[SupervisorListener, ...] = tuple(hooks)
+        if retry_later is not None and not callable(retry_later):
+            raise TypeError(
+                f"supervisor {name!r}: retry_later must be callable, got {retry_later!r}"
+            )
+        self._retry_later = retry_later
+        self._deferrals: dict[Hashable, int] = {}  # child id -> restarts deferred in a row
         self._entries: dict[Hashable, _Entry] = {s.id: _Entry(s, None) for s in specs}
         self._lock = threading.Lock()
         self._mailbox: collections.deque[Callable[[], None]] = collections.deque()
@@ -478,8 +514,14 @@ class Supervisor:
         self._vclock = clock if isinstance(clock, VirtualTime) else None
         self._timers: list[tuple[float, int, TimerHandle]] = []  # a heap, under the lock
         self._timer_seq = itertools.count()
-        self._wake_r, self._wake_w = os.pipe()
-        self._sentinel_r, self._sentinel_w = os.pipe()
+        # Two Signals (one fd each): the loop's wake-up, and our own "ended" sentinel.
+        self._wakeup = Signal()
+        try:
+            self._ended_signal = Signal()
+        except BaseException:
+            self._wakeup.close()
+            raise
+        self._wake_r = self._wakeup.fileno()  # -1 once closed (under the lock)
         self._thread: threading.Thread | None = None
         # The one thread that may read (and, at the end, close) the wake pipe: the caller of
         # start() until the loop runs, then the loop thread.
@@ -551,13 +593,13 @@ class Supervisor:
             fds: list[Any] = [self._wake_r] if cancel is None else [self._wake_r, cancel]
             ready = _wait(fds)  # no deadline of our own: each start has its own timeouts
             if self._wake_r in ready:
-                os.read(self._wake_r, 4096)
+                self._wakeup.drain()
             if cancel is not None and cancel.cancelled:
                 raise StartCancelled(f"supervisor {self.name!r} was stopped while starting")
 
     @property
     def sentinel(self) -> int:
-        return self._sentinel_r
+        return self._ended_signal.fileno()
 
     @property
     def failure(self) -> ExitReason | None:
@@ -584,28 +626,67 @@ class Supervisor:
             self._wake()  # already stopping: wake the shutdown wait so it kills now
 
     def reap(self) -> ExitReason:
-        """Wait for the end and release the sentinel. Idempotent."""
+        """Wait for the end and release the sentinel. Idempotent.
+
+        Called once the supervisor has ended (its sentinel is readable); its loop thread
+        then only runs what was queued for it, given :data:`KILL_GRACE` to finish.
+        """
         self._done.wait()
-        if self._thread is not None and self._thread.ident != threading.get_ident():
-            self._thread.join()
-        with self._lock:
-            if self._sentinel_r >= 0:
-                os.close(self._sentinel_r)
-                self._sentinel_r = -1
+        thread = self._thread
+        if thread is not None and thread.ident != threading.get_ident():
+            thread.join(KILL_GRACE)
+            if thread.is_alive():
+                log.error(
+                    "supervisor %r: its thread did not finish within %gs of its end; leaving it",
+                    self.name,
+                    KILL_GRACE,
+                )
+        self._ended_signal.close()
         return self._exit or SHUTDOWN
 
     def stop(self, timeout: float | None = None) -> ExitReason:
         """Stop all children and wait until the supervisor has ended (blocking).
 
         Children get their graceful ``shutdown`` time; if the whole stop takes longer than
-        ``timeout``, the remaining children are killed.
+        ``timeout`` (``None``: :meth:`shutdown_bound`, what the children's deadlines add up
+        to), the remaining children are killed. Never waits without a deadline: if even
+        killing does not end it in time (:meth:`kill_bound`), logs an error and returns an
+        abnormal reason, leaving the supervisor to end by itself.
         """
         if self._thread is None:
             return SHUTDOWN
         self.terminate()
-        if not self._done.wait(timeout):
+        bound = self.shutdown_bound() if timeout is None else timeout
+        if not self._done.wait(_event_timeout(bound)):
             self.kill()
+            if not self._done.wait(self.kill_bound()):
+                log.error(
+                    "supervisor %r did not end within %gs of being killed; giving up on it",
+                    self.name,
+                    self.kill_bound(),
+                )
+                return ExitReason(False, f"supervisor {self.name!r} did not end when killed")
         return self.reap()
+
+    def shutdown_bound(self) -> float:
+        """The longest a graceful stop of this supervisor should take: its slowest child's
+        (or cancelled start's) ``shutdown``, nested supervisors' own bounds for children
+        specified with ``inf``, plus a kill's grace. ``inf`` only if a child of its own was
+        specified with no deadline and has no bound of its own."""
+        with self._lock:
+            parts = [
+                shutdown_bound(e.spec.shutdown, e.child) if e.child is not None else e.spec.shutdown
+                for e in self._entries.values()
+                if e.child is not None or e.start is not None
+            ]
+        return max(parts, default=0.0) + self.kill_bound()
+
+    def kill_bound(self) -> float:
+        """The longest this supervisor should take to end once killed: it kills its children
+        and gives each its own kill bound."""
+        with self._lock:
+            children = [e.child for e in self._entries.values() if e.child is not None]
+        return KILL_GRACE + max((kill_bound(c) for c in children), default=0.0)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the supervisor has ended (stopped or failed); True if it has."""
@@ -645,8 +726,8 @@ class Supervisor:
             else:  # a stop is under way and waits for this start: hand the result over
                 st.child, st.error, st.done = child, error, True
                 outcome = "handed over"
-            if self._wake_w >= 0:
-                os.write(self._wake_w, b"!")
+            if self._wake_r >= 0:
+                self._wakeup.set()
         if outcome == "orphan" and child is not None:
             self._stop_orphan(spec, child)
         if error is not None:
@@ -727,13 +808,13 @@ class Supervisor:
             raise TypeError(f"fn must be callable, got {fn!r}")
         handle = TimerHandle(float(when), fn, args)
         with self._lock:
-            if not self._running or self._wake_w < 0:
+            if not self._running or self._wake_r < 0:
                 handle._cancelled = True
                 return handle
             first = not self._timers or when < self._timers[0][0]
             heapq.heappush(self._timers, (handle.when, next(self._timer_seq), handle))
             if first and not self._on_loop():
-                os.write(self._wake_w, b"!")  # the loop's wait must end sooner
+                self._wakeup.set()  # the loop's wait must end sooner
         return handle
 
     def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> TimerHandle:
@@ -764,16 +845,24 @@ class Supervisor:
                 heapq.heappop(self._timers)
             return self._timers[0][0] if self._timers else math.inf
 
-    def _wait_until(self, fds: Sequence[int], deadline: float) -> list[Any]:
-        """Wait for any of ``fds`` or the clock reaching ``deadline`` (inf: no deadline)."""
+    def _wait_until(
+        self, fds: Sequence[int], deadline: float, real_deadline: float = math.inf
+    ) -> list[Any]:
+        """Wait for any of ``fds`` or the clock reaching ``deadline`` (inf: no deadline), and
+        at most until ``real_deadline`` (``time.monotonic()``, whatever the clock)."""
         if self._vclock is not None:  # also told of no deadline: its idea of "busy" needs it
             timeout: float | None = self._vclock.sleep_time(deadline)
         elif deadline == math.inf:
             timeout = None
         else:
             timeout = max(0.0, deadline - self._clock())
+        capped = False
+        if real_deadline != math.inf:
+            cap = max(0.0, real_deadline - time.monotonic())
+            if timeout is None or cap < timeout:
+                timeout, capped = cap, True
         ready = _wait(fds, wait_timeout(timeout))
-        if not ready and self._vclock is not None and deadline != math.inf:
+        if not ready and self._vclock is not None and deadline != math.inf and not capped:
             self._vclock.idle(deadline)
         return ready
 
@@ -854,14 +943,14 @@ class Supervisor:
             if not self._running:
                 return False
             self._mailbox.append(fn)
-            os.write(self._wake_w, b"!")
+            self._wakeup.set()
         return True
 
     def _wake(self) -> None:
         # Under the lock: _finish closes the pipe under it too, so the fd is never reused.
         with self._lock:
-            if self._wake_w >= 0:
-                os.write(self._wake_w, b"!")
+            if self._wake_r >= 0:
+                self._wakeup.set()
 
     def _call(self, fn: Callable[[], None], wait: bool) -> None:
         fut: Future[None] = Future()
@@ -911,7 +1000,7 @@ class Supervisor:
                     }
                 ready = self._wait_until([self._wake_r, *watched], self._next_deadline())
                 if self._wake_r in ready:
-                    os.read(self._wake_r, 4096)
+                    self._wakeup.drain()
                 for fd in ready:
                     if fd in watched and self._running:
                         self._child_ended(watched[fd])
@@ -982,8 +1071,8 @@ class Supervisor:
             orphan = st.abandoned
             if not orphan:
                 st.child, st.error, st.done = child, error, True
-                if self._wake_w >= 0:
-                    os.write(self._wake_w, b"!")
+                if self._wake_r >= 0:
+                    self._wakeup.set()
         if orphan and child is not None:
             self._stop_orphan(spec, child)
 
@@ -1034,8 +1123,12 @@ class Supervisor:
             if st.error is None:
                 with self._lock:
                     entry.child = st.child
+                self._deferrals.pop(cid, None)
                 st.resolve()
                 self._start_in_order(st.then)
+                continue
+            if self._retry_later is not None and self._retry_later(st.error):
+                self._defer_start(cid, st)
                 continue
             reason = ExitReason(False, f"restart of {cid!r} failed: {st.error}")
             log.warning("supervisor %r: %s", self.name, reason)
@@ -1046,6 +1139,29 @@ class Supervisor:
             self._begin_start(entry, st.then, st.waiters)
             st.waiters = []
             st.resolve()
+
+    def _defer_start(self, cid: Hashable, st: _Start) -> None:
+        """Loop thread: a restart failed for want of something the host may get back (see
+        ``retry_later``): not counted; tried again after a backoff, on a timer."""
+        n = self._deferrals.get(cid, 0)
+        self._deferrals[cid] = n + 1
+        delay = min(RETRY_MIN * 2**n, RETRY_MAX)
+        log.warning(
+            "supervisor %r: restart of %r failed for want of a resource (%s); not counted as a "
+            "restart, trying again in %gs",
+            self.name,
+            cid,
+            st.error,
+            delay,
+        )
+        self.call_later(delay, self._retry_start, cid, st.then)
+        st.resolve()  # whoever waited for this restart: it is deferred, not lost
+
+    def _retry_start(self, cid: Hashable, then: tuple[Hashable, ...]) -> None:
+        """Loop thread (a timer): start a deferred child again, if it still needs it."""
+        entry = self._entries.get(cid)
+        if entry is not None and entry.child is None and entry.start is None:
+            self._begin_start(entry, then)
 
     def _restart_requested(
         self, cid: Hashable, only_if: Child | None, graceful: bool, started: Future[None]
@@ -1121,12 +1237,10 @@ class Supervisor:
             for _, _, handle in self._timers:
                 handle._cancelled = True
             self._timers.clear()
-            os.close(self._wake_w)
-            self._wake_w = -1
-            os.close(self._wake_r)
+            self._wakeup.close()
             self._wake_r = -1
         self._done.set()
-        os.close(self._sentinel_w)
+        self._ended_signal.set()
 
     # ------------------------------------------------------------------ stopping children
 
@@ -1167,12 +1281,18 @@ class Supervisor:
         workers takes one shutdown deadline to stop, not one per worker. ``starts`` (already
         cancelled) are waited for up to their spec's deadline too: a child that arrives in
         time is stopped like the others (within the same deadline); a start still running
-        at its deadline is abandoned -- its starter thread stops what it started.
+        at its deadline is abandoned -- its starter thread stops what it started. A child
+        with no deadline of its own (``inf``) gets its :func:`shutdown_bound`; a killed child
+        that has not ended within its :func:`kill_bound` is given up on (an error is logged;
+        it is reported as ended abnormally, unreaped): no wait here is without a deadline.
         """
         now = self._clock()
         pending: dict[int, tuple[ChildSpec, Child, float]] = {}
         stopped: list[tuple[ChildSpec, Child]] = []
-        killed: set[int] = set()
+        # sentinel -> when to give up on it, in real (monotonic) time even on a virtual
+        # clock: a kill takes real time to land, which virtual time must not skip.
+        killed: dict[int, float] = {}
+        lost: dict[int, ExitReason] = {}  # id(child) -> why it was not reaped
 
         def stop(spec: ChildSpec, child: Child, deadline: float) -> None:
             stopped.append((spec, child))
@@ -1183,7 +1303,8 @@ class Supervisor:
             pending[child.sentinel] = (spec, child, deadline)
 
         for spec, child in reversed(pairs):
-            stop(spec, child, now + (spec.shutdown if graceful else 0))
+            bound = shutdown_bound(spec.shutdown, child) if graceful else 0
+            stop(spec, child, now + bound)
         waiting = {st: (spec, now + (spec.shutdown if graceful else 0)) for spec, st in starts}
         # Only the wake pipe's owner may read it; it also hears kill() and finished starts.
         mine = self._owner == threading.get_ident()
@@ -1206,32 +1327,53 @@ class Supervisor:
                 spec, deadline = waiting.pop(st)
                 if st.child is not None:
                     stop(spec, st.child, deadline)
-            for fd, (spec, child, deadline) in pending.items():
+            for fd, (spec, child, deadline) in list(pending.items()):
                 if fd not in killed and (deadline <= now or self._kill_requested):
                     if not self._kill_requested and graceful:
                         log.warning(
                             "supervisor %r: child %r did not stop within %gs; killing it",
                             self.name,
                             spec.id,
-                            spec.shutdown,
+                            shutdown_bound(spec.shutdown, child),
                         )
-                    child.kill()
-                    killed.add(fd)
+                    try:
+                        child.kill()
+                    except Exception:
+                        log.exception("supervisor %r: could not kill child %r", self.name, spec.id)
+                    killed[fd] = time.monotonic() + kill_bound(child)  # real time: see below
+                elif fd in killed and killed[fd] <= time.monotonic():
+                    log.error(
+                        "supervisor %r: child %r did not end within %gs of being killed; "
+                        "giving up on it (not reaped)",
+                        self.name,
+                        spec.id,
+                        kill_bound(child),
+                    )
+                    del pending[fd]
+                    lost[id(child)] = ExitReason(
+                        False, f"child {spec.id!r} did not end when killed; given up on"
+                    )
             if not pending and not waiting:
                 break  # the last starts arrived with no child to stop
             deadlines = [d for fd, (_, _, d) in pending.items() if fd not in killed]
             deadlines += [d for _, d in waiting.values()]
+            give_up = min((d for fd, d in killed.items() if fd in pending), default=math.inf)
             wake = [self._wake_r] if mine and self._wake_r >= 0 else []
             if waiting and not wake:
                 # No wake pipe to hear a start finish on (not the owner): look again soon.
                 deadlines.append(self._clock() + 0.01)
-            for ready in self._wait_until([*pending, *wake], min(deadlines, default=math.inf)):
+            for ready in self._wait_until(
+                [*pending, *wake], min(deadlines, default=math.inf), give_up
+            ):
                 assert isinstance(ready, int)
                 if ready in pending:
                     pending.pop(ready)
                 elif wake:
-                    os.read(self._wake_r, 4096)
-        return [(spec, child, child.reap()) for spec, child in stopped]
+                    self._wakeup.drain()
+        return [
+            (spec, child, lost[id(child)] if id(child) in lost else child.reap())
+            for spec, child in stopped
+        ]
 
     def __repr__(self) -> str:
         state = "running" if self._running else ("failed" if self.failure else "stopped")

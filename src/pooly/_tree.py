@@ -15,11 +15,13 @@ supervisor's listener fails the pool when the worker supervisor gives up.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
+from ._errors import PoolyError
+from ._fds import fd_usage, out_of_fds
 from ._supervisor import (
+    KILL_GRACE,
     CancelToken,
     Child,
     ChildSpec,
@@ -32,16 +34,76 @@ if TYPE_CHECKING:
     from ._backend import WorkerBackend
     from ._pool import Pool
 
-__all__ = ("PoolSupervisor", "WorkerSupervisor", "start_pool_tree")
+__all__ = (
+    "PoolSupervisor",
+    "WorkerSupervisor",
+    "check_fds",
+    "pool_shutdown",
+    "start_pool_tree",
+)
+
+
+def workers_shutdown(pool: Pool) -> float:
+    """The deadline of a pool's worker supervisor, as its pool supervisor's child: each worker
+    gets the pool's ``shutdown_timeout`` and then a kill's grace; one more grace of margin, so
+    that it ends by itself before this deadline cuts it short."""
+    return pool.shutdown_timeout + 2 * KILL_GRACE
+
+
+def pool_shutdown(pool: Pool) -> float:
+    """The deadline of a pool's subtree as a child of the pools supervisor (what ``stop_pool``
+    may take at most): its worker supervisor's, that one's kill grace, and a margin. Finite,
+    so a cancelled pool start is waited for with a bound too."""
+    return workers_shutdown(pool) + 2 * KILL_GRACE
 
 
 def start_pool_tree(pool: Pool, cancel: CancelToken | None = None) -> Supervisor:
     """Make and start ``pool``'s subtree (the pool's child start in the pools supervisor).
 
     The supervisor is made only here, so a pool whose start is refused holds no descriptor.
-    ``cancel``: the pools supervisor is stopping (cuts the workers' starts short).
+    ``cancel``: the pools supervisor is stopping (cuts the workers' starts short). A start
+    that ran out of file descriptors raises a :class:`PoolyError` saying so (see
+    :func:`check_fds`), with nothing of the pool left behind.
     """
-    return PoolSupervisor(pool).start(cancel)
+    try:
+        return PoolSupervisor(pool).start(cancel)
+    except Exception as e:
+        check_fds(f"cannot start pool {pool.name!r}", e, pool)
+        raise
+
+
+#: What pooly's fds cost in the host, for the message of a start refused for want of them:
+#: a pool's own (its two supervisors' wake-up and sentinel, its server's sentinel; and a
+#: forkserver pool's fork server: control socket and sentinel), and each worker's (its
+#: channel's two ends, and its pidfd; or, started by multiprocessing, its sentinel and the
+#: pipe multiprocessing keeps beside it). A start needs a few more for a moment.
+POOL_FDS = 5
+FORK_SERVER_FDS = 2
+WORKER_FDS = 3
+MP_WORKER_FDS = 4
+
+
+def check_fds(what: str, error: BaseException, pool: Pool | None = None) -> None:
+    """Raise a :class:`PoolyError` explaining the fd limit if ``error`` comes from running
+    out of file descriptors (EMFILE/ENFILE); else return (the caller re-raises ``error``)."""
+    if not out_of_fds(error):
+        return
+    open_fds, soft, hard = fd_usage()
+    cost = ""
+    if pool is not None:
+        zygote = pool.start_method == "forkserver"
+        fixed = POOL_FDS + (FORK_SERVER_FDS if zygote else 0)
+        each = WORKER_FDS if zygote else MP_WORKER_FDS
+        cost = (
+            f" This pool ({pool.size} workers, {pool.start_method}) needs about "
+            f"{fixed + each * pool.size} fds: {fixed} for the pool and {each} per worker."
+        )
+    raise PoolyError(
+        f"{what}: this process is out of file descriptors ({error}); {open_fds} are open, "
+        f"and the limit (RLIMIT_NOFILE) is {soft} (hard limit {hard}).{cost} Raise the "
+        "limit (ulimit -n, or resource.setrlimit(resource.RLIMIT_NOFILE, ...)) or stop pools "
+        "you no longer need. Running pools are not affected."
+    ) from error
 
 
 class WorkerSupervisor(Supervisor):
@@ -56,6 +118,9 @@ class WorkerSupervisor(Supervisor):
             name=f"workers:{pool.name}",
             clock=pool._clock,
             listener=pool,
+            # A replacement refused for want of fds is not the worker's fault: retried on a
+            # timer, never counted toward the pool's restart intensity (never failing it).
+            retry_later=out_of_fds,
         )
         self.backend = backend
 
@@ -84,12 +149,12 @@ class PoolSupervisor(Supervisor):
         super().__init__(
             [
                 ChildSpec("server", lambda: pool, restart="permanent", shutdown=1.0),
-                # Each worker has the pool's shutdown_timeout; a deadline here could cut it.
+                # Each worker has the pool's shutdown_timeout; this deadline comes after it.
                 ChildSpec(
                     "workers",
                     self._start_workers,
                     restart="permanent",
-                    shutdown=math.inf,
+                    shutdown=workers_shutdown(pool),
                     cancellable=True,
                 ),
             ],

@@ -68,6 +68,7 @@ import collections
 import contextlib
 import functools
 import inspect
+import logging
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -92,19 +93,24 @@ from ._errors import (
     WorkerStartError,
     describe_exit,
 )
-from ._process import (
+from ._fds import (
     _FDS_LOCK,
     _HOST_FDS,
-    _START_LOCK,
     _STARTING_FDS,
     _dead_pipe,
+    close_process,
+    process_fds,
+    release,
 )
-from ._supervisor import CancelToken, ExitReason
+from ._process import _START_LOCK
+from ._supervisor import KILL_GRACE, CancelToken, ExitReason
 
 if TYPE_CHECKING:
     from ._zygote import Zygote
 
 __all__ = ("ChannelClosed", "ReplyTimeout", "WorkerProcess", "make_payload")
+
+log = logging.getLogger("pooly.worker")
 
 _HDR = struct.Struct("<QQ")  # payload length, request id (echoed in the reply)
 _HDR_SIZE = _HDR.size
@@ -510,14 +516,17 @@ class WorkerProcess:
     """The host's end of one worker process; a supervisor child.
 
     ``call`` runs in the consumer's thread (one at a time: the lease serialises calls);
-    ``terminate``/``kill``/``reap`` run in the supervisor's loop thread. The channel fds are
-    never closed while the object lives: stopping and reaping point them at dead pipes
-    instead (see :func:`_dead_pipe`); they are closed when the object is collected.
+    ``terminate``/``kill``/``reap`` run in the supervisor's loop thread. Stopping and reaping
+    point the channel fds at dead pipes (see :func:`_dead_pipe`), so their numbers stay valid
+    for a consumer thread still in a call; :meth:`release` closes them once the pool knows no
+    thread can use them any more (reaped, and no call in flight), else the object's collection
+    does.
     """
 
     __slots__ = (
         "__weakref__",
         "_ahead",
+        "_fds_finalizer",
         "_pending",
         "_poll",
         "_rid",
@@ -567,8 +576,22 @@ class WorkerProcess:
         self.overflow = False
         self._poll = select.poll()
         self._poll.register(rep_r, select.POLLIN)
-        # Not at interpreter exit: the Pooly's exit hook stops workers first (in order).
-        weakref.finalize(self, _release_fds, (req_w, rep_r)).atexit = False
+        # (owner: in a forked child these numbers are closed already, maybe reused)
+        self._fds_finalizer = weakref.finalize(self, release, (req_w, rep_r), os.getpid())
+        self._fds_finalizer.atexit = False  # at exit, the Pooly's hook stops workers first
+
+    def release(self) -> None:
+        """Close the channel fds now (idempotent). Only once reaped, and once no thread can
+        be in a call, send or receive on them (the pool decides: the worker is unleased, or
+        its lease has ended and no call through it is in flight); a use after this fails as
+        a dead channel, never on a recycled fd number."""
+        if not self._fds_finalizer.alive:
+            return
+        dead = select.poll()
+        dead.register(_dead_pipe()[0], select.POLLIN)  # reads EOF: not alive
+        self._poll = dead
+        self.req_w = self.rep_r = -1  # EBADF (a dead channel) for any stray use
+        self._fds_finalizer()
 
     # -- starting ------------------------------------------------------------------
 
@@ -624,6 +647,9 @@ class WorkerProcess:
             return cls._handshake(
                 proc, req_w, rep_r, payload, pool_name, cls_name, start_timeout, cancel
             )
+        except OSError as e:
+            _release_fds((req_w, rep_r))
+            raise WorkerStartError(f"could not start {what}: {e}") from e
         except BaseException:
             _release_fds((req_w, rep_r))
             raise
@@ -645,10 +671,11 @@ class WorkerProcess:
         reply: bytes | bytearray | memoryview | None = None
         try:
             deadline = time.monotonic() + min(timeout, _MAX_POLL)
+            # (Out of it, out of fds: an OSError for start() to report, not a worker's death.)
+            cancel_fd = cancel.fileno() if cancel is not None else -1
             try:
                 # A worker stuck while bootstrapping never reads: a payload over what a pipe
                 # holds must not block us past start_timeout (nor past a cancel).
-                cancel_fd = cancel.fileno() if cancel is not None else -1
                 sent = _send_within(req_w, payload, deadline, proc.sentinel, cancel_fd)
                 watch: list[Any] = [rep_r, proc.sentinel]
                 if cancel is not None:
@@ -891,7 +918,7 @@ class WorkerProcess:
         dead_r, dead_w = _dead_pipe()
         os.dup2(dead_w, self.req_w)
         os.dup2(dead_r, self.rep_r)
-        self.proc.close()
+        close_process(self.proc)
         if self.stopping and code in (0, -signal.SIGKILL, -signal.SIGTERM):
             return ExitReason(True, f"worker pid {self.pid} stopped", code)
         return ExitReason(
@@ -942,8 +969,13 @@ def _start_process(
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main, args=tuple(conns), name=f"pooly:{pool_name}", daemon=False
         )
-        with _START_LOCK:  # Popen makes pipes around its fork: one start at a time
+        # _START_LOCK: Popen makes pipes around its fork, one start at a time. _FDS_LOCK: no
+        # fork (the user's, in another thread) between making its pipes and listing them.
+        with _START_LOCK, _FDS_LOCK:
             proc.start()
+            # Both listed, not trimmed (as the fork server's are): the worker's user code
+            # may ask multiprocessing.parent_process().is_alive(), which reads the other.
+            _HOST_FDS.update(process_fds(proc))
     finally:
         with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
             for c in conns:
@@ -962,6 +994,21 @@ def _release_fds(fds: tuple[int, ...]) -> None:
         _close_fds(fds)
 
 
+def _trim_process_fds(proc: Any) -> list[int]:
+    """Right after a spawn ``proc.start()`` of pooly's own process (a fork server; under
+    ``_FDS_LOCK``): close the fd multiprocessing keeps beside the sentinel -- the
+    preparation data pipe's write end, written in full by then, which the child goes on to
+    watch as its parent sentinel (a fork server watches the alive pipe instead) -- one fd
+    less per process; return the fds left, to be listed."""
+    finalizer = getattr(getattr(proc, "_popen", None), "finalizer", None)
+    fds = process_fds(proc)
+    if finalizer is None or len(fds) != 2 or fds[0] != proc.sentinel:
+        return fds  # not the shape we know: leave it to multiprocessing
+    finalizer._args = (proc.sentinel,)
+    _close_fds((fds[1],))
+    return [proc.sentinel]
+
+
 def _end_process(proc: Any, *, kill: bool) -> int | None:
     """Make sure a worker that failed to start is gone and reaped; return its exit code.
 
@@ -971,11 +1018,14 @@ def _end_process(proc: Any, *, kill: bool) -> int | None:
         # (Not proc.exitcode to ask: multiprocessing's reaps the worker, group left alive.)
         if kill or not _join_tree(proc, 5):
             proc.kill()
-            _join_tree(proc)
+            _join_tree(proc, KILL_GRACE)
         code: int | None = proc.exitcode
     except ValueError:  # already closed by an earlier call
         return None
-    proc.close()
+    if code is None:  # not even a SIGKILL ended it in time: no wait without a deadline
+        log.error("worker pid %s did not end within %gs of being killed", proc.pid, KILL_GRACE)
+        return None
+    close_process(proc)
     return code
 
 

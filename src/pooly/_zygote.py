@@ -44,6 +44,7 @@ others. Every wait has a deadline.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import math
 import multiprocessing
@@ -61,8 +62,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import WorkerStartError, describe_exit
-from ._process import _FDS_LOCK, _HOST_FDS, _STARTING_FDS
-from ._worker import _close_fds
+from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS, close_process
+from ._supervisor import KILL_GRACE
+from ._worker import _close_fds, _trim_process_fds
 from ._zygote_proc import EMFILE, recv, send, zygote_main
 
 __all__ = ("SUPPORTED", "Zygote", "ZygoteProcess")
@@ -126,7 +128,9 @@ class _Server:
                 name=f"pooly-zygote:{pool_name}",
                 daemon=False,
             )
-            proc.start()
+            with _FDS_LOCK:  # no fork between making its pipes (in start) and listing them
+                proc.start()
+                _HOST_FDS.update(_trim_process_fds(proc))
         except BaseException:
             with _FDS_LOCK:
                 _HOST_FDS.discard(ctl.fileno())
@@ -143,10 +147,7 @@ class _Server:
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
         self.proc = proc
         self.pid: int = proc.pid  # type: ignore[assignment]
-        self._spawn_fds = [proc.sentinel]
         try:
-            self._spawn_fds = _spawn_fds(proc)
-            _HOST_FDS.update(self._spawn_fds)
             self._ready(deadline)
         except BaseException:
             self.stop(0)
@@ -220,7 +221,7 @@ class _Server:
                 self._live.add(msg[1])
             else:
                 msg = (
-                    "error",
+                    "emfile",
                     f"started worker pid {msg[1]}, but its pidfd could not be received here: "
                     f"the kernel dropped it ({EMFILE}?); the worker exits by itself",
                 )
@@ -261,6 +262,10 @@ class _Server:
             msg, got = self._replies.popleft()
         finally:
             self._req_lock.release()
+        if msg[0] == "emfile":  # we are out of fds (an OSError: see pooly._fds.out_of_fds)
+            raise WorkerStartError(f"{what} could not start a worker: {msg[1]}") from OSError(
+                errno.EMFILE, EMFILE
+            )
         if msg[0] != "forked":
             raise WorkerStartError(f"{what} could not start a worker: {msg[1]}")
         return msg[1], got[0]
@@ -301,27 +306,26 @@ class _Server:
             proc.join(timeout)
             if proc.exitcode is None:
                 proc.kill()
-                proc.join()
+                proc.join(KILL_GRACE)
         except ValueError:  # closed by an earlier stop
             return None
         code: int | None = proc.exitcode
+        if code is None:  # no wait without a deadline: leave it, and its fds, be
+            log.error(
+                "pool %r: its fork server (pid %d) did not end within %gs of being killed",
+                self.pool_name,
+                self.pid,
+                KILL_GRACE,
+            )
+            self.dead = True
+            return None
         self._wait_for(lambda: False, time.monotonic() + 1.0)  # read up to its EOF
         self.dead = True
         with self._req_lock, self._read_lock, _FDS_LOCK:  # nobody reads or asks: free it
             _HOST_FDS.discard(self.ctl.fileno())
             self.ctl.close()
-        _HOST_FDS.difference_update(self._spawn_fds)
-        proc.close()
+        close_process(proc)
         return code
-
-
-def _spawn_fds(proc: multiprocessing.process.BaseProcess) -> list[int]:
-    """The host's fds that multiprocessing's spawn keeps for ``proc`` until it is closed: its
-    sentinel, and the write end of the pipe that carried its preparation data (which the
-    zygote holds the read end of). Registered so that no fork of the host keeps them."""
-    finalizer = getattr(getattr(proc, "_popen", None), "finalizer", None)
-    fds = [fd for fd in getattr(finalizer, "_args", None) or () if isinstance(fd, int)]
-    return fds if proc.sentinel in fds else [proc.sentinel, *fds]
 
 
 class ZygoteProcess:
@@ -352,7 +356,7 @@ class ZygoteProcess:
         self._done = False
         self._closed = False
         _HOST_FDS.add(pidfd)
-        self._finalizer = weakref.finalize(self, _close_pidfd, pidfd, server, pid)
+        self._finalizer = weakref.finalize(self, _close_pidfd, pidfd, server, pid, os.getpid())
         self._finalizer.atexit = False  # the Pooly's exit hook stops workers first
 
     def _check_closed(self) -> None:
@@ -410,7 +414,9 @@ class ZygoteProcess:
         return f"<ZygoteProcess pid={self.pid} {state}>"
 
 
-def _close_pidfd(pidfd: int, server: _Server, pid: int) -> None:
+def _close_pidfd(pidfd: int, server: _Server, pid: int, owner: int) -> None:
+    if owner != os.getpid():  # a forked child: closed at the fork, the number maybe reused
+        return
     with _FDS_LOCK:  # no fork between unlisting and closing it (numbers are reused)
         _HOST_FDS.discard(pidfd)
         _close_fds((pidfd,))
