@@ -300,3 +300,40 @@ def test_pooly_collected_elsewhere_still_stops_its_tree() -> None:
     gc.collect()
     assert wait_for(lambda: not top.running, 20)
     assert wait_for(lambda: all(gone(pid) for pid in pids), 10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forked_child_collecting_parents_garbage_closes_none_of_its_own_fds(method: str) -> None:
+    """Issue 7 (a sibling of defect 2): a child forked while the parent held uncollected
+    garbage from pooly (a stopped pool's worker handle in a reference cycle) ran that
+    garbage's fd finalizers when its own collector ran, closing descriptor *numbers* the
+    child had reused since the fork (the fork had closed the parent's at once): the child's
+    own pipes went dead under it (seen as EBADF in a "fork" worker's subprocess.Popen).
+    Finalizers of objects made before a fork now do nothing in the child."""
+    gc.collect()
+    gc.disable()
+    try:
+        with pooly.Pooly(start_method=method) as p:
+            pool = p.start_pool("gc-in-child", Counter, size=2)
+            with pool.checkout(timeout=5) as w:
+                handle = w._worker
+            p.stop_pool("gc-in-child")
+            cycle: list[object] = [handle]
+            cycle.append(cycle)
+            del handle, cycle, w, pool
+
+            def child() -> object:
+                held = [os.pipe() for _ in range(64)]  # takes the numbers the fork freed
+                gc.collect()
+                bad = []
+                for pair in held:
+                    for fd in pair:
+                        try:
+                            os.fstat(fd)
+                        except OSError:
+                            bad.append(fd)
+                return bad
+
+            assert in_forked_child(child) == []
+    finally:
+        gc.enable()
