@@ -337,3 +337,26 @@ def test_forked_child_collecting_parents_garbage_closes_none_of_its_own_fds(meth
             assert in_forked_child(child) == []
     finally:
         gc.enable()
+
+
+def test_supervisor_stop_from_its_own_thread_refuses_instead_of_waiting_for_itself() -> None:
+    """Issue 7 (a sibling of defect 6): ``Supervisor.stop()`` called on the supervisor's own
+    loop thread (from a timer or listener callback, or a finalizer the collector ran there)
+    waited for that very thread until its deadlines ran out, stalling every restart. It now
+    raises at once, and ``terminate()`` from there stops the supervisor."""
+    sup = Supervisor([ProcessChild.spec("t", _tick)]).start()
+    try:
+        seen: list[BaseException] = []
+
+        def from_loop() -> None:
+            try:
+                sup.stop()
+            except RuntimeError as e:
+                seen.append(e)
+                sup.terminate()
+
+        sup.call_later(0, from_loop)
+        assert wait_for(lambda: not sup.running, 20)
+        assert len(seen) == 1 and "its own thread" in str(seen[0])
+    finally:
+        sup.stop()

@@ -655,6 +655,13 @@ class Supervisor:
         """
         if self._thread is None:
             return SHUTDOWN
+        if self._on_loop() and not self._done.is_set():  # (idents are reused once it ended)
+            # (A listener, a timer, a finalizer the collector ran on this thread:) the stop
+            # would wait for the very thread it blocks. terminate() does not wait.
+            raise RuntimeError(
+                f"supervisor {self.name!r}: stop() called from its own thread would wait for "
+                "itself; call terminate() there (it does not block)"
+            )
         self.terminate()
         bound = self.shutdown_bound() if timeout is None else timeout
         if not self._done.wait(_event_timeout(bound)):
