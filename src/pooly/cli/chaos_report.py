@@ -162,7 +162,7 @@ def report(chaos: Chaos, completed: bool) -> int:
         "parent fds at start / end of the soak",
         fig.fds_during.get("start", 0),
         f"-> {fig.fds_during.get('end', 0)} (peak {fig.fds_during.get('peak', 0)}; a dead "
-        "worker's fds close when it is garbage-collected)",
+        "worker's fds close once it is reaped and its last call ended)",
     )
     if fig.anomalies:
         line("  anomalies:")
