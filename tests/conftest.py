@@ -2,11 +2,13 @@
 
 The helpers every test file may import live here, once: ``wait_for`` (poll a condition with
 a deadline), ``gone`` (a process has wholly exited), ``live_descendants`` / ``live_children``
-(our processes), ``infrastructure_pids`` (multiprocessing's helpers), ``processes_with_env``.
+(our processes), ``infrastructure_pids`` (multiprocessing's helpers), ``processes_with_env``,
+``in_forked_child`` (run a function in a child forked from the test process).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
@@ -147,3 +149,40 @@ def left_with_env(name: str, value: str, timeout: float = 10.0) -> list[int]:
     while (left := processes_with_env(name, value)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+def in_forked_child(body: Callable[[], object], timeout: float = 30.0) -> object:
+    """Run ``body`` in a child forked from this process; return what it returned (as JSON).
+
+    The child always ends with ``os._exit`` (never pytest's own exit path); an exception in
+    it comes back as ``{"error": "Type: message"}``.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child
+        code = 0
+        try:
+            os.close(r)
+            try:
+                out: object = body()
+            except BaseException as e:
+                out = {"error": f"{type(e).__name__}: {e}"}
+            os.write(w, json.dumps(out).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        assert wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, timeout), (
+            f"forked child {pid} still running after {timeout}s"
+        )
+        chunks = []
+        while chunk := os.read(r, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        if not gone(pid):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    return json.loads(b"".join(chunks))

@@ -32,7 +32,7 @@ import pooly
 from pooly import _fds, _supervisor
 from pooly._clock import VirtualClock
 from pooly._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor
-from tests.conftest import wait_for
+from tests.conftest import in_forked_child, wait_for
 from tests.workers import Counter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +86,13 @@ def pools() -> Iterator[tuple[pooly.Pooly, dict[int, str]]]:
         top.stop()
 
 
+def _links_in_forked_child() -> dict[int, str]:
+    """What a child of ``os.fork`` (forked now) holds: fd -> what it is."""
+    got = in_forked_child(lambda: sorted(_links().items()))
+    assert isinstance(got, list), got
+    return {int(fd): target for fd, target in got}
+
+
 def _held_by_child(mine: dict[int, str], links: dict[int, str]) -> dict[int, str]:
     return {fd: t for fd, t in links.items() if mine.get(fd) == t}
 
@@ -98,19 +105,7 @@ def test_os_fork_child_holds_none_of_poolys_fds(
     it used to keep supervisors' and pools' "ended" pipes, which hid their end."""
     _, mine = pools
     assert len(mine) > 10
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(r)
-            os.write(w, repr(_links()).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        links: dict[int, str] = eval(f.read())
-    wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, timeout=10)
-    assert _held_by_child(mine, links) == {}
+    assert _held_by_child(mine, _links_in_forked_child()) == {}
 
 
 def _report_fds(conn: multiprocessing.connection.Connection) -> None:
@@ -505,19 +500,7 @@ def test_os_fork_child_holds_none_of_a_process_childs_fds() -> None:
         mine = {fd: t for fd, t in _links().items() if before.get(fd) != t}
         for fd in _not_pooly():
             mine.pop(fd, None)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            try:
-                os.close(r)
-                os.write(w, repr(_links()).encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        with os.fdopen(r) as f:
-            links: dict[int, str] = eval(f.read())
-        wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, timeout=10)
-        assert mine and _held_by_child(mine, links) == {}
+        assert mine and _held_by_child(mine, _links_in_forked_child()) == {}
     finally:
         sup.stop()
 

@@ -8,13 +8,11 @@ scenario is the program's own exit.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,48 +20,11 @@ import pytest
 import pooly
 from pooly._process import ProcessChild
 from pooly._supervisor import Supervisor
-from tests.conftest import gone, wait_for
+from tests.conftest import gone, in_forked_child, wait_for
 from tests.workers import Counter
 
 TESTS = Path(__file__).parent
 METHODS = ["forkserver", "spawn", "fork"]
-
-
-def in_forked_child(body: Callable[[], object], timeout: float = 30.0) -> object:
-    """Run ``body`` in a child forked from this process; return what it returned (as JSON).
-
-    The child always ends with ``os._exit`` (never pytest's own exit path); an exception in
-    it comes back as ``{"error": "Type: message"}``.
-    """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover -- the child
-        code = 0
-        try:
-            os.close(r)
-            try:
-                out: object = body()
-            except BaseException as e:
-                out = {"error": f"{type(e).__name__}: {e}"}
-            os.write(w, json.dumps(out).encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    try:
-        assert wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, timeout), (
-            f"forked child {pid} still running after {timeout}s"
-        )
-        chunks = []
-        while chunk := os.read(r, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        if not gone(pid):
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-    return json.loads(b"".join(chunks))
 
 
 def run_host(script: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
