@@ -25,15 +25,15 @@ import multiprocessing
 import threading
 from typing import Any, Protocol
 
-from ._errors import WorkerCrashed
-from ._fds import alive_pipe
+from ._errors import PoolyError, WorkerCrashed
+from ._fds import alive_pipe, fd_usage, out_of_fds
 from ._process import preload_forkserver
 from ._supervisor import CancelToken, ExitReason
 from ._worker import WorkerProcess
 from ._zygote import SUPPORTED as ZYGOTE_SUPPORTED
 from ._zygote import Zygote
 
-__all__ = ("LocalBackend", "WorkerBackend", "WorkerHandle")
+__all__ = ("LocalBackend", "WorkerBackend", "WorkerHandle", "check_fds")
 
 
 class WorkerHandle(Protocol):
@@ -144,3 +144,44 @@ class LocalBackend:
         """Stop the fork server (idempotent)."""
         if self.zygote is not None:
             self.zygote.stop()
+
+
+class PoolShape(Protocol):
+    """What :func:`check_fds` needs to know of a pool."""
+
+    size: int
+    start_method: str
+
+
+#: What pooly's fds cost in the host, for the message of a start refused for want of them:
+#: a pool's own (its two supervisors' wake-up and sentinel, its server's sentinel; and a
+#: forkserver pool's fork server: control socket and sentinel), and each worker's (its
+#: channel's two ends, and its pidfd; or, started by multiprocessing, its sentinel and the
+#: pipe multiprocessing keeps beside it). A start needs a few more for a moment.
+POOL_FDS = 5
+FORK_SERVER_FDS = 2
+WORKER_FDS = 3
+MP_WORKER_FDS = 4
+
+
+def check_fds(what: str, error: BaseException, pool: PoolShape | None = None) -> None:
+    """Raise a :class:`PoolyError` explaining the fd limit if ``error`` comes from running
+    out of file descriptors (EMFILE/ENFILE); else return (the caller re-raises ``error``)."""
+    if not out_of_fds(error):
+        return
+    open_fds, soft, hard = fd_usage()
+    cost = ""
+    if pool is not None:
+        zygote = pool.start_method == "forkserver"
+        fixed = POOL_FDS + (FORK_SERVER_FDS if zygote else 0)
+        each = WORKER_FDS if zygote else MP_WORKER_FDS
+        cost = (
+            f" This pool ({pool.size} workers, {pool.start_method}) needs about "
+            f"{fixed + each * pool.size} fds: {fixed} for the pool and {each} per worker."
+        )
+    raise PoolyError(
+        f"{what}: this process is out of file descriptors ({error}); {open_fds} are open, "
+        f"and the limit (RLIMIT_NOFILE) is {soft} (hard limit {hard}).{cost} Raise the "
+        "limit (ulimit -n, or resource.setrlimit(resource.RLIMIT_NOFILE, ...)) or stop pools "
+        "you no longer need. Running pools are not affected."
+    ) from error

@@ -33,7 +33,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from ._backend import LocalBackend, WorkerBackend, WorkerHandle
+from ._backend import LocalBackend, WorkerBackend, WorkerHandle, check_fds
 from ._errors import (
     CheckoutTimeout,
     LeaseError,
@@ -53,7 +53,6 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
-from ._tree import check_fds
 from ._worker import ChannelClosed, make_payload
 
 __all__ = ("Lease", "Pool", "PoolStatus")

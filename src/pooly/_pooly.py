@@ -25,11 +25,12 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
+from ._backend import check_fds
 from ._errors import NoSuchPool, PoolyError
 from ._pool import Pool, forked_error
 from ._process import HOST
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
-from ._tree import check_fds, pool_shutdown, start_pool_tree
+from ._tree import pool_shutdown, start_pool_tree
 
 __all__ = ("Pooly",)
 
