@@ -1,7 +1,7 @@
 """A pool's fork server, its own side: the process that forks the pool's workers.
 
 Runs in the process :mod:`pooly._zygote` starts for a pool (see the sketch there): one
-thread, one poll loop on the control socket, the pool's alive pipe and a SIGCHLD wakeup
+thread, one poll loop on the control socket, the host's alive pipe and a SIGCHLD wakeup
 pipe. Also the message helpers both sides use (one SEQPACKET message per request, reply or
 exit report; fds ride along with SCM_RIGHTS).
 
