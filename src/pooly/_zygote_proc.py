@@ -15,7 +15,7 @@ alive pipe), or its pool stopped (EOF on the control socket; every worker has en
 -- it SIGKILLs the groups of all the workers it still has: a worker stuck in C code that
 holds the GIL can't run its own watchdog. A zygote that is killed does none of this: its
 workers keep serving, and when one of them ends its host kills the group as best it can
-(:func:`pooly._worker._kill_group_after_reap`).
+(:func:`pooly._pgroup._kill_group_after_reap`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import signal
 import socket
 from collections.abc import Sequence
 
-from ._worker import _close_fds, _kill_group, _lead_own_group, _worker_core
+from ._pgroup import _kill_group, _lead_own_group
+from ._worker import _close_fds, _worker_core
 
 _MSG_MAX = 1 << 16
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
