@@ -84,3 +84,13 @@ class FailsAfterTree:
         pids = TreeMaker().tree()
         Path(path).write_text(f"{os.getpid()} {pids[0]} {pids[1]}")
         raise RuntimeError("the constructor fails after starting processes")
+
+
+def tree_then_sleep(report: str) -> None:
+    """A ProcessChild target: start a child (which starts a grandchild), write both pids to
+    ``report`` (a line), then sleep until stopped."""
+    child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    grandchild = int(child.stdout.readline())
+    Path(report).write_text(f"{child.pid} {grandchild}\n")
+    time.sleep(3600)

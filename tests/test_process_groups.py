@@ -15,7 +15,6 @@ is left by pid in a ``finally`` (checking it is the same process, not a recycled
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import select
@@ -32,7 +31,7 @@ import pytest
 
 import pooly
 from tests.conftest import gone, wait_for
-from tests.pgroup_workers import FailsAfterTree, TreeMaker
+from tests.pgroup_workers import FailsAfterTree, TreeMaker, tree_then_sleep
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -40,20 +39,6 @@ START_METHODS = ["forkserver", "spawn", "fork"]
 ROOT = Path(__file__).resolve().parents[1]
 #: How long the killed processes get to disappear (a SIGKILL takes effect in milliseconds).
 GONE_WITHIN = 5.0
-
-
-@pytest.fixture(autouse=True)
-def _no_inherited_garbage() -> None:
-    """Collect the host's garbage before the test forks workers from it.
-
-    Not this module's subject, but it made these tests flaky under "fork" (about 1 run in
-    20): a fork-started worker inherits the host's uncollected garbage, and when its own
-    GC collects a dead ``WorkerProcess`` there, that object's finalizer closes the fd
-    *numbers* it had in the host -- by then reused by the worker (here, the error pipe of
-    ``subprocess.Popen``: EBADF). Reported with issue 7 (the parent's pooly objects must be
-    inert in a child); remove this once that is fixed.
-    """
-    gc.collect()
 
 
 @contextlib.contextmanager
@@ -225,7 +210,7 @@ def _ignores_sigterm(pid: int) -> bool:
 HOST = r"""
 import json, sys, threading
 import pooly
-from tests.pgroup_workers import FailsAfterTree, TreeMaker
+from tests.pgroup_workers import FailsAfterTree, TreeMaker, tree_then_sleep
 
 def main():
     method, mode, marker = sys.argv[1:4]
@@ -371,3 +356,49 @@ def test_terminal_does_not_stop_workers(tmp_path: Path, method: str) -> None:
     assert "/dev/null ''" in text, text  # the child read its stdin: /dev/null, not the pty
     result = json.loads(text.split("RESULT ", 1)[1].splitlines()[0])
     assert result == {"child": "0", "stdin": "/dev/null"}
+
+
+# ---------------------------------------------------------------------- ProcessChild
+
+
+def _process_child_tree(tmp_path: Path, method: str, pids: list[int]) -> pooly.Supervisor:
+    report = tmp_path / "tree"
+    sup = pooly.Supervisor(
+        [
+            pooly.ProcessChild.spec(
+                "t", tree_then_sleep, (str(report),), shutdown=0.5, start_method=method
+            )
+        ],
+        max_restarts=0,
+    ).start()
+    ((_, child, _),) = sup.which_children()
+    assert child is not None
+    pids.append(child.pid)  # type: ignore[attr-defined]
+    assert wait_for(lambda: report.exists() and report.read_text().endswith("\n"), 20)
+    pids += [int(x) for x in report.read_text().split()]
+    assert not any(gone(p) for p in pids)
+    return sup
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_process_child_crash_kills_its_tree(tmp_path: Path, method: str) -> None:
+    """Issue 7 (a sibling of defect 4): a :class:`pooly.ProcessChild` supervised by a plain
+    Supervisor that is SIGKILLed used to leave its own children running; it now leads its
+    own group, killed before it is reaped."""
+    with reaped_at_end() as pids:
+        sup = _process_child_tree(tmp_path, method, pids)
+        try:
+            os.kill(pids[0], signal.SIGKILL)
+            assert_all_gone(pids)
+        finally:
+            sup.stop()
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_process_child_stop_kills_its_tree(tmp_path: Path, method: str) -> None:
+    """Issue 7 (a sibling of defect 4): stopping a Supervisor whose ProcessChild started
+    processes of its own stops them too (the child ends on SIGTERM; its group is killed)."""
+    with reaped_at_end() as pids:
+        sup = _process_child_tree(tmp_path, method, pids)
+        sup.stop()
+        assert_all_gone(pids)

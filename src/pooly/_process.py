@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 from . import _fds
 from ._errors import describe_exit
@@ -33,6 +34,7 @@ from ._fds import _FDS_LOCK as _FDS_LOCK
 from ._fds import _HOST_FDS as _HOST_FDS
 from ._fds import _STARTING_FDS as _STARTING_FDS
 from ._fds import _dead_pipe as _dead_pipe
+from ._pgroup import _join_tree, _lead_own_group, _quiet_terminal
 from ._supervisor import Child, ChildSpec, ExitReason, Restart
 
 __all__ = ("HOST", "ProcessChild", "default_start_method", "preload_forkserver")
@@ -153,6 +155,14 @@ def preload_forkserver(modules: tuple[str, ...] = ()) -> bool:
     return True
 
 
+def _process_child_main(target: Callable[..., object], args: tuple[Any, ...]) -> None:
+    """A :class:`ProcessChild`'s first code: lead a process group of its own (so whatever it
+    starts goes with it when it is reaped), keep the terminal from stopping it, then run."""
+    _lead_own_group()
+    _quiet_terminal()
+    target(*args)
+
+
 class ProcessChild:
     """A supervisor child that runs ``target(*args)`` in its own OS process.
 
@@ -161,7 +171,9 @@ class ProcessChild:
         sup = Supervisor([ProcessChild.spec("ticker", tick, (1.0,))]).start()
 
     Exit code 0 is a normal exit (not restarted when ``transient``); anything else, or a
-    signal, is abnormal. ``terminate`` sends SIGTERM, ``kill`` SIGKILL.
+    signal, is abnormal. ``terminate`` sends SIGTERM, ``kill`` SIGKILL. The process leads a
+    process group of its own: whatever it started and left running is SIGKILLed when it has
+    ended (crashed, stopped or killed), before it is reaped.
     """
 
     def __init__(
@@ -176,7 +188,9 @@ class ProcessChild:
         if method == "forkserver":
             preload_forkserver()  # the same server serves pools: keep it warm for them too
         ctx = multiprocessing.get_context(method)
-        self.proc = ctx.Process(target=target, args=tuple(args), name=name)  # type: ignore[attr-defined]
+        self.proc = ctx.Process(  # type: ignore[attr-defined]
+            target=_process_child_main, args=(target, tuple(args)), name=name
+        )
         with _START_LOCK, _FDS_LOCK:  # see there: concurrent fork starts would share pipes
             self.proc.start()
             _HOST_FDS.update(_fds.process_fds(self.proc))  # no fork of the host keeps them
@@ -215,7 +229,7 @@ class ProcessChild:
             self.proc.kill()
 
     def reap(self) -> ExitReason:
-        self.proc.join()
+        _join_tree(self.proc)  # (what it started dies with it: its group is killed first)
         code = self.proc.exitcode
         _fds.close_process(self.proc)
         return ExitReason(code == 0, f"process {self.pid} exited with {describe_exit(code)}", code)
