@@ -158,3 +158,21 @@ class Faulty(Gated):
 
     def result_raise_on_unpickle(self) -> object:
         return RaiseOnUnpickle()
+
+
+class Stuck(Counter):
+    """Methods that never return by themselves, some without ever releasing the GIL."""
+
+    def c_sleep(self, seconds: float) -> float:
+        """Sleep inside C code that holds the GIL: no Python-level timer or signal handler
+        in this process can run meanwhile."""
+        import ctypes
+
+        ctypes.PyDLL(None).sleep(int(seconds))  # PyDLL: the call keeps the GIL
+        return seconds
+
+    def regex(self, n: int) -> bool:
+        """Catastrophic backtracking in the re module's C engine (holds the GIL)."""
+        import re
+
+        return re.match(r"(a+)+$", "a" * n + "b") is not None

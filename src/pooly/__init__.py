@@ -7,6 +7,7 @@ Re-exports only; the implementation lives in the private modules:
 """
 
 from ._errors import (
+    CallTimeout,
     CheckoutTimeout,
     LeaseError,
     NoSuchPool,
@@ -30,6 +31,7 @@ from ._supervisor import (
 )
 
 __all__ = (
+    "CallTimeout",
     "CheckoutTimeout",
     "Child",
     "ChildSpec",

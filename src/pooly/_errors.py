@@ -25,6 +25,7 @@ from __future__ import annotations
 import signal
 
 __all__ = (
+    "CallTimeout",
     "CheckoutTimeout",
     "LeaseError",
     "NoSuchPool",
@@ -123,6 +124,28 @@ class WorkerCrashed(PoolyError):
 
 def _rebuild_crashed(message: str, pid: int, exitcode: int | None) -> WorkerCrashed:
     return WorkerCrashed(message, pid=pid, exitcode=exitcode)
+
+
+class CallTimeout(PoolyError, TimeoutError):
+    """A call through a lease ran longer than its ``call_timeout``.
+
+    Enforced from the host, whatever the worker is doing (even stuck in C code holding the
+    GIL): the worker was killed and is being replaced, not counted as a crash toward restart
+    intensity. The lease has ended (checking it in is a quiet no-op). ``pid``: the killed
+    worker's process id; ``timeout``: the limit, in seconds.
+    """
+
+    def __init__(self, message: str, *, pid: int, timeout: float):
+        super().__init__(message)
+        self.pid = pid
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_call_timeout, (str(self), self.pid, self.timeout))
+
+
+def _rebuild_call_timeout(message: str, pid: int, timeout: float) -> CallTimeout:
+    return CallTimeout(message, pid=pid, timeout=timeout)
 
 
 class RemoteTraceback(Exception):

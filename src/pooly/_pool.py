@@ -35,6 +35,7 @@ from typing import Any, Literal, TypeVar
 
 from ._backend import LocalBackend, WorkerBackend, WorkerHandle, check_fds
 from ._errors import (
+    CallTimeout,
     CheckoutTimeout,
     LeaseError,
     PoolFailed,
@@ -53,7 +54,7 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
-from ._worker import ChannelClosed, make_payload
+from ._worker import ChannelClosed, ReplyTimeout, make_payload
 
 __all__ = ("Lease", "Pool", "PoolStatus")
 
@@ -68,6 +69,17 @@ _RECLAIMED = "reclaimed after its holder ended"
 _CRASHED = "crashed"
 _CLOSED = "closed"
 _INTERRUPTED = "interrupted"
+_TIMED_OUT = "timed out"
+
+
+class _PoolDefault:
+    """``checkout(call_timeout=...)`` left out: the pool's own ``call_timeout`` applies."""
+
+    def __repr__(self) -> str:
+        return "<the pool's call_timeout>"
+
+
+POOL_DEFAULT: Any = _PoolDefault()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +164,7 @@ class Lease:
 
     __slots__ = (
         "__weakref__",
+        "_call_timeout",
         "_ended",
         "_in_call",
         "_leases",
@@ -167,6 +180,7 @@ class Lease:
         self._rec = rec  # the pool's record of the worker (its bookkeeping)
         self._worker = rec.handle  # the worker itself (the data path)
         self._leases = leases
+        self._call_timeout = pool.call_timeout  # seconds per call, or None (checkout may set)
         self._ended: str | None = None
         # Held for the length of a call through this lease. Per lease, not per worker: a
         # checkin waits for it, and the worker's next holder never trips over it.
@@ -223,7 +237,24 @@ class Lease:
         try:
             if self._ended is not None:
                 raise self._ended_error()
-            return self._worker.call(name, args, kwargs)
+            limit = self._call_timeout
+            if limit is None:
+                return self._worker.call(name, args, kwargs)
+            w = self._worker
+            rid = w.send(name, args, kwargs)
+            try:
+                return w.receive(rid, limit)
+            except ReplyTimeout:
+                # Stopped from here, whatever the worker is doing (C code holding its GIL
+                # included): it is killed and replaced, the pool's decision, not a crash.
+                self._pool._timed_out(self)
+                raise CallTimeout(
+                    f"{name}() on worker pid {w.pid} of pool {self._pool.name!r} did not "
+                    f"return within its call_timeout of {limit:g}s; the worker was killed "
+                    "and is being replaced, and this lease has ended",
+                    pid=w.pid,
+                    timeout=limit,
+                ) from None
         except ChannelClosed:
             # Our worker's own death; a WorkerCrashed raised *by the method* passes through.
             self._pool._lease_crashed(self)
@@ -249,6 +280,12 @@ class Lease:
             )
         if self._ended == _CRASHED:
             return w.crashed_error()
+        if self._ended == _TIMED_OUT:
+            return LeaseError(
+                f"lease on worker pid {w.pid} of pool {self._pool.name!r} has ended: a call "
+                f"through it ran past its call_timeout of {self._call_timeout:g}s, so the "
+                "worker was killed and is being replaced; check out a worker again"
+            )
         if self._ended == _CLOSED:
             return self._pool._closed_error()
         return LeaseError(
@@ -305,6 +342,14 @@ def forked_error(what: str) -> PoolyError:
     )
 
 
+def _check_call_timeout(value: object) -> float | None:
+    """``call_timeout``: seconds (> 0) or None; ``inf`` is None (no limit)."""
+    if value is None:
+        return None
+    seconds = _check_seconds("call_timeout", value)
+    return None if math.isinf(seconds) else seconds
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
@@ -345,6 +390,7 @@ class Pool(PassiveChild, SupervisorListener):
         start_timeout: float = 30.0,
         shutdown_timeout: float = 5.0,
         restart_on_reclaim: bool = True,
+        call_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         preload: tuple[str, ...] = (),
     ) -> None:
@@ -377,6 +423,7 @@ class Pool(PassiveChild, SupervisorListener):
         if not isinstance(restart_on_reclaim, bool):
             raise TypeError(f"restart_on_reclaim must be a bool, got {restart_on_reclaim!r}")
         self.restart_on_reclaim = restart_on_reclaim
+        self.call_timeout = _check_call_timeout(call_timeout)
         self.worker = worker
         if not isinstance(preload, tuple) or not all(isinstance(m, str) and m for m in preload):
             raise TypeError(f"preload must be a tuple of module names, got {preload!r}")
@@ -455,7 +502,13 @@ class Pool(PassiveChild, SupervisorListener):
 
     # ------------------------------------------------------------------ public API
 
-    def checkout(self, *, block: bool = True, timeout: float | None = None) -> Lease:
+    def checkout(
+        self,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        call_timeout: float | None = POOL_DEFAULT,
+    ) -> Lease:
         """Lease a worker for the calling thread's exclusive use.
 
         Takes an idle worker; else starts an overflow worker if ``max_overflow`` allows; else,
@@ -463,11 +516,18 @@ class Pool(PassiveChild, SupervisorListener):
         raising :class:`CheckoutTimeout`; else raises :class:`PoolFull`. Raises
         :class:`PoolFailed` if the pool has failed or stopped. If the calling thread ends
         without checking in, the worker is reclaimed.
+
+        ``call_timeout`` (seconds, or ``None`` for none) overrides the pool's for each call
+        through this lease: a call that runs longer raises :class:`CallTimeout`, and its
+        worker is killed and replaced.
         """
         if self._gen != HOST.gen:
             raise self._forked_error()
         if timeout is not None:
             timeout = _check_seconds("timeout", timeout, allow_zero=True)
+        per_call = self.call_timeout
+        if call_timeout is not POOL_DEFAULT:
+            per_call = _check_call_timeout(call_timeout)
         leases = current_leases()
         waiter: _Waiter | None = None
         wid: str | None = None
@@ -482,6 +542,7 @@ class Pool(PassiveChild, SupervisorListener):
                     alive = w.handle.looks_alive()
                     if alive:
                         lease = self._new_lease(w, leases)
+                        lease._call_timeout = per_call
                     # -- commit: stores only (see "Interrupt safety")
                     if lifo:
                         del idle[-1]
@@ -510,9 +571,12 @@ class Pool(PassiveChild, SupervisorListener):
                     waiter = _Waiter(leases)
                     self._waiters.append(waiter)
             if wid is not None:
-                return self._checkout_overflow(wid, leases)
-            assert waiter is not None
-            return self._wait(waiter, timeout)
+                got = self._checkout_overflow(wid, leases)
+            else:
+                assert waiter is not None
+                got = self._wait(waiter, timeout)
+            got._call_timeout = per_call
+            return got
         except BaseException:
             # Interrupted (or failed) after taking a place: give it back. Both are idempotent.
             if wid is not None:
@@ -772,6 +836,17 @@ class Pool(PassiveChild, SupervisorListener):
             self._serve_waiters()
         else:
             self._workers_sup.restart_child(w.wid, wait=False, only_if=w.handle, kill=kill)
+
+    def _timed_out(self, lease: Lease) -> None:
+        """A call through ``lease`` ran past its call_timeout (runs in the caller's thread):
+        the lease ends and the worker is killed at once and replaced, not counted as a crash."""
+        with self._lock:
+            if lease._ended is not None:
+                return
+            if self._closed is not None or lease._worker.exited.is_set():
+                self._end_lease(lease, _TIMED_OUT)
+            else:
+                self._retire(lease, _TIMED_OUT, kill=True)
 
     def _interrupted(self, lease: Lease) -> None:
         """A call through ``lease`` was interrupted part-way (runs in the caller's thread).

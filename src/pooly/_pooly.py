@@ -125,6 +125,7 @@ class Pooly:
         start_timeout: float = 30.0,
         shutdown_timeout: float = 5.0,
         restart_on_reclaim: bool = True,
+        call_timeout: float | None = None,
     ) -> Pool:
         """Start a named pool of ``size`` workers, each ``worker(*args, **kwargs)`` in its own
         process, and return it once every worker is ready.
@@ -133,6 +134,8 @@ class Pooly:
         the option). A worker that can't start fails the call with
         :class:`WorkerStartError` carrying its traceback, and nothing is left running.
         ``size`` defaults to the number of CPUs. A duplicate name raises ``ValueError``.
+        ``call_timeout`` (seconds, default ``None``: no limit) bounds each call through a
+        lease (``checkout(call_timeout=...)`` overrides it): see :class:`CallTimeout`.
         """
         self._check_running()
         reg = self._registry
@@ -153,6 +156,7 @@ class Pooly:
             start_timeout=start_timeout,
             shutdown_timeout=shutdown_timeout,
             restart_on_reclaim=restart_on_reclaim,
+            call_timeout=call_timeout,
             clock=self._clock,
             preload=self._preload,
         )
