@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -54,6 +56,7 @@ class Params:
     co_batches: int  # checkout+checkin batches (after a tenth more as warm-up)
     co_batch: int  # operations per batch
     kills: dict[str, int]  # SIGKILL repetitions per start method
+    hangs: int  # hung calls stopped by call_timeout
 
 
 FULL = Params(
@@ -63,6 +66,7 @@ FULL = Params(
     co_batches=300,
     co_batch=1000,
     kills={"forkserver": 20, "fork": 20, "spawn": 8},
+    hangs=5,
 )
 QUICK = Params(
     rounds=4,
@@ -71,6 +75,7 @@ QUICK = Params(
     co_batches=20,
     co_batch=1000,
     kills={"forkserver": 3, "fork": 3},
+    hangs=1,
 )
 
 
@@ -107,6 +112,9 @@ CALL_OVER_PIPE = Target("call round trip / pipe floor", "x", 3.0, 1.5)
 PPE_OVER_CALL = Target("ProcessPoolExecutor / call", "x", 4.0, 10.0, higher_is_better=True)
 CHECKOUT_US = Target("checkout+checkin", " µs", 10.0, 3.0)
 KILL_MS = Target("SIGKILL -> replacement answering", " ms", 100.0, 10.0)
+CALL_TIMEOUT = 1.0  # the hung-call figure's call_timeout (issue 8's bar)
+HUNG_FAIL_S = Target("hung call -> CallTimeout", " s", 1.5, 1.1)
+HUNG_BACK_MS = Target("CallTimeout -> pool at full size", " ms", 100.0, 20.0)
 
 
 def summary(samples: list[int] | list[float], scale: float = 1e-3) -> dict[str, Any]:
@@ -313,6 +321,59 @@ def kill_to_answer(top: pooly.Pooly, method: str, reps: int) -> dict[str, Any]:
     }
 
 
+def _hang(lease: pooly.Lease, took: list[float], done: threading.Event) -> None:
+    """A hung call (its own thread): how long until its CallTimeout."""
+    t0 = time.perf_counter()
+    try:
+        lease.stuck(60)
+    except pooly.CallTimeout:
+        took.append(time.perf_counter() - t0)
+    finally:
+        done.set()
+
+
+def hung_call(top: pooly.Pooly, reps: int) -> dict[str, Any]:
+    """A call stuck in C code holding the GIL, in a pool of 2 with ``call_timeout=1``: time
+    until its caller gets CallTimeout, then until the pool is back at full size (both
+    workers idle), and how many calls the other worker served meanwhile."""
+    pool = top.start_pool("bench-hung", Echo, size=2, call_timeout=CALL_TIMEOUT)
+    fail_s: list[float] = []
+    back_ms: list[float] = []
+    served: list[int] = []
+    pc = time.perf_counter
+    try:
+        for _ in range(reps):
+            other = pool.checkout(timeout=30)
+            stuck = pool.checkout(timeout=30)
+            done = threading.Event()
+            took: list[float] = []
+
+            th = threading.Thread(target=_hang, args=(stuck, took, done))
+            th.start()
+            n = 0
+            while not done.is_set():
+                other.echo(n)
+                n += 1
+            t_fail = pc()
+            th.join()
+            pool.checkin(stuck)
+            pool.checkin(other)
+            while pool.status().idle < 2:  # (a benchmark may poll)
+                time.sleep(0.0002)
+            back_ms.append((pc() - t_fail) * 1e3)
+            fail_s.append(took[0] if took else math.inf)
+            served.append(n)
+            _settle(pool)
+    finally:
+        top.stop_pool("bench-hung")
+    return {
+        "call_timeout": CALL_TIMEOUT,
+        "fail_s": summary(fail_s, 1.0),
+        "back_ms": summary(back_ms, 1.0),
+        "served_by_other_median": statistics.median(served),
+    }
+
+
 def _settle(pool: pooly.Pool) -> None:
     """Between kills, outside the measured window: let the supervisor finish its books."""
     deadline = time.monotonic() + 10
@@ -329,6 +390,7 @@ def unpinned_part(p: Params) -> dict[str, Any]:
     with pooly.Pooly() as top:
         out["checkout"] = checkout_checkin(top, p)
         out["kill"] = {m: kill_to_answer(top, m, n) for m, n in p.kills.items() if m in available}
+        out["hung"] = hung_call(top, p.hangs)
     return out
 
 
@@ -382,6 +444,9 @@ def build_report(
     }
     if default in kills:
         targets["kill_to_answer"] = KILL_MS.judge(kills[default]["median"])
+    hung = unpinned["hung"]
+    targets["hung_fail"] = HUNG_FAIL_S.judge(hung["fail_s"]["median"])
+    targets["hung_back"] = HUNG_BACK_MS.judge(hung["back_ms"]["median"])
     return {
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -398,6 +463,7 @@ def build_report(
         "round_trips_us": rt,
         "checkout_checkin_us": co,
         "kill_to_answer_ms": kills,
+        "hung_call": hung,
         "ratios": {"call_over_pipe": call_over_pipe, "ppe_over_call": ppe_over_call},
         "targets": targets,
     }
@@ -482,6 +548,27 @@ def print_report(rep: dict[str, Any]) -> None:
                 *(judged("kill_to_answer") if default else ()),
             )
         )
+    h = rep["hung_call"]
+    lines += [
+        _row(
+            f"6 hung call in C, call_timeout={h['call_timeout']:g}s: CallTimeout after",
+            f"{h['fail_s']['median']:.3f} s",
+            f"max {h['fail_s']['max']:.3f}",
+            f"n={h['fail_s']['n']}",
+            *judged("hung_fail"),
+        ),
+        _row(
+            "  then the pool back at full size (2 idle) after",
+            f"{h['back_ms']['median']:.1f} ms",
+            f"max {h['back_ms']['max']:.1f}",
+            "",
+            *judged("hung_back"),
+        ),
+        _row(
+            "  calls the other worker served meanwhile (info)",
+            f"{h['served_by_other_median']:,.0f}",
+        ),
+    ]
     print("\n".join(lines) + "\n")
 
 
@@ -505,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     print(f"bench: round trips, pinned to one CPU ({p.rounds} rounds) ...", flush=True)
     pinned = run_pinned_subprocess(args.quick)
-    print("bench: checkout+checkin, SIGKILL -> replacement (unpinned) ...", flush=True)
+    print("bench: checkout+checkin, SIGKILL -> replacement, hung calls (unpinned) ...", flush=True)
     unpinned = unpinned_part(p)
     rep = build_report(pinned, unpinned, p, args.quick)
     rep["elapsed_s"] = round(time.monotonic() - t_start, 2)

@@ -18,6 +18,12 @@ class Echo:
     def pid(self) -> int:
         return os.getpid()
 
+    def stuck(self, seconds: int) -> None:
+        """Hang inside C code that holds the GIL (a hung C extension)."""
+        import ctypes
+
+        ctypes.PyDLL(None).sleep(seconds)  # PyDLL: the call keeps the GIL
+
 
 def echo(x: object) -> object:
     """The ProcessPoolExecutor task: the same work as :meth:`Echo.echo`."""

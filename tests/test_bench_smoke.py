@@ -48,6 +48,7 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         "ProcessPoolExecutor",
         "checkout()+checkin()",
         "SIGKILL -> replacement answers",
+        "hung call in C, call_timeout=1s: CallTimeout after",
     ):
         assert row in out, out
 
@@ -57,6 +58,8 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         "ppe_over_call",
         "checkout_checkin",
         "kill_to_answer",
+        "hung_fail",
+        "hung_back",
     }
     assert all(
         t["result"] in ("PASS", "PASS (aim met)", "FAIL") for t in figures["targets"].values()
