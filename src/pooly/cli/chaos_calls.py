@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from .. import (
+    CallTimeout,
     CheckoutTimeout,
     Lease,
     NoSuchPool,
@@ -31,6 +32,7 @@ from .chaos_config import (
     CHECKOUT_STOPPED,
     CHECKOUT_TIMEOUT,
     CRASHED,
+    HUNG_CALL_SLACK,
     INTERRUPT_CALLS,
     INTERRUPT_MISSED,
     INTERRUPT_NAP,
@@ -40,6 +42,7 @@ from .chaos_config import (
     OK,
     ROUNDS,
     START_KILLED,
+    TIMED_OUT,
     WAITER_FULL,
     WAITER_TIMEOUT,
     WRONG,
@@ -112,6 +115,7 @@ class ChaosCalls(ChaosState):
         timeout: float = CHECKOUT_TIMEOUT,
         block: bool = True,
         deliberate: bool = False,
+        call_timeout: float | None = None,
     ) -> tuple[Lease, Holder] | None:
         """Check out from pool ``name``, the outcome counted; None if nothing was leased.
 
@@ -125,7 +129,7 @@ class ChaosCalls(ChaosState):
         try:
             assert self.sup is not None
             pool = self.sup.pool(name)
-            lease = pool.checkout(block=block, timeout=timeout)
+            lease = pool.checkout(block=block, timeout=timeout, call_timeout=call_timeout)
         except NoSuchPool as e:
             if self.restarted(name, gen):
                 self.count(counts, CHECKOUT_ABSENT)
@@ -200,6 +204,9 @@ class ChaosCalls(ChaosState):
             elif kind in INTERRUPT_CALLS:
                 self.count(self.fig.faults, kind)
                 result = self._interrupted_nap(holder, lease, rng)
+            elif kind == "hung-call":
+                self.count(self.fig.faults, kind)
+                result = lease.stuck(60)
             else:
                 self.count(self.fig.faults, kind)
                 result = CALL_FAULTS[kind].call(lease)
@@ -225,6 +232,15 @@ class ChaosCalls(ChaosState):
             else:  # nobody harmed this worker on purpose
                 self.other(f"{what}: WorkerCrashed of an unharmed worker: {e}", counts)
             return False
+        except CallTimeout as e:
+            took = time.monotonic() - t
+            if kind == "hung-call" and e.timeout <= took < e.timeout + HUNG_CALL_SLACK:
+                self.count(counts, TIMED_OUT)
+                self.count(self.fig.confirmed, kind)
+                self.hit(holder.name, pid, t + e.timeout, holder.gen, kind)
+            else:
+                self.other(f"{what}: CallTimeout after {took:.2f} s: {e}", counts)
+            return False  # the lease has ended
         except PoolFailed as e:
             if self.restarted(holder.name, holder.gen):
                 self.count(counts, CALL_STOPPED)

@@ -36,6 +36,8 @@ __all__ = (
     "FORK_CHILD_BOUND",
     "HEAL_BOUND",
     "HUNG_AFTER",
+    "HUNG_CALL_SLACK",
+    "HUNG_CALL_TIMEOUT",
     "INTERRUPTED",
     "INTERRUPT_CALLS",
     "INTERRUPT_MISSED",
@@ -52,6 +54,7 @@ __all__ = (
     "ROUNDS",
     "SHAPES",
     "START_KILLED",
+    "TIMED_OUT",
     "TINY_TIMEOUTS",
     "WAITER_FULL",
     "WAITER_TIMEOUT",
@@ -67,6 +70,7 @@ __all__ = (
 # Outcomes of a call.
 OK, WRONG, CRASHED, OTHER = "ok", "wrong", "WorkerCrashed", "OTHER"
 CALL_STOPPED = "PoolFailed: lease closed by stop_pool (restart)"
+TIMED_OUT = "CallTimeout: hung call stopped from the host"
 # Outcomes of a checkout.
 LEASED = "leased"
 WAITER_TIMEOUT = "CheckoutTimeout: deliberate tiny-timeout waiter"
@@ -161,6 +165,7 @@ OTHER_FAULTS = {
     "slow-start": f"SIGKILL, replacement's constructor slow ({SLOW_START:g} s)",
     "stop-restart": "stop_pool + start_pool under load",
     "host-fork": "host forks a child that uses pooly and exits",
+    "hung-call": "call stuck in C code (GIL held) past its call_timeout",
 }
 FAULT_LABELS = {
     "sigkill-busy": OTHER_FAULTS["sigkill-busy"],
@@ -173,6 +178,7 @@ FAULT_LABELS = {
     "slow-start": OTHER_FAULTS["slow-start"],
     "stop-restart": OTHER_FAULTS["stop-restart"],
     "host-fork": OTHER_FAULTS["host-fork"],
+    "hung-call": OTHER_FAULTS["hung-call"],
 }
 FAULT_KINDS = tuple(FAULT_LABELS)  # what --faults chooses from
 CONFIRMED = {  # what "confirmed" means for a kind, in the report
@@ -185,6 +191,7 @@ CONFIRMED = {  # what "confirmed" means for a kind, in the report
     "slow-start": "a replacement's constructor slept",
     "stop-restart": "back and serving",
     "host-fork": "child: PoolyError, own pool served, exited, left nothing",
+    "hung-call": "CallTimeout on time, worker replaced",
     **{
         k: (f"WorkerCrashed, {describe_exit(f.exitcode)}" if f.exitcode else f.outcome)
         for k, f in CALL_FAULTS.items()
@@ -201,6 +208,7 @@ WEIGHTS = {
     "interrupted-main": 0.5,
     "slow-start": 0.5,
     "host-fork": 0.5,
+    "hung-call": 0.5,
 }
 
 
@@ -224,6 +232,8 @@ SHAPES = (
     Shape("zeta", 4, 0, "lifo"),
 )
 CHECKOUT_TIMEOUT = 5.0  # a regular consumer's checkout bound; timing out is an OTHER outcome
+HUNG_CALL_TIMEOUT = 0.3  # the call_timeout of the lease that makes a hung call
+HUNG_CALL_SLACK = 2.0  # how late its CallTimeout may be, on a loaded machine
 FORK_CHILD_BOUND = 30.0  # a forked child must have exited (and left nothing) this soon
 HUNG_AFTER = 10.0  # a checkout or call in flight this long is hung
 HEAL_BOUND = 10.0  # a pool must be back at full size this soon after each fault

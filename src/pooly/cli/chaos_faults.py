@@ -26,6 +26,7 @@ from .chaos_config import (
     FORK_CHILD_BOUND,
     HEAL_BOUND,
     HUNG_AFTER,
+    HUNG_CALL_TIMEOUT,
     MAX_DOOMED,
     MAX_PENDING_ORDERS,
     TINY_TIMEOUTS,
@@ -97,6 +98,11 @@ class ChaosFaults(ChaosCalls):
                 self._burst(name, rng.randrange(1 << 30))
         elif kind == "slow-start":
             self._slow_start(name, rng)
+        elif kind == "hung-call":
+            if any(th.name == f"hung-call-{name}" for th, _ in self.helpers):
+                self.count(self.fig.skipped, kind)  # one at a time per pool
+            else:
+                self._hung_call(name, rng.randrange(1 << 30))
         elif kind == "host-fork":
             if any(th.name.startswith("host-fork") for th, _ in self.helpers):
                 self.count(self.fig.skipped, kind)  # one at a time
@@ -168,6 +174,23 @@ class ChaosFaults(ChaosCalls):
                 self.count(self.fig.confirmed, "slow-start")
 
         self._helper(f"slow-start-{name}", wait, check)
+
+    def _hung_call(self, name: str, seed: int) -> None:
+        """A consumer thread checks out with a short ``call_timeout`` and makes a call that
+        hangs in C code holding the worker's GIL: CallTimeout must come on time (counted in
+        :meth:`call`), and the pool must heal as after any kill."""
+
+        def hung() -> None:
+            got = self.checkout(f"hung-call-{name}", name, call_timeout=HUNG_CALL_TIMEOUT)
+            if got is None:
+                return
+            lease, holder = got
+            try:
+                self.call(holder, lease, random.Random(seed), kind="hung-call")
+            finally:
+                self.checkin(holder, lease)
+
+        self._helper(f"hung-call-{name}", hung, lambda: None)
 
     def _host_fork(self, name: str, draw: float) -> None:
         """Fork the host, as a pre-fork server or a fork-context ``multiprocessing.Pool`` does,

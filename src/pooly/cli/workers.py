@@ -204,6 +204,13 @@ class ChaosWorker(Counter):
     def echo(self, obj: object) -> object:
         return obj
 
+    def stuck(self, seconds: int) -> None:
+        """Hang in C code that holds the GIL (a hung C extension): only the host can stop
+        this call (its call_timeout), nothing in this process can run meanwhile."""
+        import ctypes
+
+        ctypes.PyDLL(None).sleep(seconds)  # PyDLL: the call keeps the GIL
+
     def nap(self, seconds: float) -> int:
         """A slow call (the one the soak interrupts in its caller); returns the pid."""
         time.sleep(seconds)
