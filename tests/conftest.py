@@ -8,12 +8,18 @@ a deadline), ``gone`` (a process has wholly exited), ``live_descendants`` / ``li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import select
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -186,3 +192,40 @@ def in_forked_child(body: Callable[[], object], timeout: float = 30.0) -> object
             os.kill(pid, 9)
             os.waitpid(pid, 0)
     return json.loads(b"".join(chunks))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def host_program(
+    tmp_path: Path, source: str, *args: str
+) -> Iterator[tuple[subprocess.Popen[str], Any]]:
+    """Run ``source`` as a host program of its own (``tests`` importable; stdin and stdout
+    piped) until it prints its first line, a JSON report: yield (process, that report).
+    The host is killed at the end if it is still running."""
+    script = tmp_path / "host.py"
+    script.write_text(source)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    )
+    with subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    ) as host:
+        try:
+            assert host.stdout is not None
+            ready, _, _ = select.select([host.stdout], [], [], 30)
+            assert ready, "the host did not report in time"
+            line = host.stdout.readline()
+            assert line, f"the host exited early with {host.wait(5)}"
+            yield host, json.loads(line)
+        finally:
+            if host.poll() is None:
+                host.kill()
+            host.wait()

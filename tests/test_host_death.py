@@ -11,12 +11,9 @@ a zombie whose new parent never reaps it counts as gone.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import select
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +22,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import gone, wait_for
+from tests.conftest import gone, host_program, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 START_METHODS = ["forkserver", "fork", "spawn"]
 
 HOST = r"""
@@ -72,39 +68,15 @@ def running_host(
     tmp_path: Path, method: str
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any], list[int]]]:
     """Start the host script; yield (process, what it printed, all its descendants' pids)."""
-    script = tmp_path / "host.py"
-    script.write_text(HOST)
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-    )
-    with subprocess.Popen(
-        [sys.executable, str(script), method],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    ) as host:
-        try:
-            assert host.stdout is not None
-            ready, _, _ = select.select([host.stdout], [], [], 30)
-            assert ready, "host did not report its workers in time"
-            line = host.stdout.readline()
-            assert line, f"host exited early with {host.wait(5)}"
-            info = json.loads(line)
-            descendants = [p.pid for p in psutil.Process(host.pid).children(recursive=True)]
-            workers = info["workers"]
-            assert len(workers) == 3 and len(set(workers)) == 3
-            assert set(info["busy"]) < set(workers)
-            assert info["idle"] == 1 and info["state"] == "ready"
-            assert set(workers) <= set(descendants)
-            assert not any(gone(p) for p in workers)
-            yield host, info, descendants
-        finally:
-            if host.poll() is None:
-                host.kill()
-            host.wait()
+    with host_program(tmp_path, HOST, method) as (host, info):
+        descendants = [p.pid for p in psutil.Process(host.pid).children(recursive=True)]
+        workers = info["workers"]
+        assert len(workers) == 3 and len(set(workers)) == 3
+        assert set(info["busy"]) < set(workers)
+        assert info["idle"] == 1 and info["state"] == "ready"
+        assert set(workers) <= set(descendants)
+        assert not any(gone(p) for p in workers)
+        yield host, info, descendants
 
 
 @pytest.mark.timeout(40)

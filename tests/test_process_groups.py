@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 import pooly
-from tests.conftest import gone, wait_for
+from tests.conftest import gone, host_program, wait_for
 from tests.pgroup_workers import FailsAfterTree, TreeMaker, tree_then_sleep
 
 pytestmark = pytest.mark.timeout(40)
@@ -230,38 +230,15 @@ if __name__ == "__main__":
 
 def _sigkill_host(tmp_path: Path, method: str, mode: str, pids: list[int]) -> None:
     """Run HOST, SIGKILL it once its worker made its tree, check the whole tree goes."""
-    script = tmp_path / "host.py"
-    script.write_text(HOST)
     marker = tmp_path / "in_c_code"
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    )
-    with subprocess.Popen(
-        [sys.executable, str(script), method, mode, str(marker)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    ) as host:
-        try:
-            assert host.stdout is not None
-            ready, _, _ = select.select([host.stdout], [], [], 30)
-            assert ready, "the host did not report its worker in time"
-            line = host.stdout.readline()
-            assert line, f"the host exited early with {host.wait(5)}"
-            info = json.loads(line)
-            # Everything it started (its fork server too), the worker's tree included.
-            pids += [q.pid for q in psutil.Process(host.pid).children(recursive=True)]
-            assert {info["worker"], *info["tree"]} <= set(pids)
-            if mode == "gil":
-                assert wait_for(marker.exists, 10), "the worker never entered hold_gil()"
-            os.kill(host.pid, signal.SIGKILL)
-            assert host.wait(10) == -signal.SIGKILL
-        finally:
-            if host.poll() is None:
-                host.kill()
-            host.wait()
+    with host_program(tmp_path, HOST, method, mode, str(marker)) as (host, info):
+        # Everything it started (its fork server too), the worker's tree included.
+        pids += [q.pid for q in psutil.Process(host.pid).children(recursive=True)]
+        assert {info["worker"], *info["tree"]} <= set(pids)
+        if mode == "gil":
+            assert wait_for(marker.exists, 10), "the worker never entered hold_gil()"
+        os.kill(host.pid, signal.SIGKILL)
+        assert host.wait(10) == -signal.SIGKILL
     assert_all_gone(pids)
 
 

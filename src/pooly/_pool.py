@@ -839,29 +839,24 @@ class Pool(PassiveChild, SupervisorListener):
 
     def _timed_out(self, lease: Lease) -> None:
         """A call through ``lease`` ran past its call_timeout (runs in the caller's thread):
-        the lease ends and the worker is killed at once and replaced, not counted as a crash."""
-        with self._lock:
-            if lease._ended is not None:
-                return
-            if self._closed is not None or lease._worker.exited.is_set():
-                self._end_lease(lease, _TIMED_OUT)
-            else:
-                self._retire(lease, _TIMED_OUT, kill=True)
+        the worker is stopped from here, whatever it is doing."""
+        self._kill_and_replace(lease, _TIMED_OUT)
 
     def _interrupted(self, lease: Lease) -> None:
-        """A call through ``lease`` was interrupted part-way (runs in the caller's thread).
+        """A call through ``lease`` was interrupted part-way (runs in the caller's thread):
+        half a frame may sit in either pipe, so the worker can never be trusted again."""
+        self._kill_and_replace(lease, _INTERRUPTED)
 
-        Half a frame may sit in either pipe, so the worker can never be trusted again: the
-        lease ends now and the worker is killed at once and replaced -- the pool's own
-        decision, not a crash, so restart intensity is untouched.
-        """
+    def _kill_and_replace(self, lease: Lease, why: str) -> None:
+        """End ``lease`` now; kill its worker at once and replace it -- the pool's own
+        decision, not a crash, so restart intensity is untouched."""
         with self._lock:
             if lease._ended is not None:
                 return
             if self._closed is not None or lease._worker.exited.is_set():
-                self._end_lease(lease, _INTERRUPTED)
+                self._end_lease(lease, why)
             else:
-                self._retire(lease, _INTERRUPTED, kill=True)
+                self._retire(lease, why, kill=True)
 
     def _drop_reserved(self, wid: str) -> None:
         """Give back an overflow slot its taker will not use (idempotent).
