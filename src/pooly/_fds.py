@@ -25,8 +25,9 @@ servers and the alive pipe all register their fds here.
 - :func:`out_of_fds` / :func:`fd_usage`: telling an EMFILE/ENFILE failure, and the numbers
   (fds open, RLIMIT_NOFILE) for the error that reports it.
 
-Finalizers that close listed fds carry their owner's pid: in a forked child the numbers
-were closed at the fork and may be someone else's by now.
+:data:`HOST` counts forks: every object that owns fds (or more) records ``HOST.gen`` when it
+is made, and in a forked child -- where the numbers were closed at the fork and may be
+someone else's by now -- an inherited object sees a different ``gen`` and does nothing.
 
 ::
 
@@ -45,6 +46,7 @@ import weakref
 from typing import Any
 
 __all__ = (
+    "HOST",
     "Signal",
     "alive_pipe",
     "close_process",
@@ -54,6 +56,26 @@ __all__ = (
     "process_fds",
     "release",
 )
+
+
+class _Host:
+    """This process as pooly sees it: its pid, and how many forks it is from where it began.
+
+    Every pooly object made here records ``gen``; a child forked from this process (by
+    anyone: ``os.fork``, a fork-context ``multiprocessing.Pool``, a pre-fork server) gets a
+    new ``gen`` (this module's at-fork hook, the first of pooly's), so the parent's objects
+    can tell in O(1) -- no ``getpid`` syscall -- that they are copies: their threads, locks'
+    owners and descriptors stayed with the parent. They then refuse to act.
+    """
+
+    __slots__ = ("gen", "pid")
+
+    def __init__(self) -> None:
+        self.gen = 0
+        self.pid = os.getpid()
+
+
+HOST = _Host()
 
 #: File descriptors the host holds for pooly. Process-wide by nature, like fork itself.
 #: Updated under _FDS_LOCK where fds are created (so a fork can't copy one not listed yet).
@@ -117,14 +139,14 @@ def register(*fds: int) -> None:
     _HOST_FDS.update(fds)
 
 
-def release(fds: tuple[int, ...] | list[int], owner: int | None = None) -> None:
+def release(fds: tuple[int, ...] | list[int], gen: int | None = None) -> None:
     """Unlist and close ``fds`` (errors ignored), with no fork in between.
 
-    ``owner``: the pid that made them. In any other process (a forked child, where a
-    finalizer of an inherited object runs) they were closed at the fork, and their numbers
-    may belong to someone else by now: nothing is closed.
+    ``gen``: the fork generation (:data:`HOST`) that made them. In any other (a forked
+    child, where a finalizer of an inherited object runs) they were closed at the fork, and
+    their numbers may belong to someone else by now: nothing is closed.
     """
-    if owner is not None and owner != os.getpid():
+    if gen is not None and gen != HOST.gen:
         return
     with _FDS_LOCK:  # no fork between unlisting and closing them (numbers are reused)
         for fd in fds:
@@ -141,7 +163,7 @@ def close_host_fds_in_child() -> bool:
     Returns whether this fork was the forking thread's own pooly worker start (whose
     starting fds it keeps). Clears the registry: nothing of the parent's is ours.
     """
-    global forked_for_worker, _alive, _alive_pid, _dead_fds
+    global forked_for_worker, _alive, _dead_fds
     me = threading.get_ident()  # the forking thread is the child's only thread
     worker_start = me in _STARTING_FDS.values()
     doomed = list(_HOST_FDS) + [fd for fd, tid in list(_STARTING_FDS.items()) if tid != me]
@@ -153,7 +175,6 @@ def close_host_fds_in_child() -> bool:
     _HOST_FDS.clear()
     _STARTING_FDS.clear()
     _alive = None  # the parent's alive pipe is closed here: a first use makes our own
-    _alive_pid = 0
     _dead_fds = None  # (closed too: listed)
     forked_for_worker = worker_start
     return worker_start
@@ -164,6 +185,8 @@ def _after_fork_in_child() -> None:
     # made by a process start under the lock): a fresh lock, not a release, so that the
     # child's later threads can take it too.
     _FDS_LOCK._at_fork_reinit()  # type: ignore[attr-defined]
+    HOST.gen += 1
+    HOST.pid = os.getpid()
     close_host_fds_in_child()
 
 
@@ -190,13 +213,13 @@ class Signal:
     to a recycled fd number). Raises ``OSError`` (EMFILE...) from the constructor only.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_lock", "_pid", "_r", "_w")
+    __slots__ = ("__weakref__", "_finalizer", "_gen", "_lock", "_r", "_w")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # In a forked child the fds are closed and their numbers may be reused: an inherited
         # Signal then does nothing (a write would land in someone else's file).
-        self._pid = os.getpid()
+        self._gen = HOST.gen
         with _FDS_LOCK:  # no fork between making and listing it
             if _EVENTFD:
                 self._r = self._w = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -206,7 +229,7 @@ class Signal:
                 fds = [self._r, self._w]
             _HOST_FDS.update(fds)
         # close(), or the object's collection (one never closed: a supervisor never started)
-        self._finalizer = weakref.finalize(self, release, fds, os.getpid())
+        self._finalizer = weakref.finalize(self, release, fds, self._gen)
         # Never at interpreter exit: pooly's exit hook stops each Pooly first, and a tree
         # whose wake-ups were closed under it could not stop in order.
         self._finalizer.atexit = False
@@ -222,7 +245,7 @@ class Signal:
         """Make :meth:`fileno` readable (any thread; idempotent; no-op once closed, or in a
         forked child)."""
         with self._lock:
-            if self._w < 0 or self._pid != os.getpid():
+            if self._w < 0 or self._gen != HOST.gen:
                 return
             try:
                 if _EVENTFD:
@@ -235,7 +258,7 @@ class Signal:
     def is_set(self) -> bool:
         """Whether it is readable now (no wait)."""
         with self._lock:
-            if self._r < 0 or self._pid != os.getpid():
+            if self._r < 0 or self._gen != HOST.gen:
                 return False
             p = select.poll()
             p.register(self._r, select.POLLIN)
@@ -244,7 +267,7 @@ class Signal:
     def drain(self) -> None:
         """Make it unready again (reads what was written). Never blocks."""
         with self._lock:
-            if self._r < 0 or self._pid != os.getpid():
+            if self._r < 0 or self._gen != HOST.gen:
                 return
             try:
                 while os.read(self._r, 4096):
@@ -313,7 +336,6 @@ def _dead_pipe() -> tuple[int, int]:
 # ---------------------------------------------------------------------- the alive pipe
 
 _alive: tuple[int, int] | None = None
-_alive_pid = 0
 
 
 def alive_pipe() -> int:
@@ -324,10 +346,10 @@ def alive_pipe() -> int:
     is gone. A forked child closes its parent's copy (it is listed) and makes its own on
     first use, so its own workers watch *it*.
     """
-    global _alive, _alive_pid
+    global _alive
     with _FDS_LOCK:
-        if _alive is None or _alive_pid != os.getpid():
+        if _alive is None:  # (None again in a forked child: see close_host_fds_in_child)
             r, w = os.pipe()
             _HOST_FDS.update((r, w))
-            _alive, _alive_pid = (r, w), os.getpid()
+            _alive = (r, w)
         return _alive[0]

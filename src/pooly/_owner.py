@@ -78,7 +78,9 @@ def _holder_ended(leases: LeaseSet, pid: int) -> None:
 
     In a child forked from the host, CPython tears down every other thread's state, which
     fires these finalizers there too. The leases belong to the host: touching them from the
-    child would shut down sockets it shares with the host's workers. So: host only.
+    child would shut down sockets it shares with the host's workers. So: host only -- by
+    pid, not by pooly's fork count (``_fds.HOST``): this may run in the child before the
+    at-fork hook that counts the fork.
     """
     if os.getpid() != pid:
         return

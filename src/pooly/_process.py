@@ -33,31 +33,12 @@ from ._errors import describe_exit
 from ._fds import _FDS_LOCK as _FDS_LOCK
 from ._fds import _HOST_FDS as _HOST_FDS
 from ._fds import _STARTING_FDS as _STARTING_FDS
+from ._fds import HOST as HOST
 from ._fds import _dead_pipe as _dead_pipe
 from ._pgroup import _join_tree, _lead_own_group, _quiet_terminal
 from ._supervisor import Child, ChildSpec, ExitReason, Restart
 
 __all__ = ("HOST", "ProcessChild", "default_start_method", "preload_forkserver")
-
-
-class _Host:
-    """This process as pooly sees it: its pid, and how many forks it is from where it began.
-
-    Every pooly object made here records ``gen``; a child forked from this process (by
-    anyone: ``os.fork``, a fork-context ``multiprocessing.Pool``, a pre-fork server) gets a
-    new ``gen``, so the parent's objects can tell in O(1) -- no ``getpid`` syscall on the
-    hot path -- that they are copies: their threads, locks' owners and descriptors stayed
-    with the parent. They then refuse to act (see ``Pool._forked_error``).
-    """
-
-    __slots__ = ("gen", "pid")
-
-    def __init__(self) -> None:
-        self.gen = 0
-        self.pid = os.getpid()
-
-
-HOST = _Host()
 
 
 def _fresh_std_streams() -> None:
@@ -80,10 +61,9 @@ def _fresh_std_streams() -> None:
 
 def _after_fork_in_child() -> None:
     # pooly._fds's hook (registered first, so run first) has closed the host's fds already.
+    # (It has also counted the fork in HOST.)
     if _fds.forked_for_worker:
         _fresh_std_streams()
-    HOST.gen += 1
-    HOST.pid = os.getpid()
     # Locks another thread of the parent may have held at the fork would stay held forever
     # here (their owners don't exist in the child): a fresh Pooly could never start a pool.
     _START_LOCK._at_fork_reinit()  # type: ignore[attr-defined]

@@ -97,6 +97,7 @@ from ._fds import (
     _FDS_LOCK,
     _HOST_FDS,
     _STARTING_FDS,
+    HOST,
     _dead_pipe,
     close_process,
     process_fds,
@@ -512,7 +513,7 @@ class WorkerProcess:
         self._poll = select.poll()
         self._poll.register(rep_r, select.POLLIN)
         # (owner: in a forked child these numbers are closed already, maybe reused)
-        self._fds_finalizer = weakref.finalize(self, release, (req_w, rep_r), os.getpid())
+        self._fds_finalizer = weakref.finalize(self, release, (req_w, rep_r), HOST.gen)
         self._fds_finalizer.atexit = False  # at exit, the Pooly's hook stops workers first
 
     def release(self) -> None:

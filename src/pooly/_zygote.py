@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import WorkerStartError, describe_exit
-from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS, close_process
+from ._fds import _FDS_LOCK, _HOST_FDS, _STARTING_FDS, HOST, close_process
 from ._supervisor import KILL_GRACE
 from ._worker import _close_fds, _trim_process_fds
 from ._zygote_proc import EMFILE, recv, send, zygote_main
@@ -356,7 +356,7 @@ class ZygoteProcess:
         self._done = False
         self._closed = False
         _HOST_FDS.add(pidfd)
-        self._finalizer = weakref.finalize(self, _close_pidfd, pidfd, server, pid, os.getpid())
+        self._finalizer = weakref.finalize(self, _close_pidfd, pidfd, server, pid, HOST.gen)
         self._finalizer.atexit = False  # the Pooly's exit hook stops workers first
 
     def _check_closed(self) -> None:
@@ -414,8 +414,8 @@ class ZygoteProcess:
         return f"<ZygoteProcess pid={self.pid} {state}>"
 
 
-def _close_pidfd(pidfd: int, server: _Server, pid: int, owner: int) -> None:
-    if owner != os.getpid():  # a forked child: closed at the fork, the number maybe reused
+def _close_pidfd(pidfd: int, server: _Server, pid: int, gen: int) -> None:
+    if gen != HOST.gen:  # a forked child: closed at the fork, the number maybe reused
         return
     with _FDS_LOCK:  # no fork between unlisting and closing it (numbers are reused)
         _HOST_FDS.discard(pidfd)
