@@ -444,7 +444,7 @@ def test_fd_finalizer_run_by_gc_inside_the_fd_lock_does_not_deadlock() -> None:
     with a plain lock the starting thread deadlocked on itself (seen as a hung start_pool)."""
     import weakref
 
-    from pooly._process import _FDS_LOCK, _HOST_FDS
+    from pooly._fds import _FDS_LOCK, _HOST_FDS
     from pooly._worker import _release_fds
 
     class Handle:

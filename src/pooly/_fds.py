@@ -134,11 +134,6 @@ def host_fds() -> frozenset[int]:
         return frozenset(_HOST_FDS)
 
 
-def register(*fds: int) -> None:
-    """List fds the caller has just made (call under ``_FDS_LOCK`` with their creation)."""
-    _HOST_FDS.update(fds)
-
-
 def release(fds: tuple[int, ...] | list[int], gen: int | None = None) -> None:
     """Unlist and close ``fds`` (errors ignored), with no fork in between.
 
@@ -157,11 +152,11 @@ def release(fds: tuple[int, ...] | list[int], gen: int | None = None) -> None:
                 pass
 
 
-def close_host_fds_in_child() -> bool:
+def close_host_fds_in_child() -> None:
     """In a freshly forked child (its only thread): close every fd the host listed.
 
-    Returns whether this fork was the forking thread's own pooly worker start (whose
-    starting fds it keeps). Clears the registry: nothing of the parent's is ours.
+    Sets :data:`forked_for_worker` if this fork was the forking thread's own pooly worker
+    start (whose starting fds it keeps). Clears the registry: nothing of the parent's is ours.
     """
     global forked_for_worker, _alive, _dead_fds
     me = threading.get_ident()  # the forking thread is the child's only thread
@@ -177,7 +172,6 @@ def close_host_fds_in_child() -> bool:
     _alive = None  # the parent's alive pipe is closed here: a first use makes our own
     _dead_fds = None  # (closed too: listed)
     forked_for_worker = worker_start
-    return worker_start
 
 
 def _after_fork_in_child() -> None:

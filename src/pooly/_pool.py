@@ -43,8 +43,9 @@ from ._errors import (
     PoolyError,
     WorkerStartError,
 )
+from ._fds import HOST
 from ._owner import LeaseSet, current_leases
-from ._process import HOST, default_start_method
+from ._process import default_start_method
 from ._supervisor import (
     CancelToken,
     Child,

@@ -27,8 +27,8 @@ from typing import Any
 
 from ._backend import check_fds
 from ._errors import NoSuchPool, PoolyError
+from ._fds import HOST
 from ._pool import Pool, forked_error
-from ._process import HOST
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
 from ._tree import pool_shutdown, start_pool_tree
 

@@ -27,18 +27,11 @@ from typing import Any
 
 from . import _fds
 from ._errors import describe_exit
-
-# The fd registry and its at-fork closing live in pooly._fds (re-exported here for the
-# modules that import them from here); this module's own after-fork hook runs after it.
-from ._fds import _FDS_LOCK as _FDS_LOCK
-from ._fds import _HOST_FDS as _HOST_FDS
-from ._fds import _STARTING_FDS as _STARTING_FDS
-from ._fds import HOST as HOST
-from ._fds import _dead_pipe as _dead_pipe
+from ._fds import _FDS_LOCK, _HOST_FDS
 from ._pgroup import _join_tree, _lead_own_group, _quiet_terminal
 from ._supervisor import Child, ChildSpec, ExitReason, Restart
 
-__all__ = ("HOST", "ProcessChild", "default_start_method", "preload_forkserver")
+__all__ = ("ProcessChild", "default_start_method", "preload_forkserver")
 
 
 def _fresh_std_streams() -> None:
