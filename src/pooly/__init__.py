@@ -3,7 +3,8 @@
 Re-exports only; the implementation lives in the private modules:
 ``_supervisor`` (the reusable supervisor), ``_process`` (start methods, fd hygiene,
 ``ProcessChild``), ``_worker`` (worker processes and their channel),
-``_pool`` (the pool server and leases), ``_pooly`` (the top of the tree), ``_errors``.
+``_pool`` (the pool server and leases), ``_dispatch`` (its tasks: submit/map),
+``_executor`` (``ProcessPoolExecutor``), ``_pooly`` (the top of the tree), ``_errors``.
 """
 
 from ._errors import (
@@ -18,6 +19,7 @@ from ._errors import (
     WorkerCrashed,
     WorkerStartError,
 )
+from ._executor import ProcessPoolExecutor
 from ._pool import Lease, Pool, PoolStatus
 from ._pooly import Pooly
 from ._process import ProcessChild
@@ -47,6 +49,7 @@ __all__ = (
     "Pooly",
     "PoolyError",
     "ProcessChild",
+    "ProcessPoolExecutor",
     "RemoteTraceback",
     "Supervisor",
     "SupervisorListener",

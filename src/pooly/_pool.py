@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import logging
 import math
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from ._backend import LocalBackend, WorkerBackend, WorkerHandle, check_fds
+from ._dispatch import CHUNK, Dispatcher, results
 from ._errors import (
     CallTimeout,
     CheckoutTimeout,
@@ -71,6 +74,7 @@ _CRASHED = "crashed"
 _CLOSED = "closed"
 _INTERRUPTED = "interrupted"
 _TIMED_OUT = "timed out"
+_RECYCLED = "recycled"
 
 
 class _PoolDefault:
@@ -105,13 +109,22 @@ class PoolStatus:
     crashed: int
 
 
+class _Releasable(Protocol):
+    def release(self) -> None: ...
+
+
 class _Waiter:
+    """A place in the pool's queue: a checkout's (``lock`` is released when it is served),
+    or the task dispatcher's (``lock`` only wakes the dispatcher's thread)."""
+
     __slots__ = ("leases", "lock", "result")
 
-    def __init__(self, leases: LeaseSet) -> None:
+    def __init__(self, leases: LeaseSet, lock: _Releasable | None = None) -> None:
         self.leases = leases
-        self.lock = threading.Lock()
-        self.lock.acquire()
+        if lock is None:
+            lock = threading.Lock()
+            lock.acquire()
+        self.lock: Any = lock
         self.result: Lease | _OverflowSlot | BaseException | None = None
 
     def deliver(self, result: Lease | _OverflowSlot | BaseException) -> None:
@@ -465,6 +478,11 @@ class Pool(PassiveChild, SupervisorListener):
         # Workers taken out of _workers on purpose (dismissed, retired, unused overflow)
         # until they have ended: child_exited then finds their last lease (fd release).
         self._gone: dict[WorkerHandle, _Worker] = {}
+        # Tasks (submit/map): their queue and thread, made on the first task.
+        self._dispatcher: Dispatcher | None = None
+        self._max_tasks: int | None = None  # recycle a worker after so many tasks (executors)
+        self._methods: frozenset[str] | None = None  # the worker class's, once one started
+        self._cls_name = worker.__qualname__
 
     # ------------------------------------------------------------------ the tree
 
@@ -483,6 +501,7 @@ class Pool(PassiveChild, SupervisorListener):
         stopping."""
         h = self._backend.start_worker(cancel)
         w = _Worker(h, wid, overflow=False)
+        self._methods = h.methods
         with self._lock:
             if wid in self._reserved:
                 # -- commit: the caller who reserved the slot leases it
@@ -624,6 +643,161 @@ class Pool(PassiveChild, SupervisorListener):
         """Check out (blocking up to ``timeout``), call ``fn(lease)``, always check in."""
         with self.checkout(timeout=timeout) as lease:
             return fn(lease)
+
+    # ------------------------------------------------------------------ tasks (SPEC 4.2)
+
+    def submit(self, method: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Call the worker method ``method`` on any free worker, without holding a lease.
+
+        Returns a :class:`concurrent.futures.Future`. The task waits in the pool's FIFO
+        queue alongside checkouts; the pool leases a worker to itself for it and returns it
+        between tasks. Its outcome is the method's result or exception (with the worker's
+        traceback as cause); :class:`WorkerCrashed` if the worker died running it (the
+        pool's other tasks are not touched: those sent ahead to it run elsewhere);
+        :class:`CallTimeout` past the pool's ``call_timeout``. Arguments that can't be
+        pickled fail the future. Raises :class:`PoolFailed` if the pool has failed or
+        stopped, ``AttributeError`` for a method the worker class doesn't have.
+        """
+        self._check_method(method)
+        return self._tasks().submit(method, args, kwargs, f"{method}()", self.call_timeout)
+
+    def map(
+        self,
+        method: str,
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """``method(*args)`` for each ``args`` of ``zip(*iterables)``, on any free workers;
+        the results in order, as :meth:`concurrent.futures.Executor.map`.
+
+        Every task is queued at once. The iterator raises the first task's exception it
+        reaches, or ``TimeoutError`` if a result is not ready ``timeout`` seconds after this
+        call; either way, the tasks it did not reach are cancelled. ``chunksize`` sends the
+        tasks in chunks of that many (one round trip each; a chunk fails as a whole).
+        """
+        self._check_method(method)
+        return self._map(method, iterables, timeout, chunksize)
+
+    def _map(
+        self,
+        what: str | Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        retries: int = 0,
+    ) -> Iterator[Any]:
+        """``map`` of a method (its name), or of a function (an executor's: each item's
+        arguments become those of its runner's ``call``/``run``)."""
+        if timeout is not None:
+            timeout = _check_seconds("timeout", timeout, allow_zero=True)
+        chunksize = _check_int("chunksize", chunksize, 1)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        d = self._tasks()
+        items: Iterable[tuple[Any, ...]] = zip(*iterables)  # noqa: B905 (stdlib: shortest)
+        per_call = self.call_timeout
+        if isinstance(what, str):
+            method = what
+        else:
+            from ._executor import _task
+
+            method, ref = _task(what)
+            items = ((ref, args, {}) for args in items)
+        if chunksize == 1:
+            futures = d.submit_many(((method, a) for a in items), what, per_call, retries)
+            return results(futures, deadline, flat=False)
+        chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
+        calls = ((CHUNK, (method, c)) for c in chunks)
+        per_chunk = None if per_call is None else per_call * chunksize
+        futures = d.submit_many(calls, what, per_chunk, retries)
+        return results(futures, deadline, flat=True)
+
+    def _check_method(self, method: object) -> None:
+        if self._gen != HOST.gen:
+            raise self._forked_error()
+        if not isinstance(method, str) or method.startswith("_") or method == CHUNK:
+            raise AttributeError(
+                f"{method!r}: only public methods of the worker class can be called"
+            )
+        methods = self._methods
+        if methods is not None and method not in methods:
+            raise AttributeError(f"worker class {self._cls_name} has no public method {method!r}")
+
+    def _tasks(self) -> Dispatcher:
+        """The pool's task queue and its thread (made on first use)."""
+        d = self._dispatcher
+        if d is None:
+            if self._gen != HOST.gen:
+                raise self._forked_error()
+            with self._lock:
+                if self._closed is not None:
+                    raise self._closed_error()
+                d = self._dispatcher
+                if d is None:
+                    d = self._dispatcher = Dispatcher(self, self._max_tasks)
+        return d
+
+    def _lease_for_tasks(
+        self, leases: LeaseSet, waiter: _Waiter
+    ) -> Lease | _OverflowSlot | _Waiter:
+        """The task dispatcher wants a worker (its thread): an idle one now, an overflow
+        slot for it to start, or ``waiter`` queued in FIFO order among the checkouts."""
+        with self._lock:
+            if self._closed is not None:
+                raise self._closed_error()
+            lease = self._take_idle(leases)
+            if lease is not None:
+                return lease
+            if self._overflow < self.max_overflow:
+                slot = _OverflowSlot(f"o{self._overflow_seq + 1}")
+                self._overflow_seq += 1
+                self._overflow += 1
+                self._reserved[slot.wid] = None
+                return slot
+            self._waiters.append(waiter)
+            return waiter
+
+    def _take_idle(self, leases: LeaseSet) -> Lease | None:
+        """An idle worker leased to the task dispatcher, if there is one (under the lock)."""
+        idle, lifo = self._idle, self.strategy == "lifo"
+        while idle:
+            w = idle.pop() if lifo else idle.popleft()
+            if not w.handle.looks_alive():
+                continue  # exited: the supervisor is about to reap and replace it
+            lease = self._new_lease(w, leases)
+            w.lease = lease
+            self._busy += 1
+            leases[lease] = None
+            return lease
+        return None
+
+    def _idle_lease(self, leases: LeaseSet) -> Lease | None:
+        """``_take_idle`` for a task sent by the submitting thread itself: only if no
+        checkout waits (they come first) and the pool is open."""
+        with self._lock:
+            if self._closed is not None or self._waiters:
+                return None
+            return self._take_idle(leases)
+
+    def _has_waiters(self, ours: _Waiter | None) -> bool:
+        """Whether a checkout (not the dispatcher's own place) waits for a worker. A glance
+        without the lock: a wrong answer only makes the dispatcher give a worker back a
+        turn early or late."""
+        waiters = self._waiters
+        n = len(waiters)
+        return n > 1 or (n == 1 and waiters[0] is not ours)
+
+    def _recycle(self, lease: Lease) -> None:
+        """The dispatcher is done with a worker that ran its ``max_tasks``: replace it
+        (gracefully; not a crash, not counted)."""
+        with self._lock:
+            if lease._ended is not None:
+                return
+            if self._closed is not None or lease._worker.exited.is_set():
+                self._end_lease(lease, _RECYCLED)
+            else:
+                self._retire(lease, _RECYCLED)
 
     def status(self) -> PoolStatus:
         """A consistent snapshot of the pool's counts and state."""
@@ -889,7 +1063,7 @@ class Pool(PassiveChild, SupervisorListener):
     def _wait(self, waiter: _Waiter, timeout: float | None) -> Lease:
         """Wait to be served (the caller abandons the waiter if this raises)."""
         forever = timeout is None or timeout > threading.TIMEOUT_MAX
-        got = waiter.lock.acquire(timeout=-1 if forever else timeout)  # type: ignore[arg-type]
+        got = waiter.lock.acquire(timeout=-1 if forever else timeout)
         if not got:
             with self._lock:
                 if waiter.result is None:
@@ -1018,6 +1192,8 @@ class Pool(PassiveChild, SupervisorListener):
                     self._overflow -= 1
                 self._serve_waiters()
         self._release_channel(h, last)
+        if self._dispatcher is not None:  # its tasks on that worker end now
+            self._dispatcher.wake()
 
     @staticmethod
     def _release_channel(h: WorkerHandle, last: Lease | None) -> None:
@@ -1067,6 +1243,8 @@ class Pool(PassiveChild, SupervisorListener):
                 if w.lease is not None:
                     self._end_lease(w.lease, _CLOSED)
             self._idle.clear()
+        if self._dispatcher is not None:  # its queued tasks fail with the same error
+            self._dispatcher.wake()
 
     def _close_for_stop(self) -> None:
         self._close(PoolFailed(f"pool {self.name!r} was stopped"))

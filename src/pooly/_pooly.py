@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backend import check_fds
 from ._errors import NoSuchPool, PoolyError
@@ -31,6 +31,9 @@ from ._fds import HOST
 from ._pool import Pool, forked_error
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
 from ._tree import pool_shutdown, start_pool_tree
+
+if TYPE_CHECKING:
+    from ._executor import ProcessPoolExecutor
 
 __all__ = ("Pooly",)
 
@@ -187,6 +190,38 @@ class Pooly:
         with reg.lock:
             reg.pools[name] = pool
         return pool
+
+    def start_executor(
+        self,
+        name: str,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        *,
+        call_timeout: float | None = None,
+        retries: int = 0,
+        max_overflow: int = 0,
+    ) -> ProcessPoolExecutor:
+        """A :class:`pooly.ProcessPoolExecutor` whose pool is the named pool ``name`` of
+        this tree (``pool(name)`` finds it; ``stop_pool(name)`` stops it, as does the
+        executor's ``shutdown``). Options as the executor's."""
+        from ._executor import ProcessPoolExecutor
+
+        self._check_running()
+        return ProcessPoolExecutor(
+            max_workers,
+            mp_context,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            call_timeout=call_timeout,
+            retries=retries,
+            max_overflow=max_overflow,
+            _tree=self,
+            _name=name,
+        )
 
     def pool(self, name: str) -> Pool:
         """The pool of that name (also a failed one, until it is stopped)."""

@@ -80,11 +80,17 @@ _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 
 @dataclass(frozen=True)
 class ExitReason:
-    """How a child ended. ``normal`` exits are not restarted for ``transient`` children."""
+    """How a child ended. ``normal`` exits are not restarted for ``transient`` children.
+
+    ``counted``: whether a restart after it counts toward restart intensity. A child whose
+    death is blamed on the work it was given (an executor's worker running a task that
+    segfaults) is replaced without using up the budget meant for a broken child.
+    """
 
     normal: bool
     detail: str
     exitcode: int | None = None
+    counted: bool = True
 
     def __str__(self) -> str:
         return self.detail
@@ -1033,7 +1039,7 @@ class Supervisor:
         restart = entry.spec.restart == "permanent" or (
             entry.spec.restart == "transient" and not reason.normal
         )
-        if restart and not self._count_restart():
+        if restart and reason.counted and not self._count_restart():
             self._notify_exit(cid, child, reason, False)
             self._fail(cid, reason)
             return

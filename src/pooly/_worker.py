@@ -63,6 +63,7 @@ it did in the foreground group (a read of /dev/tty fails with EIO instead of han
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]
 import _thread
 import collections
 import contextlib
@@ -126,6 +127,7 @@ _PROTO = pickle.HIGHEST_PROTOCOL
 _OK, _ERR = 0, 1
 _READ_CHUNK = 1 << 16
 _MAX_POLL = (2**31 - 1) // 1000  # seconds: poll(2) takes a C int of milliseconds
+_CHUNK = "*"  # the method name of a chunk of map() (pooly._dispatch.CHUNK)
 
 
 def make_payload(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -157,7 +159,8 @@ class ChannelClosed(Exception):
 # ---------------------------------------------------------------------- framing
 
 
-_SIGPIPE, _SIG_IGN, _getsignal = signal.SIGPIPE, signal.SIG_IGN, signal.getsignal
+# The C functions: signal.getsignal wraps its answer in an enum, ~0.6 us of every call.
+_SIGPIPE, _SIG_IGN, _getsignal = int(signal.SIGPIPE), _signal.SIG_IGN, _signal.getsignal
 _pdumps, _ploads = pickle.dumps, pickle.loads  # module globals: cheaper than pickle.x
 
 Payload = bytes | bytearray | memoryview
@@ -424,7 +427,14 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
             name, args, kwargs = loads(data)
             if name[0] == "_":
                 raise AttributeError(f"{name!r} is private; only public methods are callable")
-            result = getattr(obj, name)(*args, **kwargs)
+            if name == _CHUNK:  # a chunk of map(): one method over many arguments
+                name, items = args
+                if name[:1] == "_":
+                    raise AttributeError(f"{name!r} is private; only public methods are callable")
+                fn = getattr(obj, name)
+                result = [fn(*a) for a in items]
+            else:
+                result = getattr(obj, name)(*args, **kwargs)
         except BaseException as e:  # SystemExit (argparse!) too: the caller's, not a crash
             out = _pack_error(e, f"method {name}()")
         else:
@@ -470,6 +480,7 @@ class WorkerProcess:
         "cls_name",
         "exitcode",
         "exited",
+        "in_task",
         "lease",
         "methods",
         "overflow",
@@ -503,6 +514,9 @@ class WorkerProcess:
         self.exited = threading.Event()
         self.stopping = False
         self.broken = False  # a call was interrupted part-way: the channel can't be trusted
+        # An executor's task is running in it (pooly._dispatch sets it): a death now is
+        # blamed on the task and not counted toward restart intensity (SPEC 4.2).
+        self.in_task = False
         self._rid = 0  # the last request id sent (0 is the start handshake)
         self._pending: collections.deque[tuple[int, str]] = collections.deque()
         self._ahead = b""  # bytes of the next reply(s), read with the last (pipelining)
@@ -730,6 +744,24 @@ class WorkerProcess:
             raise
         return rid
 
+    def send_frame(self, frame: bytes, rid: int, name: str) -> None:
+        """Send a request already framed (header with ``rid``, then the pickle), as
+        :meth:`send` does; the task dispatcher frames its tasks once, when submitted."""
+        try:
+            self._pending.append((rid, name))
+            if _getsignal(_SIGPIPE) is _SIG_IGN and len(frame) <= _READ_CHUNK:
+                sent = os.write(self.req_w, frame)
+                if sent != len(frame):
+                    _write_all(self.req_w, memoryview(frame)[sent:])
+            else:
+                with _no_sigpipe():
+                    _write_all(self.req_w, memoryview(frame))
+        except OSError:
+            raise ChannelClosed(name) from None
+        except BaseException:
+            self.broken = True
+            raise
+
     def receive(self, rid: int, timeout: float | None = None) -> Any:
         """The outcome of request ``rid``: its result, or its exception raised here.
 
@@ -739,7 +771,8 @@ class WorkerProcess:
         """
         deadline = None if timeout is None or timeout > _MAX_POLL else time.monotonic() + timeout
         while True:
-            if not any(r == rid for r, _ in self._pending):
+            p = self._pending
+            if not p or (p[0][0] != rid and not any(r == rid for r, _ in p)):
                 raise ValueError(f"request {rid} is not pending on worker pid {self.pid}")
             if deadline is not None and not self._ahead:
                 left = deadline - time.monotonic()
@@ -853,10 +886,18 @@ class WorkerProcess:
         self.exited.set()
         dead_r, dead_w = _dead_pipe()
         os.dup2(dead_w, self.req_w)
-        os.dup2(dead_r, self.rep_r)
+        if not self.in_task:  # (else the task dispatcher still reads its last replies)
+            os.dup2(dead_r, self.rep_r)
         close_process(self.proc)
         if self.stopping and code in (0, -signal.SIGKILL, -signal.SIGTERM):
             return ExitReason(True, f"worker pid {self.pid} stopped", code)
+        if self.in_task:  # killed by the task it ran: the task's failure, not the pool's
+            return ExitReason(
+                False,
+                f"worker pid {self.pid} exited with {describe_exit(code)} while running a task",
+                code,
+                counted=False,
+            )
         return ExitReason(
             code == 0, f"worker pid {self.pid} exited with {describe_exit(code)}", code
         )

@@ -1,0 +1,1093 @@
+"""A pool's tasks: ``pool.submit`` / ``pool.map`` without holding a lease (SPEC 4.2).
+
+A pool's tasks wait in the queue of its :class:`Dispatcher`. The dispatcher leases workers
+from its pool like any consumer -- an idle one at once, else an overflow worker, else it
+takes its turn in the pool's FIFO among the checkouts -- and gives each back as soon as it
+has no task for it, or when a checkout is waiting for one (then it queues again, behind
+that checkout)::
+
+    submit() / map()             dispatcher thread (one per pool that ever had a task)
+    ----------------             ------------------------------------------------------
+    pickle the call, append  --> take tasks from the queue; write them (several frames in
+    to the queue; wake it        one write) to the workers it holds, a few ahead of each
+    only if it sleeps            one's running task; poll every held worker's reply pipe
+                                 and its wake-up; read all replies there are, complete
+    future.result() <----------- their futures; lease more workers, or give them back
+
+One thread drives every worker of the pool: no thread per task or per worker. Frames are the
+workers' own (:mod:`pooly._worker`): a task is one request, its reply echoes the task's id,
+and a worker serves its requests one at a time, in order. So of the tasks sent to a worker,
+only the first without a reply can have started: the rest were "sent ahead" and are still
+pending -- cancellable, and re-run elsewhere if the worker dies.
+
+How many go ahead is measured, not configured: about half a millisecond of work per
+worker (from the replies' pace), at least one, at most :data:`MAX_AHEAD`. Trivial tasks
+then travel dozens to a write and a read; ten-millisecond tasks go one ahead, so the last
+tasks of a burst don't queue behind a busy worker while another sits idle.
+
+Faults (SPEC 4.2):
+
+* A worker's death (EOF on its reply pipe) fails only the task it was running, with
+  :class:`WorkerCrashed` once its exit status is known -- or re-runs it, if it has
+  ``retries`` left. The tasks sent ahead go back to the front of the queue. A death while a
+  task runs is not counted toward the pool's restart intensity (``in_task`` on the handle).
+* A task that runs past its ``call_timeout`` fails with :class:`CallTimeout`; its worker is
+  killed and replaced (the pool's decision, not counted); the tasks behind it run elsewhere.
+* Arguments that can't be pickled fail that future in ``submit``; a result that can't be
+  pickled (worker side) or unpickled (here) fails that future only.
+* The pool stopping or failing fails the queued tasks with its :class:`PoolFailed`; tasks
+  already sent to a worker that stops gracefully still finish.
+
+Futures are completed on the dispatcher thread, outside its lock, so a done-callback may
+submit more work; one that blocks for long stalls every task of the pool meanwhile (as a
+callback of the stdlib's executors stalls theirs).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import os
+import pickle
+import select
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
+from typing import TYPE_CHECKING, Any
+
+from ._errors import CallTimeout, PoolFailed, PoolyError, WorkerCrashed, describe_exit
+from ._fds import Signal
+from ._worker import (
+    _CHUNK,
+    _HDR,
+    _HDR_SIZE,
+    _OK,
+    _PROTO,
+    _READ_CHUNK,
+    _SIG_IGN,
+    _SIGPIPE,
+    ChannelClosed,
+    ReplyTimeout,
+    _getsignal,
+    _no_sigpipe,
+    _unpack_error,
+)
+
+if TYPE_CHECKING:
+    from ._backend import WorkerHandle
+    from ._pool import Lease, Pool
+
+__all__ = ("CHUNK", "MAX_AHEAD", "Dispatcher")
+
+log = logging.getLogger("pooly.dispatch")
+
+#: The most tasks a worker is sent beyond the one it runs (trivial tasks only).
+MAX_AHEAD = 64
+#: How much work (seconds, by the replies' pace) to keep queued in each worker's pipe.
+_AHEAD_TIME = 0.0005
+#: The method name of a chunk (``map(chunksize=n)``): not an identifier, so no worker
+#: method can be called by it. The worker runs the method over the chunk's arguments.
+CHUNK = _CHUNK
+#: How long a dead worker's exit status is waited for before its task fails without it.
+_EXIT_WAIT = 5.0
+#: How long a task sent by its submitting thread waits for that thread (or another) to
+#: read its reply before the dispatcher takes it over.
+_GRACE = 0.005
+
+_pdumps, _ploads, _pack, _unpack_from = pickle.dumps, pickle.loads, _HDR.pack, _HDR.unpack_from
+_POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+_monotonic = time.monotonic
+
+
+class _Task:
+    """One call waiting for, or running on, a worker."""
+
+    __slots__ = ("_label", "frame", "future", "retries", "state", "tid", "timeout")
+
+    def __init__(
+        self,
+        future: Future[Any],
+        frame: bytes,
+        tid: int,
+        label: object,
+        timeout: float | None,
+        retries: int,
+    ) -> None:
+        self.future = future
+        self.frame = frame  # header (length, task id) and the pickled (method, args, kwargs)
+        self.tid = tid
+        self._label = label  # for messages: a method's name, or the function itself
+        self.timeout = timeout
+        self.retries = retries
+        # Its future: 0 pending, 1 running (it reached the head of a worker), 2 cancelled
+        # (it reached the head after its future was cancelled: its outcome is dropped).
+        self.state = 0
+
+    @property
+    def label(self) -> str:
+        """What it calls, for messages: ``incr()``, ``module.fn()``."""
+        return describe_call(self._label)
+
+
+def describe_call(what: object) -> str:
+    """``incr()`` for a method's name, ``fn()`` for a function (made only for messages)."""
+    if isinstance(what, str):
+        return f"{what}()"
+    name = getattr(what, "__qualname__", None) or getattr(what, "__name__", None) or repr(what)
+    return f"{name}()"
+
+
+def _start(t: _Task) -> bool:
+    """``t`` reached the head of a worker: mark its future running (False: cancelled)."""
+    if t.state == 0:
+        t.state = 1 if t.future.set_running_or_notify_cancel() else 2
+    return t.state == 1
+
+
+class _Direct:
+    """A task its submitting thread sent straight to an idle worker (the fast path of
+    ``submit``): the first thread to wait for its future reads the reply itself; if none
+    does within :data:`_GRACE`, or its future is waited for by other means, the dispatcher
+    takes it over."""
+
+    __slots__ = ("adopt_at", "dispatcher", "lease", "sent", "task")
+
+    def __init__(self, dispatcher: Dispatcher, task: _Task, lease: Lease, sent: float) -> None:
+        self.dispatcher = dispatcher
+        self.task = task
+        self.lease = lease
+        self.sent = sent
+        self.adopt_at = sent + _GRACE
+
+
+class _HandOver(list):  # type: ignore[type-arg]
+    """A direct task's future's ``_waiters``: ``concurrent.futures.wait`` and
+    ``as_completed`` append to it; that hands the task to the dispatcher, which completes
+    it without anyone reading it."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: TaskFuture) -> None:
+        super().__init__()
+        self.fut = fut
+
+    def append(self, waiter: Any) -> None:
+        self.fut._hand_over()
+        super().append(waiter)
+
+
+class TaskFuture(Future[Any]):
+    """A :class:`concurrent.futures.Future` of a pool's task.
+
+    When ``submit`` found an idle worker and sent the task itself, the first ``result()``
+    or ``exception()`` reads the worker's reply in the calling thread: no thread hop on
+    either side of the round trip. Everything else (``done()``, callbacks, ``wait``,
+    ``as_completed``, asyncio) hands it to the dispatcher, as does a wait that times out.
+    """
+
+    _direct: _Direct | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        d = self._direct
+        if d is not None:
+            self._direct = None
+            timeout = d.dispatcher._collect(d, timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        d = self._direct
+        if d is not None:
+            self._direct = None
+            timeout = d.dispatcher._collect(d, timeout)
+        return super().exception(timeout)
+
+    def done(self) -> bool:
+        self._hand_over()
+        return super().done()
+
+    def add_done_callback(self, fn: Any) -> None:
+        self._hand_over()
+        super().add_done_callback(fn)
+
+    def _hand_over(self) -> None:
+        d = self._direct
+        if d is not None:
+            self._direct = None
+            d.dispatcher._hand_over(d)
+
+
+class _Slot:
+    """A worker leased to the dispatcher: what was sent to it, what came back
+    (dispatcher thread only)."""
+
+    __slots__ = (
+        "buf",
+        "dead_at",
+        "eof",
+        "handle",
+        "inflight",
+        "lease",
+        "out",
+        "pace",
+        "rfd",
+        "sent",
+        "since",
+        "wfd",
+    )
+
+    def __init__(self, lease: Lease, handle: WorkerHandle) -> None:
+        self.lease = lease
+        self.handle = handle
+        self.rfd = handle.rep_r
+        self.wfd = handle.req_w
+        self.inflight: collections.deque[_Task] = collections.deque()
+        self.out = b""  # bytes written only in part: the rest goes when the pipe has room
+        self.buf = b""  # reply bytes read past the last whole frame
+        self.since = 0.0  # when the head task started (as far as the host can tell)
+        self.pace = 0.0  # seconds per task, smoothed (0: not measured yet)
+        self.sent = 0  # tasks sent to this worker (max_tasks recycles it)
+        self.eof = False  # its reply pipe ended: the worker is gone
+        self.dead_at = 0.0
+
+
+class _Nudge:
+    """The ``lock`` of the dispatcher's place in the pool's queue: the pool "releases" it
+    (under its own lock) when it hands the place a worker; that only wakes the thread."""
+
+    __slots__ = ("wake",)
+
+    def __init__(self, wake: Signal) -> None:
+        self.wake = wake
+
+    def release(self) -> None:
+        self.wake.set()
+
+
+class Dispatcher:
+    """The task queue of one pool and the thread that feeds its workers (see the module
+    docstring). Made by the pool on its first task; ends with the pool."""
+
+    def __init__(self, pool: Pool, max_tasks: int | None = None) -> None:
+        self.pool = pool
+        self.max_tasks = max_tasks  # recycle a worker after this many tasks (executors)
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)  # notified when nothing is pending
+        self._idle_waiters = 0
+        self.queue: collections.deque[_Task] = collections.deque()
+        self.pending = 0  # tasks submitted and not yet finished (queued, sent or retried)
+        self.leases: dict[Any, None] = {}  # the pool's leases to this dispatcher
+        self.sleeping = False
+        self.closed: BaseException | None = None  # the pool's end: every task fails with it
+        self.cancel_ahead = False  # shutdown(cancel_futures=True): cancel the sent-ahead too
+        self.anchor: object = None  # kept alive while tasks are pending (a private Pooly)
+        self._anchor: object = None
+        self._tids = itertools.count(1)
+        self._wake = Signal()
+        self._waiter: Any = None  # our place in the pool's queue (a pool _Waiter)
+        self._inbox: collections.deque[Lease] = collections.deque()  # overflow workers
+        self._starting = 0  # overflow starts in flight (threads of their own)
+        self._done: list[tuple[_Task, Any]] = []  # finished: completed outside the lock
+        self._sleep_until = math.inf  # the thread's poll deadline while it sleeps
+        # Tasks their submitters sent straight to an idle worker, not yet read (by tid).
+        # Its lock is a leaf: nothing else is taken under it.
+        self._dlock = threading.Lock()
+        self._direct: dict[int, _Direct] = {}
+        self._direct_seen = False  # a direct task was sent since the thread last looked
+        # Dispatcher thread only:
+        self._slots: dict[int, _Slot] = {}  # by reply fd
+        self._writers: dict[int, _Slot] = {}  # by request fd, while a write is unfinished
+        self._poll = select.poll()
+        self._poll.register(self._wake.fileno(), _POLLIN)
+        self._thread = threading.Thread(
+            target=self._run, name=f"pooly-tasks-{pool.name}", daemon=True
+        )
+        self._thread.start()
+
+    # ------------------------------------------------------------------ any thread
+
+    def submit(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        label: object,
+        timeout: float | None,
+        retries: int = 0,
+    ) -> Future[Any]:
+        """Queue one call of ``method``; its future. Unpicklable arguments fail the future.
+
+        With nothing queued and a worker idle, the task is sent to it from this thread at
+        once (see :class:`TaskFuture`)."""
+        fut = TaskFuture()
+        try:
+            data = _pdumps((method, args, kwargs), _PROTO)
+        except Exception as e:
+            err = TypeError(f"cannot send the arguments of {describe_call(label)} to a worker: {e}")
+            err.__cause__ = e
+            fut.set_exception(err)
+            return fut
+        tid = next(self._tids)
+        task = _Task(fut, _pack(len(data), tid) + data, tid, label, timeout, retries)
+        lease = None
+        with self.lock:
+            if self.closed is not None:
+                raise self.closed
+            self.pending += 1
+            self._anchor = self.anchor
+            if not self.queue:
+                lease = self.pool._idle_lease(self.leases)
+            if lease is None:
+                self.queue.append(task)
+                if self.sleeping:
+                    self.sleeping = False
+                    self._wake.set()
+                return fut
+        # The fast path: this thread sends it, and the first to wait reads the reply.
+        lease._in_call.acquire()  # (a fresh lease: free) its fds stay open while in flight
+        h = lease._worker
+        task.state = 1
+        fut.set_running_or_notify_cancel()
+        h.in_task = True
+        now = _monotonic()
+        try:
+            h.send_frame(task.frame, tid, method)
+        except ChannelClosed:
+            pass  # dead already: the read sees EOF
+        except BaseException:  # interrupted part-way: the channel can't be trusted
+            self._settle(lease, kill=True)
+            self._requeue_task(task)
+            raise
+        d = _Direct(self, task, lease, now)
+        fut._direct = d
+        fut._waiters = _HandOver(fut)
+        with self._dlock:
+            self._direct[tid] = d
+        # The thread must look at it within _GRACE: it does while direct tasks come (it
+        # then wakes each _GRACE); only a thread asleep for good needs a wake-up (under
+        # the lock, as it decides how long to sleep under it).
+        self._direct_seen = True
+        if self._sleep_until == math.inf:
+            with self.lock:
+                if self.sleeping and self._sleep_until == math.inf:
+                    self.sleeping = False
+                    self._wake.set()
+        return fut
+
+    def _collect(self, d: _Direct, timeout: float | None) -> float | None:
+        """A thread waits for a direct task's future: read its reply here, if no one has
+        taken the task over. Returns what is left of ``timeout``."""
+        with self._dlock:
+            mine = self._direct.pop(d.task.tid, None) is d
+        if not mine:
+            return timeout
+        task, lease = d.task, d.lease
+        h = lease._worker
+        start = _monotonic()
+        wait = timeout
+        if task.timeout is not None:
+            left = d.sent + task.timeout - start
+            wait = left if wait is None else min(wait, left)
+        outcome: Any
+        try:
+            outcome = h.receive(task.tid, None if wait is None else max(0.0, wait))
+            ok = True
+        except ReplyTimeout:
+            if task.timeout is not None and _monotonic() >= d.sent + task.timeout:
+                self._settle(lease, kill=True)
+                outcome, ok = self._call_timeout(task, h.pid), False
+            else:  # the caller's own timeout: the dispatcher watches it from now on
+                d.adopt_at = 0.0
+                with self._dlock:
+                    self._direct[task.tid] = d
+                self._wake.set()
+                return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
+        except ChannelClosed:
+            h.exited.wait(_EXIT_WAIT)  # its exit status, for the error (comes in ms)
+            self._settle(lease, dead=True)
+            if task.retries > 0 and self.pool._closed is None:
+                task.retries -= 1
+                self._retrying(task, h)
+                self._requeue_task(task)
+                return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
+            outcome, ok = self._crashed(task, h), False
+        except BaseException as e:
+            if h.broken:  # interrupted here, part-way through the reply
+                self._settle(lease, kill=True, interrupted=True)
+                task.future.set_exception(
+                    PoolyError(
+                        f"the wait for task {task.label} was interrupted part-way through "
+                        f"its reply; its worker pid {h.pid} was killed"
+                    )
+                )
+                self._finished(1)
+                raise
+            outcome, ok = e, False  # the task's own exception
+            self._settle(lease)
+        else:
+            self._settle(lease)
+        if ok:
+            task.future.set_result(outcome)
+        else:
+            task.future.set_exception(outcome)
+        self._finished(1)
+        return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
+
+    def _settle(
+        self,
+        lease: Lease,
+        *,
+        kill: bool = False,
+        dead: bool = False,
+        interrupted: bool = False,
+    ) -> None:
+        """A direct task's worker goes back: checked in, or killed, or it died."""
+        h = lease._worker
+        h.in_task = False
+        lease._in_call.release()
+        if interrupted:
+            self.pool._interrupted(lease)
+        elif kill:
+            self.pool._timed_out(lease)
+        elif dead:
+            self.pool._lease_crashed(lease)
+        else:
+            self.pool.checkin(lease)
+        if lease._release_channel:
+            h.release()
+
+    def _requeue_task(self, task: _Task) -> None:
+        """A started task runs again (retries), first in line."""
+        with self.lock:
+            if self.closed is not None:
+                self._done.append((task, self.closed))
+            else:
+                self.queue.appendleft(task)
+            self._wake.set()
+
+    def _hand_over(self, d: _Direct) -> None:
+        """Someone waits for a direct task by other means than ``result()``: the dispatcher
+        reads it now."""
+        with self._dlock:
+            d.adopt_at = 0.0
+        self._wake.set()
+
+    def _finished(self, n: int) -> None:
+        with self.lock:
+            self.pending -= n
+            if self.pending == 0:
+                self._now_idle()
+
+    def _now_idle(self) -> None:
+        """Nothing pending (under the lock): let go of the anchor, wake ``wait_idle``."""
+        self._anchor = None
+        if self._idle_waiters:
+            self.idle.notify_all()
+
+    def _call_timeout(self, task: _Task, pid: int) -> CallTimeout:
+        assert task.timeout is not None
+        return CallTimeout(
+            f"task {task.label} on worker pid {pid} of pool {self.pool.name!r} did not "
+            f"finish within its call_timeout of {task.timeout:g}s; the worker was "
+            "killed and is being replaced",
+            pid=pid,
+            timeout=task.timeout,
+        )
+
+    def _retrying(self, task: _Task, h: WorkerHandle) -> None:
+        log.warning(
+            "pool %r: worker pid %d died with %s running task %s; running it again "
+            "(%d retries left)",
+            self.pool.name,
+            h.pid,
+            describe_exit(h.exitcode),
+            task.label,
+            task.retries,
+        )
+
+    def _crashed(self, task: _Task, h: WorkerHandle) -> BaseException:
+        closed = self.pool._closed
+        if h.stopping and closed is not None:
+            return closed
+        return WorkerCrashed(
+            f"worker pid {h.pid} of pool {self.pool.name!r} died with "
+            f"{describe_exit(h.exitcode)} while running task {task.label}; "
+            "the pool replaces it and runs the other tasks",
+            pid=h.pid,
+            exitcode=h.exitcode,
+        )
+
+    def submit_many(
+        self,
+        calls: Iterable[tuple[str, tuple[Any, ...]]],
+        label: object,
+        timeout: float | None,
+        retries: int = 0,
+    ) -> list[Future[Any]]:
+        """Queue many calls at once (``map``): one lock and one wake-up for all of them."""
+        tasks: list[_Task] = []
+        futures: list[Future[Any]] = []
+        tids = self._tids
+        for method, args in calls:
+            fut: Future[Any] = Future()
+            futures.append(fut)
+            try:
+                data = _pdumps((method, args, {}), _PROTO)
+            except Exception as e:
+                err = TypeError(
+                    f"cannot send the arguments of {describe_call(label)} to a worker: {e}"
+                )
+                err.__cause__ = e
+                fut.set_exception(err)
+                continue
+            tid = next(tids)
+            tasks.append(_Task(fut, _pack(len(data), tid) + data, tid, label, timeout, retries))
+        with self.lock:
+            if self.closed is not None:
+                raise self.closed
+            self.queue.extend(tasks)
+            self.pending += len(tasks)
+            self._anchor = self.anchor
+            if self.sleeping and tasks:
+                self.sleeping = False
+                self._wake.set()
+        return futures
+
+    def cancel_pending(self) -> None:
+        """Cancel every task that has not started: the queued ones now, the ones sent ahead
+        to a worker (their futures are still pending) from the dispatcher thread."""
+        with self.lock:
+            dropped = [t for t in self.queue if t.state == 0]
+            self.queue = collections.deque(t for t in self.queue if t.state != 0)
+            self.pending -= len(dropped)
+            self.cancel_ahead = True
+            self._wake.set()
+            if self.pending == 0:
+                self._now_idle()
+        for t in dropped:
+            t.future.cancel()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted task has finished (or the pool ended)."""
+        with self.lock:
+            self._idle_waiters += 1
+            try:
+                return self.idle.wait_for(lambda: self.pending == 0, timeout)
+            finally:
+                self._idle_waiters -= 1
+
+    def wake(self) -> None:
+        """Something changed outside (a worker died, the pool stopped): look again."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        done = self._done
+        try:
+            while True:
+                with self.lock:
+                    if self.closed is None and self.pool._closed is not None:
+                        self._close(self.pool._closed)
+                    over = self.closed is not None and not self._slots and not self._starting
+                    if not over:
+                        self._take_inbox()
+                        self._assign()
+                        wait = self._next_wait()
+                        self.sleeping = not done
+                        self._sleep_until = math.inf if wait is None else _monotonic() + wait / 1000
+                if over:
+                    self._complete(done)
+                    break
+                if done:  # (failed by the pool's end, under the lock just now)
+                    self._complete(done)
+                    done.clear()
+                    continue
+                try:
+                    events = self._poll.poll(wait)
+                finally:
+                    self.sleeping = False
+                now = _monotonic()
+                for fd, _ in events:
+                    slot = self._slots.get(fd)
+                    if slot is not None:
+                        self._read(slot, done, now)
+                    elif fd in self._writers:
+                        self._flush(self._writers[fd])
+                    else:
+                        self._wake.drain()
+                if self.cancel_ahead:
+                    self._cancel_ahead()
+                self._check(done, now)
+                if done:
+                    self._complete(done)
+                    done.clear()
+        except BaseException as e:  # a bug: say so, and fail what waits rather than hang it
+            log.exception("pool %r: the task dispatcher failed", self.pool.name)
+            err = PoolyError(f"pool {self.pool.name!r}: its task dispatcher failed: {e!r}")
+            with self.lock:
+                self._close(err)
+            for slot in list(self._slots.values()):
+                for t in slot.inflight:
+                    done.append((t, err))
+                self._drop(slot, kill=True)
+            self._complete(done)
+        finally:
+            self._wake.close()
+
+    # -- leasing workers (under self.lock) ---------------------------------------------
+
+    def _take_inbox(self) -> None:
+        while self._inbox:
+            self._adopt(self._inbox.popleft())
+        if self._direct:
+            self._take_direct()
+        w = self._waiter
+        if w is not None and w.result is not None:
+            self._waiter = None
+            self._take(w.result)
+
+    def _take(self, got: Any) -> None:
+        """A lease, an overflow slot to start, or an error from the pool."""
+        from ._pool import Lease, _OverflowSlot
+
+        if isinstance(got, Lease):
+            self._adopt(got)
+        elif isinstance(got, _OverflowSlot):
+            self._starting += 1
+            threading.Thread(
+                target=self._start_overflow,
+                args=(got.wid,),
+                name=f"pooly-overflow-{self.pool.name}",
+                daemon=True,
+            ).start()
+        elif isinstance(got, BaseException):
+            self._close(got)
+
+    def _start_overflow(self, wid: str) -> None:
+        """An overflow worker for the queue, started off the dispatcher thread."""
+        try:
+            lease = self.pool._checkout_overflow(wid, self.leases)
+        except BaseException as e:  # (the pool failing or stopping is seen by the thread)
+            log.warning(
+                "pool %r: an overflow worker for tasks did not start: %s", self.pool.name, e
+            )
+            lease = None
+        with self.lock:
+            self._starting -= 1
+            if lease is not None:
+                self._inbox.append(lease)
+        self._wake.set()
+
+    def _take_direct(self) -> None:
+        """Take over the direct tasks nobody came for in time -- or all of them, when
+        tasks or checkouts wait for workers (a task left unread must not hold its worker
+        from them) or the pool is ending."""
+        now = _monotonic()
+        every = bool(self.queue) or self.closed is not None or self.pool._has_waiters(self._waiter)
+        with self._dlock:
+            due = [d for d in self._direct.values() if every or d.adopt_at <= now]
+            for d in due:
+                del self._direct[d.task.tid]
+        for d in due:
+            self._adopt(d.lease, d)
+
+    def _adopt(self, lease: Lease, direct: _Direct | None = None) -> None:
+        h = lease._worker
+        slot = _Slot(lease, h)
+        if direct is None:
+            lease._in_call.acquire()  # ours: its fds stay open (not released) while we poll
+        else:  # (its _in_call is held already, by the direct task, now ours)
+            slot.inflight.append(direct.task)
+            slot.since = direct.sent
+            slot.sent = 1
+            h._pending.clear()  # type: ignore[attr-defined]  # (its reply is ours to read)
+            slot.buf, h._ahead = h._ahead, b""  # type: ignore[attr-defined]
+        os.set_blocking(slot.rfd, False)
+        os.set_blocking(slot.wfd, False)
+        self._slots[slot.rfd] = slot
+        self._poll.register(slot.rfd, _POLLIN)
+
+    def _want_worker(self) -> None:
+        """Tasks are left over: lease one more worker (at once if one is idle)."""
+        if self._waiter is not None or self.closed is not None:
+            return
+        from ._pool import _Waiter
+
+        waiter = _Waiter(self.leases, _Nudge(self._wake))
+        try:
+            got = self.pool._lease_for_tasks(self.leases, waiter)
+        except PoolFailed as e:
+            self._close(e)
+            return
+        if got is waiter:
+            self._waiter = waiter
+        else:
+            self._take(got)
+
+    def _unwant_worker(self) -> None:
+        """No task left for a worker we queued for: leave the pool's queue."""
+        w, self._waiter = self._waiter, None
+        if w is not None:
+            self.pool._abandon(w)  # (gives back a worker handed to it meanwhile)
+
+    # -- sending (under self.lock) -------------------------------------------------------
+
+    def _assign(self) -> None:
+        """Feed the workers: one task each first, more workers while tasks are left, then
+        a few ahead of each; give back a worker with nothing to do."""
+        q = self.queue
+        while q and q[0].state == 0 and q[0].future.cancelled():
+            q.popleft()
+            self.pending -= 1
+        slots = [s for s in self._slots.values() if not s.eof and s.lease._ended is None]
+        batches: dict[_Slot, list[_Task]] = {}
+        if q:
+            for s in slots:
+                if not s.inflight and not s.out and self._room(s) and q:
+                    batches[s] = [q.popleft()]
+            while q and self._waiter is None and self.closed is None:
+                before = len(self._slots)
+                self._want_worker()
+                self._take_inbox()
+                if len(self._slots) == before:
+                    break
+                s = list(self._slots.values())[-1]
+                slots.append(s)
+                batches[s] = [q.popleft()]
+            # Then ahead, round robin, each up to its measured depth.
+            more = True
+            while q and more:
+                more = False
+                for s in slots:
+                    if not q:
+                        break
+                    b = batches.get(s)
+                    n = len(s.inflight) + (len(b) if b else 0)
+                    if not s.out and n < self._depth(s) and self._room(s, n):
+                        if b is None:
+                            batches[s] = b = []
+                        b.append(q.popleft())
+                        more = True
+            if q:
+                self._want_worker()
+        else:
+            self._unwant_worker()
+        for s, batch in batches.items():
+            self._send(s, batch)
+        if self.pending == 0:
+            self._now_idle()
+        # Give back what has nothing to do, or what a checkout waits for.
+        others = self.pool._has_waiters(self._waiter)
+        for s in list(self._slots.values()):
+            if s.inflight or s.out or s.eof:
+                continue
+            if not q or others or s.lease._ended is not None:
+                self._drop(s)
+            elif self.max_tasks is not None and s.sent >= self.max_tasks:
+                self._drop(s, recycle=True)
+
+    def _room(self, s: _Slot, n: int = 0) -> bool:
+        """``max_tasks``: a worker is sent no more than it may run."""
+        return self.max_tasks is None or s.sent + n < self.max_tasks
+
+    def _depth(self, s: _Slot) -> int:
+        """Tasks to keep in a worker's pipe: its running one and about _AHEAD_TIME of work."""
+        if s.pace <= 0.0:
+            return 2
+        return 1 + max(1, min(MAX_AHEAD, int(_AHEAD_TIME / s.pace)))
+
+    def _send(self, s: _Slot, batch: list[_Task]) -> None:
+        live = [t for t in batch if t.state == 1 or not t.future.cancelled()]
+        self.pending -= len(batch) - len(live)
+        if not live:
+            return
+        if not s.inflight:
+            s.since = _monotonic()
+            s.handle.in_task = True
+        s.inflight.extend(live)
+        s.sent += len(live)
+        if s.inflight[0] is live[0]:
+            _start(live[0])
+        s.out = live[0].frame if len(live) == 1 else b"".join([t.frame for t in live])
+        self._flush(s)
+
+    def _flush(self, s: _Slot) -> None:
+        """Write what is unsent to the worker; the rest when its pipe has room."""
+        try:
+            n = _write(s.wfd, s.out)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # the worker is gone: its reply pipe's EOF says the rest
+            n = len(s.out)
+        s.out = s.out[n:]
+        if s.out and s.wfd not in self._writers:
+            self._writers[s.wfd] = s
+            self._poll.register(s.wfd, _POLLOUT)
+        elif not s.out and s.wfd in self._writers:
+            del self._writers[s.wfd]
+            _unregister(self._poll, s.wfd)
+
+    # -- replies (dispatcher thread, no lock) ---------------------------------------------
+
+    def _read(self, s: _Slot, done: list[tuple[_Task, Any]], now: float) -> None:
+        """Read every reply there is on ``s``; finished tasks go to ``done``."""
+        buf = s.buf
+        while True:
+            try:
+                chunk = os.read(s.rfd, _READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                s.eof = True
+                s.dead_at = now
+                break
+            buf = buf + chunk if buf else chunk
+            if len(buf) >= _HDR_SIZE:
+                need = _HDR_SIZE + _unpack_from(buf)[0]
+                if need > len(buf) and need > 4 * _READ_CHUNK:
+                    buf = self._read_big(s, buf, need)
+            if len(chunk) < _READ_CHUNK:
+                break
+        pos, end, n = 0, len(buf), 0
+        inflight = s.inflight
+        started = s.since
+        while end - pos >= _HDR_SIZE and inflight:
+            size, tid = _unpack_from(buf, pos)
+            stop = pos + _HDR_SIZE + size
+            if stop > end:
+                break
+            t = inflight.popleft()
+            if tid != t.tid:
+                log.error(
+                    "pool %r: worker pid %d answered task %d where %d was expected; killing it",
+                    self.pool.name,
+                    s.handle.pid,
+                    tid,
+                    t.tid,
+                )
+                inflight.appendleft(t)
+                s.eof = True
+                s.dead_at = now
+                self.pool._timed_out(s.lease)  # out of step: kill and replace (not a crash)
+                break
+            done.append((t, memoryview(buf)[pos + _HDR_SIZE : stop]))
+            pos = stop
+            n += 1
+            if inflight:
+                _start(inflight[0])
+        s.buf = buf[pos:] if pos < end else b""
+        if n:
+            s.since = now
+            took = (now - started) / n
+            s.pace = took if s.pace <= 0.0 else 0.7 * s.pace + 0.3 * took
+            if not inflight:
+                s.handle.in_task = False
+
+    def _read_big(self, s: _Slot, buf: bytes, need: int) -> bytes:
+        """A large reply: read the rest into one buffer (no quadratic concatenation). The
+        pipe is non-blocking: whatever is not there yet is read on the next wake-up."""
+        whole = bytearray(need)
+        whole[: len(buf)] = buf
+        view = memoryview(whole)[len(buf) :]
+        got = len(buf)
+        while view:
+            try:
+                k = os.readv(s.rfd, [view])
+            except BlockingIOError:
+                break
+            except OSError:
+                k = 0
+            if k == 0:
+                break
+            view = view[k:]
+            got += k
+        return bytes(whole[:got])
+
+    def _check(self, done: list[tuple[_Task, Any]], now: float) -> None:
+        """Deaths, timeouts and leases the pool ended."""
+        for s in list(self._slots.values()):
+            if not s.eof and s.handle.exited.is_set():
+                # Reaped: what it wrote before it died is in the pipe; then it is over.
+                self._read(s, done, now)
+                s.eof, s.dead_at = True, now
+            if s.inflight and not s.eof:
+                head = s.inflight[0]
+                if head.timeout is not None and now - s.since >= head.timeout:
+                    self._timed_out(s, head, done)
+                    continue
+            if s.eof:
+                self._died(s, done, now)
+            elif s.lease._ended is not None and not s.inflight and not s.out:
+                self._drop(s)
+
+    def _timed_out(self, s: _Slot, head: _Task, done: list[tuple[_Task, Any]]) -> None:
+        pid = s.handle.pid
+        s.inflight.popleft()
+        self._requeue(s)
+        self._drop(s, kill=True)
+        done.append((head, self._call_timeout(head, pid)))
+
+    def _died(self, s: _Slot, done: list[tuple[_Task, Any]], now: float) -> None:
+        """``s``'s worker is gone. The tasks sent ahead never started: back to the queue at
+        once. The running one fails (or is retried) once the exit status is known."""
+        h = s.handle
+        if len(s.inflight) > 1:
+            head = s.inflight.popleft()
+            self._requeue(s)
+            s.inflight.append(head)
+        if s.inflight and not h.exited.is_set() and now - s.dead_at < _EXIT_WAIT:
+            return  # child_exited wakes us
+        if s.inflight:
+            head = s.inflight.popleft()
+            if head.retries > 0 and self.pool._closed is None:
+                head.retries -= 1
+                self._retrying(head, h)
+                s.inflight.append(head)
+                self._requeue(s)
+            else:
+                done.append((head, self._crashed(head, h)))
+        self._drop(s)
+
+    def _requeue(self, s: _Slot) -> None:
+        """The tasks of ``s`` (none started) go back to the front of the queue, in order."""
+        if not s.inflight:
+            return
+        with self.lock:
+            self.queue.extendleft(reversed(s.inflight))
+            if self.closed is not None:
+                self._close(self.closed)
+        s.inflight.clear()
+
+    def _drop(self, s: _Slot, *, kill: bool = False, recycle: bool = False) -> None:
+        """Stop driving ``s``'s worker and give it back (killed, recycled, or as it is)."""
+        del self._slots[s.rfd]
+        _unregister(self._poll, s.rfd)
+        if s.wfd in self._writers:
+            del self._writers[s.wfd]
+            _unregister(self._poll, s.wfd)
+        h, lease = s.handle, s.lease
+        h.in_task = False
+        if not s.eof and not kill:
+            try:
+                os.set_blocking(s.rfd, True)
+                os.set_blocking(s.wfd, True)
+            except OSError:
+                pass
+        lease._in_call.release()
+        if kill:
+            self.pool._timed_out(lease)
+        elif recycle:
+            self.pool._recycle(lease)
+        elif s.eof:
+            self.pool._lease_crashed(lease)
+        else:
+            self.pool.checkin(lease)
+        if lease._release_channel:  # reaped while we held it: its fds are ours to close
+            h.release()
+
+    def _cancel_ahead(self) -> None:
+        self.cancel_ahead = False
+        for s in self._slots.values():
+            for t in itertools.islice(s.inflight, 1, None):
+                t.future.cancel()
+
+    def _next_wait(self) -> int | None:
+        """Milliseconds until the next task deadline or exit-status wait; None: none."""
+        soonest = math.inf
+        for s in self._slots.values():
+            if s.eof:
+                soonest = min(soonest, s.dead_at + _EXIT_WAIT)
+            elif s.inflight and s.inflight[0].timeout is not None:
+                soonest = min(soonest, s.since + s.inflight[0].timeout)
+        if self._direct_seen or self._direct:
+            self._direct_seen = False
+            soonest = min(soonest, _monotonic() + _GRACE)
+            with self._dlock:
+                soonest = min([soonest, *(d.adopt_at for d in self._direct.values())])
+        if soonest == math.inf:
+            return None
+        return max(0, math.ceil((soonest - _monotonic()) * 1000))
+
+    def _close(self, error: BaseException) -> None:
+        """The pool ended (under self.lock): fail the queue now, and whatever comes back to it."""
+        self.closed = error
+        self._unwant_worker()
+        self._done.extend((t, error) for t in self.queue)
+        self.queue.clear()
+
+    def _complete(self, done: list[tuple[_Task, Any]]) -> None:
+        """Finish futures, outside the lock (their callbacks may submit more)."""
+        for t, out in done:
+            if not _start(t):
+                continue  # cancelled before it started: its outcome goes nowhere
+            fut = t.future
+            if isinstance(out, BaseException):
+                fut.set_exception(out)
+                continue
+            try:
+                msg = _ploads(out)
+            except Exception as e:
+                err = PoolyError(f"cannot unpickle the result of task {t.label}: {e!r}")
+                err.__cause__ = e
+                fut.set_exception(err)
+                continue
+            if msg[0] == _OK:
+                fut.set_result(msg[1])
+            else:
+                fut.set_exception(_unpack_error(msg))
+        with self.lock:
+            self.pending -= len(done)
+            if self.pending == 0:
+                self._now_idle()
+
+
+def _write(fd: int, data: bytes) -> int:
+    """One non-blocking write; SIGPIPE can't kill a host that restored its default."""
+    if _sigpipe_ignored():
+        return os.write(fd, data)
+    with _no_sigpipe():
+        return os.write(fd, data)
+
+
+def _sigpipe_ignored() -> bool:
+    return _getsignal(_SIGPIPE) is _SIG_IGN
+
+
+def _unregister(poll: Any, fd: int) -> None:
+    try:
+        poll.unregister(fd)
+    except (KeyError, OSError):
+        pass
+
+
+def results(futures: list[Future[Any]], deadline: float | None, flat: bool) -> Iterator[Any]:
+    """``map``'s iterator: results in order, each by ``deadline`` (monotonic; set by the
+    call to ``map``); the first error ends it; what it did not reach is cancelled then."""
+
+    def gen() -> Iterator[Any]:
+        futures.reverse()
+        try:
+            while futures:
+                fut = futures.pop()
+                try:
+                    out = fut.result() if deadline is None else fut.result(deadline - _monotonic())
+                except FuturesTimeout:
+                    fut.cancel()
+                    raise
+                finally:
+                    del fut
+                if flat:
+                    yield from out
+                else:
+                    yield out
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    return gen()

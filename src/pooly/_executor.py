@@ -1,0 +1,264 @@
+"""``pooly.ProcessPoolExecutor``: the stdlib's executor interface on a pooly pool (SPEC 4.2).
+
+A drop-in for :class:`concurrent.futures.ProcessPoolExecutor` -- same constructor, same
+``submit`` / ``map`` / ``shutdown`` -- that never breaks: a worker killed, segfaulted or
+stuck past ``call_timeout`` fails the one task it was running (or re-runs it, ``retries``),
+the pool replaces it, and every other task runs. Underneath is an ordinary pool
+(:attr:`ProcessPoolExecutor.pool`) of :class:`_Runner` workers, whose one method runs the
+function it is sent; its tasks go through the pool's dispatcher (:mod:`pooly._dispatch`).
+
+Made standalone (its own private :class:`~pooly.Pooly`, stopped by ``shutdown``) or as a
+named pool of a tree with :meth:`pooly.Pooly.start_executor` (``shutdown`` stops that pool).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import threading
+import types
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from typing import TYPE_CHECKING, Any
+
+from ._pool import Pool, _check_int
+
+if TYPE_CHECKING:
+    from ._pooly import Pooly
+
+__all__ = ("ProcessPoolExecutor",)
+
+#: Executors not shut down yet: at interpreter exit, their submitted tasks finish first
+#: (as the stdlib's do), before pooly's own exit hook stops the trees.
+_LIVE: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+_EXITING = False
+
+
+class _Runner:
+    """The worker of an executor's pool: runs the initializer once, then the functions it
+    is sent."""
+
+    def __init__(
+        self, initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = ()
+    ) -> None:
+        self._fns: dict[bytes, Callable[..., Any]] = {}
+        if initializer is not None:
+            initializer(*initargs)
+
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return fn(*args, **kwargs)
+
+    def call(self, ref: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``run`` for a plain function sent as its pickle (a reference by name), which is
+        unpickled once per worker rather than once per task."""
+        fn = self._fns.get(ref)
+        if fn is None:
+            if len(self._fns) >= _REFS:
+                self._fns.clear()
+            fn = self._fns[ref] = pickle.loads(ref)
+        return fn(*args, **kwargs)
+
+
+#: Plain functions, pickled once: a function's pickle is its module and name, and looking
+#: them up costs more than the rest of a small task's pickle. Bounded (cleared when full).
+_FN_REFS: dict[Callable[..., Any], bytes] = {}
+_REFS = 512
+_PLAIN = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _task(fn: Callable[..., Any]) -> tuple[str, Any]:
+    """The runner method and the function's form for ``fn``: its cached pickle for a plain
+    function, else the object itself (pickled with each task)."""
+    if type(fn) in _PLAIN:
+        ref = _FN_REFS.get(fn)
+        if ref is None:
+            try:
+                ref = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+            except Exception:  # (a lambda, a nested function: fails with the task, as usual)
+                return "run", fn
+            if len(_FN_REFS) >= _REFS:
+                _FN_REFS.clear()
+            _FN_REFS[fn] = ref
+        return "call", ref
+    return "run", fn
+
+
+def _default_workers() -> int:
+    count = getattr(os, "process_cpu_count", os.cpu_count)  # (3.13: the usable CPUs)
+    return count() or 1
+
+
+class ProcessPoolExecutor(Executor):
+    """A :class:`concurrent.futures.Executor` running module-level functions in a pooly
+    pool of ``max_workers`` processes.
+
+    The stdlib's constructor (``max_workers``, ``mp_context`` -- its start method is used,
+    ``initializer``/``initargs``, ``max_tasks_per_child``) plus ``call_timeout`` (seconds a
+    task may run before its worker is killed: :class:`CallTimeout`), ``retries`` (re-runs
+    of a task whose worker died under it, for idempotent work) and ``max_overflow`` (extra
+    workers started for a burst and stopped after it). The workers start in the
+    constructor: a failing initializer raises :class:`WorkerStartError` there, with its
+    traceback, and nothing is left running.
+
+    Never raises ``BrokenProcessPool``: see :meth:`submit` for what each fault does.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        *,
+        call_timeout: float | None = None,
+        retries: int = 0,
+        max_overflow: int = 0,
+        _tree: Pooly | None = None,
+        _name: str = "executor",
+    ) -> None:
+        from ._pooly import Pooly
+
+        if max_workers is None:
+            max_workers = _default_workers()
+        elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(
+                f"max_workers must be an int, got {type(max_workers).__name__} {max_workers!r}"
+            )
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if not isinstance(initargs, tuple | list):
+            raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError(
+                    f"max_tasks_per_child must be an int or None, got {max_tasks_per_child!r}"
+                )
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        self._retries = _check_int("retries", retries, 0)
+        start_method = None
+        if mp_context is not None:
+            get = getattr(mp_context, "get_start_method", None)
+            if get is None:
+                raise TypeError(f"mp_context must be a multiprocessing context, got {mp_context!r}")
+            start_method = get()
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._own = _tree is None
+        self._tree = Pooly() if _tree is None else _tree
+        self._name = _name
+        try:
+            self._pool: Pool = self._tree.start_pool(
+                _name,
+                _Runner,
+                args=(initializer, tuple(initargs)),
+                size=max_workers,
+                max_overflow=max_overflow,
+                start_method=start_method,
+                call_timeout=call_timeout,
+            )
+        except BaseException:
+            if self._own:
+                self._tree.stop()
+            raise
+        self._pool._max_tasks = max_tasks_per_child
+        self._tasks = self._pool._tasks()
+        if self._own:  # kept alive by the dispatcher while it has tasks (stdlib semantics)
+            self._tasks.anchor = self._tree
+        self._max_workers = max_workers
+        _LIVE.add(self)
+
+    @property
+    def pool(self) -> Pool:
+        """The :class:`pooly.Pool` underneath: ``status()``, ``worker_pids()``, ..."""
+        return self._pool
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker; its :class:`~concurrent.futures.Future`.
+
+        Its outcome: ``fn``'s result or exception (``SystemExit`` included: the task's own,
+        not a crash), with the worker's traceback as ``__cause__``;
+        :class:`WorkerCrashed` (``.pid``, ``.exitcode``) if the worker died running it
+        (after ``retries`` re-runs) -- tasks queued or sent ahead to that worker run
+        elsewhere, untouched; :class:`CallTimeout` if it ran past ``call_timeout`` (its
+        worker is killed and replaced); ``TypeError`` if its arguments or result can't be
+        pickled. ``RuntimeError`` after :meth:`shutdown`.
+        """
+        with self._shutdown_lock:
+            if self._shutdown:
+                if _EXITING:
+                    raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            method, ref = _task(fn)
+            return self._tasks.submit(
+                method, (ref, args, kwargs), {}, fn, self._pool.call_timeout, self._retries
+            )
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """As :meth:`concurrent.futures.Executor.map`: every call is queued now, results
+        come in order, ``timeout`` counts from this call, and the first exception (or
+        ``TimeoutError``) ends the iterator, cancelling the calls it did not reach.
+        ``chunksize`` sends the calls in chunks of that many (a chunk fails as a whole)."""
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        return self._pool._map(fn, iterables, timeout, chunksize, self._retries)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more tasks; ``cancel_futures`` cancels those not started (queued, or sent
+        ahead to a worker). With ``wait``, returns once the others have finished and the
+        workers are stopped; else at once, and the pool stops when they have finished."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        _LIVE.discard(self)
+        if cancel_futures:
+            self._tasks.cancel_pending()
+        if wait:
+            self._tasks.wait_idle()
+            self._stop()
+        else:
+            threading.Thread(
+                target=self._stop_when_idle, name="pooly-executor-shutdown", daemon=True
+            ).start()
+
+    def _stop_when_idle(self) -> None:
+        self._tasks.wait_idle()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._own:
+            self._tree.stop()
+        else:
+            try:
+                self._tree.stop_pool(self._name)
+            except Exception:  # already stopped with its tree, or by name
+                pass
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else "running"
+        return f"<pooly.ProcessPoolExecutor max_workers={self._max_workers} {state} {self._pool!r}>"
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    """Interpreter exit: each executor not shut down finishes its submitted tasks (as the
+    stdlib's does) before pooly's own hook -- registered before this one, so run after
+    it -- stops every tree."""
+    global _EXITING
+    _EXITING = True
+    for ex in list(_LIVE):
+        try:
+            ex.shutdown(wait=True)
+        except Exception:  # (its tree may have been stopped by other means)
+            pass
