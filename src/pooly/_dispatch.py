@@ -234,7 +234,6 @@ class _Slot:
         "out",
         "pace",
         "rfd",
-        "sent",
         "since",
         "wfd",
     )
@@ -249,7 +248,6 @@ class _Slot:
         self.buf = b""  # reply bytes read past the last whole frame
         self.since = 0.0  # when the head task started (as far as the host can tell)
         self.pace = 0.0  # seconds per task, smoothed (0: not measured yet)
-        self.sent = 0  # tasks sent to this worker (max_tasks recycles it)
         self.eof = False  # its reply pipe ended: the worker is gone
         self.dead_at = 0.0
 
@@ -352,14 +350,16 @@ class Dispatcher:
         task.state = 1
         fut.set_running_or_notify_cancel()
         h.in_task = True
+        h.tasks += 1
         now = _monotonic()
         try:
             h.send_frame(task.frame, tid, method)
         except ChannelClosed:
             pass  # dead already: the read sees EOF
         except BaseException:  # interrupted part-way: the channel can't be trusted
-            self._settle(lease, kill=True)
-            self._requeue_task(task)
+            self._settle(lease, interrupted=True)
+            fut.set_exception(PoolyError(f"submit of {task.label} was interrupted"))
+            self._finished(1)
             raise
         d = _Direct(self, task, lease, now)
         fut._direct = d
@@ -454,6 +454,8 @@ class Dispatcher:
             self.pool._timed_out(lease)
         elif dead:
             self.pool._lease_crashed(lease)
+        elif self.max_tasks is not None and h.tasks >= self.max_tasks:
+            self.pool._recycle(lease)
         else:
             self.pool.checkin(lease)
         if lease._release_channel:
@@ -703,7 +705,6 @@ class Dispatcher:
         else:  # (its _in_call is held already, by the direct task, now ours)
             slot.inflight.append(direct.task)
             slot.since = direct.sent
-            slot.sent = 1
             h._pending.clear()  # type: ignore[attr-defined]  # (its reply is ours to read)
             slot.buf, h._ahead = h._ahead, b""  # type: ignore[attr-defined]
         os.set_blocking(slot.rfd, False)
@@ -738,16 +739,25 @@ class Dispatcher:
 
     def _assign(self) -> None:
         """Feed the workers: one task each first, more workers while tasks are left, then
-        a few ahead of each; give back a worker with nothing to do."""
+        a few ahead of each; give back a worker with nothing to do.
+
+        While a checkout waits for a worker, the workers held get no new task: each goes
+        back to the pool as its tasks finish, and the queue takes its turn again behind
+        that checkout (tasks and checkouts share the pool's FIFO)."""
         q = self.queue
         while q and q[0].state == 0 and q[0].future.cancelled():
             q.popleft()
             self.pending -= 1
-        slots = [s for s in self._slots.values() if not s.eof and s.lease._ended is None]
+        others = self.pool._has_waiters(self._waiter)
+        slots = [
+            s
+            for s in self._slots.values()
+            if not s.eof and s.lease._ended is None and not others and self._room(s)
+        ]
         batches: dict[_Slot, list[_Task]] = {}
         if q:
             for s in slots:
-                if not s.inflight and not s.out and self._room(s) and q:
+                if not s.inflight and not s.out and q:
                     batches[s] = [q.popleft()]
             while q and self._waiter is None and self.closed is None:
                 before = len(self._slots)
@@ -756,6 +766,8 @@ class Dispatcher:
                 if len(self._slots) == before:
                     break
                 s = list(self._slots.values())[-1]
+                if s.eof or s.lease._ended is not None or s.inflight:
+                    continue
                 slots.append(s)
                 batches[s] = [q.popleft()]
             # Then ahead, round robin, each up to its measured depth.
@@ -766,8 +778,8 @@ class Dispatcher:
                     if not q:
                         break
                     b = batches.get(s)
-                    n = len(s.inflight) + (len(b) if b else 0)
-                    if not s.out and n < self._depth(s) and self._room(s, n):
+                    n = len(b) if b else 0
+                    if not s.out and len(s.inflight) + n < self._depth(s) and self._room(s, n):
                         if b is None:
                             batches[s] = b = []
                         b.append(q.popleft())
@@ -780,19 +792,16 @@ class Dispatcher:
             self._send(s, batch)
         if self.pending == 0:
             self._now_idle()
-        # Give back what has nothing to do, or what a checkout waits for.
-        others = self.pool._has_waiters(self._waiter)
+        # Give back what has nothing to do (recycled if it ran its max_tasks).
         for s in list(self._slots.values()):
             if s.inflight or s.out or s.eof:
                 continue
-            if not q or others or s.lease._ended is not None:
-                self._drop(s)
-            elif self.max_tasks is not None and s.sent >= self.max_tasks:
-                self._drop(s, recycle=True)
+            if not q or others or s.lease._ended is not None or not self._room(s):
+                self._drop(s, recycle=not self._room(s))
 
     def _room(self, s: _Slot, n: int = 0) -> bool:
-        """``max_tasks``: a worker is sent no more than it may run."""
-        return self.max_tasks is None or s.sent + n < self.max_tasks
+        """``max_tasks``: a worker is sent no more than it may run (``n`` more on the way)."""
+        return self.max_tasks is None or s.handle.tasks + n < self.max_tasks
 
     def _depth(self, s: _Slot) -> int:
         """Tasks to keep in a worker's pipe: its running one and about _AHEAD_TIME of work."""
@@ -809,7 +818,7 @@ class Dispatcher:
             s.since = _monotonic()
             s.handle.in_task = True
         s.inflight.extend(live)
-        s.sent += len(live)
+        s.handle.tasks += len(live)
         if s.inflight[0] is live[0]:
             _start(live[0])
         s.out = live[0].frame if len(live) == 1 else b"".join([t.frame for t in live])
