@@ -55,9 +55,9 @@ import select
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import CallTimeout, PoolFailed, PoolyError, WorkerCrashed, describe_exit
 from ._fds import Signal
@@ -103,6 +103,16 @@ _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _monotonic = time.monotonic
 
 
+class _Outcome(Protocol):
+    """Where a task's outcome goes: a Future (``submit``) or a slot of a ``map``."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def cancel(self) -> bool: ...
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exception: BaseException | None) -> None: ...
+
+
 class _Task:
     """One call waiting for, or running on, a worker."""
 
@@ -110,7 +120,7 @@ class _Task:
 
     def __init__(
         self,
-        future: Future[Any],
+        future: _Outcome,
         frame: bytes,
         tid: int,
         label: object,
@@ -528,14 +538,16 @@ class Dispatcher:
         label: object,
         timeout: float | None,
         retries: int = 0,
-    ) -> list[Future[Any]]:
-        """Queue many calls at once (``map``): one lock and one wake-up for all of them."""
+    ) -> MapJob:
+        """Queue many calls at once (``map``): one lock and one wake-up for all of them;
+        their outcomes are the slots of one :class:`MapJob` (no Future each)."""
         tasks: list[_Task] = []
-        futures: list[Future[Any]] = []
+        job = MapJob()
+        items = job.items
         tids = self._tids
         for method, args in calls:
-            fut: Future[Any] = Future()
-            futures.append(fut)
+            item = _MapItem(job)
+            items.append(item)
             try:
                 data = _pdumps((method, args, {}), _PROTO)
             except Exception as e:
@@ -543,10 +555,10 @@ class Dispatcher:
                     f"cannot send the arguments of {describe_call(label)} to a worker: {e}"
                 )
                 err.__cause__ = e
-                fut.set_exception(err)
+                item.set_exception(err)
                 continue
             tid = next(tids)
-            tasks.append(_Task(fut, _pack(len(data), tid) + data, tid, label, timeout, retries))
+            tasks.append(_Task(item, _pack(len(data), tid) + data, tid, label, timeout, retries))
         with self.lock:
             if self.closed is not None:
                 raise self.closed
@@ -556,7 +568,7 @@ class Dispatcher:
             if self.sleeping and tasks:
                 self.sleeping = False
                 self._wake.set()
-        return futures
+        return job
 
     def cancel_pending(self) -> None:
         """Cancel every task that has not started: the queued ones now, the ones sent ahead
@@ -1075,28 +1087,101 @@ def _unregister(poll: Any, fd: int) -> None:
         pass
 
 
-def results(futures: list[Future[Any]], deadline: float | None, flat: bool) -> Iterator[Any]:
-    """``map``'s iterator: results in order, each by ``deadline`` (monotonic; set by the
-    call to ``map``); the first error ends it; what it did not reach is cancelled then."""
+class MapJob:
+    """The outcomes of one ``map`` call, in order: a slot per call, one condition for all
+    (``map`` hands out no futures, so it makes none: a Future costs a Condition each)."""
 
-    def gen() -> Iterator[Any]:
-        futures.reverse()
+    __slots__ = ("cancelled", "cond", "items", "waiting")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.items: list[_MapItem] = []
+        self.waiting: _MapItem | None = None  # the slot the iterator waits for
+        self.cancelled = False  # the iterator ended (or shutdown cancelled): run no more
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        with self.cond:
+            self.cond.notify_all()
+
+    def results(self, deadline: float | None, flat: bool) -> Iterator[Any]:
+        """``map``'s iterator: results in order, each by ``deadline`` (monotonic; set by
+        the call to ``map``); the first error ends it; the calls it did not reach are
+        cancelled when it ends (also when it is dropped unfinished)."""
+        items, cond = self.items, self.cond
+        items.reverse()
         try:
-            while futures:
-                fut = futures.pop()
-                try:
-                    out = fut.result() if deadline is None else fut.result(deadline - _monotonic())
-                except FuturesTimeout:
-                    fut.cancel()
-                    raise
-                finally:
-                    del fut
+            while items:
+                item = items[-1]
+                if item.state < 3:
+                    with cond:
+                        self.waiting = item
+                        try:
+                            while item.state < 3 and not (item.state == 0 and self.cancelled):
+                                if item.state == 2:
+                                    break
+                                if deadline is None:
+                                    cond.wait()
+                                else:
+                                    left = deadline - _monotonic()
+                                    if left <= 0:
+                                        raise FuturesTimeout()
+                                    cond.wait(left)
+                        finally:
+                            self.waiting = None
+                    if item.state != 3:
+                        raise CancelledError()
+                items.pop()
+                if not item.ok:
+                    raise item.value
                 if flat:
-                    yield from out
+                    yield from item.value
                 else:
-                    yield out
+                    yield item.value
+                del item
         finally:
-            for fut in futures:
-                fut.cancel()
+            if items:
+                self.cancelled = True
 
-    return gen()
+
+class _MapItem:
+    """One slot of a :class:`MapJob`: what the dispatcher needs of a future."""
+
+    __slots__ = ("job", "ok", "state", "value")
+
+    def __init__(self, job: MapJob) -> None:
+        self.job = job
+        self.state = 0  # 0 pending, 1 running, 2 cancelled, 3 done
+        self.ok = False
+        self.value: Any = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if self.job.cancelled:
+            self.state = 2
+            self._tell()
+            return False
+        self.state = 1
+        return True
+
+    def cancelled(self) -> bool:
+        return self.job.cancelled and self.state != 1
+
+    def cancel(self) -> bool:
+        if self.state >= 1:
+            return self.state == 2
+        self.job.cancel()
+        return True
+
+    def set_result(self, value: Any) -> None:
+        self.value, self.ok, self.state = value, True, 3
+        if self.job.waiting is self:
+            self._tell()
+
+    def set_exception(self, error: BaseException | None) -> None:
+        self.value, self.ok, self.state = error, False, 3
+        if self.job.waiting is self:
+            self._tell()
+
+    def _tell(self) -> None:
+        with self.job.cond:
+            self.job.cond.notify_all()
