@@ -9,6 +9,7 @@ The soak runs as a user runs it, in its own process, with a marker in its enviro
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import os
 import pickle
@@ -446,3 +447,34 @@ def test_deaths_of_tasks_never_count_toward_restart_intensity_however_the_thread
             with pytest.raises(pooly.WorkerCrashed):
                 ex.submit(workers.ex_task, "exit", 0, 0, 1).result(30)
         assert ex.submit(workers.ex_task, "", 7, 0, 1).result(30)[0] == 7
+
+
+@pytest.mark.xfail(strict=True, reason="Issue 8 bug, reported to the lead: not fixed yet")
+@pytest.mark.timeout(60)
+def test_a_task_sent_on_the_fast_path_completes_when_its_pool_stops_before_it_is_read(
+    sup: pooly.Pooly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8, found by the 120 s soak (seed 467485: a future of exec-r "not done 15.0 s
+    after its submit", state running -- submitted as the restarter's stop_pool began): a
+    task that ``submit`` sent straight to an idle worker (the fast path), not yet read by
+    anyone, never completed once its pool stopped. The dispatcher's loop ended as soon as
+    it had no slots, without adopting the direct tasks; a ``result()`` call reads the reply
+    itself, but ``wait``/``as_completed`` (and ``shutdown``'s wait) hung on it for good.
+    The dispatcher is kept from adopting direct tasks while the pool is open, as a busy
+    dispatcher (or one a stop_pool beats by its _GRACE) does in real life."""
+    from pooly._dispatch import Dispatcher
+
+    take = Dispatcher._take_direct
+
+    def only_once_closed(self: Dispatcher) -> None:
+        if self.closed is not None:
+            take(self)
+
+    monkeypatch.setattr(Dispatcher, "_take_direct", only_once_closed)
+    ex = sup.start_executor("ex", max_workers=1)
+    assert ex.submit(divmod, 7, 2).result(30) == (3, 1)  # (read by this thread)
+    fut = ex.submit(time.sleep, 0.2)  # a worker is idle: sent at once, by this thread
+    sup.stop_pool("ex")  # a graceful stop: a task already sent finishes
+    done, _ = concurrent.futures.wait([fut], timeout=10)
+    assert done, f"{fut!r} not done 10 s after its pool stopped"
+    assert fut.result(0) is None

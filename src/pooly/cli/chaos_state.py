@@ -81,6 +81,7 @@ class Figures:
     ex_timeout_ms: list[float] = field(default_factory=list)  # submit -> CallTimeout (ex-hung)
     ex_crash_ms: list[float] = field(default_factory=list)  # submit -> WorkerCrashed (deliberate)
     ex_done_twice: int = 0  # futures whose done-callbacks ran more than once (must be 0)
+    ex_rescued: int = 0  # lost by the dispatcher at a pool stop, read by result() (a bug)
     replaced: dict[str, int] = field(default_factory=dict)
     heal_ms: list[float] = field(default_factory=list)
     heal_no_dip: int = 0
