@@ -74,11 +74,10 @@ __all__ = ("WORKAROUND_DIRECT_TASKS_LOST", "WORKAROUND_TASK_DEATHS_COUNTED", "Ch
 #: do; set this False to check that task deaths are not counted.
 WORKAROUND_TASK_DEATHS_COUNTED = True
 #: WORKAROUND for another (pinned the same way): a task that ``submit`` sent straight to an
-#: idle worker, not yet read, is never completed if its pool stops meanwhile -- ``wait`` and
-#: ``as_completed`` then wait for it for good (``result()`` reads it). Until it is fixed,
-#: a feeder whose futures outlive their executor's restart by a second reads them with
-#: ``result()``, and the report counts them (``ex_rescued``); False: they count as never
-#: completed.
+#: idle worker (the fast path), not yet read by the dispatcher, is never completed if its
+#: pool stops meanwhile: its future stays "running" for good. Until it is fixed, the
+#: restarter lets the submit windows under way on an executor end before it stops it (maps,
+#: which never take the fast path, go on under the stop); False: it stops it at once.
 WORKAROUND_DIRECT_TASKS_LOST = True
 
 
@@ -186,6 +185,31 @@ class ChaosExec(ChaosCalls):
         self, who: str, name: str, gen: int, ex: ProcessPoolExecutor, rng: random.Random
     ) -> None:
         """Submit a few futures, then collect them all (one of three ways)."""
+        with self.lock:  # (see quiesce(): counted, then the restart looked for)
+            self.ex_windows[name] += 1
+            restarting = self.restarted(name, gen)
+        try:
+            if not restarting:
+                self._submit_window_on(who, name, gen, ex, rng)
+        finally:
+            with self.lock:
+                self.ex_windows[name] -= 1
+
+    def quiesce(self, name: str) -> None:
+        """The restarter, about to stop executor ``name`` (already marked down): with
+        WORKAROUND_DIRECT_TASKS_LOST, wait (bounded) for its submit windows to end."""
+        if not WORKAROUND_DIRECT_TASKS_LOST:
+            return
+        deadline = time.monotonic() + HUNG_AFTER
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.ex_windows[name]:
+                    return
+            time.sleep(0.001)
+
+    def _submit_window_on(
+        self, who: str, name: str, gen: int, ex: ProcessPoolExecutor, rng: random.Random
+    ) -> None:
         n = rng.choice(EX_WINDOWS)
         how = rng.choice(("result", "wait", "as_completed"))
         sent: list[tuple[Future[Any], _Task]] = []
@@ -211,46 +235,21 @@ class ChaosExec(ChaosCalls):
                 except BaseException:  # judged below, as every way of collecting is
                     pass
         else:
-            self._wait(futs, how, name, gen, time.monotonic() + bound)
+            self._wait(futs, how, time.monotonic() + bound)
         for f, task in sent:
             self._collect(f, task)
 
-    def _wait(
-        self, futs: list[Future[Any]], how: str, name: str, gen: int, deadline: float
-    ) -> None:
-        """Wait for ``futs`` with ``wait`` or ``as_completed`` (in slices, to look around)."""
-        pending = futs
-        back = None  # when the executor was seen restarted and serving again
-        while pending and time.monotonic() < deadline:
-            if how == "wait":
-                wait(pending, timeout=0.1)
-            else:
-                try:
-                    for _ in as_completed(pending, timeout=0.1):
-                        pass
-                except TimeoutError:
-                    pass
-            pending = [f for f in pending if not f.done()]
-            if not pending or not WORKAROUND_DIRECT_TASKS_LOST:
-                continue
-            if back is None and self.gen[name] != gen and name not in self.down:
-                back = time.monotonic()
-            if back is not None and time.monotonic() - back > 1.0:
-                # Still running a second after its pool was stopped and started anew: lost
-                # by the dispatcher (the bug); result() reads its reply itself.
-                for f in pending:
-                    try:
-                        f.result(max(0.0, deadline - time.monotonic()))
-                    except BaseException:
-                        pass
-                    if f.done():
-                        with self.lock:
-                            self.fig.ex_rescued += 1
-                        self.anomaly(
-                            f"a future on {name} was lost by its dispatcher when the pool "
-                            "stopped; read by result() (WORKAROUND_DIRECT_TASKS_LOST)"
-                        )
-                pending = [f for f in pending if not f.done()]
+    def _wait(self, futs: list[Future[Any]], how: str, deadline: float) -> None:
+        """Wait for ``futs`` with ``wait`` or ``as_completed``."""
+        left = max(0.0, deadline - time.monotonic())
+        if how == "wait":
+            wait(futs, timeout=left)
+            return
+        try:
+            for _ in as_completed(futs, timeout=left):
+                pass
+        except TimeoutError:
+            pass
 
     def _done(self, task: _Task, fut: Future[Any]) -> None:
         """A future's done-callback (the dispatcher's thread, or the one that completed it)."""

@@ -120,12 +120,6 @@ def report(chaos: Chaos, completed: bool) -> int:
         row("  wrong result", fu[WRONG], "(must be 0)")
         row("  never completed", fu[EX_NEVER] + ex_unsettled, "(must be 0)")
         row("  done-callbacks run twice", fig.ex_done_twice, "(must be 0)")
-        if fig.ex_rescued:
-            row(
-                "  lost by a stopping pool, read by result()",
-                fig.ex_rescued,
-                "(a known pooly bug; see WORKAROUND_DIRECT_TASKS_LOST)",
-            )
         for mode in sorted(fig.futures_by):
             c = fig.futures_by[mode]
             row(f"  sent by {mode}", c[EX_SUBMITTED], _outcomes(c))

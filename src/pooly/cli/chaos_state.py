@@ -81,7 +81,6 @@ class Figures:
     ex_timeout_ms: list[float] = field(default_factory=list)  # submit -> CallTimeout (ex-hung)
     ex_crash_ms: list[float] = field(default_factory=list)  # submit -> WorkerCrashed (deliberate)
     ex_done_twice: int = 0  # futures whose done-callbacks ran more than once (must be 0)
-    ex_rescued: int = 0  # lost by the dispatcher at a pool stop, read by result() (a bug)
     replaced: dict[str, int] = field(default_factory=dict)
     heal_ms: list[float] = field(default_factory=list)
     heal_no_dip: int = 0
@@ -148,6 +147,7 @@ class ChaosState:
         self.lock = threading.Lock()  # guards the counters in self.fig
         self.orders = {n: collections.deque[str]() for n in self.names}
         self.ex_orders = {n: collections.deque[str]() for n in self.ex_names}
+        self.ex_windows: collections.Counter[str] = collections.Counter()  # submit windows now
         self.main_orders = collections.deque[str]()  # pools the main thread calls into
         self.leased: dict[int, tuple[str, int]] = {}  # thread ident -> (pool, worker pid)
         # Per-worker records, dropped FORGET_AFTER s after the worker is seen dead, so the

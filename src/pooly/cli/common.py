@@ -113,7 +113,10 @@ class LogToDisplay(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.display.line(f"  [pooly log] {record.levelname}: {record.getMessage()}")
+            text = f"  [pooly log] {record.levelname}: {record.getMessage()}"
+            if record.exc_info:  # (a bug in pooly: its traceback is the report's best clue)
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.display.line(text)
         except Exception:
             self.handleError(record)
 
