@@ -478,3 +478,35 @@ def test_a_task_sent_on_the_fast_path_completes_when_its_pool_stops_before_it_is
     done, _ = concurrent.futures.wait([fut], timeout=10)
     assert done, f"{fut!r} not done 10 s after its pool stopped"
     assert fut.result(0) is None
+
+
+@pytest.mark.xfail(strict=True, reason="Issue 8 bug, reported to the lead: not fixed yet")
+@pytest.mark.timeout(60)
+def test_the_dispatcher_survives_taking_a_worker_that_died_and_was_released(
+    sup: pooly.Pooly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8, found by the 120 s soak (seed 448454: "pool 'exec': the task dispatcher
+    failed", then every task of that executor failed with PoolyError "its task dispatcher
+    failed: OSError(9, 'Bad file descriptor')" -- a broken executor, for good): a worker
+    leased to the dispatcher died and was reaped, its channel released (fds set to -1),
+    before the dispatcher adopted it; ``_adopt``'s ``os.set_blocking`` raised EBADF and the
+    dispatcher thread ended. The death is made to land in that window here (SIGKILL, then
+    wait for the release, just before the adoption), as the soak's SIGKILLs did."""
+    from pooly._dispatch import Dispatcher
+
+    adopt = Dispatcher._adopt
+    killed: list[int] = []
+
+    def adopt_a_dead_worker(self: Dispatcher, lease: pooly.Lease, direct: object = None) -> None:
+        if direct is None and not killed:
+            h = lease._worker
+            killed.append(h.pid)
+            os.kill(h.pid, signal.SIGKILL)
+            assert wait_for(lambda: h.rep_r == -1, timeout=10), "its channel was not released"
+        adopt(self, lease, direct)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Dispatcher, "_adopt", adopt_a_dead_worker)
+    ex = sup.start_executor("ex", max_workers=1)
+    futs = [ex.submit(workers.ex_task, "", x, 0, 10) for x in range(20)]
+    assert [f.result(30)[0] for f in futs] == list(range(20))
+    assert killed
