@@ -56,8 +56,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
-from concurrent.futures._base import RUNNING as _RUNNING
 from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures._base import RUNNING as _RUNNING
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import CallTimeout, PoolFailed, PoolyError, WorkerCrashed, describe_exit
