@@ -421,7 +421,6 @@ def test_forked_child_exits_although_the_parents_executor_had_tasks_in_flight() 
         ex.shutdown()
 
 
-@pytest.mark.xfail(strict=True, reason="Issue 8 bug, reported to the lead: not fixed yet")
 @pytest.mark.timeout(60)
 def test_deaths_of_tasks_never_count_toward_restart_intensity_however_the_threads_interleave(
     monkeypatch: pytest.MonkeyPatch,
@@ -432,7 +431,7 @@ def test_deaths_of_tasks_never_count_toward_restart_intensity_however_the_thread
     *after* setting ``exited``, and the thread waiting for ``exited`` (to fail the task)
     clears ``in_task`` as it wakes. When it wins the race, the death is counted. The window
     (exited set -> in_task read) is widened here by a slow close_process, as GIL contention
-    widens it in real life."""
+    widens it in real life. Fixed in 0560146 (reap reads in_task before it sets exited)."""
     from pooly import _worker
 
     close = _worker.close_process
@@ -449,7 +448,6 @@ def test_deaths_of_tasks_never_count_toward_restart_intensity_however_the_thread
         assert ex.submit(workers.ex_task, "", 7, 0, 1).result(30)[0] == 7
 
 
-@pytest.mark.xfail(strict=True, reason="Issue 8 bug, reported to the lead: not fixed yet")
 @pytest.mark.timeout(60)
 def test_a_task_sent_on_the_fast_path_completes_when_its_pool_stops_before_it_is_read(
     sup: pooly.Pooly, monkeypatch: pytest.MonkeyPatch
@@ -461,7 +459,8 @@ def test_a_task_sent_on_the_fast_path_completes_when_its_pool_stops_before_it_is
     it had no slots, without adopting the direct tasks; a ``result()`` call reads the reply
     itself, but ``wait``/``as_completed`` (and ``shutdown``'s wait) hung on it for good.
     The dispatcher is kept from adopting direct tasks while the pool is open, as a busy
-    dispatcher (or one a stop_pool beats by its _GRACE) does in real life."""
+    dispatcher (or one a stop_pool beats by its _GRACE) does in real life.
+    Fixed in 0560146 (direct tasks unread when the pool stops complete)."""
     from pooly._dispatch import Dispatcher
 
     take = Dispatcher._take_direct
@@ -480,7 +479,6 @@ def test_a_task_sent_on_the_fast_path_completes_when_its_pool_stops_before_it_is
     assert fut.result(0) is None
 
 
-@pytest.mark.xfail(strict=True, reason="Issue 8 bug, reported to the lead: not fixed yet")
 @pytest.mark.timeout(60)
 def test_the_dispatcher_survives_taking_a_worker_that_died_and_was_released(
     sup: pooly.Pooly, monkeypatch: pytest.MonkeyPatch
@@ -491,7 +489,8 @@ def test_the_dispatcher_survives_taking_a_worker_that_died_and_was_released(
     leased to the dispatcher died and was reaped, its channel released (fds set to -1),
     before the dispatcher adopted it; ``_adopt``'s ``os.set_blocking`` raised EBADF and the
     dispatcher thread ended. The death is made to land in that window here (SIGKILL, then
-    wait for the release, just before the adoption), as the soak's SIGKILLs did."""
+    wait for the release, just before the adoption), as the soak's SIGKILLs did.
+    Fixed in 0560146 (an adopted worker already reaped doesn't end the dispatcher)."""
     from pooly._dispatch import Dispatcher
 
     adopt = Dispatcher._adopt

@@ -155,8 +155,8 @@ CALL_FAULTS: dict[str, CallFault] = {
     "result-pickle-raise": CallFault(
         "result's __reduce__ raises (worker)",
         lambda lease: lease.poison("raise-on-pickle"),
-        TypeError,
-        "TypeError: result could not be pickled (worker)",
+        FaultError,  # the pickling error itself, as the stdlib's executor reports it
+        "FaultError: result could not be pickled (worker)",
     ),
     "result-pickle-exit": CallFault(
         "result's __reduce__ calls os._exit (worker)",

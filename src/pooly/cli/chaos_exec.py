@@ -53,7 +53,6 @@ from .chaos_config import (
     EX_WITH_CHUNK,
     HUNG_AFTER,
     MAX_PENDING_ORDERS,
-    MAX_SECONDS,
     OK,
     OTHER,
     ROUNDS,
@@ -63,22 +62,7 @@ from .chaos_config import (
 )
 from .workers import PAYLOADS, FaultError, ex_task, sha256_chain
 
-__all__ = ("WORKAROUND_DIRECT_TASKS_LOST", "WORKAROUND_TASK_DEATHS_COUNTED", "ChaosExec")
-
-#: WORKAROUND for a pooly bug this soak found (pinned by an xfail test in
-#: tests/test_chaos.py): a worker's death while it runs a task is sometimes counted toward
-#: its pool's restart intensity (WorkerProcess.reap reads ``in_task`` after setting
-#: ``exited``, and the thread waiting for ``exited`` clears it), so an executor whose tasks
-#: crash on purpose fails at the default intensity (3 in 5 s; start_executor takes no
-#: other). Until it is fixed, the executors get the soak's intensity, as its other pools
-#: do; set this False to check that task deaths are not counted.
-WORKAROUND_TASK_DEATHS_COUNTED = True
-#: WORKAROUND for another (pinned the same way): a task that ``submit`` sent straight to an
-#: idle worker (the fast path), not yet read by the dispatcher, is never completed if its
-#: pool stops meanwhile: its future stays "running" for good. Until it is fixed, the
-#: restarter lets the submit windows under way on an executor end before it stops it (maps,
-#: which never take the fast path, go on under the stop); False: it stops it at once.
-WORKAROUND_DIRECT_TASKS_LOST = True
+__all__ = ("ChaosExec",)
 
 
 @dataclass
@@ -114,11 +98,6 @@ class ChaosExec(ChaosCalls):
             call_timeout=EX_CALL_TIMEOUT,
             retries=xs.retries,
         )
-        if WORKAROUND_TASK_DEATHS_COUNTED:
-            workers_sup = ex.pool._workers_sup
-            if workers_sup is not None:
-                workers_sup.max_restarts = self.max_restarts
-                workers_sup.max_seconds = MAX_SECONDS
         self.executors[xs.name] = ex
         return ex
 
@@ -185,31 +164,6 @@ class ChaosExec(ChaosCalls):
         self, who: str, name: str, gen: int, ex: ProcessPoolExecutor, rng: random.Random
     ) -> None:
         """Submit a few futures, then collect them all (one of three ways)."""
-        with self.lock:  # (see quiesce(): counted, then the restart looked for)
-            self.ex_windows[name] += 1
-            restarting = self.restarted(name, gen)
-        try:
-            if not restarting:
-                self._submit_window_on(who, name, gen, ex, rng)
-        finally:
-            with self.lock:
-                self.ex_windows[name] -= 1
-
-    def quiesce(self, name: str) -> None:
-        """The restarter, about to stop executor ``name`` (already marked down): with
-        WORKAROUND_DIRECT_TASKS_LOST, wait (bounded) for its submit windows to end."""
-        if not WORKAROUND_DIRECT_TASKS_LOST:
-            return
-        deadline = time.monotonic() + HUNG_AFTER
-        while time.monotonic() < deadline:
-            with self.lock:
-                if not self.ex_windows[name]:
-                    return
-            time.sleep(0.001)
-
-    def _submit_window_on(
-        self, who: str, name: str, gen: int, ex: ProcessPoolExecutor, rng: random.Random
-    ) -> None:
         n = rng.choice(EX_WINDOWS)
         how = rng.choice(("result", "wait", "as_completed"))
         sent: list[tuple[Future[Any], _Task]] = []

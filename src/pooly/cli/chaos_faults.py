@@ -401,8 +401,6 @@ class ChaosFaults(ChaosExec):
         t = time.monotonic()
         try:
             old = self.pools[name]
-            if isinstance(shape, ExShape):
-                self.quiesce(name)
             self.sup.stop_pool(name)
             stopped = time.monotonic()
             self.replaced_before[name] += old.status().replaced

@@ -147,7 +147,6 @@ class ChaosState:
         self.lock = threading.Lock()  # guards the counters in self.fig
         self.orders = {n: collections.deque[str]() for n in self.names}
         self.ex_orders = {n: collections.deque[str]() for n in self.ex_names}
-        self.ex_windows: collections.Counter[str] = collections.Counter()  # submit windows now
         self.main_orders = collections.deque[str]()  # pools the main thread calls into
         self.leased: dict[int, tuple[str, int]] = {}  # thread ident -> (pool, worker pid)
         # Per-worker records, dropped FORGET_AFTER s after the worker is seen dead, so the
