@@ -94,3 +94,8 @@ class Calc(Counter):
 
     def step(self, i: int, fail_at: int, seconds: float, marker_dir: str) -> int:
         return step(i, fail_at, seconds, marker_dir)
+
+
+def kwargs_of(*args: object, **kwargs: object) -> tuple[tuple[object, ...], dict[str, object]]:
+    """What it was called with (``fn=`` and ``method=`` included)."""
+    return args, kwargs
