@@ -488,19 +488,40 @@ def test_initializer_runs_once_per_worker(tmp_path: Path) -> None:
     assert sorted(inits) == sorted(str(p) for p in pids), inits  # once each, no more
 
 
+@pytest.mark.parametrize(
+    ("init", "expect"),
+    [(T.failing_init, "no db here"), (T.exiting_init, "SystemExit")],
+)
 def test_a_failing_initializer_raises_worker_start_error_and_leaves_nothing(
-    tmp_path: Path,
+    init: Any, expect: str
 ) -> None:
     before = _pooly_threads()
     t0 = time.monotonic()
+    arg = "no db here" if init is T.failing_init else 3
     with pytest.raises(pooly.WorkerStartError) as ei:
-        pooly.ProcessPoolExecutor(2, initializer=T.failing_init, initargs=("no db here",))
+        pooly.ProcessPoolExecutor(2, initializer=init, initargs=(arg,))
     assert time.monotonic() - t0 < 10  # no respawn loop
     err = ei.value
     text = f"{err} {err.__cause__}"
-    assert "no db here" in text and "failing_init" in text, text
+    assert expect in text and init.__name__ in text, text
     assert wait_for(lambda: _pooly_threads() <= before), _pooly_threads() - before
     # (no process left: the autouse fixture checks)
+
+
+def test_a_failing_initializer_in_start_executor_leaves_the_tree_working(
+    sup: pooly.Pooly,
+) -> None:
+    other = sup.start_pool("other", Calc, size=1)
+    with pytest.raises(pooly.WorkerStartError, match=r"no db here|failing_init"):
+        sup.start_executor(
+            "cpu", max_workers=2, initializer=T.failing_init, initargs=("no db here",)
+        )
+    with pytest.raises(pooly.NoSuchPool):
+        sup.pool("cpu")
+    assert [p.name for p in sup.pools()] == ["other"]
+    assert other.submit("add", 2, 2).result(timeout=5) == 4
+    ex = sup.start_executor("cpu", max_workers=1)  # the name is free again
+    assert ex.submit(T.square, 3).result(timeout=5) == 9
 
 
 def test_submit_and_map_after_shutdown_raise_runtime_error() -> None:
@@ -607,6 +628,18 @@ def test_max_overflow_starts_extra_workers_for_a_burst_and_stops_them_after() ->
         assert (s.idle, s.busy, s.crashed) == (1, 0, 0)
 
 
+def test_map_iterator_after_shutdown_with_cancel_futures_raises_cancelled_error() -> None:
+    ex = pooly.ProcessPoolExecutor(1)
+    it = ex.map(T.sleep_return, [0.3] * 20)
+    ex.shutdown(wait=False, cancel_futures=True)
+    got = []
+    with pytest.raises(concurrent.futures.CancelledError):  # as the stdlib's
+        for x in it:
+            got.append(x)
+    assert got == [None] * len(got) and len(got) < 5
+    ex.shutdown(wait=True)
+
+
 # ============================================================== 4. Pooly.start_executor
 
 
@@ -652,6 +685,26 @@ def test_stopping_the_tree_fails_the_executors_queued_futures() -> None:
     with pytest.raises((pooly.PoolFailed, RuntimeError)):
         ex.submit(T.square, 1)
     ex.shutdown()  # quiet: its pool is gone with its tree
+
+
+def test_a_map_waiting_when_its_tree_stops_raises_pool_failed() -> None:
+    sup = pooly.Pooly()
+    try:
+        ex = sup.start_executor("cpu", max_workers=2)
+        it = ex.map(T.sleep_return, [0.2] * 30, range(30))
+        assert next(it) == 0
+        got = [0]
+        stopper = threading.Timer(0.1, sup.stop)
+        stopper.start()
+        t0 = time.monotonic()
+        with pytest.raises(pooly.PoolFailed):
+            for x in it:
+                got.append(x)
+        assert time.monotonic() - t0 < 5
+        assert got == list(range(len(got))) and len(got) < 30
+        stopper.join(10)
+    finally:
+        sup.stop()
 
 
 @pytest.mark.xfail(strict=True, reason="bug: an unadopted direct task is orphaned at pool stop")
