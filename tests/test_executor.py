@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import gc
 import multiprocessing
 import os
 import threading
@@ -638,6 +639,22 @@ def test_map_iterator_after_shutdown_with_cancel_futures_raises_cancelled_error(
             got.append(x)
     assert got == [None] * len(got) and len(got) < 5
     ex.shutdown(wait=True)
+
+
+def test_a_dropped_executor_finishes_its_pending_tasks_then_stops() -> None:
+    """As the stdlib's: an executor dropped without shutdown runs what was submitted; once
+    nothing is pending and it is collected, its workers stop."""
+
+    def submit_and_drop() -> list[Future[Any]]:
+        ex = pooly.ProcessPoolExecutor(2)
+        return [ex.submit(T.sleep_return, 0.1, i) for i in range(4)] + [ex.submit(T.pid_of, "last")]
+
+    futs = submit_and_drop()
+    gc.collect()
+    assert [f.result(timeout=10) for f in futs[:4]] == [0, 1, 2, 3]
+    worker = futs[-1].result(timeout=10)[0]
+    del futs
+    assert wait_for(lambda: gc.collect() is not None and gone(worker), timeout=10)
 
 
 # ============================================================== 4. Pooly.start_executor
