@@ -687,6 +687,34 @@ def test_a_dropped_executor_finishes_its_pending_tasks_then_stops() -> None:
     assert wait_for(lambda: gc.collect() is not None and gone(worker), timeout=10)
 
 
+@pytest.mark.xfail(strict=True, reason="bug: shutdown(wait=True) in a done-callback deadlocks")
+def test_shutdown_wait_true_from_a_done_callback_does_not_deadlock() -> None:
+    """Issue 8: done-callbacks run on the pool's dispatcher thread; shutdown(wait=True) in
+    one waited for the tasks that very thread had to finish, and every future of the
+    executor hung for ever. (The stdlib's raises RuntimeError in the callback -- "cannot
+    join current thread" -- and finishes the other tasks; returning at once would do too.)"""
+    sup = pooly.Pooly()
+    try:
+        ex = sup.start_executor("cpu", max_workers=1)
+        futs = [ex.submit(T.sleep_return, 0.3 if i == 0 else 0.05, i) for i in range(4)]
+        outcome: list[object] = []
+
+        def cb(f: Future[Any]) -> None:
+            try:
+                ex.shutdown(wait=True)
+                outcome.append("returned")
+            except RuntimeError as e:
+                outcome.append(e)
+
+        futs[0].add_done_callback(cb)
+        assert [f.result(timeout=3) for f in futs] == [0, 1, 2, 3]
+        assert wait_for(lambda: outcome)
+        with pytest.raises(RuntimeError):
+            ex.submit(T.square, 1)
+    finally:
+        sup.stop()
+
+
 # ============================================================== 4. Pooly.start_executor
 
 
