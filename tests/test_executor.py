@@ -688,7 +688,6 @@ def test_a_dropped_executor_finishes_its_pending_tasks_then_stops() -> None:
     assert wait_for(lambda: gc.collect() is not None and gone(worker), timeout=10)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: shutdown(wait=True) in a done-callback deadlocks")
 def test_shutdown_wait_true_from_a_done_callback_does_not_deadlock() -> None:
     """Issue 8: done-callbacks run on the pool's dispatcher thread; shutdown(wait=True) in
     one waited for the tasks that very thread had to finish, and every future of the
@@ -783,7 +782,6 @@ def test_a_map_waiting_when_its_tree_stops_raises_pool_failed() -> None:
         sup.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an unadopted direct task is orphaned at pool stop")
 @pytest.mark.parametrize("stop", ["stop_pool", "stop"])
 def test_a_direct_task_nobody_read_completes_when_its_pool_stops(stop: str) -> None:
     """Issue 8: tasks that submit sent straight to idle workers, stopped (pool or tree)
@@ -831,7 +829,6 @@ def test_wait_and_as_completed_over_executor_futures(ex: pooly.ProcessPoolExecut
     assert slow.result(timeout=5) == "slow"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: cancelled futures are never notified")
 @pytest.mark.parametrize("where", ["executor", "pool"])
 def test_wait_and_as_completed_see_futures_cancelled_in_the_queue(
     sup: pooly.Pooly, where: str
