@@ -138,3 +138,13 @@ def deadly_result(kind: str, pid_path: str) -> object:
     if kind == "segfault-on-pickle":
         return SegfaultOnPickle()
     raise ValueError(kind)
+
+
+def cut_the_channel(gate: str, pid_path: str) -> None:
+    """Close every inherited fd (as daemonizing code does) -- the worker's pipes to the host
+    included -- and go on running until the file ``gate`` exists."""
+    note_pid(pid_path)
+    os.closerange(3, 1 << 16)
+    deadline = time.monotonic() + GATE_WAIT
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)

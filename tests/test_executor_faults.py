@@ -313,7 +313,9 @@ def test_deaths_while_running_tasks_do_not_count_toward_restart_intensity(
         for k in range(10):
             normal += [ex.submit(ft.square, k * 4 + j) for j in range(4)]
             fatal.append(ex.submit(ft.die_now, "sigkill", str(tmp_path / f"pid-{k}")))
-        t0 = time.monotonic()
+        ended: list[float] = []
+        for f in fatal:
+            f.add_done_callback(lambda _: ended.append(time.monotonic()))
         assert [f.result(timeout=20) for f in normal] == [i * i for i in range(40)]
         victims = set()
         for k, f in enumerate(fatal):
@@ -322,7 +324,11 @@ def test_deaths_while_running_tasks_do_not_count_toward_restart_intensity(
             assert err.exitcode == -signal.SIGKILL and err.pid == read_pid(tmp_path / f"pid-{k}")
             victims.add(err.pid)
         assert len(victims) == 10
-        assert time.monotonic() - t0 < ex.pool.max_seconds  # (within one intensity window)
+        # More deaths within one intensity window than max_restarts allows:
+        n = ex.pool.max_restarts + 1
+        ended.sort()
+        closest = min(ended[i + n - 1] - ended[i] for i in range(len(ended) - n + 1))
+        assert closest < ex.pool.max_seconds, ended
         assert ex.pool.status().state != "failed"
         squares_ok(ex)
         for pid in victims:
@@ -349,6 +355,42 @@ def test_no_task_death_counts_even_with_max_restarts_0(sup: pooly.Pooly, method:
         assert normal.result(timeout=10) == k
         assert wait_for(lambda: pool.status().state == "failed" or pool.status().idle == SIZE)
         assert pool.status().state == "ready", pool.status()
+
+
+#: Issue 8 bug (see the test): remove with the fix.
+CUT_CHANNEL = (
+    "EOF on a live worker's reply pipe: the dispatcher spins on it (dead_at reset on every "
+    "read, so its 5 s exit wait never ends), the task never fails, and the worker is never "
+    "killed"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=CUT_CHANNEL)
+def test_a_task_that_closes_its_workers_pipes_gets_the_worker_replaced(tmp_path: Path) -> None:
+    """Issue 8: a task that closes every inherited fd (daemonizing code does) and runs on
+    cuts its worker off: the host reads EOF, but the process lives. The dispatcher's
+    thread then spun on the EOF (the fd stays registered and polls readable; each read
+    reset ``dead_at``, so the 5 s wait for an exit status never ended): the task never
+    failed while the worker ran on. Read by ``result()`` instead, it failed after 5 s "with
+    an unknown exit status" and the lease was given up with the process still running,
+    neither idle nor busy: the pool a worker short until the task ends by itself (never,
+    if it hangs). A worker cut off must be killed and replaced, as a hung one is; its task
+    fails with WorkerCrashed. (forkserver only: the channel, not the start method, is at
+    stake.)"""
+    gate, pid_path = tmp_path / "gate", tmp_path / "pid"
+    ex = pooly.ProcessPoolExecutor(SIZE, mp_context=multiprocessing.get_context("forkserver"))
+    try:
+        fut = ex.submit(ft.cut_the_channel, str(gate), str(pid_path))
+        concurrent.futures.wait([fut], timeout=7.0)  # (the dispatcher's exit-status wait: 5 s)
+        err = fut.exception(timeout=0)
+        victim = read_pid(pid_path)
+        assert isinstance(err, pooly.WorkerCrashed) and err.pid == victim, repr(err)
+        assert wait_for(lambda: gone(victim), 3.0), "the cut-off worker still runs"
+        back_to_full_size(ex, victim)
+        squares_ok(ex)
+    finally:
+        gate.touch()  # (lets a worker left running end by itself)
+        ex.shutdown(wait=True)
 
 
 def test_idle_worker_deaths_do_count_and_fail_the_pool_cleanly(method: str) -> None:
