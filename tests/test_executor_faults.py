@@ -297,6 +297,67 @@ def test_map_tasks_sent_ahead_to_a_dying_worker_run_elsewhere_exactly_once(
     back_to_full_size(ex, victim)
 
 
+def test_tasks_sent_ahead_to_a_dying_worker_can_still_be_cancelled(
+    ex: pooly.ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    """A task sent ahead has not started: cancelling it works, and when the worker then
+    dies, the cancelled task is not run elsewhere (the others are, once each)."""
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    gate, pid_path = tmp_path / "gate", tmp_path / "pid"
+    fatal = ex.submit(ft.gated_death, "sigkill", str(gate), str(pid_path))
+    victim = read_pid(pid_path)
+    futs = [ex.submit(ft.record, str(ran), i) for i in range(30)]
+    assert wait_for(lambda: only_sent_ahead_left(ex, lambda: sum(not f.done() for f in futs)))
+    ahead = [i for i, f in enumerate(futs) if not f.done()]
+    cancelled = {i for i in ahead[::2] if futs[i].cancel()}
+    assert cancelled == set(ahead[::2])
+    gate.touch()
+    assert isinstance(outcome(fatal, "result"), pooly.WorkerCrashed)
+    for i, f in enumerate(futs):
+        if i in cancelled:
+            assert f.cancelled()
+        else:
+            assert f.result(timeout=10) == (i, f.result()[1])
+    assert runs(ran) == [f"task-{i}" for i in range(30) if i not in cancelled]
+    back_to_full_size(ex, victim)
+
+
+def test_a_large_task_half_written_to_a_dying_worker_runs_elsewhere(
+    ex: pooly.ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    """Tasks bigger than a pipe's buffer, sent ahead to a worker that does not read them
+    (its running task waits at a gate): the dispatcher's write stays half done; the worker
+    dies; they run whole on another worker."""
+    gate, pid_path = tmp_path / "gate", tmp_path / "pid"
+    fatal = ex.submit(ft.gated_death, "sigkill", str(gate), str(pid_path))
+    victim = read_pid(pid_path)
+    sizes = [(1 << 20) + k for k in range(6)]
+    futs = [ex.submit(ft.length, b"y" * n) for n in sizes]
+    assert wait_for(lambda: only_sent_ahead_left(ex, lambda: sum(not f.done() for f in futs)))
+    gate.touch()
+    assert isinstance(outcome(fatal, "result"), pooly.WorkerCrashed)
+    assert [f.result(timeout=10) for f in futs] == sizes
+    back_to_full_size(ex, victim)
+
+
+@pytest.mark.parametrize("reader", ["result", "wait"])
+def test_a_worker_killed_while_it_writes_its_reply_fails_that_task(
+    ex: pooly.ProcessPoolExecutor, reader: str, tmp_path: Path
+) -> None:
+    """Killed part-way through a large reply: the host holds half a frame, then EOF. The
+    task fails with WorkerCrashed (not a garbled result); the tasks behind it run."""
+    pid_path = tmp_path / "pid"
+    fut = ex.submit(ft.killed_mid_reply, 16 << 20, str(pid_path))
+    others = [ex.submit(ft.square, i) for i in range(10)]
+    err = outcome(fut, reader)
+    victim = read_pid(pid_path)
+    assert isinstance(err, pooly.WorkerCrashed), repr(err)
+    assert err.pid == victim and err.exitcode == -signal.SIGKILL
+    assert [f.result(timeout=10) for f in others] == [i * i for i in range(10)]
+    back_to_full_size(ex, victim)
+
+
 @pytest.mark.xfail(strict=False, reason=COUNTED_TASK_DEATHS + " (fails now and then)")
 def test_deaths_while_running_tasks_do_not_count_toward_restart_intensity(
     method: str, tmp_path: Path
