@@ -175,3 +175,44 @@ def killed_mid_reply(size: int, pid_path: str) -> bytes:
 
 def length(data: bytes) -> int:
     return len(data)
+
+
+class LockedError(Exception):
+    """Carries a lock: can't be pickled."""
+
+    def __init__(self) -> None:
+        super().__init__("carries a lock")
+        self.lock = threading.Lock()
+
+
+class TwoArgsError(Exception):
+    """Pickles, but can't be rebuilt: its args are not its constructor's (a classic)."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+class ReduceRaisesError(Exception):
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise RuntimeError("ReduceRaisesError will not be pickled")
+
+
+class SetstateRaisesError(Exception):
+    def __setstate__(self, state: object) -> None:
+        raise RuntimeError("SetstateRaisesError will not be unpickled")
+
+
+def raise_odd(kind: str, pid_path: str) -> None:
+    """Raise an exception that can't cross the pipe as it is."""
+    note_pid(pid_path)
+    if kind == "locked":
+        raise LockedError()
+    if kind == "two-args":
+        raise TwoArgsError(1, 2)
+    if kind == "reduce-raises":
+        raise ReduceRaisesError("x")
+    if kind == "setstate-raises":
+        e = SetstateRaisesError("y")
+        e.extra = 1  # (a __dict__ to restore: __setstate__ runs)
+        raise e
+    raise ValueError(kind)

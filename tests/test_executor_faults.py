@@ -633,6 +633,31 @@ def test_an_argument_the_worker_cannot_unpickle_fails_that_future_only(
     assert set(ex.pool.worker_pids()) == pids
 
 
+@pytest.mark.parametrize("reader", ["result", "wait"])
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("locked", "LockedError"),
+        ("two-args", "TwoArgsError"),
+        ("reduce-raises", "ReduceRaisesError"),
+        ("setstate-raises", "SetstateRaisesError"),
+    ],
+)
+def test_an_exception_that_cannot_cross_the_pipe_fails_that_future_only(
+    ex: pooly.ProcessPoolExecutor, kind: str, name: str, reader: str, tmp_path: Path
+) -> None:
+    """A task's exception that can't be pickled in the worker, or rebuilt in the host,
+    still fails its future -- with a PoolyError naming it, the remote traceback as its
+    cause -- and the worker serves on."""
+    pid_path = tmp_path / "pid"
+    err = outcome(ex.submit(ft.raise_odd, kind, str(pid_path)), reader)
+    pid = read_pid(pid_path)
+    assert isinstance(err, pooly.PoolyError) and not isinstance(err, pooly.WorkerCrashed)
+    assert name in str(err), str(err)
+    assert isinstance(err.__cause__, pooly.RemoteTraceback)
+    assert pid in spread_pids(ex)
+
+
 #: Deaths while pickling: the worker ends while it unpickles the task's arguments or
 #: pickles its result (CPython's test_deadlock matrix); exit status of each.
 PICKLING_DEATHS = {
