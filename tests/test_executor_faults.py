@@ -407,10 +407,10 @@ def test_no_task_death_counts_even_with_max_restarts_0(sup: pooly.Pooly, method:
     idle one, and an executor fed crashing inputs failed with PoolFailed after a few of
     them. With ``max_restarts=0`` any death that counts fails the pool at once."""
     pool = sup.start_pool("w", Counter, size=SIZE, max_restarts=0, start_method=method)
-    for k in range(6):
+    for k in range(10):
         fatal = pool.submit("kill_self")
         normal = pool.submit("echo", k)
-        err = outcome(fatal, "wait" if k % 2 else "result")
+        err = outcome(fatal, "wait" if k % 3 == 2 else "result")
         assert isinstance(err, pooly.WorkerCrashed), repr(err)
         assert err.exitcode == -signal.SIGKILL
         assert normal.result(timeout=10) == k
