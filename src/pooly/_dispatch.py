@@ -61,7 +61,7 @@ from concurrent.futures._base import RUNNING as _RUNNING
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import CallTimeout, PoolFailed, PoolyError, WorkerCrashed, describe_exit
-from ._fds import Signal
+from ._fds import HOST, Signal
 from ._worker import (
     _CHUNK,
     _HDR,
@@ -400,6 +400,8 @@ class Dispatcher:
     def _collect(self, d: _Direct, timeout: float | None) -> float | None:
         """A thread waits for a direct task's future: read its reply here, if no one has
         taken the task over. Returns what is left of ``timeout``."""
+        if self.pool._gen != HOST.gen:  # a copy in a forked child: the channel stayed behind
+            raise self.pool._forked_error()
         with self._dlock:
             mine = self._direct.pop(d.task.tid, None) is d
         if not mine:
@@ -696,9 +698,10 @@ class Dispatcher:
         try:
             lease = self.pool._checkout_overflow(wid, self.leases)
         except BaseException as e:  # (the pool failing or stopping is seen by the thread)
-            log.warning(
-                "pool %r: an overflow worker for tasks did not start: %s", self.pool.name, e
-            )
+            if self.pool._closed is None:
+                log.warning(
+                    "pool %r: an overflow worker for tasks did not start: %s", self.pool.name, e
+                )
             lease = None
         with self.lock:
             self._starting -= 1
