@@ -379,7 +379,6 @@ def test_reclaiming_a_worker_that_just_died_never_stops_its_replacement(
 # ---------------------------------------------------------------------- executors (issue 8)
 
 
-@pytest.mark.xfail(strict=True, reason="Issue 8 bug, reported to the lead: not fixed yet")
 @pytest.mark.timeout(60)
 def test_shutdown_of_an_executor_whose_pool_was_restarted_leaves_the_new_pool_alone(
     sup: pooly.Pooly,
@@ -397,7 +396,6 @@ def test_shutdown_of_an_executor_whose_pool_was_restarted_leaves_the_new_pool_al
     new.shutdown()
 
 
-@pytest.mark.xfail(strict=True, reason="Issue 8 bug, reported to the lead: not fixed yet")
 @pytest.mark.timeout(60)
 def test_forked_child_exits_although_the_parents_executor_had_tasks_in_flight() -> None:
     """Issue 8, found by the soak's host-fork fault once executors ran: a child forked while

@@ -48,12 +48,6 @@ DEATHS = {
 #: How soon a dead worker's task must fail (SPEC bar: promptly, not on some later poll).
 PROMPT = 2.0
 
-#: Issue 8 bug (see test_no_task_death_counts_even_with_max_restarts_0): remove with the fix.
-COUNTED_TASK_DEATHS = (
-    "WorkerProcess.reap sets `exited` before it reads `in_task`: the thread reading the task "
-    "clears `in_task` in between, and the task's death counts toward restart intensity"
-)
-
 # ---------------------------------------------------------------------- fixtures
 
 #: The module's shared executors, by (start method, options): see ``executor_for``.
@@ -358,7 +352,6 @@ def test_a_worker_killed_while_it_writes_its_reply_fails_that_task(
     back_to_full_size(ex, victim)
 
 
-@pytest.mark.xfail(strict=False, reason=COUNTED_TASK_DEATHS + " (fails now and then)")
 def test_deaths_while_running_tasks_do_not_count_toward_restart_intensity(
     method: str, tmp_path: Path
 ) -> None:
@@ -398,7 +391,6 @@ def test_deaths_while_running_tasks_do_not_count_toward_restart_intensity(
         ex.shutdown(wait=True)
 
 
-@pytest.mark.xfail(strict=True, reason=COUNTED_TASK_DEATHS)
 def test_no_task_death_counts_even_with_max_restarts_0(sup: pooly.Pooly, method: str) -> None:
     """Issue 8: a worker killed by its task was often counted toward restart intensity
     after all. ``WorkerProcess.reap`` set ``exited`` before it read ``in_task``; the thread
@@ -418,15 +410,6 @@ def test_no_task_death_counts_even_with_max_restarts_0(sup: pooly.Pooly, method:
         assert pool.status().state == "ready", pool.status()
 
 
-#: Issue 8 bug (see the test): remove with the fix.
-CUT_CHANNEL = (
-    "EOF on a live worker's reply pipe: the dispatcher spins on it (dead_at reset on every "
-    "read, so its 5 s exit wait never ends), the task never fails, and the worker is never "
-    "killed"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CUT_CHANNEL)
 def test_a_task_that_closes_its_workers_pipes_gets_the_worker_replaced(tmp_path: Path) -> None:
     """Issue 8: a task that closes every inherited fd (daemonizing code does) and runs on
     cuts its worker off: the host reads EOF, but the process lives. The dispatcher's

@@ -441,7 +441,6 @@ def _forked_child(parents_pool: object, w: int, linger: float) -> None:
                 code, report = 0, " ".join(["ok", *map(str, pids)])
             else:
                 report = f"its own pool answered {echoed!r}, not {linger!r}"
-        _forget_inherited_executors()
         atexit._run_exitfuncs()  # exit as a program does (os._exit skips them)
     except BaseException as e:
         report = f"{type(e).__name__}: {e}"
@@ -450,17 +449,6 @@ def _forked_child(parents_pool: object, w: int, linger: float) -> None:
             os.write(w, report.encode()[:4000])
         finally:
             os._exit(code)
-
-
-def _forget_inherited_executors() -> None:
-    """WORKAROUND for a pooly bug this soak found (pinned by an xfail test in
-    tests/test_chaos.py): at exit, pooly._executor's hook waits for every executor not shut
-    down to finish its tasks -- in a forked child too, where the parent's executors' tasks
-    in flight at the fork can never finish (no dispatcher thread there), so the child hangs
-    in its atexit hooks. Remove this once the hook skips executors inherited through fork."""
-    from .. import _executor
-
-    _executor._LIVE.clear()
 
 
 def _running(pid: int) -> bool:
