@@ -97,6 +97,10 @@ _AHEAD_TIME = 0.0005
 #: The method name of a chunk (``map(chunksize=n)``): not an identifier, so no worker
 #: method can be called by it. The worker runs the method over the chunk's arguments.
 CHUNK = _CHUNK
+#: ``map`` queues its calls in slices as it pickles them: the first small, so the workers
+#: start at once, then larger (fewer wake-ups).
+_FIRST_SLICE = 16
+_SLICE = 512
 #: How long a dead worker's exit status is waited for before its task fails without it.
 _EXIT_WAIT = 5.0
 #: How long after EOF on its reply pipe a worker that has not exited is taken to have cut
@@ -580,10 +584,11 @@ class Dispatcher:
         their outcomes are the slots of one :class:`MapJob` (no Future each)."""
         if self.pool._gen != HOST.gen:
             raise self.pool._forked_error()
-        tasks: list[_Task] = []
         job = MapJob()
         items = job.items
         tids = self._tids
+        tasks: list[_Task] = []
+        first = True
         for method, args in calls:
             item = _MapItem(job)
             items.append(item)
@@ -595,6 +600,13 @@ class Dispatcher:
                 continue
             tid = next(tids)
             tasks.append(_Task(item, _pack(len(data), tid) + data, tid, label, timeout, retries))
+            if len(tasks) >= (_FIRST_SLICE if first else _SLICE):
+                self._queue_many(tasks)  # (the workers start while the rest is pickled)
+                tasks, first = [], False
+        self._queue_many(tasks)
+        return job
+
+    def _queue_many(self, tasks: list[_Task]) -> None:
         with self.lock:
             if self.closed is not None:
                 raise self.closed
@@ -604,7 +616,6 @@ class Dispatcher:
             if self.sleeping and tasks:
                 self.sleeping = False
                 self._wake.set()
-        return job
 
     def cancel_pending(self) -> None:
         """Cancel every task still queued (none that was sent to a worker: those run)."""

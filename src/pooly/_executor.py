@@ -55,12 +55,23 @@ class _Runner:
     def call(self, ref: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``run`` for a plain function sent as its pickle (a reference by name), which is
         unpickled once per worker rather than once per task."""
+        return self._fn(ref)(*args, **kwargs)
+
+    def run_chunk(self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+        """A chunk of ``map``: ``fn`` over each arguments tuple (a chunk fails as a whole)."""
+        return [fn(*args) for args in chunk]
+
+    def call_chunk(self, ref: bytes, chunk: list[tuple[Any, ...]]) -> list[Any]:
+        fn = self._fn(ref)
+        return [fn(*args) for args in chunk]
+
+    def _fn(self, ref: bytes) -> Callable[..., Any]:
         fn = self._fns.get(ref)
         if fn is None:
             if len(self._fns) >= _REFS:
                 self._fns.clear()
             fn = self._fns[ref] = pickle.loads(ref)
-        return fn(*args, **kwargs)
+        return fn
 
 
 #: Plain functions, pickled once: a function's pickle is its module and name, and looking
