@@ -148,7 +148,7 @@ class _Task:
         # May be sent ahead, behind a running task: a map's call (committed when sent, as
         # the stdlib commits what it puts in its call queue); not a submitted task's future,
         # which must stay cancellable until it can start.
-        self.ahead = not isinstance(future, Future)
+        self.ahead = type(future) is _MapItem
         # Its future: 0 pending, 1 running (it reached the head of a worker), 2 cancelled
         # (it reached the head after its future was cancelled: its outcome is dropped).
         self.state = 0
@@ -331,6 +331,7 @@ class Dispatcher:
         self._dlock = threading.Lock()
         self._direct: dict[int, _Direct] = {}
         self._direct_seen = False  # a direct task was sent since the thread last looked
+        self._over = False  # the thread has ended (with the pool)
         # Dispatcher thread only:
         self._slots: dict[int, _Slot] = {}  # by reply fd
         self._writers: dict[int, _Slot] = {}  # by request fd, while a write is unfinished
@@ -371,8 +372,9 @@ class Dispatcher:
         with self.lock:
             if self.closed is not None:
                 raise self.closed
+            if not self.pending:
+                self._anchor = self.anchor()
             self.pending += 1
-            self._anchor = self.anchor()
             if not self.queue:
                 lease = self.pool._idle_lease(self.leases)
             if lease is None:
@@ -406,7 +408,7 @@ class Dispatcher:
         fut._waiters = _HandOver(d)
         with self._dlock:
             self._direct[tid] = d
-        if self.closed is not None or not self._thread.is_alive():
+        if self.closed is not None or self._over:
             # The pool ended meanwhile, its thread with it: no one would take this over.
             self._collect(d, None)
             return fut
@@ -508,7 +510,7 @@ class Dispatcher:
         elif self.max_tasks is not None and h.tasks >= self.max_tasks:
             self.pool._recycle(lease)
         else:
-            self.pool.checkin(lease)
+            self.pool._give_back(lease)
         if lease._release_channel:
             h.release()
 
@@ -611,8 +613,9 @@ class Dispatcher:
             if self.closed is not None:
                 raise self.closed
             self.queue.extend(tasks)
+            if not self.pending:
+                self._anchor = self.anchor()
             self.pending += len(tasks)
-            self._anchor = self.anchor()
             if self.sleeping and tasks:
                 self.sleeping = False
                 self._wake.set()
@@ -665,6 +668,7 @@ class Dispatcher:
                         self.sleeping = not done
                         self._sleep_until = math.inf if wait is None else _monotonic() + wait / 1000
                 if over:
+                    self._over = True
                     self._complete(done)
                     break
                 if done:  # (failed by the pool's end, under the lock just now)
@@ -699,6 +703,7 @@ class Dispatcher:
                 self._drop(slot, kill=True)
             self._complete(done)
         finally:
+            self._over = True
             self._wake.close()
 
     # -- leasing workers (under self.lock) ---------------------------------------------
@@ -1087,7 +1092,7 @@ class Dispatcher:
         elif s.eof:
             self.pool._lease_crashed(lease)
         else:
-            self.pool.checkin(lease)
+            self.pool._give_back(lease)
         if lease._release_channel:  # reaped while we held it: its fds are ours to close
             h.release()
 

@@ -788,6 +788,20 @@ class Pool(PassiveChild, SupervisorListener):
                 return None
             return self._take_idle(leases, check=False)
 
+    def _give_back(self, lease: Lease) -> None:
+        """``checkin`` for the task dispatcher's own leases (no call can be in flight
+        through them, and none is misused): as checkin, without its checks."""
+        h = lease._worker
+        with self._lock:
+            if lease._ended is not None:
+                return
+            if h.exited.is_set():
+                self._end_lease(lease, _CRASHED)
+            elif h.broken:
+                self._retire(lease, _INTERRUPTED, kill=True)
+            else:
+                self._pass_on(lease, _CHECKED_IN)
+
     def _has_waiters(self, ours: _Waiter | None) -> bool:
         """Whether a checkout (not the dispatcher's own place) waits for a worker. A glance
         without the lock: a wrong answer only makes the dispatcher give a worker back a
