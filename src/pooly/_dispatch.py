@@ -61,6 +61,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures._base import FINISHED as _FINISHED
+from concurrent.futures._base import PENDING as _PENDING
 from concurrent.futures._base import RUNNING as _RUNNING
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -195,22 +197,8 @@ class _Direct:
         self.adopt_at = sent + _GRACE
 
 
-class _HandOver(list):  # type: ignore[type-arg]
-    """A direct task's future's ``_waiters``: ``concurrent.futures.wait`` and
-    ``as_completed`` append to it; that hands the task to the dispatcher, which completes
-    it without anyone reading it. (It holds the task's record, not the future: no cycle.)"""
-
-    __slots__ = ("direct",)
-
-    def __init__(self, direct: _Direct) -> None:
-        super().__init__()
-        self.direct = direct
-
-    def append(self, waiter: Any) -> None:
-        d = self.direct
-        if d.task is not None:
-            d.dispatcher._hand_over(d)
-        super().append(waiter)
+#: Guards the making of a TaskFuture's condition (see TaskFuture._condition).
+_LAZY = threading.Lock()
 
 
 class TaskFuture(Future[Any]):
@@ -219,16 +207,46 @@ class TaskFuture(Future[Any]):
     When ``submit`` found an idle worker and sent the task itself, the first ``result()``
     or ``exception()`` reads the worker's reply in the calling thread: no thread hop on
     either side of the round trip. Everything else (``done()``, callbacks, ``wait``,
-    ``as_completed``, asyncio) hands it to the dispatcher, as does a wait that times out.
+    ``as_completed``, asyncio -- all of which go through the future's condition) hands it
+    to the dispatcher, as does a wait that times out.
+
+    The condition of a Future is made on first use: a future read by the thread that
+    submitted it never needs one (it costs ~1 us to make). The fields are the stdlib's.
     """
 
-    _direct: _Direct | None = None
+    def __init__(self) -> None:  # (Future.__init__'s fields, the condition left for later)
+        self._cond: threading.Condition | None = None
+        self._state = _PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+        self._direct: _Direct | None = None
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        c = self._cond
+        if c is None:
+            with _LAZY:
+                c = self._cond
+                if c is None:
+                    c = self._cond = threading.Condition()
+        if self._direct is not None:  # waited for by other means than result()
+            self._hand_over()
+        return c
 
     def result(self, timeout: float | None = None) -> Any:
         d = self._direct
         if d is not None:
             self._direct = None
             timeout = d.dispatcher._collect(d, timeout)
+            if self._state == _FINISHED:  # (read here: no condition needed)
+                if self._exception is None:
+                    return self._result
+                try:
+                    raise self._exception
+                finally:
+                    self = None  # type: ignore[assignment]  # (no cycle via the traceback)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -242,15 +260,28 @@ class TaskFuture(Future[Any]):
         self._hand_over()
         return super().done()
 
-    def add_done_callback(self, fn: Any) -> None:
-        self._hand_over()
-        super().add_done_callback(fn)
-
     def _hand_over(self) -> None:
         d = self._direct
         if d is not None:
             self._direct = None
             d.dispatcher._hand_over(d)
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        """set_result / set_exception for the thread that read a direct task's reply."""
+        with _LAZY:
+            c = self._cond
+            if c is None:  # nobody waits on it, nor has a callback (both make the condition)
+                self._result, self._exception, self._state = result, error, _FINISHED
+                return
+        with c:
+            self._result, self._exception, self._state = result, error, _FINISHED
+            for waiter in self._waiters:
+                if error is None:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
+            c.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
 
 
 class _Slot:
@@ -405,7 +436,6 @@ class Dispatcher:
             raise
         d = _Direct(self, task, lease, now)
         fut._direct = d
-        fut._waiters = _HandOver(d)
         with self._dlock:
             self._direct[tid] = d
         if self.closed is not None or self._over:
@@ -482,10 +512,13 @@ class Dispatcher:
             self._settle(lease)
         else:
             self._settle(lease)
-        if ok:
-            task.future.set_result(outcome)
+        fut = task.future
+        if type(fut) is TaskFuture:
+            fut._finish(outcome, None) if ok else fut._finish(None, outcome)
+        elif ok:
+            fut.set_result(outcome)
         else:
-            task.future.set_exception(outcome)
+            fut.set_exception(outcome)
         self._finished(1)
         return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
 
