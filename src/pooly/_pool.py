@@ -813,13 +813,7 @@ class Pool(PassiveChild, SupervisorListener):
     def _recycle(self, lease: Lease) -> None:
         """The dispatcher is done with a worker that ran its ``max_tasks``: replace it
         (gracefully; not a crash, not counted)."""
-        with self._lock:
-            if lease._ended is not None:
-                return
-            if self._closed is not None or lease._worker.exited.is_set():
-                self._end_lease(lease, _RECYCLED)
-            else:
-                self._retire(lease, _RECYCLED)
+        self._replace(lease, _RECYCLED, kill=False)
 
     def status(self) -> PoolStatus:
         """A consistent snapshot of the pool's counts and state."""
@@ -1047,13 +1041,17 @@ class Pool(PassiveChild, SupervisorListener):
     def _kill_and_replace(self, lease: Lease, why: str) -> None:
         """End ``lease`` now; kill its worker at once and replace it -- the pool's own
         decision, not a crash, so restart intensity is untouched."""
+        self._replace(lease, why, kill=True)
+
+    def _replace(self, lease: Lease, why: str, *, kill: bool) -> None:
+        """End ``lease`` and replace its worker (killed at once, or stopped gracefully)."""
         with self._lock:
             if lease._ended is not None:
                 return
             if self._closed is not None or lease._worker.exited.is_set():
                 self._end_lease(lease, why)
             else:
-                self._retire(lease, why, kill=True)
+                self._retire(lease, why, kill=kill)
 
     def _drop_reserved(self, wid: str) -> None:
         """Give back an overflow slot its taker will not use (idempotent).
