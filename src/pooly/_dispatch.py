@@ -55,9 +55,9 @@ import select
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import CallTimeout, PoolFailed, PoolyError, WorkerCrashed, describe_exit
 from ._fds import Signal
@@ -103,6 +103,16 @@ _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _monotonic = time.monotonic
 
 
+class _Outcome(Protocol):
+    """Where a task's outcome goes: a Future (``submit``) or a slot of a ``map``."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def cancel(self) -> bool: ...
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exception: BaseException | None) -> None: ...
+
+
 class _Task:
     """One call waiting for, or running on, a worker."""
 
@@ -110,7 +120,7 @@ class _Task:
 
     def __init__(
         self,
-        future: Future[Any],
+        future: _Outcome,
         frame: bytes,
         tid: int,
         label: object,
@@ -234,7 +244,6 @@ class _Slot:
         "out",
         "pace",
         "rfd",
-        "sent",
         "since",
         "wfd",
     )
@@ -249,7 +258,6 @@ class _Slot:
         self.buf = b""  # reply bytes read past the last whole frame
         self.since = 0.0  # when the head task started (as far as the host can tell)
         self.pace = 0.0  # seconds per task, smoothed (0: not measured yet)
-        self.sent = 0  # tasks sent to this worker (max_tasks recycles it)
         self.eof = False  # its reply pipe ended: the worker is gone
         self.dead_at = 0.0
 
@@ -352,14 +360,16 @@ class Dispatcher:
         task.state = 1
         fut.set_running_or_notify_cancel()
         h.in_task = True
+        h.tasks += 1
         now = _monotonic()
         try:
             h.send_frame(task.frame, tid, method)
         except ChannelClosed:
             pass  # dead already: the read sees EOF
         except BaseException:  # interrupted part-way: the channel can't be trusted
-            self._settle(lease, kill=True)
-            self._requeue_task(task)
+            self._settle(lease, interrupted=True)
+            fut.set_exception(PoolyError(f"submit of {task.label} was interrupted"))
+            self._finished(1)
             raise
         d = _Direct(self, task, lease, now)
         fut._direct = d
@@ -454,6 +464,8 @@ class Dispatcher:
             self.pool._timed_out(lease)
         elif dead:
             self.pool._lease_crashed(lease)
+        elif self.max_tasks is not None and h.tasks >= self.max_tasks:
+            self.pool._recycle(lease)
         else:
             self.pool.checkin(lease)
         if lease._release_channel:
@@ -526,14 +538,16 @@ class Dispatcher:
         label: object,
         timeout: float | None,
         retries: int = 0,
-    ) -> list[Future[Any]]:
-        """Queue many calls at once (``map``): one lock and one wake-up for all of them."""
+    ) -> MapJob:
+        """Queue many calls at once (``map``): one lock and one wake-up for all of them;
+        their outcomes are the slots of one :class:`MapJob` (no Future each)."""
         tasks: list[_Task] = []
-        futures: list[Future[Any]] = []
+        job = MapJob()
+        items = job.items
         tids = self._tids
         for method, args in calls:
-            fut: Future[Any] = Future()
-            futures.append(fut)
+            item = _MapItem(job)
+            items.append(item)
             try:
                 data = _pdumps((method, args, {}), _PROTO)
             except Exception as e:
@@ -541,10 +555,10 @@ class Dispatcher:
                     f"cannot send the arguments of {describe_call(label)} to a worker: {e}"
                 )
                 err.__cause__ = e
-                fut.set_exception(err)
+                item.set_exception(err)
                 continue
             tid = next(tids)
-            tasks.append(_Task(fut, _pack(len(data), tid) + data, tid, label, timeout, retries))
+            tasks.append(_Task(item, _pack(len(data), tid) + data, tid, label, timeout, retries))
         with self.lock:
             if self.closed is not None:
                 raise self.closed
@@ -554,7 +568,7 @@ class Dispatcher:
             if self.sleeping and tasks:
                 self.sleeping = False
                 self._wake.set()
-        return futures
+        return job
 
     def cancel_pending(self) -> None:
         """Cancel every task that has not started: the queued ones now, the ones sent ahead
@@ -703,7 +717,6 @@ class Dispatcher:
         else:  # (its _in_call is held already, by the direct task, now ours)
             slot.inflight.append(direct.task)
             slot.since = direct.sent
-            slot.sent = 1
             h._pending.clear()  # type: ignore[attr-defined]  # (its reply is ours to read)
             slot.buf, h._ahead = h._ahead, b""  # type: ignore[attr-defined]
         os.set_blocking(slot.rfd, False)
@@ -738,16 +751,25 @@ class Dispatcher:
 
     def _assign(self) -> None:
         """Feed the workers: one task each first, more workers while tasks are left, then
-        a few ahead of each; give back a worker with nothing to do."""
+        a few ahead of each; give back a worker with nothing to do.
+
+        While a checkout waits for a worker, the workers held get no new task: each goes
+        back to the pool as its tasks finish, and the queue takes its turn again behind
+        that checkout (tasks and checkouts share the pool's FIFO)."""
         q = self.queue
         while q and q[0].state == 0 and q[0].future.cancelled():
             q.popleft()
             self.pending -= 1
-        slots = [s for s in self._slots.values() if not s.eof and s.lease._ended is None]
+        others = self.pool._has_waiters(self._waiter)
+        slots = [
+            s
+            for s in self._slots.values()
+            if not s.eof and s.lease._ended is None and not others and self._room(s)
+        ]
         batches: dict[_Slot, list[_Task]] = {}
         if q:
             for s in slots:
-                if not s.inflight and not s.out and self._room(s) and q:
+                if not s.inflight and not s.out and q:
                     batches[s] = [q.popleft()]
             while q and self._waiter is None and self.closed is None:
                 before = len(self._slots)
@@ -756,6 +778,8 @@ class Dispatcher:
                 if len(self._slots) == before:
                     break
                 s = list(self._slots.values())[-1]
+                if s.eof or s.lease._ended is not None or s.inflight:
+                    continue
                 slots.append(s)
                 batches[s] = [q.popleft()]
             # Then ahead, round robin, each up to its measured depth.
@@ -766,8 +790,8 @@ class Dispatcher:
                     if not q:
                         break
                     b = batches.get(s)
-                    n = len(s.inflight) + (len(b) if b else 0)
-                    if not s.out and n < self._depth(s) and self._room(s, n):
+                    n = len(b) if b else 0
+                    if not s.out and len(s.inflight) + n < self._depth(s) and self._room(s, n):
                         if b is None:
                             batches[s] = b = []
                         b.append(q.popleft())
@@ -780,19 +804,16 @@ class Dispatcher:
             self._send(s, batch)
         if self.pending == 0:
             self._now_idle()
-        # Give back what has nothing to do, or what a checkout waits for.
-        others = self.pool._has_waiters(self._waiter)
+        # Give back what has nothing to do (recycled if it ran its max_tasks).
         for s in list(self._slots.values()):
             if s.inflight or s.out or s.eof:
                 continue
-            if not q or others or s.lease._ended is not None:
-                self._drop(s)
-            elif self.max_tasks is not None and s.sent >= self.max_tasks:
-                self._drop(s, recycle=True)
+            if not q or others or s.lease._ended is not None or not self._room(s):
+                self._drop(s, recycle=not self._room(s))
 
     def _room(self, s: _Slot, n: int = 0) -> bool:
-        """``max_tasks``: a worker is sent no more than it may run."""
-        return self.max_tasks is None or s.sent + n < self.max_tasks
+        """``max_tasks``: a worker is sent no more than it may run (``n`` more on the way)."""
+        return self.max_tasks is None or s.handle.tasks + n < self.max_tasks
 
     def _depth(self, s: _Slot) -> int:
         """Tasks to keep in a worker's pipe: its running one and about _AHEAD_TIME of work."""
@@ -809,7 +830,7 @@ class Dispatcher:
             s.since = _monotonic()
             s.handle.in_task = True
         s.inflight.extend(live)
-        s.sent += len(live)
+        s.handle.tasks += len(live)
         if s.inflight[0] is live[0]:
             _start(live[0])
         s.out = live[0].frame if len(live) == 1 else b"".join([t.frame for t in live])
@@ -1066,28 +1087,101 @@ def _unregister(poll: Any, fd: int) -> None:
         pass
 
 
-def results(futures: list[Future[Any]], deadline: float | None, flat: bool) -> Iterator[Any]:
-    """``map``'s iterator: results in order, each by ``deadline`` (monotonic; set by the
-    call to ``map``); the first error ends it; what it did not reach is cancelled then."""
+class MapJob:
+    """The outcomes of one ``map`` call, in order: a slot per call, one condition for all
+    (``map`` hands out no futures, so it makes none: a Future costs a Condition each)."""
 
-    def gen() -> Iterator[Any]:
-        futures.reverse()
+    __slots__ = ("cancelled", "cond", "items", "waiting")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.items: list[_MapItem] = []
+        self.waiting: _MapItem | None = None  # the slot the iterator waits for
+        self.cancelled = False  # the iterator ended (or shutdown cancelled): run no more
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        with self.cond:
+            self.cond.notify_all()
+
+    def results(self, deadline: float | None, flat: bool) -> Iterator[Any]:
+        """``map``'s iterator: results in order, each by ``deadline`` (monotonic; set by
+        the call to ``map``); the first error ends it; the calls it did not reach are
+        cancelled when it ends (also when it is dropped unfinished)."""
+        items, cond = self.items, self.cond
+        items.reverse()
         try:
-            while futures:
-                fut = futures.pop()
-                try:
-                    out = fut.result() if deadline is None else fut.result(deadline - _monotonic())
-                except FuturesTimeout:
-                    fut.cancel()
-                    raise
-                finally:
-                    del fut
+            while items:
+                item = items[-1]
+                if item.state < 3:
+                    with cond:
+                        self.waiting = item
+                        try:
+                            while item.state < 3 and not (item.state == 0 and self.cancelled):
+                                if item.state == 2:
+                                    break
+                                if deadline is None:
+                                    cond.wait()
+                                else:
+                                    left = deadline - _monotonic()
+                                    if left <= 0:
+                                        raise FuturesTimeout()
+                                    cond.wait(left)
+                        finally:
+                            self.waiting = None
+                    if item.state != 3:
+                        raise CancelledError()
+                items.pop()
+                if not item.ok:
+                    raise item.value
                 if flat:
-                    yield from out
+                    yield from item.value
                 else:
-                    yield out
+                    yield item.value
+                del item
         finally:
-            for fut in futures:
-                fut.cancel()
+            if items:
+                self.cancelled = True
 
-    return gen()
+
+class _MapItem:
+    """One slot of a :class:`MapJob`: what the dispatcher needs of a future."""
+
+    __slots__ = ("job", "ok", "state", "value")
+
+    def __init__(self, job: MapJob) -> None:
+        self.job = job
+        self.state = 0  # 0 pending, 1 running, 2 cancelled, 3 done
+        self.ok = False
+        self.value: Any = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if self.job.cancelled:
+            self.state = 2
+            self._tell()
+            return False
+        self.state = 1
+        return True
+
+    def cancelled(self) -> bool:
+        return self.job.cancelled and self.state != 1
+
+    def cancel(self) -> bool:
+        if self.state >= 1:
+            return self.state == 2
+        self.job.cancel()
+        return True
+
+    def set_result(self, value: Any) -> None:
+        self.value, self.ok, self.state = value, True, 3
+        if self.job.waiting is self:
+            self._tell()
+
+    def set_exception(self, error: BaseException | None) -> None:
+        self.value, self.ok, self.state = error, False, 3
+        if self.job.waiting is self:
+            self._tell()
+
+    def _tell(self) -> None:
+        with self.job.cond:
+            self.job.cond.notify_all()

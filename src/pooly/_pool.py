@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 from ._backend import LocalBackend, WorkerBackend, WorkerHandle, check_fds
-from ._dispatch import CHUNK, Dispatcher, results
+from ._dispatch import CHUNK, Dispatcher
 from ._errors import (
     CallTimeout,
     CheckoutTimeout,
@@ -705,13 +705,13 @@ class Pool(PassiveChild, SupervisorListener):
             method, ref = _task(what)
             items = ((ref, args, {}) for args in items)
         if chunksize == 1:
-            futures = d.submit_many(((method, a) for a in items), what, per_call, retries)
-            return results(futures, deadline, flat=False)
+            job = d.submit_many(((method, a) for a in items), what, per_call, retries)
+            return job.results(deadline, flat=False)
         chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
         calls = ((CHUNK, (method, c)) for c in chunks)
         per_chunk = None if per_call is None else per_call * chunksize
-        futures = d.submit_many(calls, what, per_chunk, retries)
-        return results(futures, deadline, flat=True)
+        job = d.submit_many(calls, what, per_chunk, retries)
+        return job.results(deadline, flat=True)
 
     def _check_method(self, method: object) -> None:
         if self._gen != HOST.gen:
