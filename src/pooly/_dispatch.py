@@ -54,13 +54,14 @@ import pickle
 import select
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures._base import RUNNING as _RUNNING
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import CallTimeout, PoolFailed, PoolyError, WorkerCrashed, describe_exit
-from ._fds import Signal
+from ._fds import HOST, Signal
 from ._worker import (
     _CHUNK,
     _HDR,
@@ -141,6 +142,10 @@ class _Task:
     def label(self) -> str:
         """What it calls, for messages: ``incr()``, ``module.fn()``."""
         return describe_call(self._label)
+
+
+def _nothing() -> None:
+    return None
 
 
 def describe_call(what: object) -> str:
@@ -291,7 +296,9 @@ class Dispatcher:
         self.sleeping = False
         self.closed: BaseException | None = None  # the pool's end: every task fails with it
         self.cancel_ahead = False  # shutdown(cancel_futures=True): cancel the sent-ahead too
-        self.anchor: object = None  # kept alive while tasks are pending (a private Pooly)
+        # What must live while tasks are pending, held weakly otherwise (an executor's
+        # private Pooly: dropped with nothing pending, it stops; with tasks, they finish).
+        self.anchor: Callable[[], object] = _nothing
         self._anchor: object = None
         self._tids = itertools.count(1)
         self._wake = Signal()
@@ -345,7 +352,7 @@ class Dispatcher:
             if self.closed is not None:
                 raise self.closed
             self.pending += 1
-            self._anchor = self.anchor
+            self._anchor = self.anchor()
             if not self.queue:
                 lease = self.pool._idle_lease(self.leases)
             if lease is None:
@@ -358,14 +365,17 @@ class Dispatcher:
         lease._in_call.acquire()  # (a fresh lease: free) its fds stay open while in flight
         h = lease._worker
         task.state = 1
-        fut.set_running_or_notify_cancel()
+        fut._state = _RUNNING  # (set_running_or_notify_cancel: no one else has it yet)
         h.in_task = True
         h.tasks += 1
         now = _monotonic()
         try:
             h.send_frame(task.frame, tid, method)
-        except ChannelClosed:
-            pass  # dead already: the read sees EOF
+        except ChannelClosed:  # it died idle, unseen (EPIPE): the task never reached it
+            h.exited.wait(_EXIT_WAIT)
+            self._settle(lease, dead=True)
+            self._requeue_task(task)
+            return fut
         except BaseException:  # interrupted part-way: the channel can't be trusted
             self._settle(lease, interrupted=True)
             fut.set_exception(PoolyError(f"submit of {task.label} was interrupted"))
@@ -390,6 +400,8 @@ class Dispatcher:
     def _collect(self, d: _Direct, timeout: float | None) -> float | None:
         """A thread waits for a direct task's future: read its reply here, if no one has
         taken the task over. Returns what is left of ``timeout``."""
+        if self.pool._gen != HOST.gen:  # a copy in a forked child: the channel stayed behind
+            raise self.pool._forked_error()
         with self._dlock:
             mine = self._direct.pop(d.task.tid, None) is d
         if not mine:
@@ -564,7 +576,7 @@ class Dispatcher:
                 raise self.closed
             self.queue.extend(tasks)
             self.pending += len(tasks)
-            self._anchor = self.anchor
+            self._anchor = self.anchor()
             if self.sleeping and tasks:
                 self.sleeping = False
                 self._wake.set()
@@ -686,9 +698,10 @@ class Dispatcher:
         try:
             lease = self.pool._checkout_overflow(wid, self.leases)
         except BaseException as e:  # (the pool failing or stopping is seen by the thread)
-            log.warning(
-                "pool %r: an overflow worker for tasks did not start: %s", self.pool.name, e
-            )
+            if self.pool._closed is None:
+                log.warning(
+                    "pool %r: an overflow worker for tasks did not start: %s", self.pool.name, e
+                )
             lease = None
         with self.lock:
             self._starting -= 1

@@ -169,7 +169,7 @@ class ProcessPoolExecutor(Executor):
         self._pool._max_tasks = max_tasks_per_child
         self._tasks = self._pool._tasks()
         if self._own:  # kept alive by the dispatcher while it has tasks (stdlib semantics)
-            self._tasks.anchor = self._tree
+            self._tasks.anchor = weakref.ref(self._tree)
         self._max_workers = max_workers
         _LIVE.add(self)
 

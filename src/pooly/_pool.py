@@ -758,12 +758,13 @@ class Pool(PassiveChild, SupervisorListener):
             self._waiters.append(waiter)
             return waiter
 
-    def _take_idle(self, leases: LeaseSet) -> Lease | None:
-        """An idle worker leased to the task dispatcher, if there is one (under the lock)."""
+    def _take_idle(self, leases: LeaseSet, check: bool = True) -> Lease | None:
+        """An idle worker leased to the task dispatcher, if there is one (under the lock).
+        ``check=False``: no liveness poll (the caller's write finds a dead one: EPIPE)."""
         idle, lifo = self._idle, self.strategy == "lifo"
         while idle:
             w = idle.pop() if lifo else idle.popleft()
-            if not w.handle.looks_alive():
+            if check and not w.handle.looks_alive():
                 continue  # exited: the supervisor is about to reap and replace it
             lease = self._new_lease(w, leases)
             w.lease = lease
@@ -778,7 +779,7 @@ class Pool(PassiveChild, SupervisorListener):
         with self._lock:
             if self._closed is not None or self._waiters:
                 return None
-            return self._take_idle(leases)
+            return self._take_idle(leases, check=False)
 
     def _has_waiters(self, ours: _Waiter | None) -> bool:
         """Whether a checkout (not the dispatcher's own place) waits for a worker. A glance
