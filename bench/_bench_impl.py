@@ -201,7 +201,7 @@ def pinned_part(p: Params) -> dict[str, Any]:
     os.close(from_child_w)
 
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Executor, ProcessPoolExecutor
 
     pc = time.perf_counter_ns
     msg, size = MSG, len(MSG)
@@ -232,7 +232,7 @@ def pinned_part(p: Params) -> dict[str, Any]:
 
         return run
 
-    def ppe_timer(ex: Any) -> Timer:
+    def ppe_timer(ex: Executor) -> Timer:
         def run(n: int, out: list[int]) -> None:
             submit = ex.submit
             for _ in range(n):
@@ -249,11 +249,13 @@ def pinned_part(p: Params) -> dict[str, Any]:
             # For information: the same call to a worker forked from this process.
             fork_pool = top.start_pool("bench-fork", Echo, size=1, start_method="fork")
             ctx = multiprocessing.get_context(start_method)
-            # The drop-in, standalone (its own tree), one worker, the default start method.
-            pex = pooly.ProcessPoolExecutor(max_workers=1)
-            if pex.pool.start_method != start_method:
-                raise AssertionError("bench: the executor's start method is not the pool's")
-            with pex, ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
+            # pex: the drop-in, standalone (its own tree), one worker, default start method.
+            with (
+                pooly.ProcessPoolExecutor(max_workers=1) as pex,
+                ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex,
+            ):
+                if pex.pool.start_method != start_method:
+                    raise AssertionError("bench: the executor's start method is not the pool's")
                 lease = pool.checkout(timeout=30)
                 fork_lease = fork_pool.checkout(timeout=30)
                 contenders: list[tuple[str, Timer, int]] = [
