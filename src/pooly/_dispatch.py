@@ -95,6 +95,9 @@ _AHEAD_TIME = 0.0005
 CHUNK = _CHUNK
 #: How long a dead worker's exit status is waited for before its task fails without it.
 _EXIT_WAIT = 5.0
+#: How long after EOF on its reply pipe a worker that has not exited is taken to have cut
+#: its channel (its task closed the worker's fds) and is killed.
+_CUT_WAIT = 1.0
 #: How long a task sent by its submitting thread waits for that thread (or another) to
 #: read its reply before the dispatcher takes it over.
 _GRACE = 0.005
@@ -169,11 +172,12 @@ class _Direct:
     does within :data:`_GRACE`, or its future is waited for by other means, the dispatcher
     takes it over."""
 
-    __slots__ = ("adopt_at", "dispatcher", "lease", "sent", "task")
+    __slots__ = ("adopt_at", "dispatcher", "lease", "sent", "task", "tid")
 
     def __init__(self, dispatcher: Dispatcher, task: _Task, lease: Lease, sent: float) -> None:
         self.dispatcher = dispatcher
-        self.task = task
+        self.tid = task.tid
+        self.task: _Task | None = task  # None once it is over (breaks future -> task -> future)
         self.lease = lease
         self.sent = sent
         self.adopt_at = sent + _GRACE
@@ -182,16 +186,18 @@ class _Direct:
 class _HandOver(list):  # type: ignore[type-arg]
     """A direct task's future's ``_waiters``: ``concurrent.futures.wait`` and
     ``as_completed`` append to it; that hands the task to the dispatcher, which completes
-    it without anyone reading it."""
+    it without anyone reading it. (It holds the task's record, not the future: no cycle.)"""
 
-    __slots__ = ("fut",)
+    __slots__ = ("direct",)
 
-    def __init__(self, fut: TaskFuture) -> None:
+    def __init__(self, direct: _Direct) -> None:
         super().__init__()
-        self.fut = fut
+        self.direct = direct
 
     def append(self, waiter: Any) -> None:
-        self.fut._hand_over()
+        d = self.direct
+        if d.task is not None:
+            d.dispatcher._hand_over(d)
         super().append(waiter)
 
 
@@ -245,6 +251,7 @@ class _Slot:
         "eof",
         "handle",
         "inflight",
+        "killed",
         "lease",
         "out",
         "pace",
@@ -264,6 +271,7 @@ class _Slot:
         self.since = 0.0  # when the head task started (as far as the host can tell)
         self.pace = 0.0  # seconds per task, smoothed (0: not measured yet)
         self.eof = False  # its reply pipe ended: the worker is gone
+        self.killed = False  # killed by the dispatcher (cut off, out of step)
         self.dead_at = 0.0
 
 
@@ -340,10 +348,9 @@ class Dispatcher:
         fut = TaskFuture()
         try:
             data = _pdumps((method, args, kwargs), _PROTO)
-        except Exception as e:
-            err = TypeError(f"cannot send the arguments of {describe_call(label)} to a worker: {e}")
-            err.__cause__ = e
-            fut.set_exception(err)
+        except Exception as e:  # the pickling error itself, as the stdlib's executor has it
+            e.add_note(f"(pooly: the arguments of {describe_call(label)} could not be pickled)")
+            fut.set_exception(e)
             return fut
         tid = next(self._tids)
         task = _Task(fut, _pack(len(data), tid) + data, tid, label, timeout, retries)
@@ -383,9 +390,13 @@ class Dispatcher:
             raise
         d = _Direct(self, task, lease, now)
         fut._direct = d
-        fut._waiters = _HandOver(fut)
+        fut._waiters = _HandOver(d)
         with self._dlock:
             self._direct[tid] = d
+        if self.closed is not None or not self._thread.is_alive():
+            # The pool ended meanwhile, its thread with it: no one would take this over.
+            self._collect(d, None)
+            return fut
         # The thread must look at it within _GRACE: it does while direct tasks come (it
         # then wakes each _GRACE); only a thread asleep for good needs a wake-up (under
         # the lock, as it decides how long to sleep under it).
@@ -403,10 +414,12 @@ class Dispatcher:
         if self.pool._gen != HOST.gen:  # a copy in a forked child: the channel stayed behind
             raise self.pool._forked_error()
         with self._dlock:
-            mine = self._direct.pop(d.task.tid, None) is d
-        if not mine:
+            mine = self._direct.pop(d.tid, None) is d
+        task = d.task
+        if not mine or task is None:
             return timeout
-        task, lease = d.task, d.lease
+        d.task = None  # (ours now: no cycle through its future's waiters list)
+        lease = d.lease
         h = lease._worker
         start = _monotonic()
         wait = timeout
@@ -423,12 +436,15 @@ class Dispatcher:
                 outcome, ok = self._call_timeout(task, h.pid), False
             else:  # the caller's own timeout: the dispatcher watches it from now on
                 d.adopt_at = 0.0
+                d.task = task
                 with self._dlock:
                     self._direct[task.tid] = d
                 self._wake.set()
                 return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
         except ChannelClosed:
-            h.exited.wait(_EXIT_WAIT)  # its exit status, for the error (comes in ms)
+            if not h.exited.wait(_CUT_WAIT):  # its exit status, for the error (comes in ms)
+                self.pool._timed_out(lease)  # it lives: its task cut its channel; kill it
+                h.exited.wait(_EXIT_WAIT)
             self._settle(lease, dead=True)
             if task.retries > 0 and self.pool._closed is None:
                 task.retries -= 1
@@ -563,11 +579,8 @@ class Dispatcher:
             try:
                 data = _pdumps((method, args, {}), _PROTO)
             except Exception as e:
-                err = TypeError(
-                    f"cannot send the arguments of {describe_call(label)} to a worker: {e}"
-                )
-                err.__cause__ = e
-                item.set_exception(err)
+                e.add_note(f"(pooly: the arguments of {describe_call(label)} could not be pickled)")
+                item.set_exception(e)
                 continue
             tid = next(tids)
             tasks.append(_Task(item, _pack(len(data), tid) + data, tid, label, timeout, retries))
@@ -595,6 +608,7 @@ class Dispatcher:
                 self._now_idle()
         for t in dropped:
             t.future.cancel()
+            t.future.set_running_or_notify_cancel()  # (notifies wait/as_completed)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every submitted task has finished (or the pool ended)."""
@@ -618,7 +632,12 @@ class Dispatcher:
                 with self.lock:
                     if self.closed is None and self.pool._closed is not None:
                         self._close(self.pool._closed)
-                    over = self.closed is not None and not self._slots and not self._starting
+                    over = (
+                        self.closed is not None
+                        and not self._slots
+                        and not self._starting
+                        and not self._direct
+                    )
                     if not over:
                         self._take_inbox()
                         self._assign()
@@ -718,22 +737,37 @@ class Dispatcher:
         with self._dlock:
             due = [d for d in self._direct.values() if every or d.adopt_at <= now]
             for d in due:
-                del self._direct[d.task.tid]
+                del self._direct[d.tid]
         for d in due:
             self._adopt(d.lease, d)
 
     def _adopt(self, lease: Lease, direct: _Direct | None = None) -> None:
         h = lease._worker
-        slot = _Slot(lease, h)
         if direct is None:
             lease._in_call.acquire()  # ours: its fds stay open (not released) while we poll
+            try:  # (it may have died, been reaped and had its fds closed before we took it)
+                os.set_blocking(h.rep_r, False)
+                os.set_blocking(h.req_w, False)
+            except OSError:
+                lease._in_call.release()
+                self.pool._lease_crashed(lease)
+                if lease._release_channel:
+                    h.release()
+                return
+            slot = _Slot(lease, h)
         else:  # (its _in_call is held already, by the direct task, now ours)
-            slot.inflight.append(direct.task)
+            task = direct.task
+            assert task is not None
+            direct.task = None
+            if isinstance(task.future, TaskFuture):
+                task.future._direct = None  # (its waits go the usual way now)
+            slot = _Slot(lease, h)
+            slot.inflight.append(task)
             slot.since = direct.sent
             h._pending.clear()  # type: ignore[attr-defined]  # (its reply is ours to read)
             slot.buf, h._ahead = h._ahead, b""  # type: ignore[attr-defined]
-        os.set_blocking(slot.rfd, False)
-        os.set_blocking(slot.wfd, False)
+            os.set_blocking(slot.rfd, False)
+            os.set_blocking(slot.wfd, False)
         self._slots[slot.rfd] = slot
         self._poll.register(slot.rfd, _POLLIN)
 
@@ -771,7 +805,7 @@ class Dispatcher:
         that checkout (tasks and checkouts share the pool's FIFO)."""
         q = self.queue
         while q and q[0].state == 0 and q[0].future.cancelled():
-            q.popleft()
+            q.popleft().future.set_running_or_notify_cancel()  # (notifies wait/as_completed)
             self.pending -= 1
         others = self.pool._has_waiters(self._waiter)
         slots = [
@@ -836,7 +870,12 @@ class Dispatcher:
 
     def _send(self, s: _Slot, batch: list[_Task]) -> None:
         live = [t for t in batch if t.state == 1 or not t.future.cancelled()]
-        self.pending -= len(batch) - len(live)
+        if len(live) < len(batch):
+            for t in batch:
+                if t.state == 0 and t.future.cancelled():
+                    t.state = 2
+                    t.future.set_running_or_notify_cancel()
+            self.pending -= len(batch) - len(live)
         if not live:
             return
         if not s.inflight:
@@ -878,8 +917,7 @@ class Dispatcher:
             except OSError:
                 chunk = b""
             if not chunk:
-                s.eof = True
-                s.dead_at = now
+                self._ended(s, now)
                 break
             buf = buf + chunk if buf else chunk
             if len(buf) >= _HDR_SIZE:
@@ -906,8 +944,8 @@ class Dispatcher:
                     t.tid,
                 )
                 inflight.appendleft(t)
-                s.eof = True
-                s.dead_at = now
+                self._ended(s, now)
+                s.killed = True
                 self.pool._timed_out(s.lease)  # out of step: kill and replace (not a crash)
                 break
             done.append((t, memoryview(buf)[pos + _HDR_SIZE : stop]))
@@ -922,6 +960,12 @@ class Dispatcher:
             s.pace = took if s.pace <= 0.0 else 0.7 * s.pace + 0.3 * took
             if not inflight:
                 s.handle.in_task = False
+
+    def _ended(self, s: _Slot, now: float) -> None:
+        """EOF on ``s``'s reply pipe: its worker is gone (or cut its channel)."""
+        if not s.eof:
+            s.eof, s.dead_at = True, now
+            _unregister(self._poll, s.rfd)  # (EOF stays readable: no spinning on it)
 
     def _read_big(self, s: _Slot, buf: bytes, need: int) -> bytes:
         """A large reply: read the rest into one buffer (no quadratic concatenation). The
@@ -949,7 +993,7 @@ class Dispatcher:
             if not s.eof and s.handle.exited.is_set():
                 # Reaped: what it wrote before it died is in the pipe; then it is over.
                 self._read(s, done, now)
-                s.eof, s.dead_at = True, now
+                self._ended(s, now)
             if s.inflight and not s.eof:
                 head = s.inflight[0]
                 if head.timeout is not None and now - s.since >= head.timeout:
@@ -975,8 +1019,16 @@ class Dispatcher:
             head = s.inflight.popleft()
             self._requeue(s)
             s.inflight.append(head)
-        if s.inflight and not h.exited.is_set() and now - s.dead_at < _EXIT_WAIT:
-            return  # child_exited wakes us
+        if s.inflight and not h.exited.is_set():
+            if now - s.dead_at < _CUT_WAIT:
+                return  # child_exited wakes us
+            if not s.killed:
+                # EOF, yet it lives: its task cut the channel (closed every fd, as
+                # daemonizing code does). Cut off, it is as good as hung: kill, replace.
+                s.killed = True
+                self.pool._timed_out(s.lease)
+            if now - s.dead_at < _CUT_WAIT + _EXIT_WAIT:
+                return
         if s.inflight:
             head = s.inflight.popleft()
             if head.retries > 0 and self.pool._closed is None:
@@ -1036,7 +1088,9 @@ class Dispatcher:
         soonest = math.inf
         for s in self._slots.values():
             if s.eof:
-                soonest = min(soonest, s.dead_at + _EXIT_WAIT)
+                soonest = min(
+                    soonest, s.dead_at + (_CUT_WAIT + _EXIT_WAIT if s.killed else _CUT_WAIT)
+                )
             elif s.inflight and s.inflight[0].timeout is not None:
                 soonest = min(soonest, s.since + s.inflight[0].timeout)
         if self._direct_seen or self._direct:
@@ -1144,14 +1198,17 @@ class MapJob:
                             self.waiting = None
                     if item.state != 3:
                         raise CancelledError()
-                items.pop()
                 if not item.ok:
                     raise item.value
-                if flat:
-                    yield from item.value
-                else:
-                    yield item.value
                 del item
+                # Nothing here keeps what was yielded (the caller may drop it at once).
+                if flat:
+                    chunk = items.pop().value
+                    chunk.reverse()
+                    while chunk:
+                        yield chunk.pop()
+                else:
+                    yield items.pop().value
         finally:
             if items:
                 self.cancelled = True

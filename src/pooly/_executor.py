@@ -21,12 +21,13 @@ import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._pool import Pool, _check_int
 
-if TYPE_CHECKING:
-    from ._pooly import Pooly
+# Imported first, so that pooly's exit hook (stopping every tree) is registered before this
+# module's (finishing executors' tasks), and runs after it (atexit runs hooks newest first).
+from ._pooly import Pooly
 
 __all__ = ("ProcessPoolExecutor",)
 
@@ -119,8 +120,6 @@ class ProcessPoolExecutor(Executor):
         _tree: Pooly | None = None,
         _name: str = "executor",
     ) -> None:
-        from ._pooly import Pooly
-
         if max_workers is None:
             max_workers = _default_workers()
         elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -224,6 +223,10 @@ class ProcessPoolExecutor(Executor):
         _LIVE.discard(self)
         if cancel_futures:
             self._tasks.cancel_pending()
+        if wait and threading.current_thread() is self._tasks._thread:
+            # A done-callback (they run on the dispatcher's thread) can't wait for the very
+            # thread that must finish the tasks: the pool stops once they are done.
+            wait = False
         if wait:
             self._tasks.wait_idle()
             self._stop()

@@ -440,11 +440,13 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
         else:
             try:
                 out = dumps((_OK, result), _PROTO)
-            except Exception as e:
-                err = TypeError(f"the result of {name}() could not be pickled: {e}")
-                err.__cause__ = e
-                out = _pack_error(err, f"method {name}()")
+            except BaseException as e:  # (SystemExit from a __reduce__ too: not a crash)
+                # The pickling error itself, as the stdlib's executor reports it.
+                e.add_note(f"(pooly: the result of {name}() could not be pickled in the worker)")
+                out = _pack_error(e, f"pickling the result of method {name}()")
+        # Nothing of this request outlives it while the worker waits for the next.
         del data, chunk
+        args = kwargs = result = items = fn = None  # type: ignore[assignment]
         n = len(out)
         if n <= chunk_size:
             buf = pack(n, rid) + out
@@ -885,24 +887,29 @@ class WorkerProcess:
         its group (issue 7, defect 4), reap it."""
         _join_tree(self.proc)
         self.exitcode = code = self.proc.exitcode
-        self.exited.set()
-        dead_r, dead_w = _dead_pipe()
-        os.dup2(dead_w, self.req_w)
-        if not self.in_task:  # (else the task dispatcher still reads its last replies)
-            os.dup2(dead_r, self.rep_r)
-        close_process(self.proc)
+        # Read before ``exited`` is set: whoever reads the task's reply wakes on it and
+        # clears ``in_task`` as it gives the worker back.
+        in_task = self.in_task
         if self.stopping and code in (0, -signal.SIGKILL, -signal.SIGTERM):
-            return ExitReason(True, f"worker pid {self.pid} stopped", code)
-        if self.in_task:  # killed by the task it ran: the task's failure, not the pool's
-            return ExitReason(
+            reason = ExitReason(True, f"worker pid {self.pid} stopped", code)
+        elif in_task:  # killed by the task it ran: the task's failure, not the pool's
+            reason = ExitReason(
                 False,
                 f"worker pid {self.pid} exited with {describe_exit(code)} while running a task",
                 code,
                 counted=False,
             )
-        return ExitReason(
-            code == 0, f"worker pid {self.pid} exited with {describe_exit(code)}", code
-        )
+        else:
+            reason = ExitReason(
+                code == 0, f"worker pid {self.pid} exited with {describe_exit(code)}", code
+            )
+        dead_r, dead_w = _dead_pipe()
+        os.dup2(dead_w, self.req_w)
+        if not in_task:  # (else the task's reader still reads its last replies)
+            os.dup2(dead_r, self.rep_r)
+        self.exited.set()
+        close_process(self.proc)
+        return reason
 
     def __repr__(self) -> str:
         return f"<WorkerProcess {self.cls_name} pid={self.pid} pool={self.pool_name!r}>"
