@@ -1,5 +1,6 @@
-"""``pooly chaos``, the soak of issue 3 (part 1): a short run end to end, its options, its
-poison objects; and the core bugs the soak found, each pinned by a deterministic test.
+"""``pooly chaos``, the soak of issue 3 (part 1), with executors since issue 8: a short run
+end to end, its options, its poison objects; and the core bugs the soak found, each pinned by
+a deterministic test.
 
 The soak runs as a user runs it, in its own process, with a marker in its environment
 (inherited by the forkserver and every worker) so the test can look for any process it left.
@@ -8,6 +9,7 @@ The soak runs as a user runs it, in its own process, with a marker in its enviro
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import os
 import pickle
@@ -27,7 +29,7 @@ import pooly
 from pooly._worker import WorkerProcess
 from pooly.cli import chaos_config, workers
 from pooly.cli.main import main
-from tests.conftest import left_with_env, live_children, wait_for
+from tests.conftest import in_forked_child, left_with_env, live_children, wait_for
 from tests.workers import SlowInit
 
 MARKER = "POOLY_CHAOS_TEST_MARKER"
@@ -74,6 +76,18 @@ def test_short_soak_explains_every_outcome_and_leaves_nothing(tmp_path: Path) ->
     assert calls["WorkerCrashed"] > 0 and sum(data["replaced"].values()) > 0, report
     assert checkouts.get(chaos_config.WAITER_TIMEOUT, 0) > 0, report
     assert data["heal_ms"], report
+    # The executors (issue 8): every task ended in exactly one counted outcome, none hung,
+    # results checked; each way of sending them ran; each executor fault did its harm.
+    fu = data["futures"]
+    assert fu["submitted"] == sum(v for k, v in fu.items() if k != "submitted"), report
+    assert fu.get(chaos_config.EX_NEVER, 0) == 0 and data["ex_done_twice"] == 0, report
+    assert fu.get("ok", 0) > 1000, report
+    assert fu.get("WorkerCrashed", 0) > 0 and fu.get(chaos_config.EX_TIMED_OUT, 0) > 0, report
+    assert set(data["futures_by"]) == {
+        "submit/result", "submit/wait", "submit/as_completed", "map", "map/chunked"
+    }, report  # fmt: skip
+    for kind in chaos_config.EX_FAULTS:
+        assert data["confirmed"].get(kind, 0) > 0, f"no {kind} fault confirmed\n{report}"
     left = left_with_env(MARKER, marker)
     assert not left, f"processes left behind by the soak: {left}\n{report}"
 
@@ -89,6 +103,7 @@ def test_help_lists_chaos_and_its_options() -> None:
         "--fault-interval",
         "--pools",
         "--consumers",
+        "--executor-threads",
         "--seed",
         "--json",
         "--faults",
@@ -99,7 +114,8 @@ def test_help_lists_chaos_and_its_options() -> None:
 @pytest.mark.parametrize(
     "args",
     [["--duration", "0"], ["--fault-interval", "-1"], ["--pools", "0"], ["--pools", "99"],
-     ["--consumers", "x"], ["--faults", "sigkill-busy,nope"], ["--faults", ","]],
+     ["--consumers", "x"], ["--executor-threads", "-1"], ["--faults", "sigkill-busy,nope"],
+     ["--faults", ","]],
 )  # fmt: skip
 def test_chaos_rejects_bad_options(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -358,3 +374,136 @@ def test_reclaiming_a_worker_that_just_died_never_stops_its_replacement(
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:  # it must not be stopped under us
             lease.mix(1, 0, 1)
+
+
+# ---------------------------------------------------------------------- executors (issue 8)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_of_an_executor_whose_pool_was_restarted_leaves_the_new_pool_alone(
+    sup: pooly.Pooly,
+) -> None:
+    """Issue 8, found writing the soak's executor restarts: after ``stop_pool(name)`` and a
+    new ``start_executor(name)``, the *old* executor's ``shutdown()`` stopped the new pool --
+    it stops its tree's pool by name, whichever pool has that name now."""
+    old = sup.start_executor("ex", max_workers=1)
+    assert old.submit(divmod, 7, 2).result(30) == (3, 1)
+    sup.stop_pool("ex")
+    new = sup.start_executor("ex", max_workers=1)
+    old.shutdown(wait=True)
+    assert new.submit(divmod, 9, 2).result(30) == (4, 1)
+    assert sup.pool("ex") is new.pool
+    new.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_forked_child_exits_although_the_parents_executor_had_tasks_in_flight() -> None:
+    """Issue 8, found by the soak's host-fork fault once executors ran: a child forked while
+    an executor (not shut down) had a task in flight hung in its atexit hooks -- pooly's
+    hook waits for every live executor's tasks to finish, and the parent's can never finish
+    in the child (no dispatcher thread there)."""
+    from pooly import _executor
+
+    ex = pooly.ProcessPoolExecutor(max_workers=1)
+    try:
+        fut = ex.submit(time.sleep, 3)
+        assert wait_for(fut.running, timeout=30)
+
+        def exit_hooks() -> str:
+            _executor._finish_at_exit()  # pooly's atexit hook, as the child's exit runs it
+            return "exited"
+
+        assert in_forked_child(exit_hooks, timeout=5) == "exited"
+        assert fut.result(30) is None
+    finally:
+        ex.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_deaths_of_tasks_never_count_toward_restart_intensity_however_the_threads_interleave(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 8, found by the soak (pool 'exec-r' "gave up: more than 3 restarts within 5s
+    (last: ... exited with exit code 73)", the exit code of its os._exit tasks): a worker
+    that dies running a task is not counted (SPEC 4.2) -- but reap() looks at ``in_task``
+    *after* setting ``exited``, and the thread waiting for ``exited`` (to fail the task)
+    clears ``in_task`` as it wakes. When it wins the race, the death is counted. The window
+    (exited set -> in_task read) is widened here by a slow close_process, as GIL contention
+    widens it in real life. Fixed in 0560146 (reap reads in_task before it sets exited)."""
+    from pooly import _worker
+
+    close = _worker.close_process
+
+    def slow_close(proc: object) -> None:
+        time.sleep(0.05)  # the task's reader runs meanwhile
+        close(proc)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_worker, "close_process", slow_close)
+    with pooly.ProcessPoolExecutor(max_workers=1) as ex:
+        for _ in range(5):  # more than the default intensity, 3 in 5 s
+            with pytest.raises(pooly.WorkerCrashed):
+                ex.submit(workers.ex_task, "exit", 0, 0, 1).result(30)
+        assert ex.submit(workers.ex_task, "", 7, 0, 1).result(30)[0] == 7
+
+
+@pytest.mark.timeout(60)
+def test_a_task_sent_on_the_fast_path_completes_when_its_pool_stops_before_it_is_read(
+    sup: pooly.Pooly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8, found by the 120 s soak (seed 467485: a future of exec-r "not done 15.0 s
+    after its submit", state running -- submitted as the restarter's stop_pool began): a
+    task that ``submit`` sent straight to an idle worker (the fast path), not yet read by
+    anyone, never completed once its pool stopped. The dispatcher's loop ended as soon as
+    it had no slots, without adopting the direct tasks; a ``result()`` call reads the reply
+    itself, but ``wait``/``as_completed`` (and ``shutdown``'s wait) hung on it for good.
+    The dispatcher is kept from adopting direct tasks while the pool is open, as a busy
+    dispatcher (or one a stop_pool beats by its _GRACE) does in real life.
+    Fixed in 0560146 (direct tasks unread when the pool stops complete)."""
+    from pooly._dispatch import Dispatcher
+
+    take = Dispatcher._take_direct
+
+    def only_once_closed(self: Dispatcher) -> None:
+        if self.closed is not None:
+            take(self)
+
+    monkeypatch.setattr(Dispatcher, "_take_direct", only_once_closed)
+    ex = sup.start_executor("ex", max_workers=1)
+    assert ex.submit(divmod, 7, 2).result(30) == (3, 1)  # (read by this thread)
+    fut = ex.submit(time.sleep, 0.2)  # a worker is idle: sent at once, by this thread
+    sup.stop_pool("ex")  # a graceful stop: a task already sent finishes
+    done, _ = concurrent.futures.wait([fut], timeout=10)
+    assert done, f"{fut!r} not done 10 s after its pool stopped"
+    assert fut.result(0) is None
+
+
+@pytest.mark.timeout(60)
+def test_the_dispatcher_survives_taking_a_worker_that_died_and_was_released(
+    sup: pooly.Pooly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8, found by the 120 s soak (seed 448454: "pool 'exec': the task dispatcher
+    failed", then every task of that executor failed with PoolyError "its task dispatcher
+    failed: OSError(9, 'Bad file descriptor')" -- a broken executor, for good): a worker
+    leased to the dispatcher died and was reaped, its channel released (fds set to -1),
+    before the dispatcher adopted it; ``_adopt``'s ``os.set_blocking`` raised EBADF and the
+    dispatcher thread ended. The death is made to land in that window here (SIGKILL, then
+    wait for the release, just before the adoption), as the soak's SIGKILLs did.
+    Fixed in 0560146 (an adopted worker already reaped doesn't end the dispatcher)."""
+    from pooly._dispatch import Dispatcher
+
+    adopt = Dispatcher._adopt
+    killed: list[int] = []
+
+    def adopt_a_dead_worker(self: Dispatcher, lease: pooly.Lease, direct: object = None) -> None:
+        if direct is None and not killed:
+            h = lease._worker
+            killed.append(h.pid)
+            os.kill(h.pid, signal.SIGKILL)
+            assert wait_for(lambda: h.rep_r == -1, timeout=10), "its channel was not released"
+        adopt(self, lease, direct)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Dispatcher, "_adopt", adopt_a_dead_worker)
+    ex = sup.start_executor("ex", max_workers=1)
+    futs = [ex.submit(workers.ex_task, "", x, 0, 10) for x in range(20)]
+    assert [f.result(30)[0] for f in futs] == list(range(20))
+    assert killed

@@ -1,4 +1,5 @@
-"""``pooly demo`` end to end, run as a user runs it: in its own process.
+"""``pooly demo`` end to end (its executor section included), run as a user runs it: in its
+own process.
 
 A worker that outlived the demo would be re-parented away from pytest, out of reach of the
 conftest fixture that checks descendants; so the demo runs with a marker in its environment
@@ -54,6 +55,20 @@ def test_demo_short_run_loses_no_call_and_leaves_no_process() -> None:
     assert made == ok + crashed, report  # the tally adds up
     assert _number("faults injected", out) > 0, report
     assert _number("worker processes left after stop", out) == 0, report
+    # The executor section (issue 8): a busy worker SIGKILLed under pooly's executor fails
+    # the one task it ran, the rest are checked results, the pool serves on; the stdlib's
+    # executor breaks (every pending future, and the next submit).
+    tasks = _number("executor tasks (1 worker killed)", out)
+    ours, theirs = out.split("executor tasks (1 worker killed)")[1].split("stdlib:")
+    ok, crashed = (
+        _number("pooly: succeeded, checked", ours),
+        _number("failed with WorkerCrashed", ours),
+    )
+    assert tasks == 40 and ok + crashed == tasks and crashed <= 1 and ok >= tasks - 1, report
+    assert _number("lost", ours) == 0, report
+    assert re.search(r"one more submit\s+served", ours), report
+    assert _number("failed with BrokenProcessPool", "stdlib:" + theirs) > 0, report
+    assert "raised BrokenProcessPool" in theirs, report
     assert "OK:" in out, report
     left = left_with_env(MARKER, marker)
     assert not left, f"processes left behind by the demo: {left}\n{report}"

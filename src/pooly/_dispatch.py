@@ -17,13 +17,17 @@ that checkout)::
 One thread drives every worker of the pool: no thread per task or per worker. Frames are the
 workers' own (:mod:`pooly._worker`): a task is one request, its reply echoes the task's id,
 and a worker serves its requests one at a time, in order. So of the tasks sent to a worker,
-only the first without a reply can have started: the rest were "sent ahead" and are still
-pending -- cancellable, and re-run elsewhere if the worker dies.
+only the first without a reply can have started: the rest were "sent ahead", and if the
+worker dies they run elsewhere.
 
-How many go ahead is measured, not configured: about half a millisecond of work per
-worker (from the replies' pace), at least one, at most :data:`MAX_AHEAD`. Trivial tasks
-then travel dozens to a write and a read; ten-millisecond tasks go one ahead, so the last
-tasks of a burst don't queue behind a busy worker while another sits idle.
+What goes ahead are ``map``'s calls, committed as they are sent (the stdlib's executor
+commits what it puts in its call queue the same way: ``map`` cancels only what it has not
+sent). How many is measured, not configured: about half a millisecond of work per worker
+(from the replies' pace), at least one, at most :data:`MAX_AHEAD`. Trivial calls then travel
+dozens to a write and a read; ten-millisecond ones go one ahead, so the last of a burst don't
+queue behind a busy worker while another sits idle. A submitted task is sent only to a
+worker with nothing else to do: its future stays cancellable until the task can start, and
+``cancel()`` returning True always means it never runs.
 
 Faults (SPEC 4.2):
 
@@ -93,6 +97,10 @@ _AHEAD_TIME = 0.0005
 #: The method name of a chunk (``map(chunksize=n)``): not an identifier, so no worker
 #: method can be called by it. The worker runs the method over the chunk's arguments.
 CHUNK = _CHUNK
+#: ``map`` queues its calls in slices as it pickles them: the first small, so the workers
+#: start at once, then larger (fewer wake-ups).
+_FIRST_SLICE = 16
+_SLICE = 512
 #: How long a dead worker's exit status is waited for before its task fails without it.
 _EXIT_WAIT = 5.0
 #: How long after EOF on its reply pipe a worker that has not exited is taken to have cut
@@ -120,7 +128,7 @@ class _Outcome(Protocol):
 class _Task:
     """One call waiting for, or running on, a worker."""
 
-    __slots__ = ("_label", "frame", "future", "retries", "state", "tid", "timeout")
+    __slots__ = ("_label", "ahead", "frame", "future", "retries", "state", "tid", "timeout")
 
     def __init__(
         self,
@@ -137,6 +145,10 @@ class _Task:
         self._label = label  # for messages: a method's name, or the function itself
         self.timeout = timeout
         self.retries = retries
+        # May be sent ahead, behind a running task: a map's call (committed when sent, as
+        # the stdlib commits what it puts in its call queue); not a submitted task's future,
+        # which must stay cancellable until it can start.
+        self.ahead = not isinstance(future, Future)
         # Its future: 0 pending, 1 running (it reached the head of a worker), 2 cancelled
         # (it reached the head after its future was cancelled: its outcome is dropped).
         self.state = 0
@@ -303,7 +315,6 @@ class Dispatcher:
         self.leases: dict[Any, None] = {}  # the pool's leases to this dispatcher
         self.sleeping = False
         self.closed: BaseException | None = None  # the pool's end: every task fails with it
-        self.cancel_ahead = False  # shutdown(cancel_futures=True): cancel the sent-ahead too
         # What must live while tasks are pending, held weakly otherwise (an executor's
         # private Pooly: dropped with nothing pending, it stops; with tasks, they finish).
         self.anchor: Callable[[], object] = _nothing
@@ -345,6 +356,8 @@ class Dispatcher:
 
         With nothing queued and a worker idle, the task is sent to it from this thread at
         once (see :class:`TaskFuture`)."""
+        if self.pool._gen != HOST.gen:  # a copy in a forked child: its workers stayed behind
+            raise self.pool._forked_error()
         fut = TaskFuture()
         try:
             data = _pdumps((method, args, kwargs), _PROTO)
@@ -569,10 +582,13 @@ class Dispatcher:
     ) -> MapJob:
         """Queue many calls at once (``map``): one lock and one wake-up for all of them;
         their outcomes are the slots of one :class:`MapJob` (no Future each)."""
-        tasks: list[_Task] = []
+        if self.pool._gen != HOST.gen:
+            raise self.pool._forked_error()
         job = MapJob()
         items = job.items
         tids = self._tids
+        tasks: list[_Task] = []
+        first = True
         for method, args in calls:
             item = _MapItem(job)
             items.append(item)
@@ -584,6 +600,13 @@ class Dispatcher:
                 continue
             tid = next(tids)
             tasks.append(_Task(item, _pack(len(data), tid) + data, tid, label, timeout, retries))
+            if len(tasks) >= (_FIRST_SLICE if first else _SLICE):
+                self._queue_many(tasks)  # (the workers start while the rest is pickled)
+                tasks, first = [], False
+        self._queue_many(tasks)
+        return job
+
+    def _queue_many(self, tasks: list[_Task]) -> None:
         with self.lock:
             if self.closed is not None:
                 raise self.closed
@@ -593,16 +616,13 @@ class Dispatcher:
             if self.sleeping and tasks:
                 self.sleeping = False
                 self._wake.set()
-        return job
 
     def cancel_pending(self) -> None:
-        """Cancel every task that has not started: the queued ones now, the ones sent ahead
-        to a worker (their futures are still pending) from the dispatcher thread."""
+        """Cancel every task still queued (none that was sent to a worker: those run)."""
         with self.lock:
             dropped = [t for t in self.queue if t.state == 0]
             self.queue = collections.deque(t for t in self.queue if t.state != 0)
             self.pending -= len(dropped)
-            self.cancel_ahead = True
             self._wake.set()
             if self.pending == 0:
                 self._now_idle()
@@ -664,8 +684,6 @@ class Dispatcher:
                         self._flush(self._writers[fd])
                     else:
                         self._wake.drain()
-                if self.cancel_ahead:
-                    self._cancel_ahead()
                 self._check(done, now)
                 if done:
                     self._complete(done)
@@ -829,12 +847,13 @@ class Dispatcher:
                     continue
                 slots.append(s)
                 batches[s] = [q.popleft()]
-            # Then ahead, round robin, each up to its measured depth.
+            # Then ahead, round robin, each up to its measured depth -- only map's calls:
+            # a submitted task's future stays cancellable until a worker is free for it.
             more = True
-            while q and more:
+            while q and more and q[0].ahead:
                 more = False
                 for s in slots:
-                    if not q:
+                    if not q or not q[0].ahead:
                         break
                     b = batches.get(s)
                     n = len(b) if b else 0
@@ -869,22 +888,19 @@ class Dispatcher:
         return 1 + max(1, min(MAX_AHEAD, int(_AHEAD_TIME / s.pace)))
 
     def _send(self, s: _Slot, batch: list[_Task]) -> None:
-        live = [t for t in batch if t.state == 1 or not t.future.cancelled()]
+        """Write ``batch`` to ``s``'s worker. Each task is committed first: its future
+        marked running (a cancelled one is dropped, notified), so none that is sent can be
+        cancelled any more -- ``cancel()`` True always means "never runs"."""
+        live = [t for t in batch if _start(t)]
         if len(live) < len(batch):
-            for t in batch:
-                if t.state == 0 and t.future.cancelled():
-                    t.state = 2
-                    t.future.set_running_or_notify_cancel()
             self.pending -= len(batch) - len(live)
-        if not live:
-            return
+            if not live:
+                return
         if not s.inflight:
             s.since = _monotonic()
             s.handle.in_task = True
         s.inflight.extend(live)
         s.handle.tasks += len(live)
-        if s.inflight[0] is live[0]:
-            _start(live[0])
         s.out = live[0].frame if len(live) == 1 else b"".join([t.frame for t in live])
         self._flush(s)
 
@@ -951,8 +967,6 @@ class Dispatcher:
             done.append((t, memoryview(buf)[pos + _HDR_SIZE : stop]))
             pos = stop
             n += 1
-            if inflight:
-                _start(inflight[0])
         s.buf = buf[pos:] if pos < end else b""
         if n:
             s.since = now
@@ -1076,12 +1090,6 @@ class Dispatcher:
             self.pool.checkin(lease)
         if lease._release_channel:  # reaped while we held it: its fds are ours to close
             h.release()
-
-    def _cancel_ahead(self) -> None:
-        self.cancel_ahead = False
-        for s in self._slots.values():
-            for t in itertools.islice(s.inflight, 1, None):
-                t.future.cancel()
 
     def _next_wait(self) -> int | None:
         """Milliseconds until the next task deadline or exit-status wait; None: none."""

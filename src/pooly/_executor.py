@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
 
+from ._fds import HOST
 from ._pool import Pool, _check_int
 
 # Imported first, so that pooly's exit hook (stopping every tree) is registered before this
@@ -54,12 +55,23 @@ class _Runner:
     def call(self, ref: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``run`` for a plain function sent as its pickle (a reference by name), which is
         unpickled once per worker rather than once per task."""
+        return self._fn(ref)(*args, **kwargs)
+
+    def run_chunk(self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+        """A chunk of ``map``: ``fn`` over each arguments tuple (a chunk fails as a whole)."""
+        return [fn(*args) for args in chunk]
+
+    def call_chunk(self, ref: bytes, chunk: list[tuple[Any, ...]]) -> list[Any]:
+        fn = self._fn(ref)
+        return [fn(*args) for args in chunk]
+
+    def _fn(self, ref: bytes) -> Callable[..., Any]:
         fn = self._fns.get(ref)
         if fn is None:
             if len(self._fns) >= _REFS:
                 self._fns.clear()
             fn = self._fns[ref] = pickle.loads(ref)
-        return fn(*args, **kwargs)
+        return fn
 
 
 #: Plain functions, pickled once: a function's pickle is its module and name, and looking
@@ -218,6 +230,8 @@ class ProcessPoolExecutor(Executor):
         """No more tasks; ``cancel_futures`` cancels those not started (queued, or sent
         ahead to a worker). With ``wait``, returns once the others have finished and the
         workers are stopped; else at once, and the pool stops when they have finished."""
+        if self._pool._gen != HOST.gen:
+            return  # a copy inherited through a fork: the executor is the parent's
         with self._shutdown_lock:
             self._shutdown = True
         _LIVE.discard(self)
@@ -242,11 +256,8 @@ class ProcessPoolExecutor(Executor):
     def _stop(self) -> None:
         if self._own:
             self._tree.stop()
-        else:
-            try:
-                self._tree.stop_pool(self._name)
-            except Exception:  # already stopped with its tree, or by name
-                pass
+        else:  # its own pool only: not a newer one started under the same name since
+            self._tree._stop_pool(self._name, only=self._pool)
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else "running"
@@ -261,6 +272,8 @@ def _finish_at_exit() -> None:
     global _EXITING
     _EXITING = True
     for ex in list(_LIVE):
+        if ex._pool._gen != HOST.gen:
+            continue  # inherited through a fork: the parent's to finish, not ours
         try:
             ex.shutdown(wait=True)
         except Exception:  # (its tree may have been stopped by other means)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import itertools
 import logging
 import math
 import multiprocessing
@@ -695,23 +694,31 @@ class Pool(PassiveChild, SupervisorListener):
         chunksize = _check_int("chunksize", chunksize, 1)
         deadline = None if timeout is None else time.monotonic() + timeout
         d = self._tasks()
-        items: Iterable[tuple[Any, ...]] = zip(*iterables)  # noqa: B905 (stdlib: shortest)
+        # Every argument first (an iterable that raises leaves nothing queued), the shortest
+        # iterable deciding, as the stdlib's.
+        items = list(zip(*iterables))  # noqa: B905
         per_call = self.call_timeout
-        if isinstance(what, str):
-            method = what
-        else:
+        calls: Iterable[tuple[str, tuple[Any, ...]]]
+        if not isinstance(what, str):
             from ._executor import _task
 
             method, ref = _task(what)
-            items = ((ref, args, {}) for args in items)
-        if chunksize == 1:
-            job = d.submit_many(((method, a) for a in items), what, per_call, retries)
-            return job.results(deadline, flat=False)
-        chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
-        calls = ((CHUNK, (method, c)) for c in chunks)
-        per_chunk = None if per_call is None else per_call * chunksize
-        job = d.submit_many(calls, what, per_chunk, retries)
-        return job.results(deadline, flat=True)
+            if chunksize == 1:
+                calls = ((method, (ref, a, {})) for a in items)
+            else:  # the runner's chunk method: one look-up of the function per chunk
+                calls = (
+                    (f"{method}_chunk", (ref, items[i : i + chunksize]))
+                    for i in range(0, len(items), chunksize)
+                )
+        elif chunksize == 1:
+            calls = ((what, a) for a in items)
+        else:
+            calls = (
+                (CHUNK, (what, items[i : i + chunksize])) for i in range(0, len(items), chunksize)
+            )
+        per_task = per_call if per_call is None or chunksize == 1 else per_call * chunksize
+        job = d.submit_many(calls, what, per_task, retries)
+        return job.results(deadline, flat=chunksize > 1)
 
     def _check_method(self, method: object) -> None:
         if self._gen != HOST.gen:

@@ -243,15 +243,22 @@ class Pooly:
     def stop_pool(self, name: str) -> None:
         """Stop a pool: fail its waiters, stop its workers (graceful, then kill), forget it."""
         self._check_here()
-        with self._registry.lock:
-            pool = self._registry.pools.pop(name, None)
-        if pool is None:
+        if not self._stop_pool(name):
             raise NoSuchPool(f"no pool named {name!r}")
+
+    def _stop_pool(self, name: str, only: Pool | None = None) -> bool:
+        """Stop the pool ``name`` (if it is ``only``, when given); False if there is none."""
+        with self._registry.lock:
+            pool = self._registry.pools.get(name)
+            if pool is None or (only is not None and pool is not only):
+                return False
+            del self._registry.pools[name]
         pool._close_for_stop()
         try:
             self._pools_sup.terminate_child(name)
         except RuntimeError:  # Pooly itself is stopping: it stops the pool too
             pass
+        return True
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -5,12 +5,13 @@ Imports go one way, left to right and down; each module below ~500 lines::
     main ---> demo ---> demo_workload ---> demo_config
       |         \\            |
       |          '---------> common  <-------------------------.   option types, display,
-      '-----> chaos ---> chaos_soak ---> chaos_faults ---> chaos_calls ---> chaos_state
-                 \\          |                                              |
-                  '--> chaos_report, chaos_proc              chaos_config, workers
+      '-----> chaos ---> chaos_soak ---> chaos_faults ---> chaos_exec ---> chaos_calls
+                 \\          |                                                |
+                  '--> chaos_report, chaos_proc     chaos_state, chaos_config, workers
 
-    chaos_soak.Chaos(ChaosFaults(ChaosCalls(ChaosState))): one soak, one layer per role
-    (state and counting; consumers; faults; watchers and the run).
+    chaos_soak.Chaos(ChaosFaults(ChaosExec(ChaosCalls(ChaosState)))): one soak, one layer
+    per role (state and counting; consumers; executors and their feeders; faults; watchers
+    and the run).
 
 ``workers`` holds the worker classes and the poison objects: worker processes import it
 (the forkserver preloads it), so it imports nothing of the CLI. The library never imports

@@ -13,6 +13,10 @@ the error a deliberate fault calls for. Anything else is counted as an OTHER out
     check (pid, token, total, seal) <--------------------------------------   sha256 work
     an order queued for that pool? make the faulty call it names instead
 
+    feeder threads (--executor-threads)  executors (start_executor on the same tree)
+    submit() windows, map() (chunked) -> exec (2 workers, retries 0), exec-r (1, retries 1)
+    check every task's outcome <------    ex_task: (x, sha256 chain), or an ordered fault
+
     fault injector thread, one fault every --fault-interval, kind and pool at random:
       SIGKILL a busy / an idle worker       order a segfault or os._exit inside a call
       order an argument or result whose     start a consumer thread that ends holding
@@ -21,8 +25,12 @@ the error a deliberate fault calls for. Anything else is counted as an OTHER out
       order a slow call, interrupted in       and non-blocking waiters
         its caller by KeyboardInterrupt     SIGKILL a worker whose replacement's
         (the caller then checks in)           constructor is slow (1.5 s)
+      SIGKILL an executor's busy worker     order an executor task that segfaults, calls
+                                              os._exit, hangs in C code past call_timeout,
+                                              or raises (a feeder submits it, or maps it)
     main thread: the progress line; and the calls the injector orders interrupted by SIGINT
-    restarter thread: every few seconds, stop_pool + start_pool of one pool under load
+    restarter thread: every few seconds, stop_pool + start_pool (or start_executor) of one
+      pool under load
     monitor thread: polls status() every ~2 ms; times each fault until the pool is back
       at full size (idle + busy - overflow >= size: every core worker alive again)
     watchdog thread: a checkout or call in flight for more than 10 s counts as hung
@@ -36,11 +44,13 @@ baseline. Exit status 1 if any invariant fails; each failure is named.
 replacement included; ``stop-restart`` is the restarter).
 
 The soak is one :class:`~pooly.cli.chaos_soak.Chaos`, built in layers: state and counting
-(``chaos_state``), consumers (``chaos_calls``), faults (``chaos_faults``), watchers and the
-run (``chaos_soak``); its figures are printed by ``chaos_report``, and its configuration is
-``chaos_config``. The worker class and the poison objects live in :mod:`pooly.cli.workers`
-(worker processes import them by module path; the forkserver preloads that module). This
-module parses the options, takes the before/after snapshots and runs it all.
+(``chaos_state``), consumers (``chaos_calls``), executors and their feeders
+(``chaos_exec``: every task's outcome counted, see there), faults (``chaos_faults``),
+watchers and the run (``chaos_soak``); its figures are printed by ``chaos_report``, and its
+configuration is ``chaos_config``. The worker class and the poison objects live in
+:mod:`pooly.cli.workers` (worker processes import them by module path; the forkserver
+preloads that module). This module parses the options, takes the before/after snapshots
+and runs it all.
 """
 
 from __future__ import annotations
@@ -57,11 +67,11 @@ from typing import TextIO
 
 from .. import Pooly
 from . import workers
-from .chaos_config import FAULT_KINDS, MAX_SECONDS, SHAPES, Options
+from .chaos_config import EX_CALL_TIMEOUT, FAULT_KINDS, MAX_SECONDS, SHAPES, Options
 from .chaos_proc import Snapshot, fd_count, start_time, status_field
 from .chaos_report import jsonable, report
 from .chaos_soak import Chaos
-from .common import Display, pooly_errors_to, positive_float, positive_int
+from .common import Display, non_negative_int, pooly_errors_to, positive_float, positive_int
 from .workers import ChaosWorker
 
 __all__ = ("Options", "add_arguments", "fault_kinds", "main", "run")
@@ -113,6 +123,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.consumers,
         metavar="N",
         help="consumer threads making checked calls (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--executor-threads",
+        type=non_negative_int,
+        default=d.executor_threads,
+        metavar="N",
+        help="threads feeding futures to the executors (submit and map); 0: no executors "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--seed", type=int, default=None, help="seed for every random choice (default: random)"
@@ -186,6 +204,12 @@ def _run(opts: Options, display: Display) -> int:
         display.line(
             f"  {s.name:<8} ChaosWorker  size {s.size}  max_overflow {s.max_overflow}  {s.strategy}"
         )
+    for x in chaos.ex_shapes:
+        display.line(
+            f"  {x.name:<8} executor     max_workers {x.max_workers}  max_overflow "
+            f"{x.max_overflow}  retries {x.retries}  call_timeout {EX_CALL_TIMEOUT:g} s "
+            f"(start_executor; fed by {opts.executor_threads} threads)"
+        )
     display.line(
         f"  restart intensity {chaos.max_restarts} in {MAX_SECONDS:g} s per pool (sized for "
         f"the fault rate); a pool stopped and restarted every {chaos.restart_every:g} s"
@@ -205,7 +229,9 @@ def _run(opts: Options, display: Display) -> int:
         t = time.monotonic()
         for shape in chaos.shapes:
             chaos.pools[shape.name] = chaos.start_pool(shape)
-        n = sum(s.size for s in chaos.shapes)
+        for xs in chaos.ex_shapes:
+            chaos.pools[xs.name] = chaos.start_executor(xs).pool
+        n = sum(s.size for s in chaos.shapes) + sum(x.max_workers for x in chaos.ex_shapes)
         display.line(f"  started {n} worker processes in {time.monotonic() - t:.2f} s")
         display.line()
         fig.rss_kb["start"] = status_field("VmRSS")
@@ -225,17 +251,20 @@ def _run(opts: Options, display: Display) -> int:
         chaos.final_sweep()
         fig.settled = chaos.settle() and fig.settled
         fig.final_status = [
-            asdict(chaos.pools[n].status()) for n in chaos.names if n in chaos.pools
+            asdict(chaos.pools[n].status()) for n in chaos.all_names if n in chaos.pools
         ]
         fig.rss_kb["after sweep"] = status_field("VmRSS")
     finally:
         done.set()
+        for ex in chaos.executors.values():
+            ex.shutdown(wait=True)  # as its user would; its tree stops the rest
         sup.stop()
         chaos.cleanup()
     seen = chaos.seen  # those not yet forgotten (the rest were seen dead)
     fig.workers_seen = len(seen) + chaos.forgotten
     chaos.sup = None
     chaos.pools.clear()
+    chaos.executors.clear()
     del sup
     after = _settle_leaks(base)
     fig.after = {
@@ -263,6 +292,7 @@ def main(args: argparse.Namespace) -> int:
         fault_interval=args.fault_interval,
         pools=args.pools,
         consumers=args.consumers,
+        executor_threads=args.executor_threads,
         seed=args.seed,
         json=args.json,
         faults=args.faults,

@@ -30,6 +30,22 @@ __all__ = (
     "CHECKOUT_TIMEOUT",
     "CONFIRMED",
     "CRASHED",
+    "EXECUTORS",
+    "EX_CALL_TIMEOUT",
+    "EX_CHUNKS",
+    "EX_EXITS",
+    "EX_FAULTS",
+    "EX_HUNG_SLACK",
+    "EX_MAP_ITEMS",
+    "EX_NEVER",
+    "EX_NOT_REACHED",
+    "EX_RAISED",
+    "EX_STOPPED",
+    "EX_SUBMITTED",
+    "EX_TASKS",
+    "EX_TIMED_OUT",
+    "EX_WINDOWS",
+    "EX_WITH_CHUNK",
     "FAULT_KINDS",
     "FAULT_LABELS",
     "FORGET_AFTER",
@@ -61,6 +77,7 @@ __all__ = (
     "WEIGHTS",
     "WRONG",
     "CallFault",
+    "ExShape",
     "Options",
     "Shape",
 )
@@ -80,6 +97,14 @@ CHECKOUT_ABSENT = "NoSuchPool: pool not started again yet (restart)"
 START_KILLED = "WorkerStartError: overflow worker killed as it started"
 INTERRUPTED = "KeyboardInterrupt: call interrupted on purpose"
 INTERRUPT_MISSED = "nap() returned before its interruption (checked)"
+# Outcomes of an executor's task: one per submit(), one per item of a map().
+EX_SUBMITTED = "submitted"
+EX_TIMED_OUT = "CallTimeout: task stuck in C code, stopped from the host"
+EX_RAISED = "FaultError: the task's own exception (remote traceback as cause)"
+EX_STOPPED = "PoolFailed: executor's pool stopped (restart)"
+EX_WITH_CHUNK = "failed with its chunk (map: a chunk fails as a whole)"
+EX_NOT_REACHED = "not reached: map stopped at an earlier failure"
+EX_NEVER = "never completed"
 
 
 @dataclass(frozen=True)
@@ -130,8 +155,8 @@ CALL_FAULTS: dict[str, CallFault] = {
     "result-pickle-raise": CallFault(
         "result's __reduce__ raises (worker)",
         lambda lease: lease.poison("raise-on-pickle"),
-        TypeError,
-        "TypeError: result could not be pickled (worker)",
+        FaultError,  # the pickling error itself, as the stdlib's executor reports it
+        "FaultError: result could not be pickled (worker)",
     ),
     "result-pickle-exit": CallFault(
         "result's __reduce__ calls os._exit (worker)",
@@ -167,6 +192,17 @@ OTHER_FAULTS = {
     "host-fork": "host forks a child that uses pooly and exits",
     "hung-call": "call stuck in C code (GIL held) past its call_timeout",
 }
+# The executors' faults: a SIGKILL from outside, or a task (submitted, or one item of a
+# map) that does harm itself -- EX_TASKS names the ex_task kind that does it.
+EX_FAULTS = {
+    "ex-sigkill": "SIGKILL of an executor's busy worker",
+    "ex-segfault": "executor task segfaults",
+    "ex-exit": "executor task calls os._exit",
+    "ex-hung": "executor task stuck in C code past call_timeout",
+    "ex-raise": "executor task raises",
+}
+EX_TASKS = {"ex-segfault": "segfault", "ex-exit": "exit", "ex-hung": "stuck", "ex-raise": "raise"}
+EX_EXITS = {"segfault": -signal.SIGSEGV, "exit": EXIT_CODES["ex-exit"]}  # WorkerCrashed.exitcode
 FAULT_LABELS = {
     "sigkill-busy": OTHER_FAULTS["sigkill-busy"],
     "sigkill-idle": OTHER_FAULTS["sigkill-idle"],
@@ -179,6 +215,7 @@ FAULT_LABELS = {
     "stop-restart": OTHER_FAULTS["stop-restart"],
     "host-fork": OTHER_FAULTS["host-fork"],
     "hung-call": OTHER_FAULTS["hung-call"],
+    **EX_FAULTS,
 }
 FAULT_KINDS = tuple(FAULT_LABELS)  # what --faults chooses from
 CONFIRMED = {  # what "confirmed" means for a kind, in the report
@@ -192,6 +229,11 @@ CONFIRMED = {  # what "confirmed" means for a kind, in the report
     "stop-restart": "back and serving",
     "host-fork": "child: PoolyError, own pool served, exited, left nothing",
     "hung-call": "CallTimeout on time, worker replaced",
+    "ex-sigkill": "seen gone by the pool",
+    "ex-segfault": f"WorkerCrashed, {describe_exit(EX_EXITS['segfault'])}",
+    "ex-exit": f"WorkerCrashed, {describe_exit(EX_EXITS['exit'])}",
+    "ex-hung": "CallTimeout on time",
+    "ex-raise": "its own FaultError, remote traceback as cause",
     **{
         k: (f"WorkerCrashed, {describe_exit(f.exitcode)}" if f.exitcode else f.outcome)
         for k, f in CALL_FAULTS.items()
@@ -209,6 +251,11 @@ WEIGHTS = {
     "slow-start": 0.5,
     "host-fork": 0.5,
     "hung-call": 0.5,
+    "ex-sigkill": 1.5,
+    "ex-segfault": 1.0,
+    "ex-exit": 0.7,
+    "ex-hung": 0.5,
+    "ex-raise": 0.5,
 }
 
 
@@ -231,6 +278,24 @@ SHAPES = (
     Shape("epsilon", 1, 2, "fifo"),
     Shape("zeta", 4, 0, "lifo"),
 )
+
+
+@dataclass(frozen=True)
+class ExShape:
+    """An executor of the soak: ``Pooly.start_executor(name, max_workers, ...)``."""
+
+    name: str
+    max_workers: int
+    max_overflow: int
+    retries: int
+
+
+EXECUTORS = (ExShape("exec", 2, 1, 0), ExShape("exec-r", 1, 0, 1))  # retries: idempotent tasks
+EX_CALL_TIMEOUT = 1.0  # the executors' call_timeout (every task's; ex-hung tasks exceed it)
+EX_HUNG_SLACK = 3.0  # how late an ex-hung task's CallTimeout may be (queueing included)
+EX_WINDOWS = (1, 1, 2, 4, 8, 16)  # futures a feeder submits before it collects them
+EX_MAP_ITEMS = (5, 60)  # the items of one map() (drawn between)
+EX_CHUNKS = (1, 1, 2, 3, 5, 8)  # map()'s chunksize (a stuck task goes only in chunks of 1)
 CHECKOUT_TIMEOUT = 5.0  # a regular consumer's checkout bound; timing out is an OTHER outcome
 HUNG_CALL_TIMEOUT = 0.3  # the call_timeout of the lease that makes a hung call
 HUNG_CALL_SLACK = 2.0  # how late its CallTimeout may be, on a loaded machine
@@ -260,3 +325,4 @@ class Options:
     seed: int | None = None
     json: str | None = None
     faults: tuple[str, ...] = FAULT_KINDS  # the kinds injected (stop-restart: the restarter)
+    executor_threads: int = 3  # threads feeding the executors futures (0: no executors)

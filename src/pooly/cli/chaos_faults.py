@@ -19,10 +19,10 @@ import warnings
 from collections.abc import Callable
 
 from .. import Lease, Pooly, PoolyError
-from .chaos_calls import ChaosCalls
 from .chaos_config import (
     CALL_FAULTS,
     CHECKOUT_TIMEOUT,
+    EX_FAULTS,
     FORK_CHILD_BOUND,
     HEAL_BOUND,
     HUNG_AFTER,
@@ -31,8 +31,10 @@ from .chaos_config import (
     MAX_PENDING_ORDERS,
     TINY_TIMEOUTS,
     WEIGHTS,
+    ExShape,
     Shape,
 )
+from .chaos_exec import ChaosExec
 from .chaos_proc import proc_stat
 from .common import is_full
 from .workers import ChaosWorker
@@ -40,7 +42,7 @@ from .workers import ChaosWorker
 __all__ = ("ChaosFaults",)
 
 
-class ChaosFaults(ChaosCalls):
+class ChaosFaults(ChaosExec):
     """The harm: the fault injector thread and the helper threads it starts, and the
     restarter thread."""
 
@@ -53,14 +55,17 @@ class ChaosFaults(ChaosCalls):
         due = self.t0 + interval
         while not self.stop.wait(max(0.0, due - time.monotonic())):
             self._reap_helpers()
-            up = [n for n in self.names if n not in self.down]
             if not kinds:  # --faults named only stop-restart: the restarter does the harm
                 continue
             kind = rng.choices(kinds, weights)[0]
-            if up:
-                self._inject(kind, rng.choice(up), rng)
-            else:
+            ex = kind in EX_FAULTS
+            up = [n for n in (self.ex_names if ex else self.names) if n not in self.down]
+            if not up:  # (or no executors: --executor-threads 0)
                 self.count(self.fig.skipped, kind)
+            elif ex:
+                self.inject_ex(kind, rng.choice(up), rng)
+            else:
+                self._inject(kind, rng.choice(up), rng)
             due = max(due + interval, time.monotonic())
         self._reap_helpers(wait=True)
 
@@ -376,11 +381,15 @@ class ChaosFaults(ChaosCalls):
     def restart_pools(self) -> None:
         if "stop-restart" not in self.opts.faults:
             return
-        rotation = itertools.cycle(self.shapes)
+        # The executors early in the rotation (a short run restarts each kind of pool).
+        shapes: list[Shape | ExShape] = list(self.shapes)
+        for k, xs in enumerate(self.ex_shapes):
+            shapes.insert(2 * k + 1, xs)
+        rotation = itertools.cycle(shapes)
         while not self.stop.wait(self.restart_every):
             self._restart(next(rotation))
 
-    def _restart(self, shape: Shape) -> None:
+    def _restart(self, shape: Shape | ExShape) -> None:
         assert self.sup is not None
         name = shape.name
         # The generation changes before the stop and again once the pool is back, so any
@@ -395,7 +404,7 @@ class ChaosFaults(ChaosCalls):
             self.sup.stop_pool(name)
             stopped = time.monotonic()
             self.replaced_before[name] += old.status().replaced
-            self.pools[name] = self.start_pool(shape)
+            self.pools[name] = self.start_any(shape)
         except Exception as e:
             self.anomaly(f"restart of {name} failed: {type(e).__name__}: {e}")
             self.fig.problems.append(f"stop/restart of pool {name!r} failed: {e}")

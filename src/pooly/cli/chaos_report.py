@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import statistics
 from collections.abc import Iterable
 from dataclasses import fields
@@ -12,6 +13,14 @@ from .chaos_config import (
     CALL_FAULTS,
     CONFIRMED,
     CRASHED,
+    EX_FAULTS,
+    EX_NEVER,
+    EX_NOT_REACHED,
+    EX_RAISED,
+    EX_STOPPED,
+    EX_SUBMITTED,
+    EX_TIMED_OUT,
+    EX_WITH_CHUNK,
     FAULT_LABELS,
     HEAL_BOUND,
     HUNG_AFTER,
@@ -32,8 +41,8 @@ def jsonable(fig: Figures, status: int) -> dict[str, Any]:
     data = {f.name: getattr(fig, f.name) for f in fields(fig)}
     data["exit_status"] = status
     data["ok"] = status == 0
-    data["other_outcomes"] = fig.calls[OTHER] + fig.checkouts[OTHER]
-    data["wrong"] = fig.calls[WRONG]
+    data["other_outcomes"] = fig.calls[OTHER] + fig.checkouts[OTHER] + fig.futures[OTHER]
+    data["wrong"] = fig.calls[WRONG] + fig.futures[WRONG]
     return data
 
 
@@ -42,6 +51,21 @@ def _ms(values: Iterable[float]) -> str:
     if not v:
         return "n/a"
     return f"median {statistics.median(v):.0f} ms, longest {v[-1]:.0f} ms"
+
+
+def _outcomes(c: collections.Counter[str]) -> str:
+    """A counter of task outcomes, short: "(ok 3, WorkerCrashed 1)"."""
+    parts = [f"{_SHORT.get(k, k)} {v:,}" for k, v in c.most_common() if k != EX_SUBMITTED]
+    return f"({', '.join(parts)})" if parts else ""
+
+
+_SHORT = {
+    EX_TIMED_OUT: "CallTimeout",
+    EX_RAISED: "own exception",
+    EX_STOPPED: "PoolFailed (restart)",
+    EX_WITH_CHUNK: "with its chunk",
+    EX_NOT_REACHED: "not reached",
+}
 
 
 def report(chaos: Chaos, completed: bool) -> int:
@@ -78,6 +102,41 @@ def report(chaos: Chaos, completed: bool) -> int:
     row(f"  hung (in flight > {HUNG_AFTER:g} s)", fig.hung, "(must be 0; checkouts included)")
     if in_flight:
         row("  never finished", in_flight)
+    fu = fig.futures
+    ex_unsettled = fu[EX_SUBMITTED] - sum(v for k, v in fu.items() if k != EX_SUBMITTED)
+    if fu[EX_SUBMITTED] or chaos.ex_names:
+        row("executor tasks submitted (futures and map items)", fu[EX_SUBMITTED])
+        for label, key in (
+            ("  succeeded, result checked", OK),
+            ("  failed with WorkerCrashed", CRASHED),
+            ("  CallTimeout (stuck in C, stopped from the host)", EX_TIMED_OUT),
+            ("  raised the task's own exception", EX_RAISED),
+            ("  PoolFailed: its executor was restarted", EX_STOPPED),
+            ("  map: failed with its chunk", EX_WITH_CHUNK),
+            ("  map: not reached (stopped at a failure)", EX_NOT_REACHED),
+        ):
+            row(label, fu[key])
+        row("  OTHER outcome", fu[OTHER], "(must be 0)")
+        row("  wrong result", fu[WRONG], "(must be 0)")
+        row("  never completed", fu[EX_NEVER] + ex_unsettled, "(must be 0)")
+        row("  done-callbacks run twice", fig.ex_done_twice, "(must be 0)")
+        for mode in sorted(fig.futures_by):
+            c = fig.futures_by[mode]
+            row(f"  sent by {mode}", c[EX_SUBMITTED], _outcomes(c))
+        line("    executor faults (injected), and the outcomes of the tasks they hit:")
+        for kind in EX_FAULTS:
+            c = fig.ex_outcomes.get(kind, collections.Counter())
+            row(f"    {kind}", faults[kind], _outcomes(c))
+        row(
+            "  stuck task: submit -> CallTimeout",
+            len(fig.ex_timeout_ms),
+            f"({_ms(fig.ex_timeout_ms)})",
+        )
+        row(
+            "  crashing task: submit -> WorkerCrashed",
+            len(fig.ex_crash_ms),
+            f"({_ms(fig.ex_crash_ms)})",
+        )
     row("checkouts attempted", outs["attempted"])
     for k in sorted(k for k in outs if k not in ("attempted", OTHER)):
         row(f"  {k}", outs[k])
@@ -172,11 +231,15 @@ def report(chaos: Chaos, completed: bool) -> int:
             line(f"    ... and {len(fig.anomalies) + fig.anomalies_dropped - 20} more")
 
     problems = list(fig.problems)
-    other = calls[OTHER] + outs[OTHER]
+    other = calls[OTHER] + outs[OTHER] + fu[OTHER]
     if other:
         problems.append(f"{other} OTHER outcome(s)")
-    if calls[WRONG]:
-        problems.append(f"{calls[WRONG]} wrong result(s)")
+    if calls[WRONG] + fu[WRONG]:
+        problems.append(f"{calls[WRONG] + fu[WRONG]} wrong result(s)")
+    if fu[EX_NEVER] or ex_unsettled:
+        problems.append(f"{fu[EX_NEVER] + ex_unsettled} executor task(s) never completed")
+    if fig.ex_done_twice:
+        problems.append(f"{fig.ex_done_twice} future(s) completed twice")
     if fig.hung or in_flight:
         problems.append(f"{fig.hung} hung checkout(s)/call(s)/thread(s), {in_flight} unfinished")
     if fig.heal_late:
@@ -196,7 +259,8 @@ def report(chaos: Chaos, completed: bool) -> int:
         line("FAILED: " + "; ".join(problems))
         return 1
     line(
-        "OK: every call returned a checked result, WorkerCrashed of a worker harmed on purpose, "
-        "or the error its fault calls for; nothing hung; every pool healed; nothing leaked."
+        "OK: every call and every executor task returned a checked result, WorkerCrashed of a "
+        "worker harmed on purpose, or the error its fault calls for; nothing hung; every pool "
+        "healed; nothing leaked."
     )
     return 0 if completed else 130

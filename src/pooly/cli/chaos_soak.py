@@ -18,6 +18,8 @@ import time
 from .chaos_config import (
     CHECKOUT_TIMEOUT,
     CRASHED,
+    EX_SUBMITTED,
+    EX_TIMED_OUT,
     FORGET_AFTER,
     HEAL_BOUND,
     HUNG_AFTER,
@@ -54,7 +56,7 @@ class Chaos(ChaosFaults):
             pending[h.name].append(h)
         resolved: list[Hit] = []
         listed: set[int] = set()
-        for name in self.names:
+        for name in self.all_names:
             pool = self.pools.get(name)
             if pool is None or name in self.down:
                 continue
@@ -85,7 +87,7 @@ class Chaos(ChaosFaults):
                     continue
                 if not h.noticed and h.pid not in pids:
                     h.noticed = True
-                    if h.kind.startswith("sigkill"):
+                    if h.kind in ("sigkill-busy", "sigkill-idle", "ex-sigkill"):
                         self.count(self.fig.confirmed, h.kind)
                 if h.noticed and not full:
                     h.dipped = True
@@ -146,6 +148,12 @@ class Chaos(ChaosFaults):
             )
             for i in range(o.consumers)
         ]
+        workers += [
+            self.thread(
+                f"feeder-{i + 1}", self.feed, f"feeder-{i + 1}", random.Random(~self.seed - i)
+            )
+            for i in range(o.executor_threads if self.ex_names else 0)
+        ]
         workers.append(self.thread("injector", self.inject_faults))
         workers.append(self.thread("restarter", self.restart_pools))
         for th in workers:
@@ -204,7 +212,9 @@ class Chaos(ChaosFaults):
         """Wait until every pool is back to ``size`` idle workers and nothing else."""
         deadline = time.monotonic() + timeout
         while True:
-            if all(is_settled(self.pools[n].status()) for n in self.names if n not in self.down):
+            if all(
+                is_settled(self.pools[n].status()) for n in self.all_names if n not in self.down
+            ):
                 return True
             if time.monotonic() > deadline:
                 return False
@@ -212,7 +222,7 @@ class Chaos(ChaosFaults):
 
     def final_sweep(self) -> None:
         """SIGKILL every worker once more, one at a time, and time each replacement."""
-        for name in self.names:
+        for name in self.all_names:
             if name in self.down:
                 continue
             pool = self.pools[name]
@@ -238,7 +248,14 @@ class Chaos(ChaosFaults):
         heal = self.fig.heal_ms[-200:]
         if heal:
             parts.append(f"heal p50 {statistics.median(heal):.0f} ms")
-        for name in self.names:
+        fu = self.fig.futures
+        if fu[EX_SUBMITTED]:
+            parts.insert(
+                1,
+                f"futures {fu[EX_SUBMITTED]:,}: ok {fu[OK]:,}, crashed {fu[CRASHED]:,}, "
+                f"timed out {fu[EX_TIMED_OUT]:,}, OTHER {fu[OTHER]}, wrong {fu[WRONG]}",
+            )
+        for name in self.all_names:
             if name in self.down:
                 parts.append(f"{name} restarting")
                 continue
@@ -250,7 +267,7 @@ class Chaos(ChaosFaults):
     def replaced(self) -> dict[str, int]:
         return {
             n: self.replaced_before[n] + self.pools[n].status().replaced
-            for n in self.names
+            for n in self.all_names
             if n in self.pools
         }
 

@@ -19,8 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import Pool, Pooly
-from .chaos_config import MAX_ANOMALIES, MAX_SECONDS, OTHER, SHAPES, Options, Shape
+from .. import Pool, Pooly, ProcessPoolExecutor
+from .chaos_config import (
+    EXECUTORS,
+    MAX_ANOMALIES,
+    MAX_SECONDS,
+    OTHER,
+    SHAPES,
+    Options,
+    Shape,
+)
 from .common import Display
 from .workers import ChaosWorker
 
@@ -64,6 +72,15 @@ class Figures:
     confirmed: collections.Counter[str] = field(default_factory=collections.Counter)
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
     hung: int = 0
+    # The executors' tasks (a submit, or one item of a map): EX_SUBMITTED and each outcome.
+    futures: collections.Counter[str] = field(default_factory=collections.Counter)
+    # ... by how they were sent (submit/result, map/chunked, ...), and by the fault that
+    # ordered them (ex-sigkill: the running tasks of the workers it killed).
+    futures_by: dict[str, collections.Counter[str]] = field(default_factory=dict)
+    ex_outcomes: dict[str, collections.Counter[str]] = field(default_factory=dict)
+    ex_timeout_ms: list[float] = field(default_factory=list)  # submit -> CallTimeout (ex-hung)
+    ex_crash_ms: list[float] = field(default_factory=list)  # submit -> WorkerCrashed (deliberate)
+    ex_done_twice: int = 0  # futures whose done-callbacks ran more than once (must be 0)
     replaced: dict[str, int] = field(default_factory=dict)
     heal_ms: list[float] = field(default_factory=list)
     heal_no_dip: int = 0
@@ -109,7 +126,10 @@ class ChaosState:
         self.seed = opts.seed if opts.seed is not None else secrets.randbelow(10**6)
         self.fig = Figures(seed=self.seed)
         self.shapes = SHAPES[: opts.pools]
-        self.names = [s.name for s in self.shapes]
+        self.names = [s.name for s in self.shapes]  # the pools the consumers check out from
+        self.ex_shapes = EXECUTORS if opts.executor_threads else ()
+        self.ex_names = [s.name for s in self.ex_shapes]
+        self.all_names = self.names + self.ex_names  # every pool of the tree
         # Sized for the fault rate (about 0.7 worker deaths per fault, all of them possibly
         # on one pool, within the window), plus the final sweep. The default, 3 in 5 s, is
         # meant to fail a pool whose workers keep dying; here they die on purpose.
@@ -119,12 +139,14 @@ class ChaosState:
         self.restart_every = min(15.0, max(3.0, opts.duration / 5))
         self.sup: Pooly | None = None
         self.pools: dict[str, Pool] = {}  # the current pool object of each name
-        self.gen = dict.fromkeys(self.names, 0)  # bumped when a pool is stopped to restart
+        self.executors: dict[str, ProcessPoolExecutor] = {}  # the current executor of each name
+        self.gen = dict.fromkeys(self.all_names, 0)  # bumped when a pool is stopped to restart
         self.down: set[str] = set()  # names being stopped and started again
         self.stop = threading.Event()
         self.t0 = 0.0
         self.lock = threading.Lock()  # guards the counters in self.fig
         self.orders = {n: collections.deque[str]() for n in self.names}
+        self.ex_orders = {n: collections.deque[str]() for n in self.ex_names}
         self.main_orders = collections.deque[str]()  # pools the main thread calls into
         self.leased: dict[int, tuple[str, int]] = {}  # thread ident -> (pool, worker pid)
         # Per-worker records, dropped FORGET_AFTER s after the worker is seen dead, so the

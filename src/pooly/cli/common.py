@@ -25,6 +25,7 @@ __all__ = (
     "is_full",
     "is_settled",
     "kill_each_worker",
+    "non_negative_int",
     "pooly_errors_to",
     "positive_float",
     "positive_int",
@@ -50,6 +51,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -102,7 +113,10 @@ class LogToDisplay(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.display.line(f"  [pooly log] {record.levelname}: {record.getMessage()}")
+            text = f"  [pooly log] {record.levelname}: {record.getMessage()}"
+            if record.exc_info:  # (a bug in pooly: its traceback is the report's best clue)
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.display.line(text)
         except Exception:
             self.handleError(record)
 

@@ -19,6 +19,12 @@ result its caller verifies, so the closing tally is evidence rather than a claim
     main thread: a progress line while it runs, then the tally; exit status 1 if a call was
     lost (neither a correct result nor WorkerCrashed), a pool failed or a worker outlived it.
 
+Then the executor section (:mod:`pooly.cli.demo_executor`): CPU tasks submitted to
+``Pooly.start_executor`` with a busy worker SIGKILLed mid-run -- only the task it ran fails,
+the pool heals, the next submit is served -- and the same through the stdlib's
+``concurrent.futures.ProcessPoolExecutor``, where every pending future and every later submit
+fail with ``BrokenProcessPool``.
+
 The worker classes live in :mod:`pooly.cli.workers` (preloaded into the forkserver: workers
 import their class by module path), the workload in :mod:`pooly.cli.demo_workload`, the
 configuration in :mod:`pooly.cli.demo_config`; this module parses the options, runs the demo
@@ -46,6 +52,7 @@ from .demo_config import (
     POOLS,
     Options,
 )
+from .demo_executor import EX_KILL_AFTER, EX_TASKS, EX_WORKERS, ExecutorRun, run_pooly, run_stdlib
 from .demo_workload import Demo
 
 __all__ = ("Options", "add_arguments", "main", "run")
@@ -134,10 +141,43 @@ def _run(opts: Options, display: Display) -> int:
         settled = demo.settle() and settled
         final = [p.status() for p in demo.pools.values()]
         pids = [pid for p in demo.pools.values() for pid in p.worker_pids()]
+        runs: list[ExecutorRun] = []
+        if completed:
+            display.line()
+            display.line(
+                f"executor: {EX_TASKS} CPU tasks (sha256 chains) submitted to {EX_WORKERS} "
+                f"workers; once {EX_KILL_AFTER} results are in, the worker that answered last "
+                "(busy with its next task) is SIGKILLed"
+            )
+            run, ex_pids = run_pooly(sup)
+            pids += ex_pids
+            demo.anomalies.extend(run.anomalies)
+            display.line(f"  {_describe(run)}")
+            runs.append(run)
     finally:
         sup.stop()
+    if runs:
+        run = run_stdlib()
+        demo.display.line(f"  {_describe(run)}")
+        runs.append(run)
     left = [pid for pid in pids if alive(pid)]
-    return _tally(demo, during, final, check, settled, left, completed, time.monotonic() - started)
+    return _tally(
+        demo, during, final, check, settled, left, completed, time.monotonic() - started, runs
+    )
+
+
+def _describe(run: ExecutorRun) -> str:
+    """One executor's run, in a line."""
+    text = f"{run.label}: {run.ok} ok (checked)"
+    if run.crashed:
+        text += f", {run.crashed} WorkerCrashed ({run.crash_note})"
+    if run.broken:
+        text += f", {run.broken} BrokenProcessPool"
+    if run.lost:
+        text += f", {run.lost} lost"
+    if run.heal_ms is not None:
+        text += f"; worker replaced {run.heal_ms:.0f} ms after the kill"
+    return text + f"; one more submit: {run.after}"
 
 
 def _tally(
@@ -149,6 +189,7 @@ def _tally(
     left: list[int],
     completed: bool,
     wall: float,
+    runs: list[ExecutorRun],
 ) -> int:
     t = demo.totals()
     f = demo.faults
@@ -207,6 +248,17 @@ def _tally(
             f"    {s.name:<9} {s.state:<8} size {s.size}  idle {s.idle}  busy {s.busy}  "
             f"overflow {s.overflow}/{s.max_overflow}  waiting {s.waiting}"
         )
+    if runs:
+        row("executor tasks (1 worker killed)", EX_TASKS, "(through pooly, then the stdlib)")
+        for run in runs:
+            short = run.label.split(".")[0] if run.label.startswith("pooly") else "stdlib"
+            row(f"  {short}: succeeded, checked", run.ok)
+            if run.label.startswith("pooly"):
+                row("    failed with WorkerCrashed", run.crashed, "(the task it was running)")
+            else:
+                row("    failed with BrokenProcessPool", run.broken, "(every task not done yet)")
+            row("    lost", run.lost)
+            row("    one more submit", "", run.after)
     row("worker processes left after stop", len(left), f"(pids {left})" if left else "")
     if demo.anomalies:
         demo.display.line("  anomalies:")
@@ -230,13 +282,19 @@ def _tally(
         problems.append(f"threads did not finish: {', '.join(demo.hung)}")
     if demo.broken:
         problems.append(f"consumers stopped on an error: {', '.join(demo.broken)}")
+    mine = [r for r in runs if r.label.startswith("pooly")]
+    for r in mine:
+        if r.lost or r.crashed > 1 or r.ok + r.crashed != EX_TASKS:
+            problems.append(f"executor: {r.lost} task(s) lost, {r.crashed} crashed")
+        if r.after != "served" or (r.killed is not None and r.heal_ms is None):
+            problems.append(f"executor: not healed (one more submit {r.after})")
     demo.display.line()
     if problems:
         demo.display.line("FAILED: " + "; ".join(problems))
         return 1
     demo.display.line(
-        "OK: every call returned a correct result or raised WorkerCrashed; every "
-        "pool healed; no process left behind."
+        "OK: every call and executor task returned a correct result or raised "
+        "WorkerCrashed; every pool healed; no process left behind."
     )
     return 0 if completed else 130
 

@@ -26,10 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run two pools under a concurrent workload while injecting real faults "
         "(SIGKILL, segfault, os._exit, a consumer dying with a lease), then print a "
-        "tally: every call must succeed or raise WorkerCrashed",
+        "tally: every call must succeed or raise WorkerCrashed; then an executor (and the "
+        "stdlib's) with a busy worker SIGKILLed",
         description="Start two supervised pools, drive checked calls through them from "
         "several threads while killing workers in every way a process can die, "
-        "and print a tally. Exit status 1 if any call was lost.",
+        "and print a tally; then submit CPU tasks to pooly's executor and to the stdlib's, "
+        "SIGKILL a busy worker of each, and compare. Exit status 1 if any call was lost.",
     )
     demo.add_arguments(demo_cmd)
     demo_cmd.set_defaults(func=demo.main)
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         "chaos",
         help="soak several pools under a fault every --fault-interval (SIGKILL, segfault, "
         "os._exit, poisoned arguments and results, dying consumers, waiters giving up, "
-        "overflow bursts, pool restarts) and check that nothing is lost, hung or leaked",
+        "overflow bursts, pool restarts; executors fed futures while their tasks crash and "
+        "hang) and check that nothing is lost, hung or leaked",
         description="Run several supervised pools under many consumer threads for "
         "--duration seconds while a fault injector does real harm at random; then check and "
         "print the figures: every outcome explained, no wrong result, no hung call, every "

@@ -32,14 +32,17 @@ __all__ = (
     "RaiseOnUnpickle",
     "SegfaultOnPickle",
     "SegfaultOnUnpickle",
+    "digest_task",
+    "ex_task",
     "in_worker",
     "seal",
     "sha256_chain",
+    "stuck_in_c",
 )
 
 PAYLOADS = tuple(f"payload #{i}".encode() * 4 for i in range(32))
 MARK = "deliberate chaos fault"  # in the message of every error a poison object causes
-EXIT_CODES = {"os-exit": 70, "arg-unpickle-exit": 71, "result-pickle-exit": 72}
+EXIT_CODES = {"os-exit": 70, "arg-unpickle-exit": 71, "result-pickle-exit": 72, "ex-exit": 73}
 SLOW_START = 1.5  # seconds a ChaosWorker's constructor sleeps when it claims its slow flag
 
 
@@ -89,6 +92,20 @@ class Hasher(Crashable):
 
     def digest(self, payload: bytes, rounds: int) -> str:
         return sha256_chain(payload, rounds)
+
+
+def digest_task(i: int, rounds: int) -> tuple[int, str]:
+    """The demo executor's task (a plain function, as executors run): the sha256 chain of
+    payload ``i``, and the pid of the worker that computed it."""
+    return os.getpid(), sha256_chain(PAYLOADS[i % len(PAYLOADS)], rounds)
+
+
+def stuck_in_c(seconds: int) -> None:
+    """Hang in C code that holds the GIL (a hung C extension): only the host can stop it
+    (a ``call_timeout``); nothing in this process runs meanwhile."""
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(seconds)  # PyDLL: the call keeps the GIL
 
 
 # ---------------------------------------------------------------------- poison objects
@@ -205,11 +222,8 @@ class ChaosWorker(Counter):
         return obj
 
     def stuck(self, seconds: int) -> None:
-        """Hang in C code that holds the GIL (a hung C extension): only the host can stop
-        this call (its call_timeout), nothing in this process can run meanwhile."""
-        import ctypes
-
-        ctypes.PyDLL(None).sleep(seconds)  # PyDLL: the call keeps the GIL
+        """Hang in C code that holds the GIL (see :func:`stuck_in_c`)."""
+        stuck_in_c(seconds)
 
     def nap(self, seconds: float) -> int:
         """A slow call (the one the soak interrupts in its caller); returns the pid."""
@@ -227,3 +241,23 @@ class ChaosWorker(Counter):
         if how == "raise-on-unpickle":
             return RaiseOnUnpickle()
         raise ValueError(f"unknown poison {how!r}")
+
+
+# ---------------------------------------------------------------------- the soak's executor task
+
+
+def ex_task(kind: str, x: int, i: int, rounds: int) -> tuple[int, str]:
+    """The task the soak's executors run (a plain function): ``(x, sha256 chain of payload
+    i)`` -- a result its submitter recomputes -- unless ``kind`` names a fault: the task
+    segfaults, calls ``os._exit``, hangs in C code holding the GIL, or raises FaultError."""
+    if kind == "segfault":
+        Crashable().segfault()
+    elif kind == "exit":
+        os._exit(EXIT_CODES["ex-exit"])
+    elif kind == "stuck":
+        stuck_in_c(60)
+    elif kind == "raise":
+        raise FaultError(f"{MARK}: ex_task raised on purpose")
+    elif kind:
+        raise ValueError(f"unknown ex_task kind {kind!r}")
+    return x, sha256_chain(PAYLOADS[i], rounds)
