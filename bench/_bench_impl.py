@@ -13,13 +13,18 @@ What is measured, and how (/work/shared/BENCHMARKING.md says why it is done this
    per-op time over the batches;
 5. time from ``os.kill(pid, SIGKILL)`` of an idle worker of a size-1 pool until a call
    succeeds on a worker with another pid (checkout blocks, event-driven, for the
-   replacement; no sleeps in the measured window), per start method.
+   replacement; no sleeps in the measured window), per start method;
+6. a lease call stuck in C code holding its worker's GIL under ``call_timeout=1``;
+7. ``pooly.ProcessPoolExecutor`` single-task round trip: ``submit(echo, msg).result()`` one
+   at a time, ``max_workers=1``, default start method, beside 2 and 3;
 
-The round trips (1-3) run in a separate process (``--pinned-part``) pinned, with every process
+and the executor's throughput, CPU-bound speed-up and hung task (8-11, ``_bench_executor``).
+
+The round trips (1-3, 7) run in a separate process (``--pinned-part``) pinned, with every process
 it starts, to ONE CPU: a cross-CPU wake-up costs far more than anything Pooly does and would
 drown the comparison. The contenders run interleaved in rounds (A B C D, B C D A, ...) and
 each figure is the median of all its samples, so drift on the shared machine hits all of
-them alike. 4 and 5 run unpinned, in the main process.
+them alike. 4-6 and 8-11 run unpinned, in the main process.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from _bench_executor import executor_hung, throughput
 from _bench_workers import Echo, echo, pipe_echo_loop
 
 import pooly
@@ -57,6 +63,14 @@ class Params:
     co_batch: int  # operations per batch
     kills: dict[str, int]  # SIGKILL repetitions per start method
     hangs: int  # hung calls stopped by call_timeout
+    tp_tasks: int  # trivial tasks per contender per round (executor throughput)
+    tp_rounds: int
+    chunk_tasks: int  # the same with a chunksize
+    chunk_rounds: int
+    chunksize: int
+    cpu_tasks: int  # ~10 ms CPU-bound tasks per contender per round
+    cpu_rounds: int
+    ex_hangs: int  # hung executor tasks stopped by call_timeout
 
 
 FULL = Params(
@@ -67,6 +81,14 @@ FULL = Params(
     co_batch=1000,
     kills={"forkserver": 20, "fork": 20, "spawn": 8},
     hangs=5,
+    tp_tasks=100_000,
+    tp_rounds=3,
+    chunk_tasks=500_000,
+    chunk_rounds=5,
+    chunksize=100,
+    cpu_tasks=200,
+    cpu_rounds=3,
+    ex_hangs=5,
 )
 QUICK = Params(
     rounds=4,
@@ -76,32 +98,44 @@ QUICK = Params(
     co_batch=1000,
     kills={"forkserver": 3, "fork": 3},
     hangs=1,
+    tp_tasks=2000,
+    tp_rounds=1,
+    chunk_tasks=20_000,
+    chunk_rounds=1,
+    chunksize=100,
+    cpu_tasks=10,
+    cpu_rounds=1,
+    ex_hangs=1,
 )
 
 
 @dataclass(frozen=True)
 class Target:
-    """One target of issue 2: ``limit`` must hold (PASS/FAIL); ``aim`` is the stretch goal."""
+    """One target of an issue: ``limit`` must hold (PASS/FAIL); ``aim``, if any, is the
+    stretch goal."""
 
     name: str
     unit: str
     limit: float
-    aim: float
+    aim: float | None
     higher_is_better: bool = False
+    of: str = ""  # what the value is, if not the median: "max "
 
     def meets(self, value: float, bound: float) -> bool:
         return value >= bound if self.higher_is_better else value <= bound
 
     def judge(self, value: float) -> dict[str, Any]:
-        ok, aim_met = self.meets(value, self.limit), self.meets(value, self.aim)
+        ok = self.meets(value, self.limit)
+        aim_met = self.aim is not None and self.meets(value, self.aim)
         op = ">=" if self.higher_is_better else "<="
+        aim = "" if self.aim is None else f" (aim {self.aim:g}{self.unit})"
         return {
             "name": self.name,
             "value": value,
             "unit": self.unit,
             "limit": self.limit,
             "aim": self.aim,
-            "text": f"{op} {self.limit:g}{self.unit} (aim {self.aim:g}{self.unit})",
+            "text": f"{self.of}{op} {self.limit:g}{self.unit}{aim}",
             "ok": ok,
             "aim_met": aim_met,
             "result": ("PASS (aim met)" if aim_met else "PASS") if ok else "FAIL",
@@ -115,6 +149,15 @@ KILL_MS = Target("SIGKILL -> replacement answering", " ms", 100.0, 10.0)
 CALL_TIMEOUT = 1.0  # the hung-call figure's call_timeout (issue 8's bar)
 HUNG_FAIL_S = Target("hung call -> CallTimeout", " s", 1.5, 1.1)
 HUNG_BACK_MS = Target("CallTimeout -> pool at full size", " ms", 100.0, 20.0)
+# Issue 8's bars (the executor).
+EX_SUBMIT = Target("stdlib executor round trip / pooly's", "x", 10.0, None, True)
+EX_MAP_OVER_STD = Target("pooly map / stdlib executor map", "x", 4.0, 10.0, True)
+EX_MAP_OVER_IMAP = Target("pooly map / mp.Pool.imap (fork)", "x", 1.0, 2.0, True)
+EX_CHUNK_OVER_MAP = Target("pooly map / mp.Pool.map, chunked", "x", 1.0, None, True)
+EX_CPU_SPEEDUP = Target("CPU-bound speed-up on 2 workers", "x", 1.8, None, True)
+# The hung task's bars hold for every repetition: judged on the worst.
+EX_HUNG_FAIL_S = Target("hung task -> CallTimeout", " s", 1.5, 1.1, of="max ")
+EX_HUNG_BACK_MS = Target("CallTimeout -> executor pool full", " ms", 100.0, 20.0, of="max ")
 
 
 def summary(samples: list[int] | list[float], scale: float = 1e-3) -> dict[str, Any]:
@@ -158,7 +201,7 @@ def pinned_part(p: Params) -> dict[str, Any]:
     os.close(from_child_w)
 
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Executor, ProcessPoolExecutor
 
     pc = time.perf_counter_ns
     msg, size = MSG, len(MSG)
@@ -189,7 +232,7 @@ def pinned_part(p: Params) -> dict[str, Any]:
 
         return run
 
-    def ppe_timer(ex: ProcessPoolExecutor) -> Timer:
+    def ppe_timer(ex: Executor) -> Timer:
         def run(n: int, out: list[int]) -> None:
             submit = ex.submit
             for _ in range(n):
@@ -206,7 +249,13 @@ def pinned_part(p: Params) -> dict[str, Any]:
             # For information: the same call to a worker forked from this process.
             fork_pool = top.start_pool("bench-fork", Echo, size=1, start_method="fork")
             ctx = multiprocessing.get_context(start_method)
-            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
+            # pex: the drop-in, standalone (its own tree), one worker, default start method.
+            with (
+                pooly.ProcessPoolExecutor(max_workers=1) as pex,
+                ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex,
+            ):
+                if pex.pool.start_method != start_method:
+                    raise AssertionError("bench: the executor's start method is not the pool's")
                 lease = pool.checkout(timeout=30)
                 fork_lease = fork_pool.checkout(timeout=30)
                 contenders: list[tuple[str, Timer, int]] = [
@@ -215,6 +264,7 @@ def pinned_part(p: Params) -> dict[str, Any]:
                     ("call_bound", bound_timer(lease.echo), p.calls),
                     ("call_fork", lease_timer(fork_lease), p.calls),
                     ("ppe", ppe_timer(ex), p.ppe_calls),
+                    ("ex_submit", ppe_timer(pex), p.calls),
                 ]
                 samples: dict[str, list[int]] = {name: [] for name, _, _ in contenders}
                 for _, run, n in contenders:  # warm up (and start the executor's process)
@@ -387,10 +437,28 @@ def unpinned_part(p: Params) -> dict[str, Any]:
 
     available = multiprocessing.get_all_start_methods()
     out: dict[str, Any] = {}
+    # First: its multiprocessing.Pool forks this process, better before it has threads.
+    out["executor"] = throughput(
+        p.tp_tasks,
+        p.tp_rounds,
+        p.chunk_tasks,
+        p.chunk_rounds,
+        p.chunksize,
+        p.cpu_tasks,
+        p.cpu_rounds,
+    )
     with pooly.Pooly() as top:
         out["checkout"] = checkout_checkin(top, p)
         out["kill"] = {m: kill_to_answer(top, m, n) for m, n in p.kills.items() if m in available}
         out["hung"] = hung_call(top, p.hangs)
+    hung = executor_hung(p.ex_hangs)
+    out["executor"]["hung"] = {
+        **hung,
+        "fail_s": summary(hung["fail_s"], 1.0),
+        "back_ms": summary(hung["back_ms"], 1.0),
+        "served_by_other_median": statistics.median(hung["served_by_other"]),
+        "other_worst_ms_max": max(hung["other_worst_ms"]),
+    }
     return out
 
 
@@ -431,7 +499,7 @@ def live_children() -> dict[int, str]:
 def build_report(
     pinned: dict[str, Any], unpinned: dict[str, Any], p: Params, quick: bool
 ) -> dict[str, Any]:
-    rt = {k: pinned[k] for k in ("pipe", "call", "call_bound", "call_fork", "ppe")}
+    rt = {k: pinned[k] for k in ("pipe", "call", "call_bound", "call_fork", "ppe", "ex_submit")}
     co = unpinned["checkout"]
     kills = unpinned["kill"]
     default = co["start_method"]
@@ -447,6 +515,25 @@ def build_report(
     hung = unpinned["hung"]
     targets["hung_fail"] = HUNG_FAIL_S.judge(hung["fail_s"]["median"])
     targets["hung_back"] = HUNG_BACK_MS.judge(hung["back_ms"]["median"])
+    ex = unpinned["executor"]
+    tr, ch, cpu, exh = ex["trivial"], ex["chunked"], ex["cpu"], ex["hung"]
+    ex_ratios = {
+        "stdlib_submit_over_pooly": rt["ppe"]["median"] / rt["ex_submit"]["median"],
+        "submit_over_lease_call": rt["ex_submit"]["median"] / rt["call"]["median"],
+        "map_over_stdlib": tr["pooly"]["median"] / tr["stdlib"]["median"],
+        "map_over_mp_imap": tr["pooly"]["median"] / tr["mp_imap"]["median"],
+        "chunked_over_mp_map": ch["pooly"]["median"] / ch["mp_map"]["median"],
+        "chunked_over_stdlib": ch["pooly"]["median"] / ch["stdlib"]["median"],
+        "cpu_speedup": cpu["speedup"],
+        "cpu_speedup_stdlib": cpu["speedup_stdlib"],
+    }
+    targets["ex_submit"] = EX_SUBMIT.judge(ex_ratios["stdlib_submit_over_pooly"])
+    targets["ex_map_over_stdlib"] = EX_MAP_OVER_STD.judge(ex_ratios["map_over_stdlib"])
+    targets["ex_map_over_imap"] = EX_MAP_OVER_IMAP.judge(ex_ratios["map_over_mp_imap"])
+    targets["ex_chunked_over_map"] = EX_CHUNK_OVER_MAP.judge(ex_ratios["chunked_over_mp_map"])
+    targets["ex_cpu_speedup"] = EX_CPU_SPEEDUP.judge(cpu["speedup"])
+    targets["ex_hung_fail"] = EX_HUNG_FAIL_S.judge(exh["fail_s"]["max"])
+    targets["ex_hung_back"] = EX_HUNG_BACK_MS.judge(exh["back_ms"]["max"])
     return {
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -464,13 +551,14 @@ def build_report(
         "checkout_checkin_us": co,
         "kill_to_answer_ms": kills,
         "hung_call": hung,
-        "ratios": {"call_over_pipe": call_over_pipe, "ppe_over_call": ppe_over_call},
+        "executor": ex,
+        "ratios": {"call_over_pipe": call_over_pipe, "ppe_over_call": ppe_over_call, **ex_ratios},
         "targets": targets,
     }
 
 
 HEADER = ("metric", "median", "p10-p90|max", "ratio", "target", "result")
-WIDTHS = (54, 10, 13, 12, 22)
+WIDTHS = (54, 10, 13, 12, 25)
 
 
 def _row(*cells: str) -> str:
@@ -509,7 +597,7 @@ def print_report(rep: dict[str, Any]) -> None:
         f"{m['platform']}, load avg {m['loadavg'][0]:.2f}",
         f"pooly default start method: {m['start_method']}"
         + ("; PYTHONDONTWRITEBYTECODE is set" if m["pythondontwritebytecode"] else ""),
-        f"round trips 1-3: all processes pinned to CPU {rep['pinned_cpu']}, "
+        f"round trips 1-3 and 7: all processes pinned to CPU {rep['pinned_cpu']}, "
         f"{rep['params']['rounds']} interleaved rounds, 16-byte payload, median per call",
         "",
         _row(*HEADER),
@@ -569,7 +657,119 @@ def print_report(rep: dict[str, Any]) -> None:
             f"{h['served_by_other_median']:,.0f}",
         ),
     ]
+    lines += _executor_rows(rep, judged, us)
     print("\n".join(lines) + "\n")
+
+
+def _k(x: float) -> str:
+    return f"{x / 1e3:,.0f}k" if x >= 1e5 else f"{x / 1e3:,.1f}k"
+
+
+def _rate(d: dict[str, Any]) -> tuple[str, str]:
+    return f"{_k(d['median'])}/s", f"{_k(d['min'])}-{_k(d['max'])}"
+
+
+def _executor_rows(
+    rep: dict[str, Any],
+    judged: Callable[[str], tuple[str, str]],
+    us: Callable[[str], tuple[str, str, str]],
+) -> list[str]:
+    """Issue 8's rows: the executor (7-11)."""
+    ex, r = rep["executor"], rep["ratios"]
+    tr, ch, cpu, h = ex["trivial"], ex["chunked"], ex["cpu"], ex["hung"]
+    sm = ex["start_method"]
+    secs = cpu["seconds"]
+    rows = [
+        "",
+        f"executor (issue 8): pooly.ProcessPoolExecutor; stdlib executor with {sm} (pooly's "
+        f"default); multiprocessing.Pool with fork; 8-10 unpinned, {ex['workers']} workers, "
+        "interleaved rounds, median over rounds (spread: slowest-fastest round)",
+        "",
+        _row("7 pooly executor: submit(echo, msg).result() (pinned)", *us("ex_submit")),
+        _row(
+            "  stdlib executor round trip (3) / pooly executor's",
+            "",
+            "",
+            f"{r['stdlib_submit_over_pooly']:.1f}x",
+            *judged("ex_submit"),
+        ),
+        _row(
+            "  pooly executor round trip / lease call (2) (info)",
+            "",
+            "",
+            f"{r['submit_over_lease_call']:.2f}x",
+        ),
+        _row(f"8 trivial tasks x {tr['tasks']:,}: pooly map(chunksize=1)", *_rate(tr["pooly"])),
+        _row("  stdlib executor map", *_rate(tr["stdlib"])),
+        _row("  multiprocessing.Pool imap(chunksize=1), fork", *_rate(tr["mp_imap"])),
+        _row(
+            "  pooly map / stdlib executor map",
+            "",
+            "",
+            f"{r['map_over_stdlib']:.1f}x",
+            *judged("ex_map_over_stdlib"),
+        ),
+        _row(
+            "  pooly map / multiprocessing.Pool imap",
+            "",
+            "",
+            f"{r['map_over_mp_imap']:.2f}x",
+            *judged("ex_map_over_imap"),
+        ),
+        _row(
+            f"9 trivial tasks x {ch['tasks']:,}: pooly map(chunksize={ch['chunksize']})",
+            *_rate(ch["pooly"]),
+        ),
+        _row(
+            f"  multiprocessing.Pool map(chunksize={ch['chunksize']}), fork", *_rate(ch["mp_map"])
+        ),
+        _row(f"  stdlib executor map(chunksize={ch['chunksize']}) (info)", *_rate(ch["stdlib"])),
+        _row(
+            "  pooly map / multiprocessing.Pool map",
+            "",
+            "",
+            f"{r['chunked_over_mp_map']:.2f}x",
+            *judged("ex_chunked_over_map"),
+        ),
+        _row(
+            f"10 CPU-bound x {cpu['tasks']} ({cpu['task_ms']:.1f} ms each): serial, in-process",
+            f"{secs['serial']['median']:.3f} s",
+        ),
+        _row("  pooly map(chunksize=1)", f"{secs['pooly']['median']:.3f} s"),
+        _row("  stdlib executor map (info)", f"{secs['stdlib']['median']:.3f} s"),
+        _row(
+            f"  pooly speed-up over serial (load avg {cpu['loadavg_before']:.2f} before)",
+            "",
+            "",
+            f"{cpu['speedup']:.2f}x",
+            *judged("ex_cpu_speedup"),
+        ),
+        _row(
+            "  stdlib executor speed-up over serial (info)", "", "", f"{cpu['speedup_stdlib']:.2f}x"
+        ),
+        _row(
+            f"11 hung task in C, call_timeout={h['call_timeout']:g}s: CallTimeout after",
+            f"{h['fail_s']['median']:.3f} s",
+            f"max {h['fail_s']['max']:.3f}",
+            f"n={h['fail_s']['n']}",
+            *judged("ex_hung_fail"),
+        ),
+        _row(
+            "  then the executor's pool back at full size after",
+            f"{h['back_ms']['median']:.1f} ms",
+            f"max {h['back_ms']['max']:.1f}",
+            "",
+            *judged("ex_hung_back"),
+        ),
+        _row(
+            "  tasks the other worker served meanwhile (info)",
+            f"{h['served_by_other_median']:,.0f}",
+            f"worst {h['other_worst_ms_max']:.1f}ms",
+        ),
+    ]
+    if h["errors"]:
+        rows.append(f"  the hung task failed otherwise than with CallTimeout: {h['errors']}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,7 +792,11 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     print(f"bench: round trips, pinned to one CPU ({p.rounds} rounds) ...", flush=True)
     pinned = run_pinned_subprocess(args.quick)
-    print("bench: checkout+checkin, SIGKILL -> replacement, hung calls (unpinned) ...", flush=True)
+    print(
+        "bench: executor throughput and CPU-bound speed-up, checkout+checkin, "
+        "SIGKILL -> replacement, hung calls (unpinned) ...",
+        flush=True,
+    )
     unpinned = unpinned_part(p)
     rep = build_report(pinned, unpinned, p, args.quick)
     rep["elapsed_s"] = round(time.monotonic() - t_start, 2)

@@ -38,3 +38,19 @@ def pipe_echo_loop(rfd: int, wfd: int, size: int) -> None:
         if not data:
             return
         write(wfd, data)
+
+
+def stuck(seconds: int) -> None:
+    """The executor's hung task: :meth:`Echo.stuck` as a plain function."""
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(seconds)
+
+
+def spin(n: int) -> int:
+    """The CPU-bound task: ``n`` rounds of pure-Python arithmetic (no I/O, no C calls that
+    release the GIL), calibrated by the benchmark to take ~10 ms."""
+    x = 0
+    for i in range(n):
+        x = (x + i * i) % 1000003
+    return x

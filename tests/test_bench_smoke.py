@@ -49,8 +49,25 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         "checkout()+checkin()",
         "SIGKILL -> replacement answers",
         "hung call in C, call_timeout=1s: CallTimeout after",
+        # Issue 8: the executor.
+        "pooly executor: submit(echo, msg).result()",
+        "stdlib executor round trip (3) / pooly executor's",
+        "pooly map(chunksize=1)",
+        "multiprocessing.Pool imap(chunksize=1), fork",
+        "pooly map / stdlib executor map",
+        "pooly map / multiprocessing.Pool imap",
+        "pooly map(chunksize=100)",
+        "pooly map / multiprocessing.Pool map",
+        "CPU-bound",
+        "pooly speed-up over serial",
+        "hung task in C, call_timeout=1s: CallTimeout after",
+        "then the executor's pool back at full size after",
     ):
         assert row in out, out
+    # Every judged row ends with its judgement.
+    judged = [line for line in out.splitlines() if ">= " in line or "<= " in line]
+    assert len(judged) == 13, out
+    assert all(line.endswith(("PASS", "PASS (aim met)", "FAIL")) for line in judged), out
 
     figures = json.loads(out_json.read_text())
     assert set(figures["targets"]) == {
@@ -60,10 +77,26 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         "kill_to_answer",
         "hung_fail",
         "hung_back",
+        "ex_submit",
+        "ex_map_over_stdlib",
+        "ex_map_over_imap",
+        "ex_chunked_over_map",
+        "ex_cpu_speedup",
+        "ex_hung_fail",
+        "ex_hung_back",
     }
-    assert all(
-        t["result"] in ("PASS", "PASS (aim met)", "FAIL") for t in figures["targets"].values()
-    )
+    for t in figures["targets"].values():
+        assert t["result"] in ("PASS", "PASS (aim met)", "FAIL"), t
+        assert isinstance(t["value"], float) and t["value"] > 0, t
+    ex = figures["executor"]
+    assert ex["workers"] == 2 and ex["start_method"] in ("forkserver", "fork", "spawn")
+    for name in ("pooly", "stdlib", "mp_imap"):
+        assert ex["trivial"][name]["median"] > 0, ex
+    for name in ("pooly", "mp_map", "stdlib"):
+        assert ex["chunked"][name]["median"] > 0, ex
+    assert ex["cpu"]["speedup"] > 0 and ex["cpu"]["task_ms"] > 0, ex
+    # The hung task failed with CallTimeout (how fast is the benchmark's business).
+    assert ex["hung"]["errors"] == [], ex["hung"]
 
     # The fork server and resource tracker end when the script does; give them a moment.
     left = left_with_env("POOLY_BENCH_SMOKE", token)
