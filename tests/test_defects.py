@@ -459,3 +459,22 @@ def test_fd_finalizer_run_by_gc_inside_the_fd_lock_does_not_deadlock() -> None:
     with _FDS_LOCK:
         gc.collect()
     assert r not in _HOST_FDS and w not in _HOST_FDS
+
+
+def test_call_on_a_dead_worker_while_its_fds_are_being_closed_is_worker_crashed(
+    sup: pooly.Pooly,
+) -> None:
+    """Issue 8 (found by the bench's full-suite runs): once a leased worker has died and
+    been reaped, the supervisor thread takes the lease's call lock for an instant to close
+    the worker's fds. A holder calling in that instant got LeaseError ("already in a call
+    from another thread") instead of WorkerCrashed. The instant is held open here (the
+    lock taken as the supervisor takes it) so the race can't be missed."""
+    pool = sup.start_pool("p", Counter, size=1)
+    with pool.checkout() as lease:
+        os.kill(lease.pid, signal.SIGKILL)
+        assert wait_for(lambda: lease._worker.exited.is_set())
+        assert wait_for(lambda: not lease._in_call.locked())  # (its own release is done)
+        lease._in_call.acquire()  # as Pool._release_channel does, on another thread
+        threading.Timer(0.2, lease._in_call.release).start()
+        with pytest.raises(pooly.WorkerCrashed):
+            lease.get()

@@ -75,6 +75,9 @@ _INTERRUPTED = "interrupted"
 _TIMED_OUT = "timed out"
 _RECYCLED = "recycled"
 
+#: The longest a call waits for the supervisor to finish closing its dead worker's fds.
+_CLOSING_WAIT = 1.0
+
 
 class _PoolDefault:
     """``checkout(call_timeout=...)`` left out: the pool's own ``call_timeout`` applies."""
@@ -242,7 +245,11 @@ class Lease:
     def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._pool._gen != HOST.gen:  # a copy in a forked child: its channel stayed behind
             raise self._pool._forked_error()
-        if not self._in_call.acquire(False):
+        if not self._in_call.acquire(False) and not (
+            # A dead worker's fds being closed (the supervisor holds the lock for that
+            # instant): wait it out, and the dead channel says WorkerCrashed.
+            self._worker.exited.is_set() and self._in_call.acquire(timeout=_CLOSING_WAIT)
+        ):
             raise LeaseError(
                 f"lease on worker pid {self._worker.pid} of pool {self._pool.name!r} is "
                 "already in a call from another thread; a lease serves one call at a time"
