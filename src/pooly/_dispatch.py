@@ -1247,12 +1247,10 @@ class MapJob:
                 if not item.ok:
                     raise item.value
                 del item
-                # Nothing here keeps what was yielded (the caller may drop it at once).
+                # Nothing here keeps what was yielded (the caller may drop it at once) --
+                # beyond the rest of its chunk, whose list is iterated in C.
                 if flat:
-                    chunk = items.pop().value
-                    chunk.reverse()
-                    while chunk:
-                        yield chunk.pop()
+                    yield from items.pop().value
                 else:
                     yield items.pop().value
         finally:

@@ -65,6 +65,13 @@ class _Runner:
         fn = self._fn(ref)
         return [fn(*args) for args in chunk]
 
+    def run_chunk1(self, fn: Callable[..., Any], chunk: list[Any]) -> list[Any]:
+        """A chunk of ``map`` over one iterable: ``fn`` of each item."""
+        return list(map(fn, chunk))
+
+    def call_chunk1(self, ref: bytes, chunk: list[Any]) -> list[Any]:
+        return list(map(self._fn(ref), chunk))
+
     def _fn(self, ref: bytes) -> Callable[..., Any]:
         fn = self._fns.get(ref)
         if fn is None:

@@ -703,7 +703,8 @@ class Pool(PassiveChild, SupervisorListener):
         d = self._tasks()
         # Every argument first (an iterable that raises leaves nothing queued), the shortest
         # iterable deciding, as the stdlib's.
-        items = list(zip(*iterables))  # noqa: B905
+        single = len(iterables) == 1 and chunksize > 1 and not isinstance(what, str)
+        items: list[Any] = list(iterables[0]) if single else list(zip(*iterables))  # noqa: B905
         per_call = self.call_timeout
         calls: Iterable[tuple[str, tuple[Any, ...]]]
         if not isinstance(what, str):
@@ -712,10 +713,11 @@ class Pool(PassiveChild, SupervisorListener):
             method, ref = _task(what)
             if chunksize == 1:
                 calls = ((method, (ref, a, {})) for a in items)
-            else:  # the runner's chunk method: one look-up of the function per chunk
+            else:  # the runner's chunk methods: one look-up of the function per chunk (and
+                # for one iterable, its items as they are: no tuple each)
+                name = f"{method}_chunk1" if single else f"{method}_chunk"
                 calls = (
-                    (f"{method}_chunk", (ref, items[i : i + chunksize]))
-                    for i in range(0, len(items), chunksize)
+                    (name, (ref, items[i : i + chunksize])) for i in range(0, len(items), chunksize)
                 )
         elif chunksize == 1:
             calls = ((what, a) for a in items)
