@@ -466,6 +466,34 @@ class Dispatcher:
         d.task = None  # (ours now: no cycle through its future's waiters list)
         lease = d.lease
         h = lease._worker
+        if timeout is None and task.timeout is None:  # the common case, straight through
+            try:
+                value = h.receive(task.tid)
+            except ChannelClosed:
+                pass  # (the general path below handles it: nothing was consumed)
+            except BaseException as e:
+                if h.broken:  # interrupted here, part-way through the reply
+                    self._interrupted_wait(task, lease)
+                    raise
+                self._settle(lease)
+                task.future._finish(None, e)  # type: ignore[attr-defined]  # the task's own
+                self._finished(1)
+                return None
+            else:
+                h.in_task = False
+                lease._in_call.release()
+                if self.max_tasks is not None and h.tasks >= self.max_tasks:
+                    self.pool._recycle(lease)
+                else:
+                    self.pool._give_back(lease)
+                if lease._release_channel:
+                    h.release()
+                task.future._finish(value, None)  # type: ignore[attr-defined]
+                with self.lock:
+                    self.pending -= 1
+                    if not self.pending:
+                        self._now_idle()
+                return None
         start = _monotonic()
         wait = timeout
         if task.timeout is not None:
@@ -499,14 +527,7 @@ class Dispatcher:
             outcome, ok = self._crashed(task, h), False
         except BaseException as e:
             if h.broken:  # interrupted here, part-way through the reply
-                self._settle(lease, kill=True, interrupted=True)
-                task.future.set_exception(
-                    PoolyError(
-                        f"the wait for task {task.label} was interrupted part-way through "
-                        f"its reply; its worker pid {h.pid} was killed"
-                    )
-                )
-                self._finished(1)
+                self._interrupted_wait(task, lease)
                 raise
             outcome, ok = e, False  # the task's own exception
             self._settle(lease)
@@ -521,6 +542,19 @@ class Dispatcher:
             fut.set_exception(outcome)
         self._finished(1)
         return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
+
+    def _interrupted_wait(self, task: _Task, lease: Lease) -> None:
+        """A wait for a direct task was interrupted part-way through its reply: the
+        channel can't be trusted, the worker is killed, the future fails."""
+        pid = lease._worker.pid
+        self._settle(lease, interrupted=True)
+        task.future.set_exception(
+            PoolyError(
+                f"the wait for task {task.label} was interrupted part-way through its reply; "
+                f"its worker pid {pid} was killed"
+            )
+        )
+        self._finished(1)
 
     def _settle(
         self,
