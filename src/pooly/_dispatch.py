@@ -358,8 +358,8 @@ class Dispatcher:
         self._done: list[tuple[_Task, Any]] = []  # finished: completed outside the lock
         self._sleep_until = math.inf  # the thread's poll deadline while it sleeps
         # Tasks their submitters sent straight to an idle worker, not yet read (by tid).
-        # Its lock is a leaf: nothing else is taken under it.
-        self._dlock = threading.Lock()
+        # No lock: whoever pops a task's entry (dict.pop is atomic) reads its reply -- the
+        # thread waiting for it, or the dispatcher taking it over.
         self._direct: dict[int, _Direct] = {}
         self._direct_seen = False  # a direct task was sent since the thread last looked
         self._over = False  # the thread has ended (with the pool)
@@ -436,8 +436,7 @@ class Dispatcher:
             raise
         d = _Direct(self, task, lease, now)
         fut._direct = d
-        with self._dlock:
-            self._direct[tid] = d
+        self._direct[tid] = d
         if self.closed is not None or self._over:
             # The pool ended meanwhile, its thread with it: no one would take this over.
             self._collect(d, None)
@@ -458,8 +457,7 @@ class Dispatcher:
         taken the task over. Returns what is left of ``timeout``."""
         if self.pool._gen != HOST.gen:  # a copy in a forked child: the channel stayed behind
             raise self.pool._forked_error()
-        with self._dlock:
-            mine = self._direct.pop(d.tid, None) is d
+        mine = self._direct.pop(d.tid, None) is d
         task = d.task
         if not mine or task is None:
             return timeout
@@ -510,8 +508,7 @@ class Dispatcher:
             else:  # the caller's own timeout: the dispatcher watches it from now on
                 d.adopt_at = 0.0
                 d.task = task
-                with self._dlock:
-                    self._direct[task.tid] = d
+                self._direct[task.tid] = d
                 self._wake.set()
                 return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
         except ChannelClosed:
@@ -593,8 +590,7 @@ class Dispatcher:
     def _hand_over(self, d: _Direct) -> None:
         """Someone waits for a direct task by other means than ``result()``: the dispatcher
         reads it now."""
-        with self._dlock:
-            d.adopt_at = 0.0
+        d.adopt_at = 0.0
         self._wake.set()
 
     def _finished(self, n: int) -> None:
@@ -824,12 +820,10 @@ class Dispatcher:
         from them) or the pool is ending."""
         now = _monotonic()
         every = bool(self.queue) or self.closed is not None or self.pool._has_waiters(self._waiter)
-        with self._dlock:
-            due = [d for d in self._direct.values() if every or d.adopt_at <= now]
-            for d in due:
-                del self._direct[d.tid]
+        due = [d for d in list(self._direct.values()) if every or d.adopt_at <= now]
         for d in due:
-            self._adopt(d.lease, d)
+            if self._direct.pop(d.tid, None) is d:  # (else its waiter took it just now)
+                self._adopt(d.lease, d)
 
     def _adopt(self, lease: Lease, direct: _Direct | None = None) -> None:
         h = lease._worker
@@ -1176,8 +1170,7 @@ class Dispatcher:
         if self._direct_seen or self._direct:
             self._direct_seen = False
             soonest = min(soonest, _monotonic() + _GRACE)
-            with self._dlock:
-                soonest = min([soonest, *(d.adopt_at for d in self._direct.values())])
+            soonest = min([soonest, *(d.adopt_at for d in list(self._direct.values()))])
         if soonest == math.inf:
             return None
         return max(0, math.ceil((soonest - _monotonic()) * 1000))
