@@ -29,6 +29,12 @@ queue behind a busy worker while another sits idle. A submitted task is sent onl
 worker with nothing else to do: its future stays cancellable until the task can start, and
 ``cancel()`` returning True always means it never runs.
 
+The direct path: a ``submit`` that finds the queue empty and a worker idle leases it and
+writes the task from the submitting thread; the first ``result()`` reads the reply in its
+own thread (no thread hop either way; see :class:`TaskFuture`). A direct task nobody reads
+within :data:`_GRACE`, or one waited for by other means (``wait``, callbacks, asyncio), or
+any, when tasks or checkouts wait for workers, is taken over by the dispatcher thread.
+
 Faults (SPEC 4.2):
 
 * A worker's death (EOF on its reply pipe) fails only the task it was running, with
@@ -37,6 +43,8 @@ Faults (SPEC 4.2):
   task runs is not counted toward the pool's restart intensity (``in_task`` on the handle).
 * A task that runs past its ``call_timeout`` fails with :class:`CallTimeout`; its worker is
   killed and replaced (the pool's decision, not counted); the tasks behind it run elsewhere.
+* A worker whose reply pipe ends while it lives on (its task closed every fd) is cut off:
+  after :data:`_CUT_WAIT` it is killed and replaced, and its task fails as a crash.
 * Arguments that can't be pickled fail that future in ``submit``; a result that can't be
   pickled (worker side) or unpickled (here) fails that future only.
 * The pool stopping or failing fails the queued tasks with its :class:`PoolFailed`; tasks
