@@ -486,19 +486,9 @@ class Dispatcher:
                 self._finished(1)
                 return None
             else:
-                h.in_task = False
-                lease._in_call.release()
-                if self.max_tasks is not None and h.tasks >= self.max_tasks:
-                    self.pool._recycle(lease)
-                else:
-                    self.pool._give_back(lease)
-                if lease._release_channel:
-                    h.release()
+                self._settle(lease)
                 task.future._finish(value, None)  # type: ignore[attr-defined]
-                with self.lock:
-                    self.pending -= 1
-                    if not self.pending:
-                        self._now_idle()
+                self._finished(1)
                 return None
         start = _monotonic()
         wait = timeout
@@ -569,7 +559,8 @@ class Dispatcher:
         dead: bool = False,
         interrupted: bool = False,
     ) -> None:
-        """A direct task's worker goes back: checked in, or killed, or it died."""
+        """A worker we held goes back: killed, dead, recycled (it ran its max_tasks), or
+        given back as it is; its fds closed if it was reaped while we held it."""
         h = lease._worker
         h.in_task = False
         lease._in_call.release()
@@ -841,10 +832,7 @@ class Dispatcher:
                 os.set_blocking(h.rep_r, False)
                 os.set_blocking(h.req_w, False)
             except OSError:
-                lease._in_call.release()
-                self.pool._lease_crashed(lease)
-                if lease._release_channel:
-                    h.release()
+                self._settle(lease, dead=True)
                 return
             slot = _Slot(lease, h)
         else:  # (its _in_call is held already, by the direct task, now ours)
@@ -949,7 +937,7 @@ class Dispatcher:
             if s.inflight or s.out or s.eof:
                 continue
             if not q or others or s.lease._ended is not None or not self._room(s):
-                self._drop(s, recycle=not self._room(s))
+                self._drop(s)
 
     def _room(self, s: _Slot, n: int = 0) -> bool:
         """``max_tasks``: a worker is sent no more than it may run (``n`` more on the way)."""
@@ -1138,32 +1126,21 @@ class Dispatcher:
                 self._close(self.closed)
         s.inflight.clear()
 
-    def _drop(self, s: _Slot, *, kill: bool = False, recycle: bool = False) -> None:
+    def _drop(self, s: _Slot, *, kill: bool = False) -> None:
         """Stop driving ``s``'s worker and give it back (killed, recycled, or as it is)."""
         del self._slots[s.rfd]
         _unregister(self._poll, s.rfd)
         if s.wfd in self._writers:
             del self._writers[s.wfd]
             _unregister(self._poll, s.wfd)
-        h, lease = s.handle, s.lease
-        h.in_task = False
+        lease = s.lease
         if not s.eof and not kill:
             try:
                 os.set_blocking(s.rfd, True)
                 os.set_blocking(s.wfd, True)
             except OSError:
                 pass
-        lease._in_call.release()
-        if kill:
-            self.pool._timed_out(lease)
-        elif recycle:
-            self.pool._recycle(lease)
-        elif s.eof:
-            self.pool._lease_crashed(lease)
-        else:
-            self.pool._give_back(lease)
-        if lease._release_channel:  # reaped while we held it: its fds are ours to close
-            h.release()
+        self._settle(lease, kill=kill, dead=s.eof)
 
     def _next_wait(self) -> int | None:
         """Milliseconds until the next task deadline or exit-status wait; None: none."""

@@ -212,11 +212,6 @@ class ProcessPoolExecutor(Executor):
                 if _EXITING:
                     raise RuntimeError("cannot schedule new futures after interpreter shutdown")
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            ref = _FN_REFS.get(fn) if type(fn) is types.FunctionType else None
-            if ref is not None:  # (a function seen before: _task, inlined)
-                return self._tasks.submit(
-                    "call", (ref, args, kwargs), {}, fn, self._pool.call_timeout, self._retries
-                )
             method, what = _task(fn)
             return self._tasks.submit(
                 method, (what, args, kwargs), {}, fn, self._pool.call_timeout, self._retries

@@ -636,14 +636,19 @@ class Pool(PassiveChild, SupervisorListener):
                         f"lease on worker pid {h.pid} of pool {self.name!r} was already checked in"
                     )
                 return
-            if h.exited.is_set():
-                # Died while leased: the supervisor reaps and replaces it (child_exited).
-                # (One that died unseen an instant ago is caught by checkout's liveness check.)
-                self._end_lease(lease, _CRASHED)
-            elif h.broken:  # (an interrupted call ends its lease at once; kept for safety)
-                self._retire(lease, _INTERRUPTED, kill=True)
-            else:
-                self._pass_on(lease, _CHECKED_IN)
+            self._take_back(lease)
+
+    def _take_back(self, lease: Lease) -> None:
+        """A live lease comes back (under the lock): its worker goes on, or is replaced."""
+        h = lease._worker
+        if h.exited.is_set():
+            # Died while leased: the supervisor reaps and replaces it (child_exited).
+            # (One that died unseen an instant ago is caught by checkout's liveness check.)
+            self._end_lease(lease, _CRASHED)
+        elif h.broken:  # (an interrupted call ends its lease at once; kept for safety)
+            self._retire(lease, _INTERRUPTED, kill=True)
+        else:
+            self._pass_on(lease, _CHECKED_IN)
 
     def transaction(self, fn: Callable[[Lease], T], *, timeout: float | None = None) -> T:
         """Check out (blocking up to ``timeout``), call ``fn(lease)``, always check in."""
@@ -800,16 +805,9 @@ class Pool(PassiveChild, SupervisorListener):
     def _give_back(self, lease: Lease) -> None:
         """``checkin`` for the task dispatcher's own leases (no call can be in flight
         through them, and none is misused): as checkin, without its checks."""
-        h = lease._worker
         with self._lock:
-            if lease._ended is not None:
-                return
-            if h.exited.is_set():
-                self._end_lease(lease, _CRASHED)
-            elif h.broken:
-                self._retire(lease, _INTERRUPTED, kill=True)
-            else:
-                self._pass_on(lease, _CHECKED_IN)
+            if lease._ended is None:
+                self._take_back(lease)
 
     def _has_waiters(self, ours: _Waiter | None) -> bool:
         """Whether a checkout (not the dispatcher's own place) waits for a worker. A glance

@@ -377,8 +377,10 @@ class ChaosExec(ChaosCalls):
         if pool.status().idle or not pids:
             self.count(self.fig.skipped, kind)
             return
-        pid = rng.choice(pids)
-        gen = self.gen[name]
+        self._sigkill(name, rng.choice(pids), self.gen[name], kind)
+
+    def _sigkill(self, name: str, pid: int, gen: int, kind: str) -> None:
+        """SIGKILL a worker of ``name`` on purpose, counted as fault ``kind``."""
         self.killed.add(pid)
         t = time.monotonic()
         try:

@@ -82,15 +82,7 @@ class ChaosFaults(ChaosExec):
             if pid is None:
                 self.count(self.fig.skipped, kind)
                 return
-            self.killed.add(pid)
-            t = time.monotonic()
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                self.count(self.fig.skipped, kind)
-                return
-            self.count(self.fig.faults, kind)
-            self.hit(name, pid, t, gen, kind)
+            self._sigkill(name, pid, gen, kind)
         elif kind == "abandoned":
             if sum(th.name.startswith("doomed") for th, _ in self.helpers) >= MAX_DOOMED:
                 self.count(self.fig.skipped, kind)
