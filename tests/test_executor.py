@@ -1083,3 +1083,111 @@ def test_many_sequential_direct_round_trips_leave_the_pool_clean(
         assert ex.submit(T.square, i).result(timeout=5) == i * i
     assert wait_for(lambda: _idle(ex.pool))
     assert os.getpid() not in ex.pool.worker_pids()
+
+
+# -- the worker kept for the next direct task (Dispatcher._direct_done: "parked")
+
+
+def test_a_worker_kept_for_the_next_direct_task_shows_idle_at_once(sup: pooly.Pooly) -> None:
+    """Issue 8 (submit latency): the worker of a direct task just read stays leased to the
+    dispatcher for the next direct task, so that ``submit().result()`` one after another
+    skips the pool's lock. It is idle in all a user can see: ``status()`` counts it idle
+    the moment ``result()`` returns."""
+    pool = sup.start_pool("calc", Calc, size=1)
+    for i in range(20):
+        assert pool.submit("add", i, 1).result(timeout=5) == i + 1
+        s = pool.status()
+        assert (s.state, s.idle, s.busy) == ("ready", 1, 0)
+    d = pool._dispatcher
+    assert d is not None and d._parked, "the fast path no longer keeps the worker"
+
+
+@pytest.mark.parametrize("max_overflow", [0, 1])
+def test_a_checkout_takes_the_worker_a_direct_task_just_used(
+    sup: pooly.Pooly, max_overflow: int
+) -> None:
+    """Issue 8: a checkout right after ``submit().result()`` gets the worker the task used
+    at once -- no ``PoolFull`` with ``block=False``, no overflow worker started, no wait."""
+    pool = sup.start_pool("calc", Calc, size=1, max_overflow=max_overflow)
+    pid = pool.worker_pids()[0]
+    for i in range(5):
+        assert pool.submit("add", i, 2).result(timeout=5) == i + 2
+        w = pool.checkout(block=False)
+        try:
+            assert w.pid == pid and w.add(i, 3) == i + 3
+            s = pool.status()
+            assert (s.busy, s.idle, s.overflow) == (1, 0, 0)
+        finally:
+            pool.checkin(w)
+        # And a checkout that waits: the worker is parked again meanwhile.
+        assert pool.submit("add", i, 4).result(timeout=5) == i + 4
+        with pool.checkout(timeout=5) as w:
+            assert w.pid == pid
+    assert pool.status().overflow == 0
+
+
+def test_a_worker_kept_for_direct_tasks_goes_back_to_the_pool_when_they_stop(
+    sup: pooly.Pooly,
+) -> None:
+    """Issue 8: the dispatcher gives a parked worker back to the pool once no direct task
+    came for a while (~_GRACE to twice that), where a parked worker is not only counted
+    idle but is idle (white box: the pool's own records)."""
+    pool = sup.start_pool("calc", Calc, size=2)
+    futs = [pool.submit("add", i, 1) for i in range(2)]
+    assert [f.result(timeout=5) for f in futs] == [1, 2]
+    assert wait_for(lambda: pool._busy == 0 and len(pool._idle) == 2, timeout=5)
+    d = pool._dispatcher
+    assert d is not None and not d._parked and not d.leases
+
+
+def test_a_parked_worker_that_dies_is_replaced_and_the_next_task_runs(sup: pooly.Pooly) -> None:
+    """Issue 8: a worker killed while parked (idle, still leased to the dispatcher) counts
+    as an idle worker's death; the next task goes to its replacement, not WorkerCrashed."""
+    pool = sup.start_pool("calc", Calc, size=1)
+    for round in range(3):
+        pid = pool.submit("pid").result(timeout=5)
+        d = pool._dispatcher
+        assert d is not None and d._parked  # (kept, as the tests above show)
+        os.kill(pid, 9)
+        assert wait_for(functools.partial(gone, pid), timeout=5)
+        assert pool.submit("add", round, 1).result(timeout=10) == round + 1
+        assert pool.submit("pid").result(timeout=5) != pid
+    assert wait_for(lambda: _idle(pool, 1), timeout=5)
+
+
+def test_direct_tasks_from_many_threads_share_the_workers_with_checkouts(
+    sup: pooly.Pooly,
+) -> None:
+    """Issue 8: threads doing ``submit().result()`` (the direct path, parking) beside a
+    thread doing checkouts: every call answers, no checkout starves, nothing is left
+    leased."""
+    pool = sup.start_pool("calc", Calc, size=2)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def submitter(k: int) -> None:
+        try:
+            for i in range(300):
+                assert pool.submit("add", k, i).result(timeout=10) == k + i
+        except BaseException as e:
+            errors.append(e)
+
+    def checkouts() -> None:
+        try:
+            while not stop.is_set():
+                with pool.checkout(timeout=5) as w:
+                    assert w.add(1, 1) == 2
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(4)]
+    other = threading.Thread(target=checkouts)
+    other.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stop.set()
+    other.join(10)
+    assert not errors, errors
+    assert wait_for(lambda: pool._busy == 0 and len(pool._idle) == 2, timeout=5)

@@ -265,6 +265,53 @@ def test_dead_workers_fds_are_released_when_reaped() -> None:
             gc.enable()
 
 
+class _HandOver:
+    """A lease's ``_in_call`` lock that, the moment one call lets go of it, lets another
+    thread's call take it, and the supervisor reap the worker under that second call (it
+    sets ``_release_channel`` and finds the lock taken): the interleaving forced."""
+
+    def __init__(self, lease: pooly.Lease, lock: Any) -> None:
+        self.lease, self.lock, self.armed = lease, lock, True
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return bool(self.lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self.lock.release()
+        if self.armed:
+            self.armed = False
+            assert self.lock.acquire(False)  # the second call starts
+            self.lease._release_channel = True  # reaped under it (it kept the lock)
+
+
+def test_a_call_ending_does_not_close_fds_a_second_call_through_its_lease_uses() -> None:
+    """Issue 8 (found while making the executor's workers reusable across its tasks): a
+    call through a lease let go of the lease's ``_in_call`` lock, then closed the worker's
+    fds if ``_release_channel`` was set -- which, when another thread's call through the
+    same lease had taken the lock in between and the worker was reaped under it, closed
+    the fds under that call (their numbers could be reused by any file). Now whoever ends
+    a call closes them only if it can take the lock back, as the supervisor does; else
+    the call in flight closes them when it ends."""
+    top = pooly.Pooly()
+    try:
+        pool = top.start_pool("p", Counter, size=1)
+        lease = pool.checkout()
+        h = lease._worker
+        lock = lease._in_call
+        lease._in_call = _HandOver(lease, lock)  # type: ignore[assignment]
+        assert lease.incr() == 1  # ends: the second "call" takes the lock, the worker "reaped"
+        assert h.req_w != -1 and h.rep_r != -1, "the fds were closed under the second call"
+        assert not lease._in_call.armed  # type: ignore[attr-defined]
+        # The second call ends: it can take the lock back, so it closes them.
+        lease._end_call()
+        assert h.req_w == -1 and h.rep_r == -1
+        lease._in_call = lock  # type: ignore[assignment]
+        lease._release_channel = False
+        pool._timed_out(lease)  # (its channel is gone: the pool kills and replaces it)
+    finally:
+        top.stop()
+
+
 class _Unkillable:
     """A child that never ends, even killed (a process stuck in the kernel, say)."""
 

@@ -138,7 +138,24 @@ class _Outcome(Protocol):
 class _Task:
     """One call waiting for, or running on, a worker."""
 
-    __slots__ = ("_label", "ahead", "frame", "future", "retries", "state", "tid", "timeout")
+    __slots__ = (
+        "_label",
+        "adopt_at",
+        "ahead",
+        "frame",
+        "future",
+        "lease",
+        "retries",
+        "sent",
+        "state",
+        "tid",
+        "timeout",
+    )
+    # Set only for a task its submitter sent straight to an idle worker (the direct path of
+    # ``submit``): the worker's lease, when it was sent, when the dispatcher takes it over.
+    lease: Lease
+    sent: float
+    adopt_at: float
 
     def __init__(
         self,
@@ -188,23 +205,6 @@ def _start(t: _Task) -> bool:
     return t.state == 1
 
 
-class _Direct:
-    """A task its submitting thread sent straight to an idle worker (the fast path of
-    ``submit``): the first thread to wait for its future reads the reply itself; if none
-    does within :data:`_GRACE`, or its future is waited for by other means, the dispatcher
-    takes it over."""
-
-    __slots__ = ("adopt_at", "dispatcher", "lease", "sent", "task", "tid")
-
-    def __init__(self, dispatcher: Dispatcher, task: _Task, lease: Lease, sent: float) -> None:
-        self.dispatcher = dispatcher
-        self.tid = task.tid
-        self.task: _Task | None = task  # None once it is over (breaks future -> task -> future)
-        self.lease = lease
-        self.sent = sent
-        self.adopt_at = sent + _GRACE
-
-
 #: Guards the making of a TaskFuture's condition (see TaskFuture._condition).
 _LAZY = threading.Lock()
 
@@ -222,14 +222,16 @@ class TaskFuture(Future[Any]):
     submitted it never needs one (it costs ~1 us to make). The fields are the stdlib's.
     """
 
-    def __init__(self) -> None:  # (Future.__init__'s fields, the condition left for later)
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        # (Future.__init__'s fields, the condition left for later)
         self._cond: threading.Condition | None = None
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
         self._waiters: list[Any] = []
         self._done_callbacks: list[Any] = []
-        self._direct: _Direct | None = None
+        self._dispatcher = dispatcher
+        self._direct: _Task | None = None  # sent by its submitter, its reply not read yet
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -244,10 +246,10 @@ class TaskFuture(Future[Any]):
         return c
 
     def result(self, timeout: float | None = None) -> Any:
-        d = self._direct
-        if d is not None:
+        t = self._direct
+        if t is not None:
             self._direct = None
-            timeout = d.dispatcher._collect(d, timeout)
+            timeout = self._dispatcher._collect(t, timeout)
             if self._state == _FINISHED:  # (read here: no condition needed)
                 if self._exception is None:
                     return self._result
@@ -258,10 +260,10 @@ class TaskFuture(Future[Any]):
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        d = self._direct
-        if d is not None:
+        t = self._direct
+        if t is not None:
             self._direct = None
-            timeout = d.dispatcher._collect(d, timeout)
+            timeout = self._dispatcher._collect(t, timeout)
         return super().exception(timeout)
 
     def done(self) -> bool:
@@ -269,20 +271,22 @@ class TaskFuture(Future[Any]):
         return super().done()
 
     def _hand_over(self) -> None:
-        d = self._direct
-        if d is not None:
+        t = self._direct
+        if t is not None:
             self._direct = None
-            d.dispatcher._hand_over(d)
+            self._dispatcher._hand_over(t)
 
     def _finish(self, result: Any, error: BaseException | None) -> None:
-        """set_result / set_exception for the thread that read a direct task's reply."""
-        with _LAZY:
-            c = self._cond
-            if c is None:  # nobody waits on it, nor has a callback (both make the condition)
-                self._result, self._exception, self._state = result, error, _FINISHED
-                return
+        """set_result / set_exception for the thread that read a direct task's reply.
+
+        No lock when nobody made the condition: the state is stored first, then the
+        condition looked for. A thread that makes it after that look sees the future
+        finished; one that made it before is notified under it, as by set_result."""
+        self._result, self._exception, self._state = result, error, _FINISHED
+        c = self._cond
+        if c is None:  # nobody waits on it, nor has a callback (both make the condition)
+            return
         with c:
-            self._result, self._exception, self._state = result, error, _FINISHED
             for waiter in self._waiters:
                 if error is None:
                     waiter.add_result(self)
@@ -368,7 +372,9 @@ class Dispatcher:
         # Tasks their submitters sent straight to an idle worker, not yet read (by tid).
         # No lock: whoever pops a task's entry (dict.pop is atomic) reads its reply -- the
         # thread waiting for it, or the dispatcher taking it over.
-        self._direct: dict[int, _Direct] = {}
+        self._direct: dict[int, _Task] = {}
+        # Workers kept for the next direct task (see _park), still leased to us.
+        self._parked: list[Lease] = []
         self._direct_seen = False  # a direct task was sent since the thread last looked
         self._over = False  # the thread has ended (with the pool)
         # Dispatcher thread only:
@@ -398,7 +404,7 @@ class Dispatcher:
         once (see :class:`TaskFuture`)."""
         if self.pool._gen != HOST.gen:  # a copy in a forked child: its workers stayed behind
             raise self.pool._forked_error()
-        fut = TaskFuture()
+        fut = TaskFuture(self)
         try:
             data = _pdumps((method, args, kwargs), _PROTO)
         except Exception as e:  # the pickling error itself, as the stdlib's executor has it
@@ -415,7 +421,8 @@ class Dispatcher:
                 self._anchor = self.anchor()
             self.pending += 1
             if not self.queue:
-                lease = self.pool._idle_lease(self.leases)
+                parked = self._parked
+                lease = parked.pop() if parked else self.pool._idle_lease(self.leases)
             if lease is None:
                 self.queue.append(task)
                 if self.sleeping:
@@ -423,8 +430,14 @@ class Dispatcher:
                     self._wake.set()
                 return fut
         # The fast path: this thread sends it, and the first to wait reads the reply.
-        lease._in_call.acquire()  # (a fresh lease: free) its fds stay open while in flight
+        # (Blocking: the supervisor holds it an instant while closing a reaped worker's
+        # fds.) Held, it keeps the fds open while the task is in flight.
+        lease._in_call.acquire()
         h = lease._worker
+        if lease._ended is not None:  # it died (or the pool closed) since it was idle
+            self._settle(lease, dead=True)
+            self._requeue_task(task)
+            return fut
         task.state = 1
         fut._state = _RUNNING  # (set_running_or_notify_cancel: no one else has it yet)
         h.in_task = True
@@ -442,36 +455,40 @@ class Dispatcher:
             fut.set_exception(PoolyError(f"submit of {task.label} was interrupted"))
             self._finished(1)
             raise
-        d = _Direct(self, task, lease, now)
-        fut._direct = d
-        self._direct[tid] = d
+        task.lease = lease
+        task.sent = now
+        task.adopt_at = now + _GRACE
+        fut._direct = task
+        self._direct[tid] = task
         if self.closed is not None or self._over:
             # The pool ended meanwhile, its thread with it: no one would take this over.
-            self._collect(d, None)
+            self._collect(task, None)
             return fut
         # The thread must look at it within _GRACE: it does while direct tasks come (it
         # then wakes each _GRACE); only a thread asleep for good needs a wake-up (under
         # the lock, as it decides how long to sleep under it).
         self._direct_seen = True
         if self._sleep_until == math.inf:
-            with self.lock:
-                if self.sleeping and self._sleep_until == math.inf:
-                    self.sleeping = False
-                    self._wake.set()
+            self._wake_if_asleep()
         return fut
 
-    def _collect(self, d: _Direct, timeout: float | None) -> float | None:
+    def _wake_if_asleep(self) -> None:
+        """The thread must look again within _GRACE: wake it if it sleeps for good."""
+        with self.lock:
+            if self.sleeping and self._sleep_until == math.inf:
+                self.sleeping = False
+                self._wake.set()
+
+    def _collect(self, task: _Task, timeout: float | None) -> float | None:
         """A thread waits for a direct task's future: read its reply here, if no one has
         taken the task over. Returns what is left of ``timeout``."""
         if self.pool._gen != HOST.gen:  # a copy in a forked child: the channel stayed behind
             raise self.pool._forked_error()
-        mine = self._direct.pop(d.tid, None) is d
-        task = d.task
-        if not mine or task is None:
-            return timeout
-        d.task = None  # (ours now: no cycle through its future's waiters list)
-        lease = d.lease
+        if self._direct.pop(task.tid, None) is not task:
+            return timeout  # taken over (the dispatcher reads it)
+        lease = task.lease
         h = lease._worker
+        fut = task.future
         if timeout is None and task.timeout is None:  # the common case, straight through
             try:
                 value = h.receive(task.tid)
@@ -481,32 +498,30 @@ class Dispatcher:
                 if h.broken:  # interrupted here, part-way through the reply
                     self._interrupted_wait(task, lease)
                     raise
-                self._settle(lease)
-                task.future._finish(None, e)  # type: ignore[attr-defined]  # the task's own
-                self._finished(1)
+                fut._finish(None, e)  # type: ignore[attr-defined]  # (the task's own)
+                self._direct_done(lease)
                 return None
             else:
-                self._settle(lease)
-                task.future._finish(value, None)  # type: ignore[attr-defined]
-                self._finished(1)
+                fut._finish(value, None)  # type: ignore[attr-defined]
+                self._direct_done(lease)
                 return None
         start = _monotonic()
         wait = timeout
         if task.timeout is not None:
-            left = d.sent + task.timeout - start
+            left = task.sent + task.timeout - start
             wait = left if wait is None else min(wait, left)
         outcome: Any
+        answered = False  # the worker answered: it is parked or given back after the future
         try:
             outcome = h.receive(task.tid, None if wait is None else max(0.0, wait))
-            ok = True
+            ok = answered = True
         except ReplyTimeout:
-            if task.timeout is not None and _monotonic() >= d.sent + task.timeout:
+            if task.timeout is not None and _monotonic() >= task.sent + task.timeout:
                 self._settle(lease, kill=True)
                 outcome, ok = self._call_timeout(task, h.pid), False
             else:  # the caller's own timeout: the dispatcher watches it from now on
-                d.adopt_at = 0.0
-                d.task = task
-                self._direct[task.tid] = d
+                task.adopt_at = 0.0
+                self._direct[task.tid] = task
                 self._wake.set()
                 return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
         except ChannelClosed:
@@ -524,18 +539,17 @@ class Dispatcher:
             if h.broken:  # interrupted here, part-way through the reply
                 self._interrupted_wait(task, lease)
                 raise
-            outcome, ok = e, False  # the task's own exception
-            self._settle(lease)
-        else:
-            self._settle(lease)
-        fut = task.future
+            outcome, ok, answered = e, False, True  # the task's own exception
         if type(fut) is TaskFuture:
             fut._finish(outcome, None) if ok else fut._finish(None, outcome)
         elif ok:
             fut.set_result(outcome)
         else:
             fut.set_exception(outcome)
-        self._finished(1)
+        if answered:
+            self._direct_done(lease)
+        else:
+            self._finished(1)
         return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
 
     def _interrupted_wait(self, task: _Task, lease: Lease) -> None:
@@ -563,7 +577,7 @@ class Dispatcher:
         given back as it is; its fds closed if it was reaped while we held it."""
         h = lease._worker
         h.in_task = False
-        lease._in_call.release()
+        lease._end_call()
         if interrupted:
             self.pool._interrupted(lease)
         elif kill:
@@ -574,8 +588,58 @@ class Dispatcher:
             self.pool._recycle(lease)
         else:
             self.pool._give_back(lease)
-        if lease._release_channel:
-            h.release()
+
+    def _direct_done(self, lease: Lease) -> None:
+        """A direct task's worker answered and its future is set: the task is no longer
+        pending, and the worker is parked for the next direct task, else given back.
+
+        Parked, the worker stays leased to us: ``submit().result()`` one after another
+        then costs no trip through the pool's lock. Only while nothing else wants a
+        worker -- no task queued, no checkout waiting (``checkout`` takes parked workers
+        back first; ``status`` counts them idle) -- and only until the thread looks
+        again with no direct task sent meanwhile (:data:`_GRACE` to twice that): then it
+        gives them back. Overflow workers are not kept."""
+        h = lease._worker
+        if lease._rec.overflow or (self.max_tasks is not None and h.tasks >= self.max_tasks):
+            self._settle(lease)
+            self._finished(1)
+            return
+        h.in_task = False
+        lease._end_call()
+        with self.lock:
+            if (
+                self.closed is None
+                and not self.queue
+                and lease._ended is None
+                and not self.pool._has_waiters(self._waiter)
+            ):
+                self._parked.append(lease)
+                if self.sleeping and self._sleep_until == math.inf:
+                    self.sleeping = False  # (it must look again within _GRACE)
+                    self._wake.set()
+            else:
+                self.pool._give_back(lease)
+            self.pending -= 1
+            if self.pending == 0:
+                self._now_idle()
+
+    def unpark(self) -> None:
+        """Give back every parked worker (a checkout wants one)."""
+        with self.lock:
+            self._unpark()
+
+    def _unpark(self) -> None:
+        """(under the lock) Parked workers serve the queue, or go back to the pool."""
+        parked, self._parked = self._parked, []
+        for lease in parked:
+            if self.queue and self.closed is None and lease._ended is None:
+                self._adopt(lease)
+            else:
+                self.pool._give_back(lease)
+
+    def parked(self) -> int:
+        """How many live workers are parked (for the pool's status: they are idle)."""
+        return sum(1 for lease in list(self._parked) if lease._ended is None)
 
     def _requeue_task(self, task: _Task) -> None:
         """A started task runs again (retries), first in line."""
@@ -586,10 +650,10 @@ class Dispatcher:
                 self.queue.appendleft(task)
             self._wake.set()
 
-    def _hand_over(self, d: _Direct) -> None:
+    def _hand_over(self, task: _Task) -> None:
         """Someone waits for a direct task by other means than ``result()``: the dispatcher
         reads it now."""
-        d.adopt_at = 0.0
+        task.adopt_at = 0.0
         self._wake.set()
 
     def _finished(self, n: int) -> None:
@@ -773,6 +837,13 @@ class Dispatcher:
     def _take_inbox(self) -> None:
         while self._inbox:
             self._adopt(self._inbox.popleft())
+        if self._parked and (
+            self.queue
+            or not self._direct_seen  # (no direct task since the last look)
+            or self.closed is not None
+            or self.pool._has_waiters(self._waiter)
+        ):
+            self._unpark()
         if self._direct:
             self._take_direct()
         w = self._waiter
@@ -819,12 +890,12 @@ class Dispatcher:
         from them) or the pool is ending."""
         now = _monotonic()
         every = bool(self.queue) or self.closed is not None or self.pool._has_waiters(self._waiter)
-        due = [d for d in list(self._direct.values()) if every or d.adopt_at <= now]
-        for d in due:
-            if self._direct.pop(d.tid, None) is d:  # (else its waiter took it just now)
-                self._adopt(d.lease, d)
+        due = [t for t in list(self._direct.values()) if every or t.adopt_at <= now]
+        for t in due:
+            if self._direct.pop(t.tid, None) is t:  # (else its waiter took it just now)
+                self._adopt(t.lease, t)
 
-    def _adopt(self, lease: Lease, direct: _Direct | None = None) -> None:
+    def _adopt(self, lease: Lease, direct: _Task | None = None) -> None:
         h = lease._worker
         if direct is None:
             lease._in_call.acquire()  # ours: its fds stay open (not released) while we poll
@@ -836,13 +907,10 @@ class Dispatcher:
                 return
             slot = _Slot(lease, h)
         else:  # (its _in_call is held already, by the direct task, now ours)
-            task = direct.task
-            assert task is not None
-            direct.task = None
-            if isinstance(task.future, TaskFuture):
-                task.future._direct = None  # (its waits go the usual way now)
+            if isinstance(direct.future, TaskFuture):
+                direct.future._direct = None  # (its waits go the usual way now)
             slot = _Slot(lease, h)
-            slot.inflight.append(task)
+            slot.inflight.append(direct)
             slot.since = direct.sent
             h._pending.clear()  # type: ignore[attr-defined]  # (its reply is ours to read)
             slot.buf, h._ahead = h._ahead, b""  # type: ignore[attr-defined]
@@ -1152,10 +1220,10 @@ class Dispatcher:
                 )
             elif s.inflight and s.inflight[0].timeout is not None:
                 soonest = min(soonest, s.since + s.inflight[0].timeout)
-        if self._direct_seen or self._direct:
+        if self._direct_seen or self._direct or self._parked:
             self._direct_seen = False
             soonest = min(soonest, _monotonic() + _GRACE)
-            soonest = min([soonest, *(d.adopt_at for d in list(self._direct.values()))])
+            soonest = min([soonest, *(t.adopt_at for t in list(self._direct.values()))])
         if soonest == math.inf:
             return None
         return max(0, math.ceil((soonest - _monotonic()) * 1000))
@@ -1164,6 +1232,7 @@ class Dispatcher:
         """The pool ended (under self.lock): fail the queue now, and whatever comes back to it."""
         self.closed = error
         self._unwant_worker()
+        self._unpark()
         self._done.extend((t, error) for t in self.queue)
         self.queue.clear()
 

@@ -284,11 +284,21 @@ class Lease:
                 self._pool._interrupted(self)
             raise
         finally:
-            self._in_call.release()
+            self._end_call()
             if self._orphaned:
                 self._pool._reclaim(self)
-            if self._release_channel:
+
+    def _end_call(self) -> None:
+        """A call (or a task) through this lease is over: let go of ``_in_call``. If the
+        worker was reaped meanwhile, its fds are closed -- by whoever takes the lock after
+        the supervisor set ``_release_channel`` (it tried first): another thread may be
+        in a call through this lease already, and its fds stay open under it."""
+        self._in_call.release()
+        if self._release_channel and self._in_call.acquire(False):
+            try:
                 self._worker.release()
+            finally:
+                self._in_call.release()
 
     def _ended_error(self) -> Exception:
         w = self._worker
@@ -557,6 +567,9 @@ class Pool(PassiveChild, SupervisorListener):
         leases = current_leases()
         waiter: _Waiter | None = None
         wid: str | None = None
+        tasks = self._dispatcher
+        if tasks is not None and tasks._parked and not self._idle:
+            tasks.unpark()  # workers kept for the next task are idle: checkouts come first
         try:
             with self._lock:
                 if self._closed is not None:
@@ -600,6 +613,8 @@ class Pool(PassiveChild, SupervisorListener):
                 got = self._checkout_overflow(wid, leases)
             else:
                 assert waiter is not None
+                if tasks is not None and tasks._parked:  # (parked since we looked)
+                    tasks.unpark()
                 got = self._wait(waiter, timeout)
             got._call_timeout = per_call
             return got
@@ -826,10 +841,13 @@ class Pool(PassiveChild, SupervisorListener):
         """A consistent snapshot of the pool's counts and state."""
         if self._gen != HOST.gen:
             raise self._forked_error()
+        tasks = self._dispatcher
         with self._lock:
+            # Workers the dispatcher keeps for its next task are idle (see Dispatcher._park).
+            parked = tasks.parked() if tasks is not None and tasks._parked else 0
             if self._closed is not None:
                 state: State = "failed" if self._failed else "stopped"
-            elif self._idle:
+            elif self._idle or parked:
                 state = "ready"
             elif self._overflow < self.max_overflow:
                 state = "overflow"
@@ -840,8 +858,8 @@ class Pool(PassiveChild, SupervisorListener):
                 state=state,
                 size=self.size,
                 max_overflow=self.max_overflow,
-                idle=len(self._idle),
-                busy=self._busy,
+                idle=len(self._idle) + parked,
+                busy=self._busy - parked,
                 overflow=self._overflow,
                 waiting=len(self._waiters),
                 replaced=self._replaced,
