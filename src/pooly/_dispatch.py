@@ -219,19 +219,23 @@ class TaskFuture(Future[Any]):
     to the dispatcher, as does a wait that times out.
 
     The condition of a Future is made on first use: a future read by the thread that
-    submitted it never needs one (it costs ~1 us to make). The fields are the stdlib's.
+    submitted it never needs one (it costs ~1 us to make). The fields are the stdlib's;
+    every use of its waiters and callbacks lists is under the condition.
     """
 
+    # Future.__init__'s fields, as class defaults: a field is stored on the future only
+    # when it changes. The condition, and the lists only used under it, are made on first
+    # use of the condition.
+    _cond: threading.Condition | None = None
+    _state = _PENDING
+    _result: Any = None
+    _exception: BaseException | None = None
+    _waiters: list[Any] = ()  # type: ignore[assignment]  # (immutable: no list shared)
+    _done_callbacks: list[Any] = ()  # type: ignore[assignment]
+    _direct: _Task | None = None  # sent by its submitter, its reply not read yet
+
     def __init__(self, dispatcher: Dispatcher) -> None:
-        # (Future.__init__'s fields, the condition left for later)
-        self._cond: threading.Condition | None = None
-        self._state = _PENDING
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
         self._dispatcher = dispatcher
-        self._direct: _Task | None = None  # sent by its submitter, its reply not read yet
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -240,7 +244,9 @@ class TaskFuture(Future[Any]):
             with _LAZY:
                 c = self._cond
                 if c is None:
-                    c = self._cond = threading.Condition()
+                    self._waiters = []
+                    self._done_callbacks = []
+                    c = self._cond = threading.Condition()  # (published last)
         if self._direct is not None:  # waited for by other means than result()
             self._hand_over()
         return c
@@ -358,6 +364,8 @@ class Dispatcher:
         self.leases: dict[Any, None] = {}  # the pool's leases to this dispatcher
         self.sleeping = False
         self.closed: BaseException | None = None  # the pool's end: every task fails with it
+        # Set by an executor's shutdown: new tasks are refused with the error it makes.
+        self.refused: Callable[[], BaseException] | None = None
         # What must live while tasks are pending, held weakly otherwise (an executor's
         # private Pooly: dropped with nothing pending, it stops; with tasks, they finish).
         self.anchor: Callable[[], object] = _nothing
@@ -415,8 +423,8 @@ class Dispatcher:
         task = _Task(fut, _pack(len(data), tid) + data, tid, label, timeout, retries)
         lease = None
         with self.lock:
-            if self.closed is not None:
-                raise self.closed
+            if self.closed is not None or self.refused is not None:
+                raise self._refusal()
             if not self.pending:
                 self._anchor = self.anchor()
             self.pending += 1
@@ -605,23 +613,28 @@ class Dispatcher:
             self._finished(1)
             return
         h.in_task = False
-        lease._end_call()
+        lease._in_call.release()  # (Lease._end_call, inlined)
+        if lease._release_channel:
+            lease._release_if_free()
+        pool = self.pool
         with self.lock:
             if (
                 self.closed is None
                 and not self.queue
                 and lease._ended is None
-                and not self.pool._has_waiters(self._waiter)
+                and (not pool._waiters or not pool._has_waiters(self._waiter))
             ):
                 self._parked.append(lease)
                 if self.sleeping and self._sleep_until == math.inf:
                     self.sleeping = False  # (it must look again within _GRACE)
                     self._wake.set()
             else:
-                self.pool._give_back(lease)
+                pool._give_back(lease)
             self.pending -= 1
             if self.pending == 0:
-                self._now_idle()
+                self._anchor = None  # (_now_idle, inlined)
+                if self._idle_waiters:
+                    self.idle.notify_all()
 
     def unpark(self) -> None:
         """Give back every parked worker (a checkout wants one)."""
@@ -736,8 +749,8 @@ class Dispatcher:
 
     def _queue_many(self, tasks: list[_Task]) -> None:
         with self.lock:
-            if self.closed is not None:
-                raise self.closed
+            if self.closed is not None or self.refused is not None:
+                raise self._refusal()
             self.queue.extend(tasks)
             if not self.pending:
                 self._anchor = self.anchor()
@@ -745,6 +758,19 @@ class Dispatcher:
             if self.sleeping and tasks:
                 self.sleeping = False
                 self._wake.set()
+
+    def _refusal(self) -> BaseException:
+        """Why a task is refused (under the lock): the executor's shutdown, else the
+        pool's end."""
+        if self.refused is not None:
+            return self.refused()
+        assert self.closed is not None
+        return self.closed
+
+    def refuse(self, error: Callable[[], BaseException]) -> None:
+        """Refuse every task from now on with ``error()`` (an executor was shut down)."""
+        with self.lock:
+            self.refused = error
 
     def cancel_pending(self) -> None:
         """Cancel every task still queued (none that was sent to a worker: those run)."""

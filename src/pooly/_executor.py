@@ -29,6 +29,7 @@ from ._pool import Pool, _check_int
 # Imported first, so that pooly's exit hook (stopping every tree) is registered before this
 # module's (finishing executors' tasks), and runs after it (atexit runs hooks newest first).
 from ._pooly import Pooly
+from ._worker import _CALL, function_of
 
 __all__ = ("ProcessPoolExecutor",)
 
@@ -45,24 +46,19 @@ class _Runner:
     def __init__(
         self, initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = ()
     ) -> None:
-        self._fns: dict[bytes, Callable[..., Any]] = {}
         if initializer is not None:
             initializer(*initargs)
 
     def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return fn(*args, **kwargs)
 
-    def call(self, ref: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``run`` for a plain function sent as its pickle (a reference by name), which is
-        unpickled once per worker rather than once per task."""
-        return self._fn(ref)(*args, **kwargs)
-
     def run_chunk(self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
         """A chunk of ``map``: ``fn`` over each arguments tuple (a chunk fails as a whole)."""
         return [fn(*args) for args in chunk]
 
     def call_chunk(self, ref: bytes, chunk: list[tuple[Any, ...]]) -> list[Any]:
-        fn = self._fn(ref)
+        """``run_chunk`` for a plain function sent as its pickle (see ``_CALL``)."""
+        fn = function_of(ref)
         return [fn(*args) for args in chunk]
 
     def run_chunk1(self, fn: Callable[..., Any], chunk: list[Any]) -> list[Any]:
@@ -70,15 +66,7 @@ class _Runner:
         return list(map(fn, chunk))
 
     def call_chunk1(self, ref: bytes, chunk: list[Any]) -> list[Any]:
-        return list(map(self._fn(ref), chunk))
-
-    def _fn(self, ref: bytes) -> Callable[..., Any]:
-        fn = self._fns.get(ref)
-        if fn is None:
-            if len(self._fns) >= _REFS:
-                self._fns.clear()
-            fn = self._fns[ref] = pickle.loads(ref)
-        return fn
+        return list(map(function_of(ref), chunk))
 
 
 #: Plain functions, pickled once: a function's pickle is its module and name, and looking
@@ -88,21 +76,22 @@ _REFS = 512
 _PLAIN = (types.FunctionType, types.BuiltinFunctionType)
 
 
-def _task(fn: Callable[..., Any]) -> tuple[str, Any]:
-    """The runner method and the function's form for ``fn``: its cached pickle for a plain
-    function, else the object itself (pickled with each task)."""
-    if type(fn) in _PLAIN:
-        ref = _FN_REFS.get(fn)
-        if ref is None:
-            try:
-                ref = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
-            except Exception:  # (a lambda, a nested function: fails with the task, as usual)
-                return "run", fn
-            if len(_FN_REFS) >= _REFS:
-                _FN_REFS.clear()
-            _FN_REFS[fn] = ref
-        return "call", ref
-    return "run", fn
+def _ref(fn: Callable[..., Any]) -> bytes | None:
+    """A plain function's pickle (a reference by name, cached), sent for it with
+    :data:`~pooly._worker._CALL`; None for any other callable, which travels as itself with
+    each task (a lambda or a nested function then fails with its task, as usual)."""
+    if type(fn) not in _PLAIN:
+        return None
+    ref = _FN_REFS.get(fn)
+    if ref is None:
+        try:
+            ref = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            return None
+        if len(_FN_REFS) >= _REFS:
+            _FN_REFS.clear()
+        _FN_REFS[fn] = ref
+    return ref
 
 
 def _default_workers() -> int:
@@ -207,15 +196,15 @@ class ProcessPoolExecutor(Executor):
         worker is killed and replaced); ``TypeError`` if its arguments or result can't be
         pickled. ``RuntimeError`` after :meth:`shutdown`.
         """
-        with self._shutdown_lock:
-            if self._shutdown:
-                if _EXITING:
-                    raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            method, what = _task(fn)
+        # (After shutdown the dispatcher refuses it, under its own lock: see shutdown.)
+        ref = _ref(fn)
+        if ref is not None:
             return self._tasks.submit(
-                method, (what, args, kwargs), {}, fn, self._pool.call_timeout, self._retries
+                _CALL, (ref, args), kwargs, fn, self._pool.call_timeout, self._retries
             )
+        return self._tasks.submit(
+            "run", (fn, args, kwargs), {}, fn, self._pool.call_timeout, self._retries
+        )
 
     def map(
         self,
@@ -241,6 +230,9 @@ class ProcessPoolExecutor(Executor):
             return  # a copy inherited through a fork: the executor is the parent's
         with self._shutdown_lock:
             self._shutdown = True
+            # From now on the dispatcher refuses tasks, atomically with their queueing:
+            # none slips in behind shutdown's wait.
+            self._tasks.refuse(_after_shutdown)
         _LIVE.discard(self)
         if cancel_futures:
             self._tasks.cancel_pending()
@@ -269,6 +261,13 @@ class ProcessPoolExecutor(Executor):
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else "running"
         return f"<pooly.ProcessPoolExecutor max_workers={self._max_workers} {state} {self._pool!r}>"
+
+
+def _after_shutdown() -> RuntimeError:
+    """The error of a submit to an executor that was shut down (the stdlib's words)."""
+    if _EXITING:
+        return RuntimeError("cannot schedule new futures after interpreter shutdown")
+    return RuntimeError("cannot schedule new futures after shutdown")
 
 
 @atexit.register

@@ -57,7 +57,7 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
-from ._worker import ChannelClosed, ReplyTimeout, make_payload
+from ._worker import _CALL, ChannelClosed, ReplyTimeout, make_payload
 
 __all__ = ("Lease", "Pool", "PoolStatus")
 
@@ -294,7 +294,12 @@ class Lease:
         the supervisor set ``_release_channel`` (it tried first): another thread may be
         in a call through this lease already, and its fds stay open under it."""
         self._in_call.release()
-        if self._release_channel and self._in_call.acquire(False):
+        if self._release_channel:
+            self._release_if_free()
+
+    def _release_if_free(self) -> None:
+        """The worker was reaped: close its fds, unless a call through us is in flight."""
+        if self._in_call.acquire(False):
             try:
                 self._worker.release()
             finally:
@@ -727,17 +732,23 @@ class Pool(PassiveChild, SupervisorListener):
         items: list[Any] = list(iterables[0]) if single else list(zip(*iterables))  # noqa: B905
         per_call = self.call_timeout
         calls: Iterable[tuple[str, tuple[Any, ...]]]
-        if not isinstance(what, str):
-            from ._executor import _task
+        if not isinstance(what, str):  # an executor's function (see pooly._executor)
+            from ._executor import _ref
 
-            method, ref = _task(what)
+            ref = _ref(what)
             if chunksize == 1:
-                calls = ((method, (ref, a, {})) for a in items)
+                calls = (
+                    ((_CALL, (ref, a)) for a in items)
+                    if ref is not None
+                    else (("run", (what, a, {})) for a in items)
+                )
             else:  # the runner's chunk methods: one look-up of the function per chunk (and
                 # for one iterable, its items as they are: no tuple each)
-                name = f"{method}_chunk1" if single else f"{method}_chunk"
+                kind, form = ("call", ref) if ref is not None else ("run", what)
+                name = f"{kind}_chunk1" if single else f"{kind}_chunk"
                 calls = (
-                    (name, (ref, items[i : i + chunksize])) for i in range(0, len(items), chunksize)
+                    (name, (form, items[i : i + chunksize]))
+                    for i in range(0, len(items), chunksize)
                 )
         elif chunksize == 1:
             calls = ((what, a) for a in items)
@@ -752,7 +763,7 @@ class Pool(PassiveChild, SupervisorListener):
     def _check_method(self, method: object) -> None:
         if self._gen != HOST.gen:
             raise self._forked_error()
-        if not isinstance(method, str) or method.startswith("_") or method == CHUNK:
+        if not isinstance(method, str) or method.startswith("_") or method in (CHUNK, _CALL):
             raise AttributeError(
                 f"{method!r}: only public methods of the worker class can be called"
             )

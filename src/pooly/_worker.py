@@ -128,6 +128,24 @@ _OK, _ERR = 0, 1
 _READ_CHUNK = 1 << 16
 _MAX_POLL = (2**31 - 1) // 1000  # seconds: poll(2) takes a C int of milliseconds
 _CHUNK = "*"  # the method name of a chunk of map() (pooly._dispatch.CHUNK)
+#: The method name of a plain function's call by reference (an executor's task): its
+#: arguments are the function's pickle and its positional arguments. Not an identifier,
+#: so no worker method can be called by it.
+_CALL = "!"
+#: Functions by their pickle (a module and a name), unpickled once per worker process:
+#: looking them up costs more than the rest of a small task's unpickling. Bounded.
+_FNS: dict[bytes, Any] = {}
+_FNS_MAX = 512
+
+
+def function_of(ref: bytes) -> Any:
+    """The function whose pickle is ``ref`` (cached)."""
+    fn = _FNS.get(ref)
+    if fn is None:
+        if len(_FNS) >= _FNS_MAX:
+            _FNS.clear()
+        fn = _FNS[ref] = pickle.loads(ref)
+    return fn
 
 
 def make_payload(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -410,6 +428,7 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
     """
     loads, dumps, read, write = pickle.loads, pickle.dumps, os.read, os.write
     pack, unpack_from, hdr_size, chunk_size = _HDR.pack, _HDR.unpack_from, _HDR_SIZE, _READ_CHUNK
+    fns = _FNS
     ahead = b""  # bytes of the next request(s), read with the last one (pipelining)
     while True:
         chunk = ahead or read(rfd, chunk_size)
@@ -427,7 +446,13 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
             name, args, kwargs = loads(data)
             if name[0] == "_":
                 raise AttributeError(f"{name!r} is private; only public methods are callable")
-            if name == _CHUNK:  # a chunk of map(): one method over many arguments
+            if name == _CALL:  # an executor's task: a function by reference
+                name = "task"  # (for messages, then its function's name)
+                ref, args = args
+                fn = fns.get(ref) or function_of(ref)
+                name = getattr(fn, "__qualname__", name)
+                result = fn(*args, **kwargs)
+            elif name == _CHUNK:  # a chunk of map(): one method over many arguments
                 name, items = args
                 if name[:1] == "_":
                     raise AttributeError(f"{name!r} is private; only public methods are callable")
@@ -446,7 +471,7 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
                 out = _pack_error(e, f"pickling the result of method {name}()")
         # Nothing of this request outlives it while the worker waits for the next.
         del data, chunk
-        args = kwargs = result = items = fn = None  # type: ignore[assignment]
+        args = kwargs = result = items = fn = None
         n = len(out)
         if n <= chunk_size:
             buf = pack(n, rid) + out
@@ -786,7 +811,13 @@ class WorkerProcess:
                 size = len(chunk) - _HDR_SIZE
                 if size >= 0 and _HDR.unpack_from(chunk) == (size, rid):
                     self._pending.popleft()
-                    return self._decode(name, memoryview(chunk)[_HDR_SIZE:])
+                    try:
+                        msg = _ploads(memoryview(chunk)[_HDR_SIZE:])
+                    except Exception:  # (_decode raises the explanatory PoolyError)
+                        return self._decode(name, memoryview(chunk)[_HDR_SIZE:])
+                    if msg[0] == _OK:
+                        return msg[1]
+                    raise _unpack_error(msg)
                 self._ahead = chunk
                 if not chunk:
                     raise ChannelClosed(name)
