@@ -7,6 +7,7 @@ Re-exports only; the implementation lives in the private modules:
 ``_executor`` (``ProcessPoolExecutor``), ``_pooly`` (the top of the tree), ``_errors``.
 """
 
+from ._aio import AsyncLease
 from ._errors import (
     CallTimeout,
     CheckoutTimeout,
@@ -33,6 +34,7 @@ from ._supervisor import (
 )
 
 __all__ = (
+    "AsyncLease",
     "CallTimeout",
     "CheckoutTimeout",
     "Child",

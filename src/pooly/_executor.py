@@ -13,6 +13,7 @@ named pool of a tree with :meth:`pooly.Pooly.start_executor` (``shutdown`` stops
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import pickle
@@ -205,6 +206,12 @@ class ProcessPoolExecutor(Executor):
         return self._tasks.submit(
             "run", (fn, args, kwargs), {}, fn, self._pool.call_timeout, self._retries
         )
+
+    async def asubmit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``submit`` for an asyncio task: ``await`` the outcome of ``fn(*args, **kwargs)``,
+        without a thread of its own (the pool's dispatcher wakes the loop). Cancelled
+        before it started, the call never runs; once started, it runs to its end."""
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
     def map(
         self,

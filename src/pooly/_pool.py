@@ -22,6 +22,7 @@ lease, overflow or core) stays here.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import logging
@@ -29,11 +30,12 @@ import math
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
+from ._aio import ACheckout, AsyncLease
 from ._backend import LocalBackend, WorkerBackend, WorkerHandle, check_fds
 from ._dispatch import CHUNK, Dispatcher
 from ._errors import (
@@ -46,7 +48,7 @@ from ._errors import (
     WorkerStartError,
 )
 from ._fds import HOST
-from ._owner import LeaseSet, current_leases
+from ._owner import LeaseSet, _running_loop, current_leases
 from ._process import default_start_method
 from ._supervisor import (
     CancelToken,
@@ -116,18 +118,18 @@ class _Releasable(Protocol):
 
 
 class _Waiter:
-    """A place in the pool's queue: a checkout's (``lock`` is released when it is served),
-    or the task dispatcher's (``lock`` only wakes the dispatcher's thread)."""
+    """A checkout's ticket, and its place in the pool's queue if it has to wait: a thread's
+    (``lock`` is released when it is served), a task's (``lock`` wakes its event loop:
+    pooly._aio) or the task dispatcher's (``lock`` only wakes the dispatcher's thread).
+    ``slot``: the overflow slot reserved for it, while it starts that worker."""
 
-    __slots__ = ("leases", "lock", "result")
+    __slots__ = ("leases", "lock", "result", "slot")
 
     def __init__(self, leases: LeaseSet, lock: _Releasable | None = None) -> None:
         self.leases = leases
-        if lock is None:
-            lock = threading.Lock()
-            lock.acquire()
-        self.lock: Any = lock
+        self.lock: Any = lock  # (None: a thread's, made when it queues: see Pool._enter)
         self.result: Lease | _OverflowSlot | BaseException | None = None
+        self.slot: str | None = None
 
     def deliver(self, result: Lease | _OverflowSlot | BaseException) -> None:
         self.result = result
@@ -569,74 +571,101 @@ class Pool(PassiveChild, SupervisorListener):
         per_call = self.call_timeout
         if call_timeout is not POOL_DEFAULT:
             per_call = _check_call_timeout(call_timeout)
-        leases = current_leases()
-        waiter: _Waiter | None = None
-        wid: str | None = None
-        tasks = self._dispatcher
-        if tasks is not None and tasks._parked and not self._idle:
-            tasks.unpark()  # workers kept for the next task are idle: checkouts come first
+        ticket = _Waiter(current_leases())
         try:
-            with self._lock:
-                if self._closed is not None:
-                    raise self._closed_error()
-                idle = self._idle
-                lifo = self.strategy == "lifo"
-                while idle:
-                    w = idle[-1] if lifo else idle[0]
-                    alive = w.handle.looks_alive()
-                    if alive:
-                        lease = self._new_lease(w, leases)
-                        lease._call_timeout = per_call
-                    # -- commit: stores only (see "Interrupt safety")
-                    if lifo:
-                        del idle[-1]
-                    else:
-                        del idle[0]
-                    if alive:
-                        w.lease = lease
-                        self._busy += 1
-                        leases[lease] = None
-                        return lease
-                    # Its process has exited; the supervisor is about to reap and replace it.
-                if self._overflow < self.max_overflow:
-                    slot = f"o{self._overflow_seq + 1}"
-                    # -- commit
-                    self._overflow_seq += 1
-                    self._overflow += 1
-                    self._reserved[slot] = None
-                    wid = slot
-                elif not block:
-                    raise PoolFull(
-                        f"pool {self.name!r} is full: {self._busy} workers busy, none idle, "
-                        f"overflow {self._overflow}/{self.max_overflow}; retry, block, or raise "
-                        "max_overflow"
-                    )
-                else:
-                    waiter = _Waiter(leases)
-                    self._waiters.append(waiter)
+            lease = self._enter(ticket, per_call, block, timeout != 0)
+            if lease is not None:
+                return lease
+            wid = ticket.slot
             if wid is not None:
-                got = self._checkout_overflow(wid, leases)
+                got = self._checkout_overflow(wid, ticket.leases)
             else:
-                assert waiter is not None
+                tasks = self._dispatcher
                 if tasks is not None and tasks._parked:  # (parked since we looked)
                     tasks.unpark()
-                got = self._wait(waiter, timeout)
+                got = self._wait(ticket, timeout)
             got._call_timeout = per_call
             return got
         except BaseException:
             # Interrupted (or failed) after taking a place: give it back. Both are idempotent.
-            if wid is not None:
+            if ticket.slot is not None:
                 with self._lock:
-                    self._drop_reserved(wid)
-            if waiter is not None:
-                self._abandon(waiter)
+                    self._drop_reserved(ticket.slot)
+            self._abandon(ticket)
             raise
 
-    def checkin(self, lease: Lease) -> None:
-        """Give a leased worker back. A lease whose worker died is a quiet no-op."""
+    def _enter(
+        self, ticket: _Waiter, per_call: float | None, block: bool, would_wait: bool = True
+    ) -> Lease | None:
+        """A checkout's first step (a thread's, or a task's): an idle worker's lease; else
+        None, with an overflow slot reserved (``ticket.slot``: start it) or, if ``block``,
+        the ticket queued (wait for it to be served). Raises :class:`PoolFull` if it may
+        not block; :class:`PoolyError` if a thread would wait on a running event loop's
+        thread (which it would stall, perhaps for good: ``acheckout`` is for tasks)."""
+        tasks = self._dispatcher
+        if tasks is not None and tasks._parked and not self._idle:
+            tasks.unpark()  # workers kept for the next task are idle: checkouts come first
+        leases = ticket.leases
+        with self._lock:
+            if self._closed is not None:
+                raise self._closed_error()
+            idle = self._idle
+            lifo = self.strategy == "lifo"
+            while idle:
+                w = idle[-1] if lifo else idle[0]
+                alive = w.handle.looks_alive()
+                if alive:
+                    lease = self._new_lease(w, leases)
+                    lease._call_timeout = per_call
+                # -- commit: stores only (see "Interrupt safety")
+                if lifo:
+                    del idle[-1]
+                else:
+                    del idle[0]
+                if alive:
+                    w.lease = lease
+                    self._busy += 1
+                    leases[lease] = None
+                    return lease
+                # Its process has exited; the supervisor is about to reap and replace it.
+            if self._overflow < self.max_overflow:
+                slot = f"o{self._overflow_seq + 1}"
+                # -- commit
+                self._overflow_seq += 1
+                self._overflow += 1
+                self._reserved[slot] = None
+                ticket.slot = slot
+            elif not block:
+                raise PoolFull(
+                    f"pool {self.name!r} is full: {self._busy} workers busy, none idle, "
+                    f"overflow {self._overflow}/{self.max_overflow}; retry, block, or raise "
+                    "max_overflow"
+                )
+            else:
+                if ticket.lock is None:  # a thread's: it blocks on this lock
+                    if would_wait and _running_loop() is not None:
+                        raise PoolyError(
+                            f"pool {self.name!r}: checkout() would wait for a worker (none "
+                            "idle, no overflow left) on the thread of a running asyncio "
+                            "event loop, stalling every task of that loop; in a coroutine, "
+                            "use 'await pool.acheckout()' (or 'async with "
+                            "pool.acheckout() as w')"
+                        )
+                    lock = threading.Lock()
+                    lock.acquire()
+                    ticket.lock = lock
+                self._waiters.append(ticket)
+        return None
+
+    def checkin(self, lease: Lease | AsyncLease) -> None:
+        """Give a leased worker back (a :class:`Lease`, or an :class:`AsyncLease`). A lease
+        whose worker died, or that a cancelled call ended, is a quiet no-op."""
         if self._gen != HOST.gen:
             raise self._forked_error()
         if not isinstance(lease, Lease):
+            if isinstance(lease, AsyncLease):
+                self.checkin(lease._lease)
+                return
             raise LeaseError(
                 f"pool {self.name!r}: checkin expects a lease from checkout(), got "
                 f"{type(lease).__name__}"
@@ -674,6 +703,48 @@ class Pool(PassiveChild, SupervisorListener):
         """Check out (blocking up to ``timeout``), call ``fn(lease)``, always check in."""
         with self.checkout(timeout=timeout) as lease:
             return fn(lease)
+
+    # ------------------------------------------------------------------ asyncio (SPEC 4.3)
+
+    def acheckout(
+        self, *, timeout: float | None = None, call_timeout: float | None = POOL_DEFAULT
+    ) -> ACheckout:
+        """``checkout`` for an asyncio task: ``lease = await pool.acheckout()`` (check it
+        in with :meth:`checkin`), or ``async with pool.acheckout() as w``. The lease is an
+        :class:`AsyncLease`, whose methods are awaited.
+
+        The task waits in the same FIFO queue as threads, without a thread of its own, up
+        to ``timeout`` seconds (:class:`CheckoutTimeout`). Cancelled while waiting, it
+        leaves the queue at once and is never handed a worker afterwards. A task that ends
+        holding a lease gives it back, as a thread does.
+        """
+        if self._gen != HOST.gen:
+            raise self._forked_error()
+        if timeout is not None:
+            timeout = _check_seconds("timeout", timeout, allow_zero=True)
+        per_call = self.call_timeout
+        if call_timeout is not POOL_DEFAULT:
+            per_call = _check_call_timeout(call_timeout)
+        return ACheckout(self, timeout, per_call)
+
+    async def asubmit(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """``submit`` for an asyncio task: ``await`` its outcome. No thread of its own: the
+        pool's dispatcher runs it and the loop is woken with its outcome. Cancelled before
+        the task started, it never runs; once started, it runs to its end (its outcome is
+        dropped), as a cancelled ``concurrent.futures`` future's."""
+        return await asyncio.wrap_future(self.submit(method, *args, **kwargs))
+
+    async def atransaction(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+    ) -> T:
+        """``await fn(lease, *args)`` with a worker checked out for it (waiting up to
+        ``timeout``), always checked in."""
+        async with self.acheckout(timeout=timeout) as lease:
+            return await fn(lease, *args)
 
     # ------------------------------------------------------------------ tasks (SPEC 4.2)
 
@@ -1120,13 +1191,9 @@ class Pool(PassiveChild, SupervisorListener):
         """Wait to be served (the caller abandons the waiter if this raises)."""
         forever = timeout is None or timeout > threading.TIMEOUT_MAX
         got = waiter.lock.acquire(timeout=-1 if forever else timeout)
-        if not got:
-            with self._lock:
-                if waiter.result is None:
-                    raise CheckoutTimeout(
-                        f"pool {self.name!r}: no worker became free within {timeout:g}s "
-                        f"({self._busy} busy, {len(self._waiters) - 1} others waiting)"
-                    )
+        if not got and self._withdraw(waiter):
+            assert timeout is not None
+            raise self._checkout_timeout(timeout)
         result = waiter.result
         if isinstance(result, Lease):
             return result
@@ -1134,6 +1201,24 @@ class Pool(PassiveChild, SupervisorListener):
             return self._checkout_overflow(result.wid, waiter.leases)
         assert isinstance(result, BaseException)
         raise result
+
+    def _withdraw(self, waiter: _Waiter) -> bool:
+        """A waiter's time is up: leave the queue, unless it was served meanwhile (then
+        False: what it was handed is its own)."""
+        with self._lock:
+            if waiter.result is not None:
+                return False
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass
+            return True
+
+    def _checkout_timeout(self, timeout: float) -> CheckoutTimeout:
+        return CheckoutTimeout(
+            f"pool {self.name!r}: no worker became free within {timeout:g}s "
+            f"({self._busy} busy, {len(self._waiters)} others waiting)"
+        )
 
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiter gave up (timed out, interrupted): leave the queue, give back anything it

@@ -1,0 +1,392 @@
+"""asyncio for pools (SPEC 4.3): ``acheckout``, :class:`AsyncLease`, ``asubmit``,
+``atransaction``.
+
+One pool serves threads and tasks alike: an asyncio task takes its place in the same FIFO
+queue as the threads' checkouts, and a worker checked in by either goes to whoever is first.
+Nothing here makes a thread per waiter or per call:
+
+* A waiting task's place in the queue (a pool ``_Waiter``) is woken by
+  :class:`_LoopWake` -- the pool "releases" it, under its lock, from whichever thread
+  checked a worker in -- which resolves the task's future on its own loop
+  (``call_soon_threadsafe``; ``call_soon`` from the loop's own thread).
+* A call writes its request (a frame too large for the pipe's guaranteed room goes in
+  pieces as the pipe drains, never blocking the loop) and reads the reply when the loop sees
+  the worker's reply pipe readable (``add_reader``). The worker's fds stay as they are:
+  blocking, read only once readable.
+
+Cancellation. A task cancelled while waiting leaves the queue at once (``Pool._abandon``:
+a worker handed to it in the same loop iteration goes on to the next in line, never lost).
+A task cancelled during a call gets ``CancelledError``; the worker, whose state is unknown,
+is killed and replaced (the pool's decision, not counted as a crash) and the lease ends, so
+a checkin afterwards is a quiet no-op. ``call_timeout`` applies as it does for threads.
+
+A task that ends holding a lease gives it back from its done-callback; one destroyed
+without ending (its loop closed under it) gives it back when it is collected
+(:mod:`pooly._owner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import pickle
+import threading
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._errors import CallTimeout, LeaseError, PoolyError
+from ._fds import HOST
+from ._worker import _HDR, _HDR_SIZE, _OK, _PROTO, _READ_CHUNK, _unpack_error
+
+if TYPE_CHECKING:
+    from ._pool import Lease, Pool, _Waiter
+
+__all__ = ("AsyncLease",)
+
+T = TypeVar("T")
+
+#: Frames up to this size are written at once: a pipe always has that much room for a
+#: request (the worker has read every earlier one), even at its smallest (one page).
+_ATOMIC = 4096
+
+
+class _LoopWake:
+    """The ``lock`` of a waiting task's place in the pool's queue: the pool releases it
+    (under its own lock, from any thread) when it serves the place; that resolves the
+    task's future on its loop."""
+
+    __slots__ = ("future", "loop", "pool", "thread", "waiter")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], pool: Pool
+    ) -> None:
+        self.loop = loop
+        self.future = future
+        self.pool = pool
+        self.thread = threading.get_ident()
+        self.waiter: _Waiter | None = None  # (set once the place is made)
+
+    def release(self) -> None:
+        if threading.get_ident() == self.thread:
+            self.loop.call_soon(_resolve, self.future)
+            return
+        try:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+        except RuntimeError:  # its loop is closed: no one will ever take what it was sent
+            waiter = self.waiter
+            if waiter is not None:  # (we are under the pool's lock: give it back off it)
+                threading.Thread(
+                    target=self.pool._abandon, args=(waiter,), name="pooly-abandon", daemon=True
+                ).start()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class ACheckout:
+    """What ``pool.acheckout()`` returns: await it for an :class:`AsyncLease` (check it in
+    with ``pool.checkin``), or use it as ``async with`` (checked in on exit)."""
+
+    __slots__ = ("_lease", "_per_call", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool, timeout: float | None, per_call: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._per_call = per_call
+        self._lease: AsyncLease | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncLease]:
+        return acheckout(self._pool, self._timeout, self._per_call).__await__()
+
+    async def __aenter__(self) -> AsyncLease:
+        self._lease = await acheckout(self._pool, self._timeout, self._per_call)
+        return self._lease
+
+    async def __aexit__(self, *exc: object) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            self._pool.checkin(lease)
+
+
+async def acheckout(pool: Pool, timeout: float | None, per_call: float | None) -> AsyncLease:
+    """Lease a worker for the calling task: at once if one is idle, else an overflow worker
+    (started off the loop), else a place in the pool's FIFO queue, woken when served."""
+    from ._owner import current_leases
+    from ._pool import _Waiter
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    wake = _LoopWake(loop, future, pool)
+    # Our ticket, and our place in the queue if we must wait; the leases are the task's
+    # (given back if it ends holding them).
+    ticket = wake.waiter = _Waiter(current_leases(), wake)
+    try:
+        lease = pool._enter(ticket, per_call, True)
+        if lease is None:
+            if ticket.slot is not None:
+                lease = await _start_overflow(loop, pool, ticket.slot, ticket.leases)
+            else:
+                if timeout is None:
+                    await future
+                else:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await future
+                    except TimeoutError:
+                        if pool._withdraw(ticket):  # (else served meanwhile: take it)
+                            raise pool._checkout_timeout(timeout) from None
+                lease = await _served(loop, pool, ticket)
+    except BaseException:
+        # Cancelled (or failed) with a place taken: leave the queue. A worker handed to us
+        # in the same loop iteration goes on to the next in line, never lost.
+        pool._abandon(ticket)
+        raise
+    lease._call_timeout = per_call
+    return AsyncLease(lease)
+
+
+async def _served(loop: asyncio.AbstractEventLoop, pool: Pool, waiter: _Waiter) -> Lease:
+    """What the pool handed our place: a lease, an overflow slot to start, or an error."""
+    from ._pool import Lease, _OverflowSlot
+
+    result = waiter.result
+    if isinstance(result, Lease):
+        return result
+    if isinstance(result, _OverflowSlot):
+        waiter.result = None  # (started below: _abandon must not drop its slot)
+        return await _start_overflow(loop, pool, result.wid, waiter.leases)
+    assert isinstance(result, BaseException)
+    raise result
+
+
+async def _start_overflow(
+    loop: asyncio.AbstractEventLoop, pool: Pool, wid: str, leases: dict[Any, None]
+) -> Lease:
+    """Start an overflow worker off the loop (a process start takes milliseconds). If the
+    task is cancelled meanwhile, the worker is checked in once started."""
+    started = loop.run_in_executor(None, pool._checkout_overflow, wid, leases)
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        started.add_done_callback(functools.partial(_check_in_started, pool))
+        raise
+
+
+def _check_in_started(pool: Pool, started: asyncio.Future[Lease]) -> None:
+    if not started.cancelled() and started.exception() is None:
+        pool.checkin(started.result())
+
+
+class AsyncLease:
+    """A worker leased to an asyncio task: its public methods are awaited
+    (``await w.incr(2)``, ``await w.call("incr", 2)``). ``pid``, ``active`` as a
+    :class:`~pooly.Lease`; check it in with ``pool.checkin`` (or ``async with``).
+
+    A call cancelled part-way (``task.cancel()``, ``asyncio.timeout()``) raises
+    ``CancelledError``: the worker is killed and replaced and this lease ends.
+    """
+
+    __slots__ = ("__weakref__", "_lease")
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+
+    @property
+    def pid(self) -> int:
+        """The worker's OS process id."""
+        return self._lease.pid
+
+    @property
+    def active(self) -> bool:
+        """True until the lease is checked in, reclaimed, interrupted, or its worker dies."""
+        return self._lease.active
+
+    async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call the worker's public method named ``method`` with these arguments."""
+        lease = self._lease
+        if not isinstance(method, str) or method.startswith("_"):
+            raise AttributeError(
+                f"{method!r}: only public methods of the worker class can be called"
+            )
+        if method not in lease._worker.methods:
+            raise AttributeError(
+                f"worker class {lease._worker.cls_name} has no public method {method!r}"
+            )
+        return await _acall(lease, method, args, kwargs)
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        if name.startswith("_"):
+            raise AttributeError(
+                f"{name!r}: only public methods of the worker class can be called through a lease"
+            )
+        w = self._lease._worker
+        if name not in w.methods:
+            raise AttributeError(f"worker class {w.cls_name} has no public method {name!r}")
+        return functools.partial(_acall_method, self._lease, name)
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lease._pool.checkin(self)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "an AsyncLease can't be pickled or sent to another process: it is a right to use "
+            "one worker, held by the task that checked it out"
+        )
+
+    def __repr__(self) -> str:
+        return repr(self._lease).replace("<Lease", "<AsyncLease", 1)
+
+
+async def _acall_method(lease: Lease, name: str, /, *args: Any, **kwargs: Any) -> Any:
+    return await _acall(lease, name, args, kwargs)
+
+
+async def _acall(lease: Lease, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One call through ``lease`` from a task: write the request, read the reply when the
+    reply pipe is readable."""
+    pool = lease._pool
+    if pool._gen != HOST.gen:
+        raise pool._forked_error()
+    h = lease._worker
+    if not lease._in_call.acquire(False):
+        raise LeaseError(
+            f"lease on worker pid {h.pid} of pool {pool.name!r} is already in a call; a "
+            "lease serves one call at a time"
+        )
+    try:
+        if lease._ended is not None:
+            raise lease._ended_error()
+        try:
+            data = pickle.dumps((name, args, kwargs), _PROTO)
+        except Exception:
+            data = h._dumps(name, args, kwargs)  # type: ignore[attr-defined]  # (explains)
+        rid = h._rid + 1  # type: ignore[attr-defined]
+        h._rid = rid  # type: ignore[attr-defined]
+        frame = _HDR.pack(len(data), rid) + data
+        loop = asyncio.get_running_loop()
+        limit = lease._call_timeout
+        try:
+            if limit is None:
+                reply = await _round_trip(loop, h.req_w, h.rep_r, frame)
+            else:
+                try:
+                    async with asyncio.timeout(limit):
+                        reply = await _round_trip(loop, h.req_w, h.rep_r, frame)
+                except TimeoutError:
+                    pool._timed_out(lease)
+                    raise CallTimeout(
+                        f"{name}() on worker pid {h.pid} of pool {pool.name!r} did not return "
+                        f"within its call_timeout of {limit:g}s; the worker was killed and is "
+                        "being replaced, and this lease has ended",
+                        pid=h.pid,
+                        timeout=limit,
+                    ) from None
+        except asyncio.CancelledError:
+            # Its state is unknown (a request half-written, a reply half-read, a method half
+            # run): it is killed and replaced, and the lease ends.
+            h.broken = True
+            pool._interrupted(lease)
+            raise
+        if reply is None:  # its reply pipe ended: the worker is gone
+            pool._lease_crashed(lease)
+            await loop.run_in_executor(None, h.exited.wait, 5.0)  # (its exit status)
+            raise h.crashed_error(during=f"{name}()")
+        got = _HDR.unpack_from(reply)[1]
+        if got != rid:
+            raise h._out_of_step(got, rid)  # type: ignore[attr-defined]
+        try:
+            msg = pickle.loads(memoryview(reply)[_HDR_SIZE:])
+        except Exception as e:
+            raise PoolyError(
+                f"cannot unpickle the result of {h.cls_name}.{name}() from worker pid "
+                f"{h.pid}: {e!r}; the worker is fine and the lease still valid"
+            ) from e
+        if msg[0] == _OK:
+            return msg[1]
+        raise _unpack_error(msg)
+    finally:
+        lease._end_call()
+        if lease._orphaned:
+            pool._reclaim(lease)
+
+
+async def _round_trip(
+    loop: asyncio.AbstractEventLoop, wfd: int, rfd: int, frame: bytes
+) -> bytes | None:
+    """Write ``frame`` to ``wfd``, then read one reply frame from ``rfd``, never blocking
+    the loop. None: the reply pipe ended (the worker is gone)."""
+    try:
+        if len(frame) <= _ATOMIC:
+            os.write(wfd, frame)
+        else:
+            await _write_big(loop, wfd, frame)
+    except (BrokenPipeError, OSError):
+        return None  # (its reply pipe's EOF says so too; no need to wait for it)
+    return await _read_frame(loop, rfd)
+
+
+async def _write_big(loop: asyncio.AbstractEventLoop, fd: int, frame: bytes) -> None:
+    """A large request, as the pipe drains (non-blocking for the length of the write)."""
+    view = memoryview(frame)
+    os.set_blocking(fd, False)
+    try:
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                n = 0
+            view = view[n:]
+            if view:
+                await _ready(loop, fd, writer=True)
+    finally:
+        try:
+            os.set_blocking(fd, True)
+        except OSError:
+            pass
+
+
+async def _read_frame(loop: asyncio.AbstractEventLoop, fd: int) -> bytes | None:
+    """One reply frame from ``fd`` (blocking: read only once readable)."""
+    buf = b""
+    need = _HDR_SIZE
+    while True:
+        await _ready(loop, fd, writer=False)
+        try:
+            chunk = os.read(fd, max(_READ_CHUNK, need - len(buf)))
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return None
+        buf = buf + chunk if buf else chunk
+        if len(buf) >= _HDR_SIZE:
+            need = _HDR_SIZE + _HDR.unpack_from(buf)[0]
+            if len(buf) >= need:
+                return buf
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, writer: bool) -> None:
+    """Until ``fd`` is readable (writable): no wait if it is already."""
+    import select
+
+    p = select.poll()
+    p.register(fd, select.POLLOUT if writer else select.POLLIN)
+    if p.poll(0):
+        return
+    future: asyncio.Future[None] = loop.create_future()
+    if writer:
+        loop.add_writer(fd, _resolve, future)
+    else:
+        loop.add_reader(fd, _resolve, future)
+    try:
+        await future
+    finally:
+        if writer:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
