@@ -31,6 +31,7 @@ import asyncio
 import functools
 import os
 import pickle
+import select
 import threading
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +39,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._errors import CallTimeout, LeaseError, PoolyError
 from ._fds import HOST
 from ._worker import _HDR, _HDR_SIZE, _OK, _PROTO, _READ_CHUNK, _unpack_error
+
+_pdumps, _ploads, _pack, _unpack_from = pickle.dumps, pickle.loads, _HDR.pack, _HDR.unpack_from
 
 if TYPE_CHECKING:
     from ._pool import Lease, Pool, _Waiter
@@ -145,7 +148,8 @@ async def acheckout(pool: Pool, timeout: float | None, per_call: float | None) -
         pool._abandon(ticket)
         raise
     lease._call_timeout = per_call
-    return AsyncLease(lease)
+    h = lease._worker
+    return async_lease_class(h.cls_name, h.methods)(lease)
 
 
 async def _served(loop: asyncio.AbstractEventLoop, pool: Pool, waiter: _Waiter) -> Lease:
@@ -189,10 +193,14 @@ class AsyncLease:
     ``CancelledError``: the worker is killed and replaced and this lease ends.
     """
 
-    __slots__ = ("__weakref__", "_lease")
+    __slots__ = ("__weakref__", "_lease", "_ready")
 
     def __init__(self, lease: Lease) -> None:
         self._lease = lease
+        # Is the reply there already? (One poll(0): on a busy CPU it often is, and the
+        # call then needs no trip through the loop.)
+        self._ready = select.poll()
+        self._ready.register(lease._worker.rep_r, select.POLLIN)
 
     @property
     def pid(self) -> int:
@@ -206,18 +214,17 @@ class AsyncLease:
 
     async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the worker's public method named ``method`` with these arguments."""
-        lease = self._lease
+        w = self._lease._worker
         if not isinstance(method, str) or method.startswith("_"):
             raise AttributeError(
                 f"{method!r}: only public methods of the worker class can be called"
             )
-        if method not in lease._worker.methods:
-            raise AttributeError(
-                f"worker class {lease._worker.cls_name} has no public method {method!r}"
-            )
-        return await _acall(lease, method, args, kwargs)
+        if method not in w.methods:
+            raise AttributeError(f"worker class {w.cls_name} has no public method {method!r}")
+        return await self._call(method, args, kwargs)
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        # Reached only for names the pool's generated class does not define: say why.
         if name.startswith("_"):
             raise AttributeError(
                 f"{name!r}: only public methods of the worker class can be called through a lease"
@@ -225,7 +232,7 @@ class AsyncLease:
         w = self._lease._worker
         if name not in w.methods:
             raise AttributeError(f"worker class {w.cls_name} has no public method {name!r}")
-        return functools.partial(_acall_method, self._lease, name)
+        return functools.partial(self.call, name)
 
     async def __aenter__(self) -> AsyncLease:
         return self
@@ -242,93 +249,122 @@ class AsyncLease:
     def __repr__(self) -> str:
         return repr(self._lease).replace("<Lease", "<AsyncLease", 1)
 
-
-async def _acall_method(lease: Lease, name: str, /, *args: Any, **kwargs: Any) -> Any:
-    return await _acall(lease, name, args, kwargs)
-
-
-async def _acall(lease: Lease, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """One call through ``lease`` from a task: write the request, read the reply when the
-    reply pipe is readable."""
-    pool = lease._pool
-    if pool._gen != HOST.gen:
-        raise pool._forked_error()
-    h = lease._worker
-    if not lease._in_call.acquire(False):
-        raise LeaseError(
-            f"lease on worker pid {h.pid} of pool {pool.name!r} is already in a call; a "
-            "lease serves one call at a time"
-        )
-    try:
-        if lease._ended is not None:
-            raise lease._ended_error()
+    async def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One call from a task: write the request, read the reply once it is there."""
+        lease = self._lease
+        pool = lease._pool
+        if pool._gen != HOST.gen:
+            raise pool._forked_error()
+        h = lease._worker
+        if not lease._in_call.acquire(False):
+            raise LeaseError(
+                f"lease on worker pid {h.pid} of pool {pool.name!r} is already in a call; a "
+                "lease serves one call at a time"
+            )
         try:
-            data = pickle.dumps((name, args, kwargs), _PROTO)
-        except Exception:
-            data = h._dumps(name, args, kwargs)  # type: ignore[attr-defined]  # (explains)
-        rid = h._rid + 1  # type: ignore[attr-defined]
-        h._rid = rid  # type: ignore[attr-defined]
-        frame = _HDR.pack(len(data), rid) + data
+            if lease._ended is not None:
+                raise lease._ended_error()
+            try:
+                data = _pdumps((name, args, kwargs), _PROTO)
+            except Exception:
+                data = h._dumps(name, args, kwargs)  # type: ignore[attr-defined]  # (explains)
+            rid = h._rid + 1  # type: ignore[attr-defined]
+            h._rid = rid  # type: ignore[attr-defined]
+            frame = _pack(len(data), rid) + data
+            limit = lease._call_timeout
+            try:
+                if limit is None:
+                    reply = await self._round_trip(frame)
+                else:
+                    try:
+                        async with asyncio.timeout(limit):
+                            reply = await self._round_trip(frame)
+                    except TimeoutError:
+                        pool._timed_out(lease)
+                        raise CallTimeout(
+                            f"{name}() on worker pid {h.pid} of pool {pool.name!r} did not "
+                            f"return within its call_timeout of {limit:g}s; the worker was "
+                            "killed and is being replaced, and this lease has ended",
+                            pid=h.pid,
+                            timeout=limit,
+                        ) from None
+            except asyncio.CancelledError:
+                # Its state is unknown (a request half-written, a reply half-read, a
+                # method half run): it is killed and replaced, and the lease ends.
+                h.broken = True
+                pool._interrupted(lease)
+                raise
+            if reply is None:  # its reply pipe ended: the worker is gone
+                pool._lease_crashed(lease)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, h.exited.wait, 5.0)  # (its exit status)
+                raise h.crashed_error(during=f"{name}()")
+            got = _unpack_from(reply)[1]
+            if got != rid:
+                raise h._out_of_step(got, rid)  # type: ignore[attr-defined]
+            try:
+                msg = _ploads(memoryview(reply)[_HDR_SIZE:])
+            except Exception as e:
+                raise PoolyError(
+                    f"cannot unpickle the result of {h.cls_name}.{name}() from worker pid "
+                    f"{h.pid}: {e!r}; the worker is fine and the lease still valid"
+                ) from e
+            if msg[0] == _OK:
+                return msg[1]
+            raise _unpack_error(msg)
+        finally:
+            lease._end_call()
+            if lease._orphaned:
+                pool._reclaim(lease)
+
+    async def _round_trip(self, frame: bytes) -> bytes | None:
+        """Write ``frame``, then read one reply frame, never blocking the loop. None: the
+        reply pipe ended (the worker is gone)."""
+        h = self._lease._worker
         loop = asyncio.get_running_loop()
-        limit = lease._call_timeout
         try:
-            if limit is None:
-                reply = await _round_trip(loop, h.req_w, h.rep_r, frame)
+            if len(frame) <= _ATOMIC:
+                os.write(h.req_w, frame)
             else:
-                try:
-                    async with asyncio.timeout(limit):
-                        reply = await _round_trip(loop, h.req_w, h.rep_r, frame)
-                except TimeoutError:
-                    pool._timed_out(lease)
-                    raise CallTimeout(
-                        f"{name}() on worker pid {h.pid} of pool {pool.name!r} did not return "
-                        f"within its call_timeout of {limit:g}s; the worker was killed and is "
-                        "being replaced, and this lease has ended",
-                        pid=h.pid,
-                        timeout=limit,
-                    ) from None
-        except asyncio.CancelledError:
-            # Its state is unknown (a request half-written, a reply half-read, a method half
-            # run): it is killed and replaced, and the lease ends.
-            h.broken = True
-            pool._interrupted(lease)
-            raise
-        if reply is None:  # its reply pipe ended: the worker is gone
-            pool._lease_crashed(lease)
-            await loop.run_in_executor(None, h.exited.wait, 5.0)  # (its exit status)
-            raise h.crashed_error(during=f"{name}()")
-        got = _HDR.unpack_from(reply)[1]
-        if got != rid:
-            raise h._out_of_step(got, rid)  # type: ignore[attr-defined]
-        try:
-            msg = pickle.loads(memoryview(reply)[_HDR_SIZE:])
-        except Exception as e:
-            raise PoolyError(
-                f"cannot unpickle the result of {h.cls_name}.{name}() from worker pid "
-                f"{h.pid}: {e!r}; the worker is fine and the lease still valid"
-            ) from e
-        if msg[0] == _OK:
-            return msg[1]
-        raise _unpack_error(msg)
-    finally:
-        lease._end_call()
-        if lease._orphaned:
-            pool._reclaim(lease)
+                await _write_big(loop, h.req_w, frame)
+        except OSError:
+            return None  # (its reply pipe's EOF says so too; no need to wait for it)
+        rfd = h.rep_r
+        buf = b""
+        need = _HDR_SIZE
+        while True:
+            if not self._ready.poll(0):
+                await _ready(loop, rfd, writer=False)
+            try:
+                chunk = os.read(rfd, max(_READ_CHUNK, need - len(buf)))
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return None
+            buf = buf + chunk if buf else chunk
+            if len(buf) >= _HDR_SIZE:
+                need = _HDR_SIZE + _unpack_from(buf)[0]
+                if len(buf) >= need:
+                    return buf
 
 
-async def _round_trip(
-    loop: asyncio.AbstractEventLoop, wfd: int, rfd: int, frame: bytes
-) -> bytes | None:
-    """Write ``frame`` to ``wfd``, then read one reply frame from ``rfd``, never blocking
-    the loop. None: the reply pipe ended (the worker is gone)."""
-    try:
-        if len(frame) <= _ATOMIC:
-            os.write(wfd, frame)
-        else:
-            await _write_big(loop, wfd, frame)
-    except (BrokenPipeError, OSError):
-        return None  # (its reply pipe's EOF says so too; no need to wait for it)
-    return await _read_frame(loop, rfd)
+@functools.lru_cache(maxsize=256)
+def async_lease_class(cls_name: str, methods: frozenset[str]) -> type[AsyncLease]:
+    """An AsyncLease subclass with a coroutine method per public worker method (as
+    ``_pool._lease_class`` makes for threads): no ``__getattr__`` and partial per call."""
+    own = set(dir(AsyncLease))
+    body: dict[str, Any] = {"__slots__": ()}
+    body.update({m: _remote_method(m) for m in sorted(methods) if m not in own})
+    return type(f"AsyncLease[{cls_name}]", (AsyncLease,), body)
+
+
+def _remote_method(name: str) -> Callable[..., Awaitable[Any]]:
+    async def method(self: AsyncLease, /, *args: Any, **kwargs: Any) -> Any:
+        return await self._call(name, args, kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Await the worker's ``{name}`` method."
+    return method
 
 
 async def _write_big(loop: asyncio.AbstractEventLoop, fd: int, frame: bytes) -> None:
@@ -351,33 +387,8 @@ async def _write_big(loop: asyncio.AbstractEventLoop, fd: int, frame: bytes) -> 
             pass
 
 
-async def _read_frame(loop: asyncio.AbstractEventLoop, fd: int) -> bytes | None:
-    """One reply frame from ``fd`` (blocking: read only once readable)."""
-    buf = b""
-    need = _HDR_SIZE
-    while True:
-        await _ready(loop, fd, writer=False)
-        try:
-            chunk = os.read(fd, max(_READ_CHUNK, need - len(buf)))
-        except OSError:
-            chunk = b""
-        if not chunk:
-            return None
-        buf = buf + chunk if buf else chunk
-        if len(buf) >= _HDR_SIZE:
-            need = _HDR_SIZE + _HDR.unpack_from(buf)[0]
-            if len(buf) >= need:
-                return buf
-
-
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, writer: bool) -> None:
-    """Until ``fd`` is readable (writable): no wait if it is already."""
-    import select
-
-    p = select.poll()
-    p.register(fd, select.POLLOUT if writer else select.POLLIN)
-    if p.poll(0):
-        return
+    """Until ``fd`` is readable (writable)."""
     future: asyncio.Future[None] = loop.create_future()
     if writer:
         loop.add_writer(fd, _resolve, future)

@@ -2,7 +2,8 @@
 
 A holder is the asyncio task that checked a worker out, when the checkout ran inside one;
 otherwise the thread. A task's leases are handed back from its done-callback, which the
-event loop runs as soon as the task finishes.
+event loop runs as soon as the task finishes -- or, for a task that never finishes (its
+loop closed while it was pending), when it is collected.
 
 Each thread gets, on its first checkout, a
 set of its leases stored in a :class:`threading.local` next to a token object. CPython clears
@@ -64,13 +65,28 @@ def _leases_of_task(task: asyncio.Task[Any]) -> LeaseSet:
     leases = _task_leases.get(task)
     if leases is None:
         leases = _task_leases[task] = {}
-        task.add_done_callback(functools.partial(_task_done, leases, os.getpid()))
+        pid = os.getpid()
+        task.add_done_callback(functools.partial(_task_done, leases, pid))
+        # A task that never finishes -- destroyed pending, its loop closed under it -- runs
+        # no done-callback: its leases go back when it is collected.
+        fin = weakref.finalize(task, _task_collected, leases, pid)
+        fin.atexit = False
     return leases
 
 
 def _task_done(leases: LeaseSet, pid: int, task: asyncio.Task[Any]) -> None:
     """Runs in the event loop's thread once the task has finished."""
     _holder_ended(leases, pid)
+
+
+def _task_collected(leases: LeaseSet, pid: int) -> None:
+    """A task holding leases was collected without finishing. This runs inside the cyclic
+    GC, on whatever thread it ran -- perhaps one holding a pool's lock: the leases go back
+    from a thread of their own."""
+    if leases and os.getpid() == pid:
+        threading.Thread(
+            target=_holder_ended, args=(leases, pid), name="pooly-reclaim", daemon=True
+        ).start()
 
 
 def _holder_ended(leases: LeaseSet, pid: int) -> None:
