@@ -330,7 +330,7 @@ class AsyncLease:
         except OSError:
             return None  # (its reply pipe's EOF says so too; no need to wait for it)
         rfd = h.rep_r
-        buf = b""
+        buf: bytes | bytearray = b""
         need = _HDR_SIZE
         while True:
             if not self._ready.poll(0):
@@ -341,11 +341,16 @@ class AsyncLease:
                 chunk = b""
             if not chunk:
                 return None
-            buf = buf + chunk if buf else chunk
+            if not buf:
+                buf = chunk
+            else:  # (a large reply: gathered in place, not copied over and over)
+                if isinstance(buf, bytes):
+                    buf = bytearray(buf)
+                buf += chunk
             if len(buf) >= _HDR_SIZE:
                 need = _HDR_SIZE + _unpack_from(buf)[0]
                 if len(buf) >= need:
-                    return buf
+                    return bytes(buf) if isinstance(buf, bytearray) else buf
 
 
 @functools.lru_cache(maxsize=256)
