@@ -71,11 +71,11 @@ class _LoopWake:
         self.waiter: _Waiter | None = None  # (set once the place is made)
 
     def release(self) -> None:
-        if threading.get_ident() == self.thread:
-            self.loop.call_soon(_resolve, self.future)
-            return
         try:
-            self.loop.call_soon_threadsafe(_resolve, self.future)
+            if threading.get_ident() == self.thread:
+                self.loop.call_soon(_resolve, self.future)
+            else:
+                self.loop.call_soon_threadsafe(_resolve, self.future)
         except RuntimeError:  # its loop is closed: no one will ever take what it was sent
             waiter = self.waiter
             if waiter is not None:  # (we are under the pool's lock: give it back off it)

@@ -405,11 +405,14 @@ class Dispatcher:
         label: object,
         timeout: float | None,
         retries: int = 0,
+        direct: bool = True,
     ) -> Future[Any]:
         """Queue one call of ``method``; its future. Unpicklable arguments fail the future.
 
         With nothing queued and a worker idle, the task is sent to it from this thread at
-        once (see :class:`TaskFuture`)."""
+        once (see :class:`TaskFuture`) -- unless not ``direct`` (an event loop's thread,
+        whose wait goes through the future's callbacks anyway: the dispatcher writes it,
+        however large, without blocking the loop)."""
         if self.pool._gen != HOST.gen:  # a copy in a forked child: its workers stayed behind
             raise self.pool._forked_error()
         fut = TaskFuture(self)
@@ -428,7 +431,7 @@ class Dispatcher:
             if not self.pending:
                 self._anchor = self.anchor()
             self.pending += 1
-            if not self.queue:
+            if not self.queue and direct:
                 parked = self._parked
                 lease = parked.pop() if parked else self.pool._idle_lease(self.leases)
             if lease is None:

@@ -197,21 +197,27 @@ class ProcessPoolExecutor(Executor):
         worker is killed and replaced); ``TypeError`` if its arguments or result can't be
         pickled. ``RuntimeError`` after :meth:`shutdown`.
         """
+        return self._submit(fn, args, kwargs)
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        direct: bool = True,
+    ) -> Future[Any]:
         # (After shutdown the dispatcher refuses it, under its own lock: see shutdown.)
         ref = _ref(fn)
+        t = self._pool.call_timeout
         if ref is not None:
-            return self._tasks.submit(
-                _CALL, (ref, args), kwargs, fn, self._pool.call_timeout, self._retries
-            )
-        return self._tasks.submit(
-            "run", (fn, args, kwargs), {}, fn, self._pool.call_timeout, self._retries
-        )
+            return self._tasks.submit(_CALL, (ref, args), kwargs, fn, t, self._retries, direct)
+        return self._tasks.submit("run", (fn, args, kwargs), {}, fn, t, self._retries, direct)
 
     async def asubmit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``submit`` for an asyncio task: ``await`` the outcome of ``fn(*args, **kwargs)``,
         without a thread of its own (the pool's dispatcher wakes the loop). Cancelled
         before it started, the call never runs; once started, it runs to its end."""
-        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._submit(fn, args, kwargs, direct=False))
 
     def map(
         self,

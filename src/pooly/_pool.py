@@ -732,7 +732,11 @@ class Pool(PassiveChild, SupervisorListener):
         pool's dispatcher runs it and the loop is woken with its outcome. Cancelled before
         the task started, it never runs; once started, it runs to its end (its outcome is
         dropped), as a cancelled ``concurrent.futures`` future's."""
-        return await asyncio.wrap_future(self.submit(method, *args, **kwargs))
+        self._check_method(method)
+        fut = self._tasks().submit(
+            method, args, kwargs, f"{method}()", self.call_timeout, direct=False
+        )
+        return await asyncio.wrap_future(fut)
 
     async def atransaction(
         self,
