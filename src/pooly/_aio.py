@@ -36,9 +36,9 @@ import threading
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._errors import CallTimeout, LeaseError, PoolyError
+from ._errors import CallTimeout, LeaseError
 from ._fds import HOST
-from ._worker import _HDR, _HDR_SIZE, _OK, _PROTO, _READ_CHUNK, _unpack_error
+from ._worker import _HDR, _HDR_SIZE, _PROTO, _READ_CHUNK
 
 _pdumps, _ploads, _pack, _unpack_from = pickle.dumps, pickle.loads, _HDR.pack, _HDR.unpack_from
 
@@ -302,16 +302,7 @@ class AsyncLease:
             got = _unpack_from(reply)[1]
             if got != rid:
                 raise h._out_of_step(got, rid)  # type: ignore[attr-defined]
-            try:
-                msg = _ploads(memoryview(reply)[_HDR_SIZE:])
-            except Exception as e:
-                raise PoolyError(
-                    f"cannot unpickle the result of {h.cls_name}.{name}() from worker pid "
-                    f"{h.pid}: {e!r}; the worker is fine and the lease still valid"
-                ) from e
-            if msg[0] == _OK:
-                return msg[1]
-            raise _unpack_error(msg)
+            return h._decode(name, memoryview(reply)[_HDR_SIZE:])  # type: ignore[attr-defined]
         finally:
             lease._end_call()
             if lease._orphaned:

@@ -564,13 +564,7 @@ class Pool(PassiveChild, SupervisorListener):
         through this lease: a call that runs longer raises :class:`CallTimeout`, and its
         worker is killed and replaced.
         """
-        if self._gen != HOST.gen:
-            raise self._forked_error()
-        if timeout is not None:
-            timeout = _check_seconds("timeout", timeout, allow_zero=True)
-        per_call = self.call_timeout
-        if call_timeout is not POOL_DEFAULT:
-            per_call = _check_call_timeout(call_timeout)
+        timeout, per_call = self._checkout_args(timeout, call_timeout)
         ticket = _Waiter(current_leases())
         try:
             lease = self._enter(ticket, per_call, block, timeout != 0)
@@ -718,6 +712,12 @@ class Pool(PassiveChild, SupervisorListener):
         leaves the queue at once and is never handed a worker afterwards. A task that ends
         holding a lease gives it back, as a thread does.
         """
+        return ACheckout(self, *self._checkout_args(timeout, call_timeout))
+
+    def _checkout_args(
+        self, timeout: float | None, call_timeout: float | object | None
+    ) -> tuple[float | None, float | None]:
+        """A checkout's ``timeout`` and per-call timeout, checked."""
         if self._gen != HOST.gen:
             raise self._forked_error()
         if timeout is not None:
@@ -725,7 +725,7 @@ class Pool(PassiveChild, SupervisorListener):
         per_call = self.call_timeout
         if call_timeout is not POOL_DEFAULT:
             per_call = _check_call_timeout(call_timeout)
-        return ACheckout(self, timeout, per_call)
+        return timeout, per_call
 
     async def asubmit(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """``submit`` for an asyncio task: ``await`` its outcome. No thread of its own: the
