@@ -324,8 +324,10 @@ class AsyncLease:
         buf: bytes | bytearray = b""
         need = _HDR_SIZE
         while True:
-            if not self._ready.poll(0):
-                await _ready(loop, rfd, writer=False)
+            # Only the first read may skip the loop (a small reply already there): a large
+            # one is read a pipeful per loop iteration, so other tasks run meanwhile.
+            if buf or not self._ready.poll(0):
+                await self._reply_ready(loop, rfd)
             try:
                 chunk = os.read(rfd, max(_READ_CHUNK, need - len(buf)))
             except OSError:
@@ -342,6 +344,42 @@ class AsyncLease:
                 need = _HDR_SIZE + _unpack_from(buf)[0]
                 if len(buf) >= need:
                     return bytes(buf) if isinstance(buf, bytearray) else buf
+
+    async def _reply_ready(self, loop: asyncio.AbstractEventLoop, rfd: int) -> None:
+        """Until the reply pipe is readable -- or the worker was reaped: reaping points the
+        fd at a dead pipe, which the loop's registration (for the old pipe) never sees, so
+        the pool calls ``_on_exit`` then."""
+        lease = self._lease
+        future: asyncio.Future[None] = loop.create_future()
+        lease._on_exit = functools.partial(_resolve_threadsafe, loop, future)
+        try:
+            if lease._worker.exited.is_set():  # (reaped before we asked to hear of it)
+                return
+            loop.add_reader(rfd, _resolve, future)
+            try:
+                await future
+            finally:
+                loop.remove_reader(rfd)
+                _blocking_again(rfd)
+        finally:
+            lease._on_exit = None
+
+
+def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    try:
+        loop.call_soon_threadsafe(_resolve, future)
+    except RuntimeError:  # (its loop is closed: nobody waits any more)
+        pass
+
+
+def _blocking_again(fd: int) -> None:
+    """Some loops (uvloop) make an fd they watch non-blocking: a thread's blocking read of
+    the worker's next reply must not find it so."""
+    try:
+        if not os.get_blocking(fd):
+            os.set_blocking(fd, True)
+    except OSError:
+        pass
 
 
 @functools.lru_cache(maxsize=256)
@@ -375,7 +413,7 @@ async def _write_big(loop: asyncio.AbstractEventLoop, fd: int, frame: bytes) -> 
                 n = 0
             view = view[n:]
             if view:
-                await _ready(loop, fd, writer=True)
+                await _writable(loop, fd)
     finally:
         try:
             os.set_blocking(fd, True)
@@ -383,17 +421,11 @@ async def _write_big(loop: asyncio.AbstractEventLoop, fd: int, frame: bytes) -> 
             pass
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, writer: bool) -> None:
-    """Until ``fd`` is readable (writable)."""
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Until ``fd`` is writable."""
     future: asyncio.Future[None] = loop.create_future()
-    if writer:
-        loop.add_writer(fd, _resolve, future)
-    else:
-        loop.add_reader(fd, _resolve, future)
+    loop.add_writer(fd, _resolve, future)
     try:
         await future
     finally:
-        if writer:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
+        loop.remove_writer(fd)

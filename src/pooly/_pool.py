@@ -186,6 +186,7 @@ class Lease:
         "_ended",
         "_in_call",
         "_leases",
+        "_on_exit",
         "_orphaned",
         "_pool",
         "_rec",
@@ -209,6 +210,10 @@ class Lease:
         # Set (by the supervisor thread) once the worker has been reaped while a call
         # through this lease was in flight: that call's end closes the worker's fds.
         self._release_channel = False
+        # Called (supervisor thread) once the worker is reaped, while an awaited call
+        # through this lease waits for its reply: reaping points the reply fd at a dead
+        # pipe, which an event loop's registration for the old pipe would never see.
+        self._on_exit: Callable[[], object] | None = None
 
     @property
     def pid(self) -> int:
@@ -1337,6 +1342,8 @@ class Pool(PassiveChild, SupervisorListener):
                     self._overflow -= 1
                 self._serve_waiters()
         self._release_channel(h, last)
+        if last is not None and last._on_exit is not None:  # an awaited call waits on it
+            last._on_exit()
         if self._dispatcher is not None:  # its tasks on that worker end now
             self._dispatcher.wake()
 
