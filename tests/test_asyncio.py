@@ -504,7 +504,7 @@ def test_a_cancelled_waiting_task_leaves_the_queue_at_once(
                 else:
                     await asyncio.wait_for(wait(), 0.3)
             await watcher  # it did wait in the queue
-            assert time.monotonic() - t0 >= 0.3
+            assert time.monotonic() - t0 >= 0.25  # (uvloop: ms timers, may fire a hair early)
         assert pool.status().waiting == 0  # at once
         pool.checkin(held)
         s = pool.status()
@@ -826,7 +826,7 @@ def test_a_task_destroyed_pending_with_its_loop_gives_its_lease_back(
     del task, loop
     gc.collect()
     assert collected() is None, "the test still holds the task"
-    assert wait_for(lambda: pool.status().idle == 1, 10), pool.status()
+    assert wait_for(lambda: pool.status().idle == 1), pool.status()
     with pool.checkout(timeout=5) as w:
         assert w.incr() >= 1
 
