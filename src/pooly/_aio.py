@@ -104,9 +104,8 @@ class ACheckout:
     def __await__(self) -> Generator[Any, None, AsyncLease]:
         return acheckout(self._pool, self._timeout, self._per_call).__await__()
 
-    async def __aenter__(self) -> AsyncLease:
-        self._lease = await acheckout(self._pool, self._timeout, self._per_call)
-        return self._lease
+    def __aenter__(self) -> Awaitable[AsyncLease]:  # (no coroutine of its own: one less)
+        return acheckout(self._pool, self._timeout, self._per_call, self)
 
     async def __aexit__(self, *exc: object) -> None:
         lease, self._lease = self._lease, None
@@ -114,11 +113,14 @@ class ACheckout:
             self._pool.checkin(lease)
 
 
-async def acheckout(pool: Pool, timeout: float | None, per_call: float | None) -> AsyncLease:
+async def acheckout(
+    pool: Pool, timeout: float | None, per_call: float | None, keep: ACheckout | None = None
+) -> AsyncLease:
     """Lease a worker for the calling task: at once if one is idle, else an overflow worker
-    (started off the loop), else a place in the pool's FIFO queue, woken when served."""
+    (started off the loop), else a place in the pool's FIFO queue, woken when served.
+    ``keep``: the ``async with`` that checks it in on exit."""
     from ._owner import current_leases
-    from ._pool import _Waiter
+    from ._pool import Lease, _OverflowSlot, _Waiter
 
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
@@ -129,9 +131,8 @@ async def acheckout(pool: Pool, timeout: float | None, per_call: float | None) -
     try:
         lease = pool._enter(ticket, per_call, True)
         if lease is None:
-            if ticket.slot is not None:
-                lease = await _start_overflow(loop, pool, ticket.slot, ticket.leases)
-            else:
+            wid = ticket.slot
+            if wid is None:  # queued: wait to be served
                 if timeout is None:
                     await future
                 else:
@@ -141,29 +142,31 @@ async def acheckout(pool: Pool, timeout: float | None, per_call: float | None) -
                     except TimeoutError:
                         if pool._withdraw(ticket):  # (else served meanwhile: take it)
                             raise pool._checkout_timeout(timeout) from None
-                lease = await _served(loop, pool, ticket)
+                got = ticket.result
+                if isinstance(got, _OverflowSlot):
+                    ticket.result = None  # (started below: _abandon must not drop it)
+                    wid = got.wid
+                elif isinstance(got, Lease):
+                    lease = got
+                else:
+                    assert isinstance(got, BaseException)
+                    raise got
+            if wid is not None:
+                lease = await _start_overflow(loop, pool, wid, ticket.leases)
     except BaseException:
         # Cancelled (or failed) with a place taken: leave the queue. A worker handed to us
         # in the same loop iteration goes on to the next in line, never lost.
         pool._abandon(ticket)
         raise
+    finally:
+        wake.waiter = None  # (no cycle: both go with this frame)
+    assert lease is not None
     lease._call_timeout = per_call
     h = lease._worker
-    return async_lease_class(h.cls_name, h.methods)(lease)
-
-
-async def _served(loop: asyncio.AbstractEventLoop, pool: Pool, waiter: _Waiter) -> Lease:
-    """What the pool handed our place: a lease, an overflow slot to start, or an error."""
-    from ._pool import Lease, _OverflowSlot
-
-    result = waiter.result
-    if isinstance(result, Lease):
-        return result
-    if isinstance(result, _OverflowSlot):
-        waiter.result = None  # (started below: _abandon must not drop its slot)
-        return await _start_overflow(loop, pool, result.wid, waiter.leases)
-    assert isinstance(result, BaseException)
-    raise result
+    alease = async_lease_class(h.cls_name, h.methods)(lease)
+    if keep is not None:
+        keep._lease = alease
+    return alease
 
 
 async def _start_overflow(

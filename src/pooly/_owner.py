@@ -65,27 +65,34 @@ def _leases_of_task(task: asyncio.Task[Any]) -> LeaseSet:
     leases = _task_leases.get(task)
     if leases is None:
         leases = _task_leases[task] = {}
-        pid = os.getpid()
-        task.add_done_callback(functools.partial(_task_done, leases, pid))
         # A task that never finishes -- destroyed pending, its loop closed under it -- runs
-        # no done-callback: its leases go back when it is collected.
-        fin = weakref.finalize(task, _task_collected, leases, pid)
-        fin.atexit = False
+        # no done-callback: its leases go back when it is collected (the weak reference's
+        # callback). One that finishes drops that reference from its done-callback.
+        ref = weakref.ref(task, _task_collected)
+        _task_refs[ref] = (leases, os.getpid())
+        task.add_done_callback(functools.partial(_task_done, ref))
     return leases
 
 
-def _task_done(leases: LeaseSet, pid: int, task: asyncio.Task[Any]) -> None:
+#: Lease sets of the tasks that hold them, by a weak reference to the task.
+_task_refs: dict[weakref.ref[asyncio.Task[Any]], tuple[LeaseSet, int]] = {}
+
+
+def _task_done(ref: weakref.ref[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
     """Runs in the event loop's thread once the task has finished."""
-    _holder_ended(leases, pid)
+    entry = _task_refs.pop(ref, None)
+    if entry is not None:
+        _holder_ended(*entry)
 
 
-def _task_collected(leases: LeaseSet, pid: int) -> None:
+def _task_collected(ref: weakref.ref[asyncio.Task[Any]]) -> None:
     """A task holding leases was collected without finishing. This runs inside the cyclic
     GC, on whatever thread it ran -- perhaps one holding a pool's lock: the leases go back
     from a thread of their own."""
-    if leases and os.getpid() == pid:
+    entry = _task_refs.pop(ref, None)
+    if entry is not None and entry[0] and os.getpid() == entry[1]:
         threading.Thread(
-            target=_holder_ended, args=(leases, pid), name="pooly-reclaim", daemon=True
+            target=_holder_ended, args=entry, name="pooly-reclaim", daemon=True
         ).start()
 
 
