@@ -655,7 +655,7 @@ def print_report(rep: dict[str, Any]) -> None:
         f"{m['platform']}, load avg {m['loadavg'][0]:.2f}",
         f"pooly default start method: {m['start_method']}"
         + ("; PYTHONDONTWRITEBYTECODE is set" if m["pythondontwritebytecode"] else ""),
-        f"round trips 1-3 and 7: all processes pinned to CPU {rep['pinned_cpu']}, "
+        f"round trips 1-3, 7 and 12: all processes pinned to CPU {rep['pinned_cpu']}, "
         f"{rep['params']['rounds']} interleaved rounds, 16-byte payload, median per call",
         "",
         _row(*HEADER),
