@@ -106,7 +106,7 @@ async def _ticker(stop: asyncio.Event, late: list[float]) -> None:
 
 
 async def _waiter(pool: pooly.Pool, i: int, served: list[int]) -> None:
-    async with pool.acheckout(timeout=600) as lease:
+    async with pool.acheckout() as lease:  # (no timeout: the callers bound the wait)
         served.append(i)
         if await lease.echo(i) != i:
             raise AssertionError("bench: the worker echoed something else")
@@ -137,7 +137,6 @@ class _GcPauses:
         self._t = 0.0
 
     def __enter__(self) -> _GcPauses:
-        gc.collect()  # earlier parts' garbage is not this figure's
         gc.callbacks.append(self._cb)
         return self
 
@@ -156,6 +155,7 @@ async def _waiters_timed(pool: pooly.Pool, n: int) -> dict[str, Any]:
     """The timed pass: the ticker runs throughout; the main task holds both workers until
     all ``n`` wait, then gives them back and the waiters are served one after another."""
     pc = time.perf_counter
+    gc.collect()  # earlier parts' garbage is not this figure's (and not in its window)
     stop = asyncio.Event()
     late: list[float] = []
     ticker = asyncio.create_task(_ticker(stop, late))
@@ -193,10 +193,11 @@ async def _waiters_timed(pool: pooly.Pool, n: int) -> dict[str, Any]:
 
 async def _bare_timed(n: int) -> dict[str, Any]:
     """For comparison, the same ticker beside ``n`` bare tasks started BATCH per
-    iteration, each waiting on a future of its own under ``asyncio.timeout`` (as a waiter
-    does), then woken one after another in order (each wakes the next): what asyncio
-    itself costs with that many tasks."""
+    iteration, each waiting on a future of its own (as a waiter does), then woken one after
+    another in order (each wakes the next): what asyncio itself costs with that many
+    tasks."""
     loop = asyncio.get_running_loop()
+    gc.collect()  # earlier parts' garbage is not this figure's (and not in its window)
     stop = asyncio.Event()
     late: list[float] = []
     ticker = asyncio.create_task(_ticker(stop, late))
@@ -204,8 +205,7 @@ async def _bare_timed(n: int) -> dict[str, Any]:
     futures: list[asyncio.Future[None]] = [loop.create_future() for _ in range(n + 1)]
 
     async def bare(i: int) -> None:
-        async with asyncio.timeout(600):
-            await futures[i]
+        await futures[i]
         await asyncio.sleep(0)  # (a call's turn of the loop)
         futures[i + 1].set_result(None)
 
