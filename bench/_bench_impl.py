@@ -18,18 +18,22 @@ What is measured, and how (/work/shared/BENCHMARKING.md says why it is done this
 7. ``pooly.ProcessPoolExecutor`` single-task round trip: ``submit(echo, msg).result()`` one
    at a time, ``max_workers=1``, default start method, beside 2 and 3;
 
-and the executor's throughput, CPU-bound speed-up and hung task (8-11, ``_bench_executor``).
+and the executor's throughput, CPU-bound speed-up and hung task (8-11, ``_bench_executor``),
+and asyncio (12-14, ``_bench_asyncio``): ``await lease.echo(msg)`` beside 2 and
+``run_in_executor`` (pinned), 10,000 tasks waiting on a pool of 2, 1,000 cancellations
+racing checkins.
 
-The round trips (1-3, 7) run in a separate process (``--pinned-part``) pinned, with every process
-it starts, to ONE CPU: a cross-CPU wake-up costs far more than anything Pooly does and would
+The round trips (1-3, 7, 12) run in a separate process (``--pinned-part``) pinned, with every
+process it starts, to ONE CPU: a cross-CPU wake-up costs far more than anything Pooly does and would
 drown the comparison. The contenders run interleaved in rounds (A B C D, B C D A, ...) and
 each figure is the median of all its samples, so drift on the shared machine hits all of
-them alike. 4-6 and 8-11 run unpinned, in the main process.
+them alike. 4-6, 8-11 and 13-14 run unpinned, in the main process.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -45,6 +49,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from _bench_asyncio import (
+    aexecutor_timer,
+    alease_timer,
+    cancellations,
+    uvloop_new_loop,
+    waiters,
+)
 from _bench_executor import executor_hung, throughput
 from _bench_workers import Echo, echo, pipe_echo_loop
 
@@ -71,6 +82,8 @@ class Params:
     cpu_tasks: int  # ~10 ms CPU-bound tasks per contender per round
     cpu_rounds: int
     ex_hangs: int  # hung executor tasks stopped by call_timeout
+    aio_waiters: int  # tasks waiting at once on a pool of 2 (asyncio)
+    aio_cancels: int  # cancellations of waiting tasks racing checkins (asyncio)
 
 
 FULL = Params(
@@ -89,6 +102,8 @@ FULL = Params(
     cpu_tasks=200,
     cpu_rounds=3,
     ex_hangs=5,
+    aio_waiters=10_000,
+    aio_cancels=1_000,
 )
 QUICK = Params(
     rounds=4,
@@ -106,6 +121,8 @@ QUICK = Params(
     cpu_tasks=10,
     cpu_rounds=1,
     ex_hangs=1,
+    aio_waiters=2_000,
+    aio_cancels=200,
 )
 
 
@@ -158,6 +175,12 @@ EX_CPU_SPEEDUP = Target("CPU-bound speed-up on 2 workers", "x", 1.8, None, True)
 # The hung task's bars hold for every repetition: judged on the worst.
 EX_HUNG_FAIL_S = Target("hung task -> CallTimeout", " s", 1.5, 1.1, of="max ")
 EX_HUNG_BACK_MS = Target("CallTimeout -> executor pool full", " ms", 100.0, 20.0, of="max ")
+# Issue 9's bars (asyncio).
+AIO_OVER_CALL = Target("await lease.echo / lease.echo (thread)", "x", 2.0, None)
+AIO_PPE = Target("run_in_executor(stdlib executor) / await lease.echo", "x", 10.0, None, True)
+AIO_FIFO = Target("waiters served out of FIFO order", "", 0, None)
+AIO_STALL_MS = Target("10 ms ticker's worst stall", " ms", 50.0, None, of="max ")
+AIO_LOST = Target("workers lost + waiters left after cancellations", "", 0, None)
 
 
 def summary(samples: list[int] | list[float], scale: float = 1e-3) -> dict[str, Any]:
@@ -246,6 +269,11 @@ def pinned_part(p: Params) -> dict[str, Any]:
         with pooly.Pooly() as top:
             pool = top.start_pool("bench", Echo, size=1)
             start_method = pool.start_method
+            # 12: the same call from a task, through a pool of its own (its lease is taken
+            # by each run's task), on the default asyncio loop and, if installed, uvloop.
+            apool = top.start_pool("bench-aio", Echo, size=1)
+            aloop = asyncio.new_event_loop()
+            uvloop = uvloop_new_loop()
             # For information: the same call to a worker forked from this process.
             fork_pool = top.start_pool("bench-fork", Echo, size=1, start_method="fork")
             ctx = multiprocessing.get_context(start_method)
@@ -265,7 +293,11 @@ def pinned_part(p: Params) -> dict[str, Any]:
                     ("call_fork", lease_timer(fork_lease), p.calls),
                     ("ppe", ppe_timer(ex), p.ppe_calls),
                     ("ex_submit", ppe_timer(pex), p.calls),
+                    ("acall", alease_timer(aloop, apool, msg), p.calls),
+                    ("appe", aexecutor_timer(aloop, ex, msg), p.ppe_calls),
                 ]
+                if uvloop is not None:
+                    contenders.append(("acall_uvloop", alease_timer(uvloop, apool, msg), p.calls))
                 samples: dict[str, list[int]] = {name: [] for name, _, _ in contenders}
                 for _, run, n in contenders:  # warm up (and start the executor's process)
                     run(max(n // 4, 10), [])
@@ -277,6 +309,9 @@ def pinned_part(p: Params) -> dict[str, Any]:
                     raise AssertionError("the worker echoed something else")
                 pool.checkin(lease)
                 fork_pool.checkin(fork_lease)
+                aloop.close()
+                if uvloop is not None:
+                    uvloop.close()
     finally:
         os.close(to_child_w)  # the floor's child reads EOF and exits
         os.close(from_child_r)
@@ -451,6 +486,10 @@ def unpinned_part(p: Params) -> dict[str, Any]:
         out["checkout"] = checkout_checkin(top, p)
         out["kill"] = {m: kill_to_answer(top, m, n) for m, n in p.kills.items() if m in available}
         out["hung"] = hung_call(top, p.hangs)
+        out["aio"] = {
+            "waiters": waiters(top, p.aio_waiters),
+            "cancel": cancellations(top, p.aio_cancels),
+        }
     hung = executor_hung(p.ex_hangs)
     out["executor"]["hung"] = {
         **hung,
@@ -499,7 +538,8 @@ def live_children() -> dict[int, str]:
 def build_report(
     pinned: dict[str, Any], unpinned: dict[str, Any], p: Params, quick: bool
 ) -> dict[str, Any]:
-    rt = {k: pinned[k] for k in ("pipe", "call", "call_bound", "call_fork", "ppe", "ex_submit")}
+    names = ("pipe", "call", "call_bound", "call_fork", "ppe", "ex_submit", "acall", "appe")
+    rt = {k: pinned[k] for k in (*names, "acall_uvloop") if k in pinned}
     co = unpinned["checkout"]
     kills = unpinned["kill"]
     default = co["start_method"]
@@ -534,6 +574,18 @@ def build_report(
     targets["ex_cpu_speedup"] = EX_CPU_SPEEDUP.judge(cpu["speedup"])
     targets["ex_hung_fail"] = EX_HUNG_FAIL_S.judge(exh["fail_s"]["max"])
     targets["ex_hung_back"] = EX_HUNG_BACK_MS.judge(exh["back_ms"]["max"])
+    aio = unpinned["aio"]
+    aio_ratios = {
+        "acall_over_call": rt["acall"]["median"] / rt["call"]["median"],
+        "appe_over_acall": rt["appe"]["median"] / rt["acall"]["median"],
+    }
+    if "acall_uvloop" in rt:
+        aio_ratios["acall_uvloop_over_call"] = rt["acall_uvloop"]["median"] / rt["call"]["median"]
+    targets["aio_over_call"] = AIO_OVER_CALL.judge(aio_ratios["acall_over_call"])
+    targets["aio_ppe"] = AIO_PPE.judge(aio_ratios["appe_over_acall"])
+    targets["aio_fifo"] = AIO_FIFO.judge(aio["waiters"]["out_of_order"])
+    targets["aio_stall"] = AIO_STALL_MS.judge(aio["waiters"]["worst_stall_ms"])
+    targets["aio_lost"] = AIO_LOST.judge(aio["cancel"]["lost"])
     return {
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -552,7 +604,13 @@ def build_report(
         "kill_to_answer_ms": kills,
         "hung_call": hung,
         "executor": ex,
-        "ratios": {"call_over_pipe": call_over_pipe, "ppe_over_call": ppe_over_call, **ex_ratios},
+        "aio": aio,
+        "ratios": {
+            "call_over_pipe": call_over_pipe,
+            "ppe_over_call": ppe_over_call,
+            **ex_ratios,
+            **aio_ratios,
+        },
         "targets": targets,
     }
 
@@ -597,7 +655,7 @@ def print_report(rep: dict[str, Any]) -> None:
         f"{m['platform']}, load avg {m['loadavg'][0]:.2f}",
         f"pooly default start method: {m['start_method']}"
         + ("; PYTHONDONTWRITEBYTECODE is set" if m["pythondontwritebytecode"] else ""),
-        f"round trips 1-3 and 7: all processes pinned to CPU {rep['pinned_cpu']}, "
+        f"round trips 1-3, 7 and 12: all processes pinned to CPU {rep['pinned_cpu']}, "
         f"{rep['params']['rounds']} interleaved rounds, 16-byte payload, median per call",
         "",
         _row(*HEADER),
@@ -658,6 +716,7 @@ def print_report(rep: dict[str, Any]) -> None:
         ),
     ]
     lines += _executor_rows(rep, judged, us)
+    lines += _aio_rows(rep, judged, us)
     print("\n".join(lines) + "\n")
 
 
@@ -772,6 +831,103 @@ def _executor_rows(
     return rows
 
 
+def _aio_rows(
+    rep: dict[str, Any],
+    judged: Callable[[str], tuple[str, str]],
+    us: Callable[[str], tuple[str, str, str]],
+) -> list[str]:
+    """Issue 9's rows: asyncio (12-14)."""
+    rt, r = rep["round_trips_us"], rep["ratios"]
+    w, c = rep["aio"]["waiters"], rep["aio"]["cancel"]
+    rows = [
+        "",
+        "asyncio (issue 9): 12 pinned, interleaved with 1-3 and 7, default asyncio loop; "
+        "13-14 unpinned, a pool of 2, default loop; 13's ticker ticks every 10 ms",
+        "",
+        _row("12 await lease.echo(msg), AsyncLease (pinned)", *us("acall")),
+        _row(
+            "  async call / thread call (2)",
+            "",
+            "",
+            f"{r['acall_over_call']:.2f}x",
+            *judged("aio_over_call"),
+        ),
+    ]
+    if "acall_uvloop" in rt:
+        rows += [
+            _row("  same on uvloop (info)", *us("acall_uvloop")),
+            _row(
+                "  uvloop async call / thread call (2) (info)",
+                "",
+                "",
+                f"{r['acall_uvloop_over_call']:.2f}x",
+            ),
+        ]
+    else:
+        rows.append("  uvloop: not installed, no figure")
+    rows += [
+        _row("  await loop.run_in_executor(stdlib ex, echo, msg)", *us("appe")),
+        _row(
+            "  run_in_executor / await lease.echo",
+            "",
+            "",
+            f"{r['appe_over_acall']:.1f}x",
+            *judged("aio_ppe"),
+        ),
+        _row(
+            f"13 {w['waiters']:,} tasks wait on 2 workers: out of order",
+            f"{w['out_of_order']:.0f}",
+            "",
+            "",
+            *judged("aio_fifo"),
+        ),
+        _row(
+            "  10 ms ticker: worst stall (median)",
+            f"{w['worst_stall_ms']:.1f} ms",
+            f"med {w['median_stall_ms']:.2f}",
+            f"n={w['ticks']}",
+            *judged("aio_stall"),
+        ),
+        _row(
+            "  worst stall while queueing (info)",
+            f"{w['worst_stall_queueing_ms']:.1f} ms",
+        ),
+        _row(
+            f"  worst GC pause meanwhile, {w['gc_full_passes']} full passes (info)",
+            f"{w['gc_worst_pause_ms']:.1f} ms",
+        ),
+        _row(
+            f"  {w['waiters']:,} bare tasks on futures: worst stall (info)",
+            f"{w['bare_worst_stall_ms']:.1f} ms",
+            f"gc {w['bare_gc_worst_pause_ms']:.1f}",
+        ),
+        _row(
+            "  queued, per waiter / served per second (info)",
+            f"{w['queue_us_per_waiter']:.1f} µs",
+            f"{_k(w['serve_rate'])}/s",
+        ),
+        _row(
+            "  memory per waiting task, tracemalloc (info)",
+            f"{w['bytes_per_waiter']:,.0f} B",
+            f"bare {w['bytes_per_bare_task']:,.0f} B",
+            f"pool {w['pool_bytes_per_waiter']:,.0f} B",
+        ),
+        _row(
+            f"14 {c['cancelled']:,} cancels racing checkins: workers lost",
+            f"{c['lost']:.0f}",
+            f"idle {c['idle']}/{c['size']}",
+            f"busy {c['busy']} wait {c['waiting']}",
+            *judged("aio_lost"),
+        ),
+        _row(
+            f"  ({c['rounds']} rounds, {c['served']:,} served, "
+            f"{c['cancelled_mid_call']} cancelled mid-call) (info)",
+            f"{c['seconds']:.2f} s",
+        ),
+    ]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="bench.py", description="Pooly benchmark: latencies side by side, with ratios."
@@ -794,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     pinned = run_pinned_subprocess(args.quick)
     print(
         "bench: executor throughput and CPU-bound speed-up, checkout+checkin, "
-        "SIGKILL -> replacement, hung calls (unpinned) ...",
+        "SIGKILL -> replacement, hung calls, asyncio waiters and cancellations (unpinned) ...",
         flush=True,
     )
     unpinned = unpinned_part(p)
