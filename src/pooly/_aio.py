@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import CallTimeout, LeaseError
 from ._fds import HOST
+from ._owner import current_leases
 from ._worker import _HDR, _HDR_SIZE, _PROTO, _READ_CHUNK
 
 _pdumps, _ploads, _pack, _unpack_from = pickle.dumps, pickle.loads, _HDR.pack, _HDR.unpack_from
@@ -119,15 +120,12 @@ async def acheckout(
     """Lease a worker for the calling task: at once if one is idle, else an overflow worker
     (started off the loop), else a place in the pool's FIFO queue, woken when served.
     ``keep``: the ``async with`` that checks it in on exit."""
-    from ._owner import current_leases
-    from ._pool import Lease, _OverflowSlot, _Waiter
-
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
     wake = _LoopWake(loop, future, pool)
     # Our ticket, and our place in the queue if we must wait; the leases are the task's
     # (given back if it ends holding them).
-    ticket = wake.waiter = _Waiter(current_leases(), wake)
+    ticket = wake.waiter = _pool._Waiter(current_leases(), wake)
     try:
         lease = pool._enter(ticket, per_call, True)
         if lease is None:
@@ -143,10 +141,10 @@ async def acheckout(
                         if pool._withdraw(ticket):  # (else served meanwhile: take it)
                             raise pool._checkout_timeout(timeout) from None
                 got = ticket.result
-                if isinstance(got, _OverflowSlot):
+                if isinstance(got, _pool._OverflowSlot):
                     ticket.result = None  # (started below: _abandon must not drop it)
                     wid = got.wid
-                elif isinstance(got, Lease):
+                elif isinstance(got, _pool.Lease):
                     lease = got
                 else:
                     assert isinstance(got, BaseException)
@@ -432,3 +430,8 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         await future
     finally:
         loop.remove_writer(fd)
+
+
+# Last: _pool imports this module (for ACheckout and AsyncLease), and this one uses _pool's
+# names at run time only -- imported here, either module may be imported first.
+from . import _pool  # noqa: E402
