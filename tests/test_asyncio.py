@@ -855,3 +855,32 @@ def test_checkout_on_a_running_loops_thread_raises_instead_of_waiting(
         assert pool.status().idle == 1
 
     run(main)
+
+
+def test_an_awaited_call_while_a_dead_workers_fds_are_closed_raises_worker_crashed(
+    sup: pooly.Pooly, run: Run
+) -> None:
+    """Issue 9, found by the chaos soak's asyncio population (seed 670821: atransaction
+    ended in LeaseError "already in a call"): an awaited call on a lease whose dead worker's
+    fds the supervisor was closing (it holds the lease's ``_in_call`` for that instant:
+    Pool._release_channel) raised LeaseError; the thread path waits that instant out and
+    raises WorkerCrashed. The instant is widened here by holding the lock as it does."""
+    pool = sup.start_pool("p", Counter, size=1)
+
+    async def main() -> None:
+        w = await pool.acheckout(timeout=10)
+        lease = w._lease
+        os.kill(w.pid, signal.SIGKILL)
+        assert lease._worker.exited.wait(10)
+        lease._in_call.acquire()  # the supervisor's instant in _release_channel ...
+        timer = threading.Timer(0.05, lease._in_call.release)  # ... over soon
+        timer.start()
+        try:
+            with pytest.raises(pooly.WorkerCrashed):
+                await w.incr()
+        finally:
+            timer.join()
+        pool.checkin(w)  # (a quiet no-op: its worker died)
+
+    run(main)
+    assert wait_for(lambda: pool.status().idle == 1, timeout=10)

@@ -1191,3 +1191,36 @@ def test_direct_tasks_from_many_threads_share_the_workers_with_checkouts(
     other.join(10)
     assert not errors, errors
     assert wait_for(lambda: pool._busy == 0 and len(pool._idle) == 2, timeout=5)
+
+
+@pytest.mark.timeout(60)
+def test_a_task_is_served_while_threads_keep_checking_out(sup: pooly.Pooly) -> None:
+    """Issue 9, found by the chaos soak's asyncio population (an asubmit "starved"): with
+    threads cycling checkout/checkin so that a checkout always waited, ``pool.submit`` was
+    never served. The dispatcher gave back every worker it held while a checkout waited --
+    including the one its own turn in the FIFO queue had just brought it, before running a
+    task on it. A worker the dispatcher was just handed now runs one task first."""
+    pool = sup.start_pool("p", Calc, size=2, max_overflow=1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def consumer() -> None:
+        try:
+            while not stop.is_set():
+                with pool.checkout(timeout=10) as w:
+                    w.sleep(0.005)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=consumer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        assert wait_for(lambda: pool.status().waiting > 0, timeout=10)
+        for i in range(3):
+            assert pool.submit("add", i, 1).result(timeout=10) == i + 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+    assert not errors, errors

@@ -257,7 +257,11 @@ class AsyncLease:
         if pool._gen != HOST.gen:
             raise pool._forked_error()
         h = lease._worker
-        if not lease._in_call.acquire(False):
+        if not lease._in_call.acquire(False) and not (
+            # A dead worker's fds being closed (the supervisor holds the lock for that
+            # instant): wait it out, and the dead channel says WorkerCrashed.
+            h.exited.is_set() and lease._in_call.acquire(timeout=_pool._CLOSING_WAIT)
+        ):
             raise LeaseError(
                 f"lease on worker pid {h.pid} of pool {pool.name!r} is already in a call; a "
                 "lease serves one call at a time"

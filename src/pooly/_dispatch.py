@@ -310,6 +310,7 @@ class _Slot:
         "buf",
         "dead_at",
         "eof",
+        "fresh",
         "handle",
         "inflight",
         "killed",
@@ -334,6 +335,9 @@ class _Slot:
         self.eof = False  # its reply pipe ended: the worker is gone
         self.killed = False  # killed by the dispatcher (cut off, out of step)
         self.dead_at = 0.0
+        # Just leased: it runs a task before a waiting checkout can make us give it back
+        # (else, with checkouts always waiting, the queue's turn would never come).
+        self.fresh = True
 
 
 class _Nudge:
@@ -988,7 +992,7 @@ class Dispatcher:
         slots = [
             s
             for s in self._slots.values()
-            if not s.eof and s.lease._ended is None and not others and self._room(s)
+            if not s.eof and s.lease._ended is None and (s.fresh or not others) and self._room(s)
         ]
         batches: dict[_Slot, list[_Task]] = {}
         if q:
@@ -1002,13 +1006,13 @@ class Dispatcher:
                 if len(self._slots) == before:
                     break
                 s = list(self._slots.values())[-1]
-                if s.eof or s.lease._ended is not None or s.inflight:
+                if s.eof or s.lease._ended is not None or s.inflight or s in batches:
                     continue
                 slots.append(s)
                 batches[s] = [q.popleft()]
             # Then ahead, round robin, each up to its measured depth -- only map's calls:
             # a submitted task's future stays cancellable until a worker is free for it.
-            more = True
+            more = not others  # (a fresh worker runs one task while checkouts wait)
             while q and more and q[0].ahead:
                 more = False
                 for s in slots:
@@ -1058,6 +1062,7 @@ class Dispatcher:
         if not s.inflight:
             s.since = _monotonic()
             s.handle.in_task = True
+        s.fresh = False
         s.inflight.extend(live)
         s.handle.tasks += len(live)
         s.out = live[0].frame if len(live) == 1 else b"".join([t.frame for t in live])
