@@ -62,6 +62,7 @@ from .chaos_config import (
     AIO_TIMED_OUT,
     AIO_TIMEOUT_SLACK,
     AIO_WAVE_EVERY,
+    AIO_WAVE_SHARE,
     AIO_WAVE_TIMEOUT,
     CALL_FAULTS,
     CALL_STOPPED,
@@ -189,6 +190,9 @@ class ChaosAsync(ChaosExec):
                 await ctl.wave.wait()
                 if self.stop.is_set():
                     return
+                if rng.random() >= AIO_WAVE_SHARE:
+                    await asyncio.sleep(0.1)  # (sits this one out: the wave's Event is reset)
+                    continue
                 name = ctl.wave_name
                 timeout = rng.uniform(*AIO_WAVE_TIMEOUT)
                 deliberate = True  # a short timeout: CheckoutTimeout expected

@@ -34,6 +34,7 @@ __all__ = (
     "AIO_TIMED_OUT",
     "AIO_TIMEOUT_SLACK",
     "AIO_WAVE_EVERY",
+    "AIO_WAVE_SHARE",
     "AIO_WAVE_TIMEOUT",
     "CALL_FAULTS",
     "CALL_STOPPED",
@@ -332,19 +333,22 @@ INTERRUPT_NAP = 0.3  # seconds of the call that is interrupted: long enough to l
 INTERRUPT_NAP_MAIN = 1.0
 INTERRUPT_CALLS = ("interrupted", "interrupted-main")
 # The asyncio population (see chaos_async): per loop, AIO_REGULARS tasks use the pools all
-# the time; the others wait for a wave, every AIO_WAVE_EVERY s, all at one pool at once,
+# the time; the others wait for a wave, every AIO_WAVE_EVERY s, and AIO_WAVE_SHARE of them
+# go at one pool at once (sized so that the consumer threads keep a fair share of the
+# workers: a wave is a pool's whole queue for a second),
 # each with a checkout timeout drawn from AIO_WAVE_TIMEOUT -- short, so that a consumer
 # thread behind a wave (CHECKOUT_TIMEOUT) is served in time.
-AIO_REGULARS = 12
-AIO_WAVE_EVERY = 2.0
+AIO_REGULARS = 4
+AIO_WAVE_EVERY = 4.0
+AIO_WAVE_SHARE = 0.5  # of the sleeping tasks, the share that joins a wave
 AIO_WAVE_TIMEOUT = (0.2, 1.2)
 AIO_TIMEOUT_SLACK = 2.0  # how late a wave's CheckoutTimeout may be (a loop of 1000 tasks)
 # A task.cancel() every AIO_CANCEL_EVERY s per loop, of a task in an operation; one that
 # picks a task in a call goes ahead only this often (a cancelled call costs a worker, and
 # replacing workers faster than they start starves every consumer).
-AIO_CANCEL_EVERY = (0.001, 0.006)
-AIO_CANCEL_CALL = 0.1
-AIO_CALL_LIMITED = 0.015  # calls made under an asyncio.timeout() likely to expire mid-call
+AIO_CANCEL_EVERY = (0.002, 0.01)
+AIO_CANCEL_CALL = 0.03
+AIO_CALL_LIMITED = 0.005  # calls made under an asyncio.timeout() likely to expire mid-call
 AIO_SUBMIT_BOUND = 5.0  # a regular task's asubmit not served by then is starved
 
 
