@@ -88,6 +88,27 @@ def test_short_soak_explains_every_outcome_and_leaves_nothing(tmp_path: Path) ->
     }, report  # fmt: skip
     for kind in chaos_config.EX_FAULTS:
         assert data["confirmed"].get(kind, 0) > 0, f"no {kind} fault confirmed\n{report}"
+    # The asyncio tasks (issue 9): every operation (acheckout, call, asubmit, atransaction)
+    # ended in exactly one counted outcome, none OTHER or wrong; each kind succeeded; the
+    # soak's cancellations landed both while tasks waited and during their calls.
+    aio, aio_by, cut = data["aio"], data["aio_by"], data["aio_cut"]
+    assert aio["attempted"] == sum(v for k, v in aio.items() if k != "attempted"), report
+    assert aio.get("OTHER", 0) == 0 and aio.get("wrong", 0) == 0, report
+    assert aio.get("ok", 0) > 500, report
+    assert set(aio_by) == {"acheckout", "call", "asubmit", "atransaction"}, report
+    for kind in ("acheckout", "call", "atransaction"):
+        assert aio_by[kind].get("ok", 0) + aio_by[kind].get("leased", 0) > 0, report
+    assert aio.get(chaos_config.AIO_CANCELLED, 0) > 0, report
+    assert aio.get(chaos_config.AIO_TIMED_OUT, 0) > 0, report
+    assert aio.get(chaos_config.AIO_CHECKOUT_TIMEOUT, 0) > 0, report
+    assert any(k.endswith(": checkout") for k in cut), report  # cancelled while waiting
+    assert any(k.endswith(": call") for k in cut), report  # cancelled mid-call
+    # Hundreds of tasks waited in one queue (the waves), without a thread each; no place
+    # in a queue was left behind.
+    peak_waiting = max(data["peak_waiting"].values())
+    assert peak_waiting >= 100, report
+    assert data["threads_during"]["peak"] < peak_waiting, report
+    assert all(s["waiting"] == 0 for s in data["final_status"]), report
     left = left_with_env(MARKER, marker)
     assert not left, f"processes left behind by the soak: {left}\n{report}"
 

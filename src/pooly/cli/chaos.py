@@ -28,6 +28,10 @@ the error a deliberate fault calls for. Anything else is counted as an OTHER out
       SIGKILL an executor's busy worker     order an executor task that segfaults, calls
                                               os._exit, hangs in C code past call_timeout,
                                               or raises (a feeder submits it, or maps it)
+    event-loop threads (--async-loops), --async-tasks tasks among them, on the pools above:
+      async with pool.acheckout(timeout) as w: await w.mix(..)   await pool.asubmit(..)
+      await pool.atransaction(fn, ..)    a few tasks all the time, the rest in waves (all
+      at one pool at once); task.cancel() and asyncio.timeout() cut them short at random
     main thread: the progress line; and the calls the injector orders interrupted by SIGINT
     restarter thread: every few seconds, stop_pool + start_pool (or start_executor) of one
       pool under load
@@ -45,7 +49,8 @@ replacement included; ``stop-restart`` is the restarter).
 
 The soak is one :class:`~pooly.cli.chaos_soak.Chaos`, built in layers: state and counting
 (``chaos_state``), consumers (``chaos_calls``), executors and their feeders
-(``chaos_exec``: every task's outcome counted, see there), faults (``chaos_faults``),
+(``chaos_exec``: every task's outcome counted, see there), asyncio tasks (``chaos_async``),
+faults (``chaos_faults``),
 watchers and the run (``chaos_soak``); its figures are printed by ``chaos_report``, and its
 configuration is ``chaos_config``. The worker class and the poison objects live in
 :mod:`pooly.cli.workers` (worker processes import them by module path; the forkserver
@@ -133,6 +138,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--async-tasks",
+        type=non_negative_int,
+        default=d.async_tasks,
+        metavar="N",
+        help="asyncio tasks using the pools (acheckout, asubmit, atransaction), cancelled "
+        "and timed out at random; 0: none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--async-loops",
+        type=positive_int,
+        default=d.async_loops,
+        metavar="N",
+        help="threads running an event loop each, the asyncio tasks spread over them "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=None, help="seed for every random choice (default: random)"
     )
     parser.add_argument(
@@ -209,6 +230,12 @@ def _run(opts: Options, display: Display) -> int:
             f"  {x.name:<8} executor     max_workers {x.max_workers}  max_overflow "
             f"{x.max_overflow}  retries {x.retries}  call_timeout {EX_CALL_TIMEOUT:g} s "
             f"(start_executor; fed by {opts.executor_threads} threads)"
+        )
+    if opts.async_tasks:
+        display.line(
+            f"  asyncio  {opts.async_tasks} tasks on {min(opts.async_loops, opts.async_tasks)} "
+            f"event-loop threads, on the pools above (acheckout, asubmit, atransaction; "
+            f"task.cancel() and asyncio.timeout() at random; waves of the sleeping tasks)"
         )
     display.line(
         f"  restart intensity {chaos.max_restarts} in {MAX_SECONDS:g} s per pool (sized for "
@@ -293,6 +320,8 @@ def main(args: argparse.Namespace) -> int:
         pools=args.pools,
         consumers=args.consumers,
         executor_threads=args.executor_threads,
+        async_tasks=args.async_tasks,
+        async_loops=args.async_loops,
         seed=args.seed,
         json=args.json,
         faults=args.faults,

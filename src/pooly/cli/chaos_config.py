@@ -23,6 +23,19 @@ from .workers import (
 )
 
 __all__ = (
+    "AIO_CALL_LIMITED",
+    "AIO_CANCELLED",
+    "AIO_CANCEL_CALL",
+    "AIO_CANCEL_EVERY",
+    "AIO_CHECKOUT_TIMEOUT",
+    "AIO_REGULARS",
+    "AIO_STARVED",
+    "AIO_SUBMIT_BOUND",
+    "AIO_TIMED_OUT",
+    "AIO_TIMEOUT_SLACK",
+    "AIO_WAVE_EVERY",
+    "AIO_WAVE_SHARE",
+    "AIO_WAVE_TIMEOUT",
     "CALL_FAULTS",
     "CALL_STOPPED",
     "CHECKOUT_ABSENT",
@@ -105,6 +118,11 @@ EX_STOPPED = "PoolFailed: executor's pool stopped (restart)"
 EX_WITH_CHUNK = "failed with its chunk (map: a chunk fails as a whole)"
 EX_NOT_REACHED = "not reached: map stopped at an earlier failure"
 EX_NEVER = "never completed"
+# Outcomes of an asyncio task's operation (a checkout, a call, a submit, a transaction).
+AIO_CANCELLED = "CancelledError: task.cancel() on purpose"
+AIO_TIMED_OUT = "TimeoutError: asyncio.timeout() on purpose"
+AIO_CHECKOUT_TIMEOUT = "CheckoutTimeout: a wave's short timeout, on time"
+AIO_STARVED = "asubmit not served within AIO_SUBMIT_BOUND (starved)"
 
 
 @dataclass(frozen=True)
@@ -314,6 +332,24 @@ INTERRUPT_NAP = 0.3  # seconds of the call that is interrupted: long enough to l
 # worker is still in the call; the rest of it is what a checkin must not wait out.
 INTERRUPT_NAP_MAIN = 1.0
 INTERRUPT_CALLS = ("interrupted", "interrupted-main")
+# The asyncio population (see chaos_async): per loop, AIO_REGULARS tasks use the pools all
+# the time; the others wait for a wave, every AIO_WAVE_EVERY s, and AIO_WAVE_SHARE of them
+# go at one pool at once (sized so that the consumer threads keep a fair share of the
+# workers: a wave is a pool's whole queue for a second),
+# each with a checkout timeout drawn from AIO_WAVE_TIMEOUT -- short, so that a consumer
+# thread behind a wave (CHECKOUT_TIMEOUT) is served in time.
+AIO_REGULARS = 4
+AIO_WAVE_EVERY = 4.0
+AIO_WAVE_SHARE = 0.5  # of the sleeping tasks, the share that joins a wave
+AIO_WAVE_TIMEOUT = (0.2, 1.2)
+AIO_TIMEOUT_SLACK = 2.0  # how late a wave's CheckoutTimeout may be (a loop of 1000 tasks)
+# A task.cancel() every AIO_CANCEL_EVERY s per loop, of a task in an operation; one that
+# picks a task in a call goes ahead only this often (a cancelled call costs a worker, and
+# replacing workers faster than they start starves every consumer).
+AIO_CANCEL_EVERY = (0.002, 0.01)
+AIO_CANCEL_CALL = 0.03
+AIO_CALL_LIMITED = 0.005  # calls made under an asyncio.timeout() likely to expire mid-call
+AIO_SUBMIT_BOUND = 5.0  # a regular task's asubmit not served by then is starved
 
 
 @dataclass(frozen=True)
@@ -326,3 +362,5 @@ class Options:
     json: str | None = None
     faults: tuple[str, ...] = FAULT_KINDS  # the kinds injected (stop-restart: the restarter)
     executor_threads: int = 3  # threads feeding the executors futures (0: no executors)
+    async_tasks: int = 2000  # asyncio tasks using the pools (0: none), spread over ...
+    async_loops: int = 2  # ... this many threads, each running an event loop

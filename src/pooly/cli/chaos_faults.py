@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 
 from .. import Lease, Pooly, PoolyError
+from .chaos_async import ChaosAsync
 from .chaos_config import (
     CALL_FAULTS,
     CHECKOUT_TIMEOUT,
@@ -34,7 +35,6 @@ from .chaos_config import (
     ExShape,
     Shape,
 )
-from .chaos_exec import ChaosExec
 from .chaos_proc import proc_stat
 from .common import is_full
 from .workers import ChaosWorker
@@ -42,7 +42,7 @@ from .workers import ChaosWorker
 __all__ = ("ChaosFaults",)
 
 
-class ChaosFaults(ChaosExec):
+class ChaosFaults(ChaosAsync):
     """The harm: the fault injector thread and the helper threads it starts, and the
     restarter thread."""
 

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import WorkerCrashed
 from .chaos_config import (
+    AIO_CANCELLED,
+    AIO_CHECKOUT_TIMEOUT,
+    AIO_TIMED_OUT,
     CALL_FAULTS,
     CONFIRMED,
     CRASHED,
@@ -24,6 +27,7 @@ from .chaos_config import (
     FAULT_LABELS,
     HEAL_BOUND,
     HUNG_AFTER,
+    LEASED,
     OK,
     OTHER,
     WRONG,
@@ -41,8 +45,10 @@ def jsonable(fig: Figures, status: int) -> dict[str, Any]:
     data = {f.name: getattr(fig, f.name) for f in fields(fig)}
     data["exit_status"] = status
     data["ok"] = status == 0
-    data["other_outcomes"] = fig.calls[OTHER] + fig.checkouts[OTHER] + fig.futures[OTHER]
-    data["wrong"] = fig.calls[WRONG] + fig.futures[WRONG]
+    data["other_outcomes"] = (
+        fig.calls[OTHER] + fig.checkouts[OTHER] + fig.futures[OTHER] + fig.aio[OTHER]
+    )
+    data["wrong"] = fig.calls[WRONG] + fig.futures[WRONG] + fig.aio[WRONG]
     return data
 
 
@@ -53,9 +59,9 @@ def _ms(values: Iterable[float]) -> str:
     return f"median {statistics.median(v):.0f} ms, longest {v[-1]:.0f} ms"
 
 
-def _outcomes(c: collections.Counter[str]) -> str:
+def _outcomes(c: collections.Counter[str], total: str = EX_SUBMITTED) -> str:
     """A counter of task outcomes, short: "(ok 3, WorkerCrashed 1)"."""
-    parts = [f"{_SHORT.get(k, k)} {v:,}" for k, v in c.most_common() if k != EX_SUBMITTED]
+    parts = [f"{_SHORT.get(k, k)} {v:,}" for k, v in c.most_common() if k != total]
     return f"({', '.join(parts)})" if parts else ""
 
 
@@ -65,6 +71,9 @@ _SHORT = {
     EX_STOPPED: "PoolFailed (restart)",
     EX_WITH_CHUNK: "with its chunk",
     EX_NOT_REACHED: "not reached",
+    AIO_CANCELLED: "task.cancel()",
+    AIO_TIMED_OUT: "asyncio.timeout()",
+    AIO_CHECKOUT_TIMEOUT: "CheckoutTimeout",
 }
 
 
@@ -136,6 +145,46 @@ def report(chaos: Chaos, completed: bool) -> int:
             "  crashing task: submit -> WorkerCrashed",
             len(fig.ex_crash_ms),
             f"({_ms(fig.ex_crash_ms)})",
+        )
+    a = fig.aio
+    aio_unsettled = a["attempted"] - sum(v for k, v in a.items() if k != "attempted")
+    if a["attempted"] or chaos.opts.async_tasks:
+        row(
+            "asyncio operations (acheckout, call, asubmit, atransaction)",
+            a["attempted"],
+            f"({chaos.opts.async_tasks:,} tasks on {chaos.opts.async_loops} loops; "
+            f"{fig.aio_notes['waves']:,} waves)",
+        )
+        row("  succeeded, result checked", a[OK])
+        row("  leased (acheckout)", a[LEASED])
+        row("  CancelledError: task.cancel() on purpose", a[AIO_CANCELLED])
+        row("  TimeoutError: asyncio.timeout() on purpose", a[AIO_TIMED_OUT])
+        row("  CheckoutTimeout: a wave's short timeout, on time", a[AIO_CHECKOUT_TIMEOUT])
+        row("  failed with WorkerCrashed", a[CRASHED])
+        listed = (OK, LEASED, AIO_CANCELLED, AIO_TIMED_OUT, AIO_CHECKOUT_TIMEOUT, CRASHED)
+        for k in sorted(k for k in a if k not in (*listed, OTHER, WRONG, "attempted")):
+            row(f"  {k}", a[k])
+        row("  OTHER outcome", a[OTHER], "(must be 0)")
+        row("  wrong result", a[WRONG], "(must be 0)")
+        row("  never ended", aio_unsettled, "(must be 0)")
+        for kind in sorted(fig.aio_by):
+            c = fig.aio_by[kind]
+            row(f"  {kind}", c["attempted"], _outcomes(c, "attempted"))
+        line("    where the soak's cancellations landed (operation: the await it cut):")
+        for k, v in sorted(fig.aio_cut.items()):
+            row(f"    {k}", v)
+        faulty = sum(v for k, v in fig.aio_notes.items() if k.startswith("ordered fault"))
+        row("  ordered faulty calls made by tasks", faulty)
+        row(
+            "  peak waiting in a pool's queue (monitor)",
+            max(fig.peak_waiting.values(), default=0),
+            "(" + ", ".join(f"{n} {v:,}" for n, v in fig.peak_waiting.items()) + ")",
+        )
+        t = fig.threads_during
+        row(
+            "  threads at start / peak / end of the workload",
+            t.get("start", 0),
+            f"/ {t.get('peak', 0)} / {t.get('end', 0)} (no thread per waiting task or call)",
         )
     row("checkouts attempted", outs["attempted"])
     for k in sorted(k for k in outs if k not in ("attempted", OTHER)):
@@ -231,11 +280,22 @@ def report(chaos: Chaos, completed: bool) -> int:
             line(f"    ... and {len(fig.anomalies) + fig.anomalies_dropped - 20} more")
 
     problems = list(fig.problems)
-    other = calls[OTHER] + outs[OTHER] + fu[OTHER]
+    other = calls[OTHER] + outs[OTHER] + fu[OTHER] + a[OTHER]
     if other:
         problems.append(f"{other} OTHER outcome(s)")
-    if calls[WRONG] + fu[WRONG]:
-        problems.append(f"{calls[WRONG] + fu[WRONG]} wrong result(s)")
+    if calls[WRONG] + fu[WRONG] + a[WRONG]:
+        problems.append(f"{calls[WRONG] + fu[WRONG] + a[WRONG]} wrong result(s)")
+    if aio_unsettled:
+        problems.append(f"{aio_unsettled} asyncio operation(s) never ended")
+    waiting = [s["name"] for s in fig.final_status if s["waiting"]]
+    if waiting:
+        problems.append(f"waiters left in the queue of {', '.join(waiting)}")
+    peak_waiting = max(fig.peak_waiting.values(), default=0)
+    peak_threads = fig.threads_during.get("peak", 0)
+    if peak_waiting >= 200 and peak_threads >= peak_waiting:
+        problems.append(
+            f"{peak_threads} threads at the peak, for {peak_waiting} waiting: a thread per waiter?"
+        )
     if fu[EX_NEVER] or ex_unsettled:
         problems.append(f"{fu[EX_NEVER] + ex_unsettled} executor task(s) never completed")
     if fig.ex_done_twice:
@@ -259,8 +319,8 @@ def report(chaos: Chaos, completed: bool) -> int:
         line("FAILED: " + "; ".join(problems))
         return 1
     line(
-        "OK: every call and every executor task returned a checked result, WorkerCrashed of a "
-        "worker harmed on purpose, or the error its fault calls for; nothing hung; every pool "
-        "healed; nothing leaked."
+        "OK: every call, every executor task and every asyncio operation returned a checked "
+        "result, WorkerCrashed of a worker harmed on purpose, or the error its fault or "
+        "cancellation calls for; nothing hung; every pool healed; nothing leaked."
     )
     return 0 if completed else 130

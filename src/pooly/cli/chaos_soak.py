@@ -16,6 +16,8 @@ import threading
 import time
 
 from .chaos_config import (
+    AIO_CANCELLED,
+    AIO_TIMED_OUT,
     CHECKOUT_TIMEOUT,
     CRASHED,
     EX_SUBMITTED,
@@ -61,6 +63,8 @@ class Chaos(ChaosFaults):
             if pool is None or name in self.down:
                 continue
             s = pool.status()
+            if s.waiting > self.fig.peak_waiting.get(name, 0):
+                self.fig.peak_waiting[name] = s.waiting
             pids = pool.worker_pids()
             listed.update(pids)
             for pid in pids:
@@ -130,6 +134,9 @@ class Chaos(ChaosFaults):
             fds = fd_count()
             if fds > self.fig.fds_during.get("peak", 0):
                 self.fig.fds_during["peak"] = fds
+            threads = threading.active_count()
+            if threads > self.fig.threads_during.get("peak", 0):
+                self.fig.threads_during["peak"] = threads
             now = time.monotonic()
             for op, (since, what) in self.inflight.copy().items():
                 if now - since > HUNG_AFTER and op not in self.hung_ops:
@@ -154,6 +161,8 @@ class Chaos(ChaosFaults):
             )
             for i in range(o.executor_threads if self.ex_names else 0)
         ]
+        workers += self.aio_threads()
+        self.fig.threads_during["start"] = threading.active_count()
         workers.append(self.thread("injector", self.inject_faults))
         workers.append(self.thread("restarter", self.restart_pools))
         for th in workers:
@@ -181,6 +190,7 @@ class Chaos(ChaosFaults):
         self.fig.duration = self.elapsed()
         self.fig.rss_kb["end"] = status_field("VmRSS")
         self.fig.fds_during["end"] = fd_count()
+        self.fig.threads_during["end"] = threading.active_count()
         gc.collect()
         self.fig.heap_blocks["end"] = sys.getallocatedblocks()
         self.stop.set()
@@ -254,6 +264,13 @@ class Chaos(ChaosFaults):
                 1,
                 f"futures {fu[EX_SUBMITTED]:,}: ok {fu[OK]:,}, crashed {fu[CRASHED]:,}, "
                 f"timed out {fu[EX_TIMED_OUT]:,}, OTHER {fu[OTHER]}, wrong {fu[WRONG]}",
+            )
+        a = self.fig.aio
+        if a["attempted"]:
+            parts.insert(
+                2 if fu[EX_SUBMITTED] else 1,
+                f"async ops {a['attempted']:,}: ok {a[OK]:,}, cancelled "
+                f"{a[AIO_CANCELLED] + a[AIO_TIMED_OUT]:,}, OTHER {a[OTHER]}, wrong {a[WRONG]}",
             )
         for name in self.all_names:
             if name in self.down:

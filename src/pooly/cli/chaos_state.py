@@ -81,6 +81,15 @@ class Figures:
     ex_timeout_ms: list[float] = field(default_factory=list)  # submit -> CallTimeout (ex-hung)
     ex_crash_ms: list[float] = field(default_factory=list)  # submit -> WorkerCrashed (deliberate)
     ex_done_twice: int = 0  # futures whose done-callbacks ran more than once (must be 0)
+    # The asyncio tasks' operations (acheckout, call, asubmit, atransaction): "attempted"
+    # and each outcome; by kind of operation; where the soak's cancellations landed
+    # ("task.cancel() during call: call", ...); other events (waves, ordered fault calls).
+    aio: collections.Counter[str] = field(default_factory=collections.Counter)
+    aio_by: dict[str, collections.Counter[str]] = field(default_factory=dict)
+    aio_cut: collections.Counter[str] = field(default_factory=collections.Counter)
+    aio_notes: collections.Counter[str] = field(default_factory=collections.Counter)
+    peak_waiting: dict[str, int] = field(default_factory=dict)  # status().waiting, per pool
+    threads_during: dict[str, int] = field(default_factory=dict)  # start, peak, end
     replaced: dict[str, int] = field(default_factory=dict)
     heal_ms: list[float] = field(default_factory=list)
     heal_no_dip: int = 0
