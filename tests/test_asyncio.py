@@ -220,7 +220,7 @@ def test_asubmit_and_atransaction(sup: pooly.Pooly, run: Run) -> None:
         t0 = time.monotonic()
         with pytest.raises(pooly.CheckoutTimeout):
             await pool.atransaction(never, timeout=0.2)
-        assert time.monotonic() - t0 >= 0.2
+        assert time.monotonic() - t0 >= 0.19  # (uvloop: ms timers, may fire a hair early)
         assert called == [] and pool.status().waiting == 0
         for lease in held:
             pool.checkin(lease)
