@@ -151,6 +151,13 @@ async def acheckout(
                     raise got
             if wid is not None:
                 lease = await _start_overflow(loop, pool, wid, ticket.leases)
+    except GeneratorExit:
+        # The task was destroyed pending (its loop closed): this runs inside the cyclic
+        # GC, perhaps on a thread holding the pool's lock -- leave the queue off it.
+        threading.Thread(
+            target=pool._abandon, args=(ticket,), name="pooly-abandon", daemon=True
+        ).start()
+        raise
     except BaseException:
         # Cancelled (or failed) with a place taken: leave the queue. A worker handed to us
         # in the same loop iteration goes on to the next in line, never lost.
