@@ -884,3 +884,34 @@ def test_an_awaited_call_while_a_dead_workers_fds_are_closed_raises_worker_crash
 
     run(main)
     assert wait_for(lambda: pool.status().idle == 1, timeout=10)
+
+
+def test_a_task_served_a_worker_that_dies_before_it_resumes_gets_worker_crashed(
+    sup: pooly.Pooly, run: Run
+) -> None:
+    """Issue 9, found by the chaos soak's short run (acheckout ended in "ValueError: file
+    descriptor cannot be a negative integer (-1)"): a worker handed to a waiting task died
+    and was reaped -- its fds closed, no call being in flight -- before the task resumed;
+    making its AsyncLease watched the closed fd (-1). The lease must come out, and its
+    first call say WorkerCrashed."""
+    pool = sup.start_pool("p", Counter, size=1)
+
+    async def main() -> None:
+        held = await pool.acheckout(timeout=10)
+        h = held._lease._worker
+        waiter = asyncio.create_task(_take(pool))
+        assert await until(lambda: pool.status().waiting == 1)
+        pool.checkin(held)  # handed to the waiter, which runs only once we yield
+        os.kill(h.pid, signal.SIGKILL)
+        assert wait_for(lambda: h.rep_r == -1, timeout=10)  # (the loop held: not resumed)
+        w = await waiter
+        with pytest.raises(pooly.WorkerCrashed):
+            await w.incr()
+        pool.checkin(w)  # (a quiet no-op)
+
+    run(main)
+    assert wait_for(lambda: pool.status().idle == 1, timeout=10)
+
+
+async def _take(pool: pooly.Pool) -> pooly.AsyncLease:
+    return await pool.acheckout(timeout=10)

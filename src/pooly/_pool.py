@@ -1229,6 +1229,16 @@ class Pool(PassiveChild, SupervisorListener):
             f"({self._busy} busy, {len(self._waiters)} others waiting)"
         )
 
+    def _hold(self, lease: Lease, leases: LeaseSet) -> None:
+        """``lease`` (served to a waiting task's ticket) is its holder's from now on: it
+        moves into the holder's set, which gives it back if the holder ends."""
+        with self._lock:
+            if lease._ended is None:
+                # -- commit: stores only (see "Interrupt safety")
+                del lease._leases[lease]
+                lease._leases = leases
+                leases[lease] = None
+
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiter gave up (timed out, interrupted): leave the queue, give back anything it
         was sent and never took. Idempotent."""
