@@ -80,9 +80,15 @@ class _LoopWake:
         except RuntimeError:  # its loop is closed: no one will ever take what it was sent
             waiter = self.waiter
             if waiter is not None:  # (we are under the pool's lock: give it back off it)
-                threading.Thread(
-                    target=self.pool._abandon, args=(waiter,), name="pooly-abandon", daemon=True
-                ).start()
+                _abandon_off_thread(self.pool, waiter)
+
+
+def _abandon_off_thread(pool: Pool, waiter: _Waiter) -> None:
+    """``pool._abandon(waiter)`` from a thread of its own: the caller may hold the pool's
+    lock (or run inside the GC on a thread that does)."""
+    threading.Thread(
+        target=pool._abandon, args=(waiter,), name="pooly-abandon", daemon=True
+    ).start()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -158,9 +164,7 @@ async def acheckout(
     except GeneratorExit:
         # The task was destroyed pending (its loop closed): this runs inside the cyclic
         # GC, perhaps on a thread holding the pool's lock -- leave the queue off it.
-        threading.Thread(
-            target=pool._abandon, args=(ticket,), name="pooly-abandon", daemon=True
-        ).start()
+        _abandon_off_thread(pool, ticket)
         raise
     except BaseException:
         # Cancelled (or failed) with a place taken: leave the queue. A worker handed to us
