@@ -24,7 +24,7 @@ import uvloop
 
 import pooly
 from tests.conftest import gone, wait_for
-from tests.executor_tasks import add, fail, square
+from tests.executor_tasks import add, fail, square, step
 from tests.workers import Counter, Gated, Stuck
 
 #: How late a timeout may come after its limit on this (shared, 2-core) machine.
@@ -464,6 +464,125 @@ def test_ten_thousand_waiting_tasks_are_served_in_fifo_order(sup: pooly.Pooly, r
     run(main)
 
 
+def test_a_waiting_task_costs_the_cyclic_gc_no_more_than_a_bare_task_awaiting_a_future(
+    sup: pooly.Pooly, run: Run
+) -> None:
+    """Issue 9, part 3 (the bar's defect: 10,000 tasks waiting made the loop stall 130 ms):
+    each waiting ``async with pool.acheckout()`` held 12 objects for the cyclic GC (its
+    coroutine, the checkout object, a wake object, a ticket, a future ...) where a bare task
+    awaiting a future holds 7 -- enough that 10,000 of them set off a full collection
+    pass over all of them. A waiting task must cost no more than the bare task."""
+    n = 500
+    pool = sup.start_pool("p", Counter, size=1)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        held = await pool.acheckout(timeout=5)
+
+        async def waiter() -> None:
+            async with pool.acheckout():
+                pass
+
+        async def bare(f: asyncio.Future[None]) -> None:
+            await f
+
+        async def started(tasks: list[asyncio.Task[None]]) -> list[asyncio.Task[None]]:
+            await asyncio.sleep(0)  # each runs to its first wait
+            return tasks
+
+        futures: list[asyncio.Future[None]] = []
+        gc.collect()
+        gc.disable()
+        try:
+            before = len(gc.get_objects())
+            futures.extend(loop.create_future() for _ in range(n))
+            bares = await started([asyncio.create_task(bare(f)) for f in futures])
+            per_bare = (len(gc.get_objects()) - before) / n
+            before = len(gc.get_objects())
+            waiters = await started([asyncio.create_task(waiter()) for _ in range(n)])
+            per_waiter = (len(gc.get_objects()) - before) / n
+        finally:
+            gc.enable()
+        assert pool.status().waiting == n
+        for f in futures:
+            f.set_result(None)
+        pool.checkin(held)
+        await asyncio.wait_for(asyncio.gather(*bares, *waiters), 30)
+        assert per_waiter <= per_bare + 0.05, (per_waiter, per_bare)
+
+    run(main)
+
+
+def test_acheckout_is_awaited_as_any_awaitable_is(sup: pooly.Pooly, run: Run) -> None:
+    """Issue 9, part 1: ``acheckout()`` goes wherever an awaitable goes --
+    ``asyncio.wait_for``, ``gather``, ``ensure_future``, ``create_task`` -- and begins only
+    when awaited (made and dropped unawaited, it takes nothing). Awaited a second time, it
+    says so.
+
+    The defect: those wrap it in a task of their own, which was the lease's holder; that
+    task ending as it returned the lease "reclaimed" it at once (its worker killed and
+    replaced under the caller, who got a dead lease). A task's result is handed on, not
+    reclaimed."""
+    pool = sup.start_pool("p", Counter, size=2)
+
+    async def main() -> None:
+        unawaited = pool.acheckout()
+        assert pool.status().idle == 2
+        del unawaited
+        a = await asyncio.wait_for(pool.acheckout(), 5)
+        pool.checkin(a)
+        a, b = await asyncio.gather(pool.acheckout(), pool.acheckout())
+        assert {a.pid, b.pid} == set(pool.worker_pids())
+        pool.checkin(a)
+        pool.checkin(b)
+        for lease in [
+            await asyncio.ensure_future(pool.acheckout()),
+            await asyncio.create_task(pool.acheckout()),  # type: ignore[arg-type]
+        ]:
+            assert await lease.incr() >= 1
+            pool.checkin(lease)
+        cm = pool.acheckout(timeout=5)
+        pool.checkin(await cm)
+        with pytest.raises(RuntimeError, match="already awaited"):
+            await cm
+        s = pool.status()
+        assert (s.idle, s.busy, s.waiting) == (2, 0, 0)
+
+    run(main)
+
+
+def test_a_worker_handed_to_a_task_cancelled_before_it_resumes_goes_on(
+    sup: pooly.Pooly, run: Run
+) -> None:
+    """Issue 9, part 4, the race's other order: the worker has reached the waiting task
+    (its lease made, the task due to resume) when the task is cancelled, before it runs.
+    The task raises CancelledError, and the worker goes to the next waiter."""
+    pool = sup.start_pool("p", Counter, size=1)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        held = await pool.acheckout(timeout=5)
+        got: list[str] = []
+
+        async def wait(name: str) -> None:
+            async with pool.acheckout():
+                got.append(name)
+
+        first = asyncio.create_task(wait("first"))
+        second = asyncio.create_task(wait("second"))
+        assert await until(lambda: pool.status().waiting == 2)
+        pool.checkin(held)  # "first" is served on the loop's next turn ...
+        loop.call_soon(first.cancel)  # ... and cancelled right after, before it resumes
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(second, 5)
+        assert got == ["second"]
+        s = pool.status()
+        assert (s.idle, s.busy, s.waiting) == (1, 0, 0)
+
+    run(main)
+
+
 # ---------------------------------------------------------------------- part 4: cancellation
 
 
@@ -698,6 +817,64 @@ def test_a_task_cancelled_mid_call_gets_cancelled_error_and_its_worker_is_replac
             assert await w.call("getpid") != pid
 
     run(main)
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_a_task_cancelled_while_its_asubmit_runs_has_the_worker_killed_and_replaced(
+    sup: pooly.Pooly, run: Run, tmp_path: Any, how: str
+) -> None:
+    """Issue 9, part 4, for ``asubmit``: a task cancelled (``task.cancel()``,
+    ``asyncio.timeout()``) while its call runs gets CancelledError (TimeoutError from the
+    timeout), and the worker running it is killed and replaced -- not counted as a crash
+    (max_restarts=0 would fail the pool). The defect: the call ran on to its end, holding
+    its worker (for a minute here) with nobody waiting for it. A call queued behind it is
+    served by the replacement."""
+    pool = sup.start_pool("p", Gated, size=1, max_restarts=0)
+    marker = str(tmp_path / "running")
+
+    async def main() -> None:
+        pid = pool.worker_pids()[0]
+        slow = asyncio.create_task(pool.asubmit("sleep_marked", marker, 60))
+        assert await until(lambda: os.path.exists(marker), 10)
+        behind = asyncio.create_task(pool.asubmit("incr", 5))
+        t0 = time.monotonic()
+        if how == "cancel":
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+        else:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await slow
+        assert await asyncio.wait_for(behind, 10) == 5
+        assert time.monotonic() - t0 < 10
+        assert pool.worker_pids() != [pid]
+        assert gone(pid)
+        assert await until(lambda: pool.status().idle == 1)  # (the dispatcher gave it back)
+        s = pool.status()
+        assert (s.state, s.crashed, s.size) == ("ready", 0, 1)
+
+    run(main)
+
+
+def test_a_task_cancelled_while_the_executors_asubmit_runs_has_the_worker_replaced(
+    run: Run, tmp_path: Any
+) -> None:
+    """Issue 9, part 4, for the executor's ``asubmit``: as for the pool's."""
+
+    async def main(ex: pooly.ProcessPoolExecutor) -> None:
+        pid = await ex.asubmit(os.getpid)
+        slow = asyncio.create_task(ex.asubmit(step, 0, -1, 60, str(tmp_path)))
+        assert await until(lambda: (tmp_path / "0").exists(), 10)  # (it runs in the worker)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert await asyncio.wait_for(ex.asubmit(square, 7), 10) == 49
+        assert await ex.asubmit(os.getpid) != pid
+        assert gone(pid)
+
+    with pooly.ProcessPoolExecutor(max_workers=1) as ex:
+        run(main, ex)
 
 
 def test_call_timeout_applies_to_async_calls(sup: pooly.Pooly, run: Run) -> None:

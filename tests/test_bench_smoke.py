@@ -69,7 +69,7 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         "run_in_executor / await lease.echo",
         "tasks wait on 2 workers: out of order",
         "10 ms ticker: worst stall",
-        "memory per waiting task",
+        "per waiting task: memory",
         "cancels racing checkins: workers lost",
     ):
         assert row in out, out

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import CallTimeout, LeaseError
 from ._fds import HOST
-from ._owner import current_leases
+from ._owner import LeaseSet, _leases_of_task, current_leases
 from ._worker import _HDR, _HDR_SIZE, _PROTO, _READ_CHUNK
 
 _pdumps, _ploads, _pack, _unpack_from = pickle.dumps, pickle.loads, _HDR.pack, _HDR.unpack_from
 
 if TYPE_CHECKING:
-    from ._pool import Lease, Pool, _Waiter
+    from ._pool import Lease, Pool, _OverflowSlot, _Waiter
 
 __all__ = ("AsyncLease",)
 
@@ -55,35 +55,264 @@ T = TypeVar("T")
 _ATOMIC = 4096
 
 
-class _LoopWake:
-    """The ``lock`` of a waiting task's place in the pool's queue: the pool releases it
-    (under its own lock, from any thread) when it serves the place; that resolves the
-    task's future on its loop."""
+_PENDING, _DONE, _FAILED, _CANCELLED = 0, 1, 2, 3
 
-    __slots__ = ("future", "loop", "pool", "thread", "waiter")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], pool: Pool
-    ) -> None:
-        self.loop = loop
-        self.future = future
-        self.pool = pool
-        self.thread = threading.get_ident()
-        self.waiter: _Waiter | None = None  # (set once the place is made)
+class ACheckout:
+    """What ``pool.acheckout()`` returns: await it for an :class:`AsyncLease` (check it in
+    with ``pool.checkin``), or use it as ``async with`` (checked in on exit). Nothing
+    happens until it is awaited (or entered), once.
 
-    def release(self) -> None:
+    One object is the whole checkout: the awaitable, the task's ticket in the pool's queue
+    (the fields of a pool ``_Waiter``: ``got``, ``leases``, ``lock``, ``slot``), and the
+    future-like object its task waits on (asyncio's tasks accept any object that follows
+    the Future protocol: ``_asyncio_future_blocking``, ``add_done_callback``, ``result``,
+    ``cancel``, ``get_loop``). So a task waiting for a worker holds no more objects for the
+    cyclic GC to walk than a bare task awaiting a future (10,000 waiting tasks: see
+    ``make bench``, item 13), and a worker handed to a task cancelled in the same loop
+    iteration is seen (:meth:`throw`) and goes to the next in line.
+
+    The pool serves its place from whichever thread checked a worker in, under the pool's
+    lock (:meth:`wake`); that runs :meth:`_served` on the task's loop, which makes the
+    :class:`AsyncLease` its result.
+    """
+
+    __slots__ = (
+        "_asyncio_future_blocking",  # (asyncio's Future protocol: set by the task)
+        "_callback",
+        "_context",
+        "_loop",
+        "_per_call",
+        "_pool",
+        "_state",
+        "_task",
+        "_thread",
+        "_timeout",
+        "_value",
+        "got",
+        "leases",
+        "lock",
+        "slot",
+    )
+
+    def __init__(self, pool: Pool, timeout: float | None, per_call: float | None) -> None:
+        self._pool = pool
+        self._timeout: float | asyncio.TimerHandle | None = timeout  # (its timer, once begun)
+        self._per_call = per_call
+        self._state = _PENDING
+        self._value: Any = None  # the AsyncLease (or the error) once done
+        self._loop: asyncio.AbstractEventLoop | None = None  # (None: not begun)
+        self._callback: Callable[[Any], object] | None = None
+        self._context: Any = None
+        # None, not False: asyncio.isfuture() says no until the task waits on it, so
+        # ensure_future(), gather() and wait_for() await it (which begins it).
+        self._asyncio_future_blocking: bool | None = None
+        # The ticket's fields (a pool _Waiter's), set when it begins.
+        self.got: Lease | _OverflowSlot | BaseException | None = None
+        self.slot: str | None = None
+        self.lock = True  # (not a thread's: the pool wakes it with wake())
+
+    # -- what a task awaits ----------------------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, AsyncLease]:
+        if self._loop is not None:
+            raise RuntimeError(
+                f"pool {self._pool.name!r}: this acheckout() was already awaited (or "
+                "entered); call pool.acheckout() again for another worker"
+            )
+        return self  # type: ignore[return-value]  # (its own iterator: see __next__)
+
+    def __aenter__(self) -> Awaitable[AsyncLease]:  # (no coroutine of its own: one less)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._state == _DONE:
+            lease, self._value = self._value, None
+            if lease is not None:
+                self._pool.checkin(lease)
+
+    def __next__(self) -> Any:
+        if self._loop is None:  # (first step: begin)
+            self._begin()
+        if self._state == _PENDING:
+            self._asyncio_future_blocking = True
+            return self  # (to the task: wait for me)
+        raise StopIteration(self.result())
+
+    def send(self, value: None) -> Any:
+        return self.__next__()
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """The task is cancelled (or something is thrown into it) while it waits on us."""
+        if self._state != _CANCELLED:  # (else cancel() has left already)
+            self._leave()
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        raise val.with_traceback(tb) if tb is not None else val
+
+    def close(self) -> None:
+        """The task is destroyed pending (its loop closed): this runs inside the cyclic
+        GC, perhaps on a thread holding the pool's lock -- leave the queue off it."""
+        if self._loop is not None and self._state != _CANCELLED:
+            _abandon_off_thread(self._pool, self)
+
+    # -- asyncio's Future protocol (what a Task calls on what it waits for) ----------------
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("acheckout() not awaited yet")
+        return self._loop
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def result(self) -> AsyncLease:
+        if self._state == _DONE:
+            return self._value  # type: ignore[no-any-return]
+        if self._state == _FAILED:
+            raise self._value
+        if self._state == _CANCELLED:
+            raise asyncio.CancelledError(*(() if self._value is None else (self._value,)))
+        raise asyncio.InvalidStateError("acheckout() not served yet")
+
+    def exception(self) -> BaseException | None:
+        if self._state == _FAILED:
+            return self._value  # type: ignore[no-any-return]
+        self.result()
+        return None
+
+    def add_done_callback(self, fn: Callable[[Any], object], *, context: Any = None) -> None:
+        if self._state != _PENDING:
+            self.get_loop().call_soon(fn, self, context=context)
+        elif self._callback is not None:
+            raise RuntimeError("an acheckout() is awaited by one task")
+        else:
+            self._callback, self._context = fn, context
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        if self._callback is not None and self._callback == fn:
+            self._callback = self._context = None
+            return 1
+        return 0
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self._state != _PENDING:
+            return False
+        self._finish(_CANCELLED, msg)
+        self._leave()
+        return True
+
+    def _finish(self, state: int, value: Any) -> None:
+        self._state, self._value = state, value
+        if isinstance(self._timeout, asyncio.TimerHandle):
+            self._timeout.cancel()
+        self._timeout = None
+        fn, ctx = self._callback, self._context
+        if fn is not None:
+            self._callback = self._context = None
+            self.get_loop().call_soon(fn, self, context=ctx)
+
+    # -- the checkout --------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        """Take a worker now, or an overflow slot, or a place in the queue."""
+        loop = self._loop = asyncio.get_running_loop()
+        pool = self._pool
+        self._thread = threading.get_ident()
+        task = self._task = asyncio.current_task(loop)
+        # The leases it is handed go in the task's set (given back if the task ends holding
+        # them) -- but one that must wait joins that set only once served: until then what
+        # it is handed is given back by _leave if it is cancelled.
+        self.leases: LeaseSet = {} if task is not None and not pool._idle else current_leases()
         try:
-            if threading.get_ident() == self.thread:
-                self.loop.call_soon(_resolve, self.future)
+            lease = pool._enter(self, self._per_call, True)
+        except BaseException:
+            if self.slot is not None:  # (interrupted after reserving: give it back)
+                with pool._lock:
+                    pool._drop_reserved(self.slot)
+            pool._abandon(self)
+            raise
+        if lease is not None:
+            self._deliver(lease)
+        elif self.slot is not None:
+            self._start_overflow(self.slot)
+        elif isinstance(timeout := self._timeout, float | int):
+            self._timeout = loop.call_later(timeout, self._time_up, timeout)
+
+    def wake(self) -> None:
+        """The pool served our place (``got``): from any thread, under the pool's lock."""
+        loop = self._loop
+        assert loop is not None
+        try:
+            if threading.get_ident() == self._thread:
+                loop.call_soon(self._served)
             else:
-                self.loop.call_soon_threadsafe(_resolve, self.future)
+                loop.call_soon_threadsafe(self._served)
         except RuntimeError:  # its loop is closed: no one will ever take what it was sent
-            waiter = self.waiter
-            if waiter is not None:  # (we are under the pool's lock: give it back off it)
-                _abandon_off_thread(self.pool, waiter)
+            _abandon_off_thread(self._pool, self)
+
+    def deliver(self, result: Lease | _OverflowSlot | BaseException) -> None:
+        self.got = result
+        self.wake()
+
+    def _served(self) -> None:
+        """On our loop, once served."""
+        if self._state != _PENDING:  # cancelled meanwhile: _leave gave back what we got
+            return
+        got = self.got
+        if isinstance(got, _pool.Lease):
+            self._deliver(got)
+        elif isinstance(got, _pool._OverflowSlot):
+            self.got = None  # (being started: _leave must not drop its slot)
+            self._start_overflow(got.wid)
+        else:
+            assert isinstance(got, BaseException)
+            self._finish(_FAILED, got)
+
+    def _deliver(self, lease: Lease) -> None:
+        task = self._task
+        if task is not None and self.leases is not (held := _leases_of_task(task)):
+            self._pool._hold(lease, held)
+        lease._call_timeout = self._per_call
+        h = lease._worker
+        self._finish(_DONE, async_lease_class(h.cls_name, h.methods)(lease))
+
+    def _start_overflow(self, wid: str) -> None:
+        """Start an overflow worker off the loop (a process start takes milliseconds)."""
+        assert self._loop is not None
+        started = self._loop.run_in_executor(None, self._pool._checkout_overflow, wid, self.leases)
+        started.add_done_callback(self._overflow_started)
+
+    def _overflow_started(self, started: asyncio.Future[Lease]) -> None:
+        error = started.exception()
+        if self._state != _PENDING:  # cancelled while it started: it goes back
+            if error is None:
+                self._pool.checkin(started.result())
+        elif error is not None:
+            self._finish(_FAILED, error)
+        else:
+            self._deliver(started.result())
+
+    def _time_up(self, timeout: float) -> None:
+        self._timeout = None
+        if self._state == _PENDING and self._pool._withdraw(self):  # (else served meanwhile)
+            self._finish(_FAILED, self._pool._checkout_timeout(timeout))
+
+    def _leave(self) -> None:
+        """Cancelled (or failed) with a place taken: leave the queue at once, and give
+        back what we were handed and never took. Idempotent."""
+        if self._loop is None:  # (never begun: nothing taken)
+            return
+        if isinstance(self._timeout, asyncio.TimerHandle):
+            self._timeout.cancel()
+            self._timeout = None
+        self._pool._abandon(self)
 
 
-def _abandon_off_thread(pool: Pool, waiter: _Waiter) -> None:
+def _abandon_off_thread(pool: Pool, waiter: _Waiter | ACheckout) -> None:
     """``pool._abandon(waiter)`` from a thread of its own: the caller may hold the pool's
     lock (or run inside the GC on a thread that does)."""
     threading.Thread(
@@ -94,112 +323,6 @@ def _abandon_off_thread(pool: Pool, waiter: _Waiter) -> None:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-class ACheckout:
-    """What ``pool.acheckout()`` returns: await it for an :class:`AsyncLease` (check it in
-    with ``pool.checkin``), or use it as ``async with`` (checked in on exit)."""
-
-    __slots__ = ("_lease", "_per_call", "_pool", "_timeout")
-
-    def __init__(self, pool: Pool, timeout: float | None, per_call: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._per_call = per_call
-        self._lease: AsyncLease | None = None
-
-    def __await__(self) -> Generator[Any, None, AsyncLease]:
-        return acheckout(self._pool, self._timeout, self._per_call).__await__()
-
-    def __aenter__(self) -> Awaitable[AsyncLease]:  # (no coroutine of its own: one less)
-        return acheckout(self._pool, self._timeout, self._per_call, self)
-
-    async def __aexit__(self, *exc: object) -> None:
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            self._pool.checkin(lease)
-
-
-async def acheckout(
-    pool: Pool, timeout: float | None, per_call: float | None, keep: ACheckout | None = None
-) -> AsyncLease:
-    """Lease a worker for the calling task: at once if one is idle, else an overflow worker
-    (started off the loop), else a place in the pool's FIFO queue, woken when served.
-    ``keep``: the ``async with`` that checks it in on exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-    wake = _LoopWake(loop, future, pool)
-    # Our ticket, and our place in the queue if we must wait. The leases are the task's
-    # (given back if it ends holding them) -- but a task about to wait is made the holder
-    # only once served: 10,000 waiting tasks then hold fewer objects for the cyclic GC to
-    # walk (see _hold). Until then, what it is handed is given back by _abandon if it is
-    # cancelled, or closed pending (GeneratorExit, below).
-    waiting = not pool._idle
-    ticket = wake.waiter = _pool._Waiter({} if waiting else current_leases(), wake)
-    try:
-        lease = pool._enter(ticket, per_call, True)
-        if lease is None:
-            wid = ticket.slot
-            if wid is None:  # queued: wait to be served
-                if timeout is None:
-                    await future
-                else:
-                    try:
-                        async with asyncio.timeout(timeout):
-                            await future
-                    except TimeoutError:
-                        if pool._withdraw(ticket):  # (else served meanwhile: take it)
-                            raise pool._checkout_timeout(timeout) from None
-                got = ticket.result
-                if isinstance(got, _pool._OverflowSlot):
-                    ticket.result = None  # (started below: _abandon must not drop it)
-                    wid = got.wid
-                elif isinstance(got, _pool.Lease):
-                    lease = got
-                else:
-                    assert isinstance(got, BaseException)
-                    raise got
-            if wid is not None:
-                lease = await _start_overflow(loop, pool, wid, ticket.leases)
-    except GeneratorExit:
-        # The task was destroyed pending (its loop closed): this runs inside the cyclic
-        # GC, perhaps on a thread holding the pool's lock -- leave the queue off it.
-        _abandon_off_thread(pool, ticket)
-        raise
-    except BaseException:
-        # Cancelled (or failed) with a place taken: leave the queue. A worker handed to us
-        # in the same loop iteration goes on to the next in line, never lost.
-        pool._abandon(ticket)
-        raise
-    finally:
-        wake.waiter = None  # (no cycle: both go with this frame)
-    assert lease is not None
-    if waiting:
-        pool._hold(lease, current_leases())
-    lease._call_timeout = per_call
-    h = lease._worker
-    alease = async_lease_class(h.cls_name, h.methods)(lease)
-    if keep is not None:
-        keep._lease = alease
-    return alease
-
-
-async def _start_overflow(
-    loop: asyncio.AbstractEventLoop, pool: Pool, wid: str, leases: dict[Any, None]
-) -> Lease:
-    """Start an overflow worker off the loop (a process start takes milliseconds). If the
-    task is cancelled meanwhile, the worker is checked in once started."""
-    started = loop.run_in_executor(None, pool._checkout_overflow, wid, leases)
-    try:
-        return await asyncio.shield(started)
-    except asyncio.CancelledError:
-        started.add_done_callback(functools.partial(_check_in_started, pool))
-        raise
-
-
-def _check_in_started(pool: Pool, started: asyncio.Future[Lease]) -> None:
-    if not started.cancelled() and started.exception() is None:
-        pool.checkin(started.result())
 
 
 class AsyncLease:

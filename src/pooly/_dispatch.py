@@ -388,6 +388,8 @@ class Dispatcher:
         # Workers kept for the next direct task (see _park), still leased to us.
         self._parked: list[Lease] = []
         self._direct_seen = False  # a direct task was sent since the thread last looked
+        # Futures of started tasks whose awaiting asyncio task was cancelled (see abort).
+        self._aborts: set[Future[Any]] = set()
         self._over = False  # the thread has ended (with the pool)
         # Dispatcher thread only:
         self._slots: dict[int, _Slot] = {}  # by reply fd
@@ -805,6 +807,16 @@ class Dispatcher:
         """Something changed outside (a worker died, the pool stopped): look again."""
         self._wake.set()
 
+    def abort(self, fut: Future[Any]) -> None:
+        """The asyncio task awaiting ``fut`` was cancelled once its task had started (it
+        can no longer be cancelled): the worker running it is killed (its state is
+        unknown) and replaced -- not counted as a crash -- and its outcome dropped, as for
+        a task cancelled in a call through a lease. A task already finished is left be."""
+        with self.lock:
+            if self.closed is None and not fut.done():
+                self._aborts.add(fut)
+                self._wake.set()
+
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
@@ -880,9 +892,9 @@ class Dispatcher:
         if self._direct:
             self._take_direct()
         w = self._waiter
-        if w is not None and w.result is not None:
+        if w is not None and w.got is not None:
             self._waiter = None
-            self._take(w.result)
+            self._take(w.got)
 
     def _take(self, got: Any) -> None:
         """A lease, an overflow slot to start, or an error from the pool."""
@@ -1166,7 +1178,11 @@ class Dispatcher:
         return bytes(whole[:got])
 
     def _check(self, done: list[tuple[_Task, Any]], now: float) -> None:
-        """Deaths, timeouts and leases the pool ended."""
+        """Deaths, timeouts, aborted tasks and leases the pool ended."""
+        aborts = self._aborts
+        if aborts:  # (a task started is at the head of its worker, or finished)
+            with self.lock:
+                aborts, self._aborts = aborts, set()
         for s in list(self._slots.values()):
             if not s.eof and s.handle.exited.is_set():
                 # Reaped: what it wrote before it died is in the pipe; then it is over.
@@ -1177,17 +1193,30 @@ class Dispatcher:
                 if head.timeout is not None and now - s.since >= head.timeout:
                     self._timed_out(s, head, done)
                     continue
+                if aborts and head.future in aborts:
+                    self._timed_out(s, head, done, aborted=True)
+                    continue
             if s.eof:
                 self._died(s, done, now)
             elif s.lease._ended is not None and not s.inflight and not s.out:
                 self._drop(s)
 
-    def _timed_out(self, s: _Slot, head: _Task, done: list[tuple[_Task, Any]]) -> None:
+    def _timed_out(
+        self, s: _Slot, head: _Task, done: list[tuple[_Task, Any]], aborted: bool = False
+    ) -> None:
+        """The running task ran past its time (or was aborted): kill its worker; the tasks
+        behind it go back to the queue."""
         pid = s.handle.pid
         s.inflight.popleft()
         self._requeue(s)
         self._drop(s, kill=True)
-        done.append((head, self._call_timeout(head, pid)))
+        if aborted:
+            error: BaseException = CancelledError(
+                f"task {head.label} was cancelled while it ran; its worker pid {pid} was killed"
+            )
+        else:
+            error = self._call_timeout(head, pid)
+        done.append((head, error))
 
     def _died(self, s: _Slot, done: list[tuple[_Task, Any]], now: float) -> None:
         """``s``'s worker is gone. The tasks sent ahead never started: back to the queue at

@@ -13,7 +13,6 @@ named pool of a tree with :meth:`pooly.Pooly.start_executor` (``shutdown`` stops
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
 import pickle
@@ -25,7 +24,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from ._fds import HOST
-from ._pool import Pool, _check_int
+from ._pool import Pool, _await_task, _check_int
 
 # Imported first, so that pooly's exit hook (stopping every tree) is registered before this
 # module's (finishing executors' tasks), and runs after it (atexit runs hooks newest first).
@@ -216,8 +215,9 @@ class ProcessPoolExecutor(Executor):
     async def asubmit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``submit`` for an asyncio task: ``await`` the outcome of ``fn(*args, **kwargs)``,
         without a thread of its own (the pool's dispatcher wakes the loop). Cancelled
-        before it started, the call never runs; once started, it runs to its end."""
-        return await asyncio.wrap_future(self._submit(fn, args, kwargs, direct=False))
+        before it started, the call never runs; once started, its worker is killed and
+        replaced (its state is unknown), not counted as a crash."""
+        return await _await_task(self._tasks, self._submit(fn, args, kwargs, direct=False))
 
     def map(
         self,

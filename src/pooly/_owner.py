@@ -79,10 +79,22 @@ _task_refs: dict[weakref.ref[asyncio.Task[Any]], tuple[LeaseSet, int]] = {}
 
 
 def _task_done(ref: weakref.ref[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
-    """Runs in the event loop's thread once the task has finished."""
+    """Runs in the event loop's thread once the task has finished. A lease the task
+    returned is not reclaimed: it was handed on, to whoever awaits the task (as a task
+    that ``asyncio.wait_for`` or ``gather`` makes around ``pool.acheckout()`` does). Its
+    holder is the loop's thread from then on."""
     entry = _task_refs.pop(ref, None)
-    if entry is not None:
-        _holder_ended(*entry)
+    if entry is None:
+        return
+    leases = entry[0]
+    if leases and not task.cancelled() and task.exception() is None:
+        result = task.result()
+        lease = getattr(result, "_lease", result)  # (an AsyncLease's Lease)
+        for held in leases:
+            if held is lease:  # (by identity: nothing of the result's own is called)
+                lease._pool._hold(lease, current_leases())  # (no task runs callbacks)
+                break
+    _holder_ended(*entry)
 
 
 def _task_collected(ref: weakref.ref[asyncio.Task[Any]]) -> None:

@@ -113,27 +113,50 @@ class PoolStatus:
     crashed: int
 
 
+async def _await_task(tasks: Dispatcher, fut: Future[Any]) -> Any:
+    """Await a dispatcher task's future from an asyncio task; cancelled, abort it."""
+    try:
+        return await asyncio.wrap_future(fut)
+    except asyncio.CancelledError:
+        if not fut.cancelled():  # (started: it can't be cancelled -- stop it)
+            tasks.abort(fut)
+        raise
+
+
 class _Releasable(Protocol):
     def release(self) -> None: ...
 
 
+def _nothing() -> None:
+    return None
+
+
 class _Waiter:
     """A checkout's ticket, and its place in the pool's queue if it has to wait: a thread's
-    (``lock`` is released when it is served), a task's (``lock`` wakes its event loop:
-    pooly._aio) or the task dispatcher's (``lock`` only wakes the dispatcher's thread).
-    ``slot``: the overflow slot reserved for it, while it starts that worker."""
+    (``lock`` is released when it is served) or the task dispatcher's (``lock`` only wakes
+    the dispatcher's thread). An asyncio task's is ``pooly._aio._TaskWaiter``, with the same
+    fields and methods. ``got``: what it was served; ``slot``: the overflow slot reserved
+    for it, while it starts that worker."""
 
-    __slots__ = ("leases", "lock", "result", "slot")
+    __slots__ = ("got", "leases", "lock", "slot", "wake")
 
     def __init__(self, leases: LeaseSet, lock: _Releasable | None = None) -> None:
         self.leases = leases
         self.lock: Any = lock  # (None: a thread's, made when it queues: see Pool._enter)
-        self.result: Lease | _OverflowSlot | BaseException | None = None
+        self.got: Lease | _OverflowSlot | BaseException | None = None
         self.slot: str | None = None
+        # wake(): it is served (``got`` is set), wake whoever waits (under the pool's lock).
+        # The lock's own method, not one of ours: no Python frame, where an asynchronous
+        # exception (KeyboardInterrupt) could land between serving it and waking it.
+        self.wake: Callable[[], None] = lock.release if lock is not None else _nothing
 
     def deliver(self, result: Lease | _OverflowSlot | BaseException) -> None:
-        self.result = result
-        self.lock.release()
+        self.got = result
+        self.wake()
+
+
+#: A place in a pool's queue: a thread's or the task dispatcher's, or an asyncio task's.
+_Ticket = _Waiter | ACheckout
 
 
 class _OverflowSlot:
@@ -489,7 +512,7 @@ class Pool(PassiveChild, SupervisorListener):
         self._lock = threading.Lock()
         self._idle: collections.deque[_Worker] = collections.deque()
         self._workers: dict[Hashable, _Worker] = {}
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._waiters: collections.deque[_Ticket] = collections.deque()
         # Overflow slots taken by a caller: id -> its worker once started (None before).
         self._reserved: dict[Hashable, _Worker | None] = {}
         # Ids of permanent workers (the only ones restarted): a start under one is a replacement.
@@ -594,7 +617,7 @@ class Pool(PassiveChild, SupervisorListener):
             raise
 
     def _enter(
-        self, ticket: _Waiter, per_call: float | None, block: bool, would_wait: bool = True
+        self, ticket: _Ticket, per_call: float | None, block: bool, would_wait: bool = True
     ) -> Lease | None:
         """A checkout's first step (a thread's, or a task's): an idle worker's lease; else
         None, with an overflow slot reserved (``ticket.slot``: start it) or, if ``block``,
@@ -653,6 +676,7 @@ class Pool(PassiveChild, SupervisorListener):
                     lock = threading.Lock()
                     lock.acquire()
                     ticket.lock = lock
+                    ticket.wake = lock.release
                 self._waiters.append(ticket)
         return None
 
@@ -734,14 +758,14 @@ class Pool(PassiveChild, SupervisorListener):
 
     async def asubmit(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """``submit`` for an asyncio task: ``await`` its outcome. No thread of its own: the
-        pool's dispatcher runs it and the loop is woken with its outcome. Cancelled before
-        the task started, it never runs; once started, it runs to its end (its outcome is
-        dropped), as a cancelled ``concurrent.futures`` future's."""
+        pool's dispatcher runs it and the loop is woken with its outcome. Cancelled
+        (``task.cancel()``, ``asyncio.timeout()``) before the call started, it never runs;
+        once started, its worker is killed and replaced (as for a task cancelled in a
+        call through a lease: its state is unknown), not counted as a crash."""
         self._check_method(method)
-        fut = self._tasks().submit(
-            method, args, kwargs, f"{method}()", self.call_timeout, direct=False
-        )
-        return await asyncio.wrap_future(fut)
+        tasks = self._tasks()
+        fut = tasks.submit(method, args, kwargs, f"{method}()", self.call_timeout, direct=False)
+        return await _await_task(tasks, fut)
 
     async def atransaction(
         self,
@@ -1030,8 +1054,8 @@ class Pool(PassiveChild, SupervisorListener):
             w.lease = new
             new._leases[new] = None
             del self._waiters[0]
-            waiter.result = new
-            waiter.lock.release()
+            waiter.got = new
+            waiter.wake()
             return
         if self._overflow and self._dismiss(lease, why):
             return
@@ -1063,8 +1087,8 @@ class Pool(PassiveChild, SupervisorListener):
                 self._busy += 1
                 new._leases[new] = None
                 del self._waiters[0]
-                waiter.result = new
-                waiter.lock.release()
+                waiter.got = new
+                waiter.wake()
             elif self._overflow < self.max_overflow:
                 slot = _OverflowSlot(f"o{self._overflow_seq + 1}")
                 # -- commit
@@ -1072,8 +1096,8 @@ class Pool(PassiveChild, SupervisorListener):
                 self._overflow += 1
                 self._reserved[slot.wid] = None
                 del self._waiters[0]
-                waiter.result = slot
-                waiter.lock.release()
+                waiter.got = slot
+                waiter.wake()
             else:
                 return
 
@@ -1203,7 +1227,7 @@ class Pool(PassiveChild, SupervisorListener):
         if not got and self._withdraw(waiter):
             assert timeout is not None
             raise self._checkout_timeout(timeout)
-        result = waiter.result
+        result = waiter.got
         if isinstance(result, Lease):
             return result
         if isinstance(result, _OverflowSlot):
@@ -1211,11 +1235,11 @@ class Pool(PassiveChild, SupervisorListener):
         assert isinstance(result, BaseException)
         raise result
 
-    def _withdraw(self, waiter: _Waiter) -> bool:
+    def _withdraw(self, waiter: _Ticket) -> bool:
         """A waiter's time is up: leave the queue, unless it was served meanwhile (then
         False: what it was handed is its own)."""
         with self._lock:
-            if waiter.result is not None:
+            if waiter.got is not None:
                 return False
             try:
                 self._waiters.remove(waiter)
@@ -1239,11 +1263,11 @@ class Pool(PassiveChild, SupervisorListener):
                 lease._leases = leases
                 leases[lease] = None
 
-    def _abandon(self, waiter: _Waiter) -> None:
+    def _abandon(self, waiter: _Ticket) -> None:
         """A waiter gave up (timed out, interrupted): leave the queue, give back anything it
         was sent and never took. Idempotent."""
         with self._lock:
-            result = waiter.result
+            result = waiter.got
             if result is None:
                 try:
                     self._waiters.remove(waiter)
