@@ -8,9 +8,9 @@
 13. 10,000 tasks waiting on a 2-worker pool, each ``async with pool.acheckout()`` and one
     trivial call: the order they are served in (FIFO: checked), the worst stall of a 10 ms
     ticker task meanwhile (with the cyclic GC's longest pause, and, for comparison, the
-    ticker's worst stall beside as many bare tasks awaiting futures), and the memory each
-    waiter costs (tracemalloc, in a second pass: the whole task's, a bare task's awaiting a
-    future, and the difference, the pool's part);
+    ticker's worst stall beside as many bare tasks awaiting futures), and what each
+    waiting task costs (in a second pass: its bytes by tracemalloc and the objects the
+    cyclic GC tracks for it, the whole task's, beside a bare task's awaiting a future);
 14. 1,000 cancellations racing checkins: tasks waiting on a pool of 2 are cancelled in the
     same loop iteration as other tasks (or, every other round, a thread) check workers in;
     afterwards the pool must be back at full size: idle == size, busy == 0, waiting == 0.
@@ -224,9 +224,9 @@ async def _bare_timed(n: int) -> dict[str, Any]:
 
 
 async def _waiters_memory(pool: pooly.Pool, n: int) -> dict[str, Any]:
-    """The memory pass (tracemalloc; untimed): bytes per waiting task while all ``n``
-    wait, the whole task's (coroutine, Task, the pool's ticket, its future ...) and, beside
-    it, a bare task awaiting a future of its own."""
+    """The memory pass (tracemalloc; untimed): bytes, and objects the cyclic GC tracks, per
+    waiting task while all ``n`` wait -- the whole task's (Task, coroutine, context, the
+    checkout) -- and, beside it, per bare task awaiting a future of its own."""
     loop = asyncio.get_running_loop()
     held = [await pool.acheckout(timeout=30) for _ in range(WORKERS)]
     served: list[int] = []
@@ -236,22 +236,31 @@ async def _waiters_memory(pool: pooly.Pool, n: int) -> dict[str, Any]:
 
     gc.collect()
     tracemalloc.start()
+    gc.disable()  # (objects counted as made: none collected, none counted twice)
     try:
-        base = tracemalloc.get_traced_memory()[0]
+        base, objects = tracemalloc.get_traced_memory()[0], len(gc.get_objects())
         futures = [loop.create_future() for _ in range(n)]
         bares = [asyncio.create_task(bare(f)) for f in futures]
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         bare_bytes = tracemalloc.get_traced_memory()[0] - base
+        bare_objects = len(gc.get_objects()) - objects
         for f in futures:
             f.set_result(None)
         await asyncio.gather(*bares)
         del futures, bares
+        # Two turns of the loop: till then something of the loop's still holds gather's
+        # future, and through it every bare task, which would be freed in the waiters'
+        # window and make theirs look smaller.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
         gc.collect()
-        base = tracemalloc.get_traced_memory()[0]
+        base, objects = tracemalloc.get_traced_memory()[0], len(gc.get_objects())
         tasks = await _queue_all(pool, n, served)
         waiter_bytes = tracemalloc.get_traced_memory()[0] - base
+        waiter_objects = len(gc.get_objects()) - objects
     finally:
+        gc.enable()
         tracemalloc.stop()
     for lease in held:
         pool.checkin(lease)
@@ -261,7 +270,8 @@ async def _waiters_memory(pool: pooly.Pool, n: int) -> dict[str, Any]:
     return {
         "bytes_per_waiter": waiter_bytes / n,
         "bytes_per_bare_task": bare_bytes / n,
-        "pool_bytes_per_waiter": (waiter_bytes - bare_bytes) / n,
+        "gc_objects_per_waiter": waiter_objects / n,
+        "gc_objects_per_bare_task": bare_objects / n,
     }
 
 

@@ -907,10 +907,11 @@ def _aio_rows(
             f"{_k(w['serve_rate'])}/s",
         ),
         _row(
-            "  memory per waiting task, tracemalloc (info)",
+            "  per waiting task: memory (tracemalloc), GC objects (info)",
             f"{w['bytes_per_waiter']:,.0f} B",
-            f"bare {w['bytes_per_bare_task']:,.0f} B",
-            f"pool {w['pool_bytes_per_waiter']:,.0f} B",
+            f"{w['gc_objects_per_waiter']:.1f} obj",
+            f"bare task: {w['bytes_per_bare_task']:,.0f} B, "
+            f"{w['gc_objects_per_bare_task']:.1f} obj",
         ),
         _row(
             f"14 {c['cancelled']:,} cancels racing checkins: workers lost",
