@@ -5,10 +5,10 @@ One pool serves threads and tasks alike: an asyncio task takes its place in the 
 queue as the threads' checkouts, and a worker checked in by either goes to whoever is first.
 Nothing here makes a thread per waiter or per call:
 
-* A waiting task's place in the queue (a pool ``_Waiter``) is woken by
-  :class:`_LoopWake` -- the pool "releases" it, under its lock, from whichever thread
-  checked a worker in -- which resolves the task's future on its own loop
-  (``call_soon_threadsafe``; ``call_soon`` from the loop's own thread).
+* A waiting task's place in the queue is its :class:`ACheckout`, which is also what the
+  task awaits: the pool wakes it, under its lock, from whichever thread checked a worker in,
+  and it resolves itself on its own loop (``call_soon_threadsafe``; ``call_soon`` from the
+  loop's own thread).
 * A call writes its request (a frame too large for the pipe's guaranteed room goes in
   pieces as the pipe drains, never blocking the loop) and reads the reply when the loop sees
   the worker's reply pipe readable (``add_reader``). The worker's fds stay as they are:
@@ -18,7 +18,8 @@ Cancellation. A task cancelled while waiting leaves the queue at once (``Pool._a
 a worker handed to it in the same loop iteration goes on to the next in line, never lost).
 A task cancelled during a call gets ``CancelledError``; the worker, whose state is unknown,
 is killed and replaced (the pool's decision, not counted as a crash) and the lease ends, so
-a checkin afterwards is a quiet no-op. ``call_timeout`` applies as it does for threads.
+a checkin afterwards is a quiet no-op -- as is the worker running an ``asubmit`` call that
+had started (``_pool._await_task``). ``call_timeout`` applies as it does for threads.
 
 A task that ends holding a lease gives it back from its done-callback; one destroyed
 without ending (its loop closed under it) gives it back when it is collected
