@@ -456,6 +456,7 @@ class Pool(PassiveChild, SupervisorListener):
         shutdown_timeout: float = 5.0,
         restart_on_reclaim: bool = True,
         call_timeout: float | None = None,
+        max_waiting: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         preload: tuple[str, ...] = (),
     ) -> None:
@@ -489,6 +490,10 @@ class Pool(PassiveChild, SupervisorListener):
             raise TypeError(f"restart_on_reclaim must be a bool, got {restart_on_reclaim!r}")
         self.restart_on_reclaim = restart_on_reclaim
         self.call_timeout = _check_call_timeout(call_timeout)
+        # Admission control (SPEC 4.4): how many checkouts may wait at once; None: any.
+        self.max_waiting = (
+            None if max_waiting is None else _check_int("max_waiting", max_waiting, 0)
+        )
         self.worker = worker
         if not isinstance(preload, tuple) or not all(isinstance(m, str) and m for m in preload):
             raise TypeError(f"preload must be a tuple of module names, got {preload!r}")
@@ -584,7 +589,8 @@ class Pool(PassiveChild, SupervisorListener):
 
         Takes an idle worker; else starts an overflow worker if ``max_overflow`` allows; else,
         if ``block``, waits in FIFO order up to ``timeout`` seconds (``None``: no limit),
-        raising :class:`CheckoutTimeout`; else raises :class:`PoolFull`. Raises
+        raising :class:`CheckoutTimeout`; else raises :class:`PoolFull` (also at once when
+        the pool's ``max_waiting`` checkouts wait already). Raises
         :class:`PoolFailed` if the pool has failed or stopped. If the calling thread ends
         without checking in, the worker is reclaimed.
 
@@ -622,8 +628,9 @@ class Pool(PassiveChild, SupervisorListener):
         """A checkout's first step (a thread's, or a task's): an idle worker's lease; else
         None, with an overflow slot reserved (``ticket.slot``: start it) or, if ``block``,
         the ticket queued (wait for it to be served). Raises :class:`PoolFull` if it may
-        not block; :class:`PoolyError` if a thread would wait on a running event loop's
-        thread (which it would stall, perhaps for good: ``acheckout`` is for tasks)."""
+        not block, or if ``max_waiting`` wait already; :class:`PoolyError` if a thread
+        would wait on a running event loop's thread (which it would stall, perhaps for good:
+        ``acheckout`` is for tasks)."""
         tasks = self._dispatcher
         if tasks is not None and tasks._parked and not self._idle:
             tasks.unpark()  # workers kept for the next task are idle: checkouts come first
@@ -664,6 +671,14 @@ class Pool(PassiveChild, SupervisorListener):
                     "max_overflow"
                 )
             else:
+                limit = self.max_waiting
+                if limit is not None and len(self._waiters) >= limit:
+                    raise PoolFull(
+                        f"pool {self.name!r} is full: {self._busy} workers busy, none idle, "
+                        f"overflow {self._overflow}/{self.max_overflow}, and "
+                        f"{len(self._waiters)} waiting already, its max_waiting of {limit}; "
+                        "retry later, or raise max_waiting"
+                    )
                 if ticket.lock is None:  # a thread's: it blocks on this lock
                     if would_wait and _running_loop() is not None:
                         raise PoolyError(

@@ -129,6 +129,7 @@ class Pooly:
         shutdown_timeout: float = 5.0,
         restart_on_reclaim: bool = True,
         call_timeout: float | None = None,
+        max_waiting: int | None = None,
     ) -> Pool:
         """Start a named pool of ``size`` workers, each ``worker(*args, **kwargs)`` in its own
         process, and return it once every worker is ready.
@@ -139,6 +140,9 @@ class Pooly:
         ``size`` defaults to the number of CPUs. A duplicate name raises ``ValueError``.
         ``call_timeout`` (seconds, default ``None``: no limit) bounds each call through a
         lease (``checkout(call_timeout=...)`` overrides it): see :class:`CallTimeout`.
+        ``max_waiting`` (default ``None``: unbounded) is admission control: a checkout
+        (``checkout``, ``acheckout``) that would have to wait while that many already wait
+        raises :class:`PoolFull` at once, naming the limit.
         """
         self._check_running()
         reg = self._registry
@@ -160,6 +164,7 @@ class Pooly:
             shutdown_timeout=shutdown_timeout,
             restart_on_reclaim=restart_on_reclaim,
             call_timeout=call_timeout,
+            max_waiting=max_waiting,
             clock=self._clock,
             preload=self._preload,
         )
