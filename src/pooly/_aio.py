@@ -208,9 +208,7 @@ class ACheckout:
 
     def _finish(self, state: int, value: Any) -> None:
         self._state, self._value = state, value
-        if isinstance(self._timeout, asyncio.TimerHandle):
-            self._timeout.cancel()
-        self._timeout = None
+        self._stop_timer()
         fn, ctx = self._callback, self._context
         if fn is not None:
             self._callback = self._context = None
@@ -231,10 +229,7 @@ class ACheckout:
         try:
             lease = pool._enter(self, self._per_call, True)
         except BaseException:
-            if self.slot is not None:  # (interrupted after reserving: give it back)
-                with pool._lock:
-                    pool._drop_reserved(self.slot)
-            pool._abandon(self)
+            pool._give_up(self)
             raise
         if lease is not None:
             self._deliver(lease)
@@ -307,10 +302,14 @@ class ACheckout:
         back what we were handed and never took. Idempotent."""
         if self._loop is None:  # (never begun: nothing taken)
             return
+        self._stop_timer()
+        self._pool._abandon(self)
+
+    def _stop_timer(self) -> None:
+        """Once begun, ``_timeout`` is the checkout timeout's timer (if it has one)."""
         if isinstance(self._timeout, asyncio.TimerHandle):
             self._timeout.cancel()
             self._timeout = None
-        self._pool._abandon(self)
 
 
 def _abandon_off_thread(pool: Pool, waiter: _Waiter | ACheckout) -> None:

@@ -127,15 +127,11 @@ class _Releasable(Protocol):
     def release(self) -> None: ...
 
 
-def _nothing() -> None:
-    return None
-
-
 class _Waiter:
     """A checkout's ticket, and its place in the pool's queue if it has to wait: a thread's
     (``lock`` is released when it is served) or the task dispatcher's (``lock`` only wakes
-    the dispatcher's thread). An asyncio task's is ``pooly._aio._TaskWaiter``, with the same
-    fields and methods. ``got``: what it was served; ``slot``: the overflow slot reserved
+    the dispatcher's thread). An asyncio task's is its ``pooly._aio.ACheckout``, with the
+    same fields and methods. ``got``: what it was served; ``slot``: the overflow slot reserved
     for it, while it starts that worker."""
 
     __slots__ = ("got", "leases", "lock", "slot", "wake")
@@ -145,10 +141,12 @@ class _Waiter:
         self.lock: Any = lock  # (None: a thread's, made when it queues: see Pool._enter)
         self.got: Lease | _OverflowSlot | BaseException | None = None
         self.slot: str | None = None
-        # wake(): it is served (``got`` is set), wake whoever waits (under the pool's lock).
+        # wake(): it is served (``got`` is set), wake whoever waits (under the pool's lock);
+        # set with the lock (a thread's in Pool._enter), as only a queued ticket is woken.
         # The lock's own method, not one of ours: no Python frame, where an asynchronous
         # exception (KeyboardInterrupt) could land between serving it and waking it.
-        self.wake: Callable[[], None] = lock.release if lock is not None else _nothing
+        if lock is not None:
+            self.wake: Callable[[], None] = lock.release
 
     def deliver(self, result: Lease | _OverflowSlot | BaseException) -> None:
         self.got = result
@@ -615,11 +613,7 @@ class Pool(PassiveChild, SupervisorListener):
             got._call_timeout = per_call
             return got
         except BaseException:
-            # Interrupted (or failed) after taking a place: give it back. Both are idempotent.
-            if ticket.slot is not None:
-                with self._lock:
-                    self._drop_reserved(ticket.slot)
-            self._abandon(ticket)
+            self._give_up(ticket)
             raise
 
     def _enter(
@@ -1277,6 +1271,14 @@ class Pool(PassiveChild, SupervisorListener):
                 del lease._leases[lease]
                 lease._leases = leases
                 leases[lease] = None
+
+    def _give_up(self, ticket: _Ticket) -> None:
+        """A checkout was interrupted (or failed) after taking a place: give back the
+        overflow slot reserved for it and its place in the queue. Both are idempotent."""
+        if ticket.slot is not None:
+            with self._lock:
+                self._drop_reserved(ticket.slot)
+        self._abandon(ticket)
 
     def _abandon(self, waiter: _Ticket) -> None:
         """A waiter gave up (timed out, interrupted): leave the queue, give back anything it
