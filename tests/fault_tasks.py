@@ -218,3 +218,13 @@ def raise_odd(kind: str, pid_path: str) -> None:
         e.extra = 1  # (a __dict__ to restore: __setstate__ runs)
         raise e
     raise ValueError(kind)
+
+
+_KEPT: list[bytearray] = []
+
+
+def hoard(mb: int) -> tuple[int, int]:
+    """Leak ``mb`` MiB (kept, touched); (this worker's pid, its resident bytes after)."""
+    _KEPT.append(bytearray(b"\x01") * (mb << 20))
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return os.getpid(), int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

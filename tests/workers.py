@@ -176,3 +176,15 @@ class Stuck(Counter):
         import re
 
         return re.match(r"(a+)+$", "a" * n + "b") is not None
+
+
+class Hoarder(Counter):
+    """A worker that leaks: each ``hoard(mb)`` keeps ``mb`` MiB more (touched, so resident)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[bytearray] = []
+
+    def hoard(self, mb: int) -> int:
+        self.kept.append(bytearray(b"\x01") * (mb << 20))
+        return len(self.kept)

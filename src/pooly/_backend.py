@@ -54,7 +54,7 @@ class WorkerHandle(Protocol):
     broken: bool  # a call was interrupted part-way: never to be used again
     stopping: bool  # asked to end (dismissed, retired, pool stopping): not a crash
     in_task: bool  # running an executor's task: a death now is the task's, not counted
-    tasks: int  # executor tasks sent to it (max_tasks_per_child)
+    calls: int  # calls and tasks sent to it (max_calls, max_tasks_per_child)
     req_w: int  # the request pipe's write end (the executor's dispatcher writes it directly)
     rep_r: int  # the reply pipe's read end (the dispatcher polls and reads it)
 

@@ -74,7 +74,14 @@ from concurrent.futures._base import PENDING as _PENDING
 from concurrent.futures._base import RUNNING as _RUNNING
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._errors import CallTimeout, PoolFailed, PoolyError, WorkerCrashed, describe_exit
+from ._errors import (
+    CallTimeout,
+    PoolFailed,
+    PoolFull,
+    PoolyError,
+    WorkerCrashed,
+    describe_exit,
+)
 from ._fds import HOST, Signal
 from ._worker import (
     _CHUNK,
@@ -357,9 +364,8 @@ class Dispatcher:
     """The task queue of one pool and the thread that feeds its workers (see the module
     docstring). Made by the pool on its first task; ends with the pool."""
 
-    def __init__(self, pool: Pool, max_tasks: int | None = None) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self.max_tasks = max_tasks  # recycle a worker after this many tasks (executors)
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)  # notified when nothing is pending
         self._idle_waiters = 0
@@ -434,12 +440,14 @@ class Dispatcher:
         with self.lock:
             if self.closed is not None or self.refused is not None:
                 raise self._refusal()
-            if not self.pending:
-                self._anchor = self.anchor()
-            self.pending += 1
             if not self.queue and direct:
                 parked = self._parked
                 lease = parked.pop() if parked else self.pool._idle_lease(self.leases)
+            if lease is None and self.pool.max_waiting is not None:
+                self._admit()
+            if not self.pending:
+                self._anchor = self.anchor()
+            self.pending += 1
             if lease is None:
                 self.queue.append(task)
                 if self.sleeping:
@@ -458,7 +466,7 @@ class Dispatcher:
         task.state = 1
         fut._state = _RUNNING  # (set_running_or_notify_cancel: no one else has it yet)
         h.in_task = True
-        h.tasks += 1
+        h.calls += 1
         now = _monotonic()
         try:
             h.send_frame(task.frame, tid, method)
@@ -590,8 +598,8 @@ class Dispatcher:
         dead: bool = False,
         interrupted: bool = False,
     ) -> None:
-        """A worker we held goes back: killed, dead, recycled (it ran its max_tasks), or
-        given back as it is; its fds closed if it was reaped while we held it."""
+        """A worker we held goes back: killed, dead, or given back (the pool recycles it if
+        it is past a limit); its fds closed if it was reaped while we held it."""
         h = lease._worker
         h.in_task = False
         lease._end_call()
@@ -601,8 +609,6 @@ class Dispatcher:
             self.pool._timed_out(lease)
         elif dead:
             self.pool._lease_crashed(lease)
-        elif self.max_tasks is not None and h.tasks >= self.max_tasks:
-            self.pool._recycle(lease)
         else:
             self.pool._give_back(lease)
 
@@ -617,7 +623,7 @@ class Dispatcher:
         again with no direct task sent meanwhile (:data:`_GRACE` to twice that): then it
         gives them back. Overflow workers are not kept."""
         h = lease._worker
-        if lease._rec.overflow or (self.max_tasks is not None and h.tasks >= self.max_tasks):
+        if lease._rec.overflow or self.pool._spent(lease._rec):
             self._settle(lease)
             self._finished(1)
             return
@@ -734,6 +740,9 @@ class Dispatcher:
         their outcomes are the slots of one :class:`MapJob` (no Future each)."""
         if self.pool._gen != HOST.gen:
             raise self.pool._forked_error()
+        if self.pool.max_waiting is not None:
+            with self.lock:
+                self._admit()
         job = MapJob()
         items = job.items
         tids = self._tids
@@ -767,6 +776,18 @@ class Dispatcher:
             if self.sleeping and tasks:
                 self.sleeping = False
                 self._wake.set()
+
+    def _admit(self) -> None:
+        """(under the lock) Admission control (the pool's ``max_waiting``): a task that
+        would queue while no worker is free and that many tasks wait already is refused."""
+        pool = self.pool
+        limit = pool.max_waiting
+        queued = len(self.queue)
+        if limit is not None and queued >= limit and not pool._idle and not self._parked:
+            raise PoolFull(
+                f"pool {pool.name!r} is full: no worker free and {queued} tasks queued "
+                f"already, its max_waiting of {limit}; retry later, or raise max_waiting"
+            )
 
     def _refusal(self) -> BaseException:
         """Why a task is refused (under the lock): the executor's shutdown, else the
@@ -1045,7 +1066,7 @@ class Dispatcher:
             self._send(s, batch)
         if self.pending == 0:
             self._now_idle()
-        # Give back what has nothing to do (recycled if it ran its max_tasks).
+        # Give back what has nothing to do (or is to be recycled: see Pool._spent).
         for s in list(self._slots.values()):
             if s.inflight or s.out or s.eof:
                 continue
@@ -1053,8 +1074,9 @@ class Dispatcher:
                 self._drop(s)
 
     def _room(self, s: _Slot, n: int = 0) -> bool:
-        """``max_tasks``: a worker is sent no more than it may run (``n`` more on the way)."""
-        return self.max_tasks is None or s.handle.tasks + n < self.max_tasks
+        """Whether ``s`` may be sent more tasks (``n`` more on the way): not if it is to be
+        recycled (``max_calls`` counts those sent) or resized away."""
+        return not self.pool._spent(s.lease._rec, n)
 
     def _depth(self, s: _Slot) -> int:
         """Tasks to keep in a worker's pipe: its running one and about _AHEAD_TIME of work."""
@@ -1076,7 +1098,7 @@ class Dispatcher:
             s.handle.in_task = True
         s.fresh = False
         s.inflight.extend(live)
-        s.handle.tasks += len(live)
+        s.handle.calls += len(live)
         s.out = live[0].frame if len(live) == 1 else b"".join([t.frame for t in live])
         self._flush(s)
 

@@ -107,7 +107,11 @@ class ProcessPoolExecutor(Executor):
     ``initializer``/``initargs``, ``max_tasks_per_child``) plus ``call_timeout`` (seconds a
     task may run before its worker is killed: :class:`CallTimeout`), ``retries`` (re-runs
     of a task whose worker died under it, for idempotent work) and ``max_overflow`` (extra
-    workers started for a burst and stopped after it). The workers start in the
+    workers started for a burst and stopped after it; ``overflow_ttl`` keeps them that many
+    seconds for the next one), and the pool's guards (SPEC 4.4): ``max_tasks_per_child``
+    is the pool's ``max_calls``, and ``max_age``, ``max_memory`` recycle a worker between
+    tasks the same way; ``max_waiting`` refuses a ``submit`` (:class:`PoolFull`) that finds
+    no worker free and that many tasks queued. The workers start in the
     constructor: a failing initializer raises :class:`WorkerStartError` there, with its
     traceback, and nothing is left running.
 
@@ -125,6 +129,10 @@ class ProcessPoolExecutor(Executor):
         call_timeout: float | None = None,
         retries: int = 0,
         max_overflow: int = 0,
+        max_age: float | None = None,
+        max_memory: int | None = None,
+        max_waiting: int | None = None,
+        overflow_ttl: float = 0.0,
         _tree: Pooly | None = None,
         _name: str = "executor",
     ) -> None:
@@ -168,12 +176,16 @@ class ProcessPoolExecutor(Executor):
                 max_overflow=max_overflow,
                 start_method=start_method,
                 call_timeout=call_timeout,
+                max_calls=max_tasks_per_child,
+                max_age=max_age,
+                max_memory=max_memory,
+                max_waiting=max_waiting,
+                overflow_ttl=overflow_ttl,
             )
         except BaseException:
             if self._own:
                 self._tree.stop()
             raise
-        self._pool._max_tasks = max_tasks_per_child
         self._tasks = self._pool._tasks()
         if self._own:  # kept alive by the dispatcher while it has tasks (stdlib semantics)
             self._tasks.anchor = weakref.ref(self._tree)

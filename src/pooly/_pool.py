@@ -28,6 +28,8 @@ import functools
 import logging
 import math
 import multiprocessing
+import os
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
@@ -75,10 +77,29 @@ _CRASHED = "crashed"
 _CLOSED = "closed"
 _INTERRUPTED = "interrupted"
 _TIMED_OUT = "timed out"
-_RECYCLED = "recycled"
+_RESIZED = "resized away"
 
 #: The longest a call waits for the supervisor to finish closing its dead worker's fds.
 _CLOSING_WAIT = 1.0
+#: How often (seconds) the task dispatcher reads the memory of a worker it keeps busy
+#: (``max_memory``); a lease's worker is read at each checkin.
+_RSS_EVERY = 0.01
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss(pid: int) -> int | None:
+    """Resident memory (bytes) of process ``pid``, from ``/proc``; None if it can't be
+    read (the process is gone, or there is no ``/proc``)."""
+    try:
+        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 256).split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
 
 
 class _PoolDefault:
@@ -98,7 +119,10 @@ class PoolStatus:
     ``state``: ``"ready"`` (a worker is idle), ``"overflow"`` (none idle, more may start),
     ``"full"`` (none idle, overflow exhausted), ``"failed"`` (gave up after too many crashes),
     ``"stopped"``. ``replaced``: workers started to replace a dead or reclaimed one;
-    ``crashed``: workers that died unasked.
+    ``crashed``: workers that died unasked; ``recycled``: workers retired on reaching a limit
+    (``max_calls``, ``max_age``, ``max_memory``, an executor's ``max_tasks_per_child``) and
+    replaced, never counted as crashes. ``spares``: warm workers
+    ready to take a dead worker's place (the pool's ``spares`` option).
     """
 
     name: str
@@ -111,6 +135,8 @@ class PoolStatus:
     waiting: int
     replaced: int
     crashed: int
+    recycled: int = 0
+    spares: int = 0
 
 
 async def _await_task(tasks: Dispatcher, fut: Future[Any]) -> Any:
@@ -174,12 +200,32 @@ class _Worker:
     Changed only under the pool's lock.
     """
 
-    __slots__ = ("handle", "last", "lease", "overflow", "wid")
+    __slots__ = (
+        "handle",
+        "heir",
+        "idle_at",
+        "last",
+        "lease",
+        "overflow",
+        "retire",
+        "retire_at",
+        "rss_at",
+        "wid",
+    )
 
     def __init__(self, handle: WorkerHandle, wid: str, overflow: bool) -> None:
         self.handle = handle
         self.wid = wid
         self.lease: Lease | None = None
+        # Recycling (SPEC 4.4): when its max_age is up (on the pool's clock; inf: never);
+        # why it is being retired, once decided. Retiring, it serves on only while ``heir``
+        # (the id of the worker starting to take its place) is not up; with ``retire`` set
+        # and no heir, it stops at its next checkin.
+        self.retire_at = math.inf
+        self.retire: str | None = None
+        self.heir: str | None = None
+        self.idle_at = 0.0  # when it last went idle (on the pool's clock; overflow_ttl)
+        self.rss_at = 0.0  # when the task dispatcher last read its memory (time.monotonic)
         # The last lease made for it: the only one through which a call can be in flight
         # (an older one's calls fail before touching the worker). Its fds are closed, once
         # it has been reaped, outside such a call (see Pool._release_channel).
@@ -285,6 +331,7 @@ class Lease:
         try:
             if self._ended is not None:
                 raise self._ended_error()
+            self._worker.calls += 1
             limit = self._call_timeout
             if limit is None:
                 return self._worker.call(name, args, kwargs)
@@ -455,6 +502,12 @@ class Pool(PassiveChild, SupervisorListener):
         restart_on_reclaim: bool = True,
         call_timeout: float | None = None,
         max_waiting: int | None = None,
+        max_calls: int | None = None,
+        max_age: float | None = None,
+        max_age_jitter: float = 0.1,
+        max_memory: int | None = None,
+        overflow_ttl: float = 0.0,
+        spares: int = 0,
         clock: Callable[[], float] = time.monotonic,
         preload: tuple[str, ...] = (),
     ) -> None:
@@ -492,6 +545,25 @@ class Pool(PassiveChild, SupervisorListener):
         self.max_waiting = (
             None if max_waiting is None else _check_int("max_waiting", max_waiting, 0)
         )
+        # Recycling (SPEC 4.4): a worker past one of these is retired at checkin and replaced.
+        self.max_calls = None if max_calls is None else _check_int("max_calls", max_calls, 1)
+        self.max_age = None if max_age is None else _check_seconds("max_age", max_age)
+        if self.max_age == math.inf:
+            self.max_age = None
+        if (
+            isinstance(max_age_jitter, bool)
+            or not isinstance(max_age_jitter, int | float)
+            or not 0 <= max_age_jitter < 1
+        ):
+            raise ValueError(
+                f"max_age_jitter must be a fraction of max_age in [0, 1), got {max_age_jitter!r}"
+            )
+        self.max_age_jitter = float(max_age_jitter)
+        self.max_memory = None if max_memory is None else _check_int("max_memory", max_memory, 1)
+        self.overflow_ttl = _check_seconds("overflow_ttl", overflow_ttl, allow_zero=True)
+        # Warm spares (issue 10, part 5): workers started ahead, out of the pool's count,
+        # each handed over at once in place of a core worker that died or is replaced.
+        self.spares = _check_int("spares", spares, 0)
         self.worker = worker
         if not isinstance(preload, tuple) or not all(isinstance(m, str) and m for m in preload):
             raise TypeError(f"preload must be a tuple of module names, got {preload!r}")
@@ -526,6 +598,23 @@ class Pool(PassiveChild, SupervisorListener):
         self._overflow_seq = 0
         self._replaced = 0
         self._crashed = 0
+        self._recycled = 0
+        # Recycling: any limit set (checkin looks only then); ids of workers started to take
+        # a retiring worker's place (or to grow the pool), by number; heirs being started,
+        # by id -> the worker each replaces.
+        self._limits = (
+            self.max_calls is not None or self.max_age is not None or self.max_memory is not None
+        )
+        self._wseq = self.size
+        self._heirs: dict[str, _Worker] = {}
+        # Ids of the core workers the pool keeps (permanent specs, not retiring): as many
+        # as ``size`` (resize changes both).
+        self._core: dict[str, None] = {f"w{i}": None for i in range(self.size)}
+        # Ids of the spares' specs (a spare handed over swaps ids with the worker it
+        # replaces, whose restart becomes a spare); the spares that are up.
+        self._spare_ids: dict[str, None] = {f"s{i}": None for i in range(self.spares)}
+        self._spares: list[_Worker] = []
+        self._rng = random.Random()
         self._closed: PoolFailed | None = None
         self._failed = False
         self._workers_sup: Supervisor | None = None  # set by the pool's WorkerSupervisor
@@ -534,7 +623,6 @@ class Pool(PassiveChild, SupervisorListener):
         self._gone: dict[WorkerHandle, _Worker] = {}
         # Tasks (submit/map): their queue and thread, made on the first task.
         self._dispatcher: Dispatcher | None = None
-        self._max_tasks: int | None = None  # recycle a worker after so many tasks (executors)
         self._methods: frozenset[str] | None = None  # the worker class's, once one started
         self._cls_name = worker.__qualname__
 
@@ -556,14 +644,28 @@ class Pool(PassiveChild, SupervisorListener):
         h = self._backend.start_worker(cancel)
         w = _Worker(h, wid, overflow=False)
         self._methods = h.methods
+        age = self.max_age
+        if age is not None:  # spread, so that workers started together don't retire together
+            age *= 1 + self.max_age_jitter * (2 * self._rng.random() - 1)
+            w.retire_at = self._clock() + age
         with self._lock:
             if wid in self._reserved:
                 # -- commit: the caller who reserved the slot leases it
                 w.overflow = True
                 self._workers[wid] = w
                 self._reserved[wid] = w
+            elif wid in self._spare_ids:
+                # -- commit: kept ready, out of the pool's count
+                self._restartable[wid] = None
+                self._spares.append(w)
+                return h
+            elif wid not in self._core:
+                # Its slot was resized away while it started: the supervisor stops it.
+                self._gone[h] = w
+                return h
             else:
                 again = wid in self._restartable
+                old = self._heirs.pop(wid, None)  # the worker it replaces (recycling)
                 # -- commit, then the calls
                 self._restartable[wid] = None
                 self._workers[wid] = w
@@ -572,6 +674,12 @@ class Pool(PassiveChild, SupervisorListener):
                         self._replaced += 1
                     self._idle.append(w)
                     self._serve_waiters()
+                    if old is not None:
+                        self._heir_up(old)
+        if age is not None:
+            sup = self._workers_sup
+            assert sup is not None
+            sup.call_at(w.retire_at, self._aged, w)
         return h
 
     # ------------------------------------------------------------------ public API
@@ -710,24 +818,36 @@ class Pool(PassiveChild, SupervisorListener):
         h = lease._worker
         # A call in flight through this lease (from another thread) finishes before the
         # worker can go to someone else.
-        with lease._in_call, self._lock:
-            if lease._ended is not None:
-                if lease._ended == _CHECKED_IN:
-                    raise LeaseError(
-                        f"lease on worker pid {h.pid} of pool {self.name!r} was already checked in"
-                    )
-                return
-            self._take_back(lease)
+        with lease._in_call:
+            rss = None if self.max_memory is None else _rss(h.pid)  # (no lock held for I/O)
+            with self._lock:
+                if lease._ended is not None:
+                    if lease._ended == _CHECKED_IN:
+                        raise LeaseError(
+                            f"lease on worker pid {h.pid} of pool {self.name!r} was already "
+                            "checked in"
+                        )
+                    return
+                self._take_back(lease, rss)
 
-    def _take_back(self, lease: Lease) -> None:
-        """A live lease comes back (under the lock): its worker goes on, or is replaced."""
+    def _take_back(self, lease: Lease, rss: int | None = None) -> None:
+        """A live lease comes back (under the lock): its worker goes on, or is replaced --
+        or recycled, past a limit (``rss``: its resident memory, read just now)."""
         h = lease._worker
+        w = lease._rec
         if h.exited.is_set():
             # Died while leased: the supervisor reaps and replaces it (child_exited).
             # (One that died unseen an instant ago is caught by checkout's liveness check.)
             self._end_lease(lease, _CRASHED)
         elif h.broken:  # (an interrupted call ends its lease at once; kept for safety)
             self._retire(lease, _INTERRUPTED, kill=True)
+        elif w.retire is not None:  # retiring: it goes once its heir is up (or it has none)
+            if w.heir is None or self._over_calls(h):
+                self._stop(lease, _CHECKED_IN)
+            else:
+                self._pass_on(lease, _CHECKED_IN)
+        elif self._limits and (why := self._due(w, rss)) is not None:
+            self._renew(lease, why)
         else:
             self._pass_on(lease, _CHECKED_IN)
 
@@ -895,7 +1015,7 @@ class Pool(PassiveChild, SupervisorListener):
                     raise self._closed_error()
                 d = self._dispatcher
                 if d is None:
-                    d = self._dispatcher = Dispatcher(self, self._max_tasks)
+                    d = self._dispatcher = Dispatcher(self)
         return d
 
     def _lease_for_tasks(
@@ -944,9 +1064,32 @@ class Pool(PassiveChild, SupervisorListener):
     def _give_back(self, lease: Lease) -> None:
         """``checkin`` for the task dispatcher's own leases (no call can be in flight
         through them, and none is misused): as checkin, without its checks."""
+        rss = None if self.max_memory is None else _rss(lease._worker.pid)
         with self._lock:
             if lease._ended is None:
-                self._take_back(lease)
+                self._take_back(lease, rss)
+
+    def _spent(self, w: _Worker, n: int = 0) -> bool:
+        """Whether the task dispatcher should send ``w`` no more tasks (``n`` more on the
+        way): it is to be recycled (or resized away) once given back. A read without the
+        lock; its memory is read at most every :data:`_RSS_EVERY` seconds."""
+        h = w.handle
+        if w.retire is not None:  # serving on until its heir is up: within max_calls only
+            return w.heir is None or self._over_calls(h, n)
+        if not self._limits:
+            return False
+        if self.max_calls is not None and h.calls + n >= self.max_calls:
+            return True
+        if w.retire_at != math.inf and w.retire_at <= self._clock():
+            return True
+        limit = self.max_memory
+        if limit is not None:
+            now = time.monotonic()
+            if now - w.rss_at >= _RSS_EVERY:
+                w.rss_at = now
+                rss = _rss(h.pid)
+                return rss is not None and rss > limit
+        return False
 
     def _has_waiters(self, ours: _Waiter | None) -> bool:
         """Whether a checkout (not the dispatcher's own place) waits for a worker. A glance
@@ -955,11 +1098,6 @@ class Pool(PassiveChild, SupervisorListener):
         waiters = self._waiters
         n = len(waiters)
         return n > 1 or (n == 1 and waiters[0] is not ours)
-
-    def _recycle(self, lease: Lease) -> None:
-        """The dispatcher is done with a worker that ran its ``max_tasks``: replace it
-        (gracefully; not a crash, not counted)."""
-        self._replace(lease, _RECYCLED, kill=False)
 
     def status(self) -> PoolStatus:
         """A consistent snapshot of the pool's counts and state."""
@@ -988,7 +1126,91 @@ class Pool(PassiveChild, SupervisorListener):
                 waiting=len(self._waiters),
                 replaced=self._replaced,
                 crashed=self._crashed,
+                recycled=self._recycled,
+                spares=len(self._spares),
             )
+
+    def resize(self, size: int | None = None, max_overflow: int | None = None) -> None:
+        """Change the pool's ``size`` and/or ``max_overflow`` while it runs (``None``: keep).
+
+        Growing starts the new workers at once (each serves the queue as it comes up);
+        shrinking stops idle workers first, then workers still starting, and stops busy
+        ones at checkin -- never a worker in the middle of a lease. A lower
+        ``max_overflow`` stops idle overflow workers now and busy ones at checkin; a higher
+        one lets waiters start overflow workers at once. ``status()`` reports the new size
+        from the start. Raises :class:`PoolFailed` if the pool has failed or stopped.
+        """
+        if self._gen != HOST.gen:
+            raise self._forked_error()
+        if size is not None:
+            size = _check_int("size", size, 0)
+        if max_overflow is not None:
+            max_overflow = _check_int("max_overflow", max_overflow, 0)
+        with self._lock:
+            if self._closed is not None:
+                raise self._closed_error()
+            if max_overflow is not None:
+                self.max_overflow = max_overflow
+                idle = self._idle
+                for w in [w for w in idle if w.overflow]:  # (overflow_ttl keeps them idle)
+                    if self._overflow <= max_overflow:
+                        break
+                    idle.remove(w)
+                    self._forget(w)
+            if size is not None:
+                self.size = size
+                if len(self._core) < size:
+                    self._grow(size - len(self._core))
+                elif len(self._core) > size:
+                    self._shrink(len(self._core) - size)
+            self._serve_waiters()
+        tasks = self._dispatcher
+        if tasks is not None:  # workers it holds may have to go back (resized away)
+            tasks.wake()
+
+    def _grow(self, n: int) -> None:
+        """(under the lock) ``n`` more core workers: those resized away but still busy are
+        kept first, then new ones start."""
+        assert self._workers_sup is not None
+        for w in self._workers.values():
+            if (
+                n
+                and w.retire == _RESIZED
+                and self._workers_sup.set_restart(w.wid, "permanent", only_if=w.handle)
+            ):
+                w.retire = None
+                self._core[w.wid] = None
+                n -= 1
+        for _ in range(n):
+            self._add_worker()
+
+    def _shrink(self, n: int) -> None:
+        """(under the lock) ``n`` fewer core workers: idle ones stop now, starting ones are
+        cancelled, busy ones are marked to stop at checkin."""
+        assert self._workers_sup is not None
+        sup = self._workers_sup
+        live = {wid: w for wid, w in self._workers.items() if wid in self._core}
+        for w in [w for w in self._idle if w.wid in self._core][:n]:
+            self._idle.remove(w)
+            self._forget(w)
+            n -= 1
+        for wid in [wid for wid in self._core if wid not in live][:n]:
+            # Starting (a replacement, an heir, a new worker): cancelled; if it comes up
+            # first, _spawn sees it is no longer wanted.
+            del self._core[wid]
+            old = self._heirs.pop(wid, None)
+            if old is not None:  # an heir: its old worker goes at checkin (or now, if idle)
+                self._heir_up(old)
+            if wid in self._restartable:
+                del self._restartable[wid]
+            sup.terminate_child(wid, wait=False)
+            n -= 1
+        for w in [w for w in live.values() if w.lease is not None][:n]:
+            del self._core[w.wid]
+            if sup.set_restart(w.wid, "temporary", only_if=w.handle):
+                w.retire = _RESIZED
+            else:  # it died just now, and its restart is under way: cancel that instead
+                sup.terminate_child(w.wid, wait=False)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the pool's live workers (idle and busy)."""
@@ -1054,6 +1276,9 @@ class Pool(PassiveChild, SupervisorListener):
             # replacement serves any waiter.
             self._end_lease(lease, why)
             return
+        if w.overflow and self._overflow > self.max_overflow:  # (max_overflow was lowered)
+            self._stop(lease, why)
+            return
         if self._waiters:
             waiter = self._waiters[0]
             new = self._new_lease(w, waiter.leases)
@@ -1066,8 +1291,13 @@ class Pool(PassiveChild, SupervisorListener):
             waiter.got = new
             waiter.wake()
             return
-        if self._overflow and self._dismiss(lease, why):
-            return
+        if self._overflow and w.retire is None:
+            if self.overflow_ttl:
+                if w.overflow:  # idle for the next burst, for overflow_ttl at most
+                    self._linger(lease, why)
+                    return
+            elif self._dismiss(lease, why):
+                return
         # -- commit
         lease._ended = why
         del lease._leases[lease]
@@ -1136,23 +1366,166 @@ class Pool(PassiveChild, SupervisorListener):
                     break
             else:
                 return False
-        present = self._workers.get(w.wid) is w
         # -- commit, then the one call
         if heir is not None:
             heir.overflow = False
             self._restartable[heir.wid] = None
+            self._core[heir.wid] = None
+            self._overflow -= 1  # (a core worker now, in place of w)
+        self._stop(lease, why)
+        return True
+
+    def _stop(self, lease: Lease, why: str) -> None:
+        """End ``lease`` and stop its worker for good (no replacement: dismissed, resized
+        away, or recycled with its heir up)."""
+        w = lease._rec
+        # -- commit, then the one call
         lease._ended = why
         del lease._leases[lease]
         w.lease = None
         self._busy -= 1
-        if present:
+        self._forget(w)
+
+    def _forget(self, w: _Worker) -> None:
+        """Stop ``w`` (not leased) for good: its spec is forgotten, it is not replaced."""
+        assert self._workers_sup is not None
+        # -- commit, then the one call
+        if self._workers.get(w.wid) is w:
             del self._workers[w.wid]
             self._gone[w.handle] = w
         if w.wid in self._restartable:  # its spec is forgotten: keep the map bounded
             del self._restartable[w.wid]
-        self._overflow -= 1
-        self._workers_sup.terminate_child(w.wid, wait=False)
-        return True
+        if w.wid in self._core:
+            del self._core[w.wid]
+        if w.overflow:
+            self._overflow -= 1
+        self._workers_sup.terminate_child(w.wid, wait=False, only_if=w.handle)
+
+    # ------------------------------------------------------------------ recycling (locked)
+
+    def _over_calls(self, h: WorkerHandle, n: int = 0) -> bool:
+        """Whether ``h`` has been sent its ``max_calls`` (``n`` more on the way): a hard
+        limit, unlike age and memory -- it serves no more, even while its heir starts."""
+        return self.max_calls is not None and h.calls + n >= self.max_calls
+
+    def _due(self, w: _Worker, rss: int | None) -> str | None:
+        """Why ``w`` is to be recycled now (past which limit), or None."""
+        h = w.handle
+        if self.max_calls is not None and h.calls >= self.max_calls:
+            return f"it served {h.calls} calls, its max_calls of {self.max_calls}"
+        if w.retire_at != math.inf and w.retire_at <= self._clock():
+            return f"it reached its max_age of {self.max_age:g}s (jittered)"
+        if rss is not None and self.max_memory is not None and rss > self.max_memory:
+            return f"its resident memory of {rss} bytes is over its max_memory of {self.max_memory}"
+        return None
+
+    def _renew(self, lease: Lease, why: str) -> None:
+        """End ``lease`` and recycle its worker: stopped and replaced, its holder having
+        noticed nothing. The replacement (its heir) is started first. If no other worker
+        is idle, a worker past its age or memory limit serves on until the heir is up (see
+        :meth:`_heir_up`), so that no one waits for a start; one that has served its
+        ``max_calls`` stops at once. Not a crash, not counted toward restart intensity."""
+        assert self._workers_sup is not None
+        w = lease._rec
+        log.info("pool %r: recycling worker pid %d: %s", self.name, w.handle.pid, why)
+        self._recycled += 1
+        if w.overflow:  # not replaced as such: another starts if a waiter needs it
+            self._retire(lease, _CHECKED_IN)
+            return
+        heir = self._add_worker()
+        # -- commit, then the calls
+        if w.wid in self._core:
+            del self._core[w.wid]
+        if self._idle or self._over_calls(w.handle):
+            self._stop(lease, _CHECKED_IN)
+            return
+        w.retire = why
+        w.heir = heir
+        self._heirs[heir] = w
+        # Should it die before its heir is up, the heir takes its place (not restarted).
+        self._workers_sup.set_restart(w.wid, "temporary", only_if=w.handle)
+        self._pass_on(lease, _CHECKED_IN)
+
+    def _add_worker(self) -> str:
+        """Start one more core worker (on a starter thread); its id."""
+        assert self._workers_sup is not None
+        wid = f"w{self._wseq}"
+        # -- commit, then the one call
+        self._wseq += 1
+        self._core[wid] = None
+        self._workers_sup.add_child(self._spec(wid, "permanent"))
+        return wid
+
+    def _heir_up(self, old: _Worker) -> None:
+        """The heir of retiring ``old`` is up (and idle, or serving): ``old`` stops now if
+        idle, else at its checkin."""
+        old.heir = None
+        if old.lease is None and self._workers.get(old.wid) is old:
+            try:
+                self._idle.remove(old)
+            except ValueError:  # (dead, unseen: child_exited takes it out)
+                return
+            self._forget(old)
+
+    def _aged(self, w: _Worker) -> None:
+        """Worker supervisor thread (a timer): ``w``'s max_age is up. Idle, it is recycled
+        now; leased, at its checkin."""
+        with self._lock:
+            if (
+                self._closed is not None
+                or w.lease is not None
+                or w.retire is not None
+                or self._workers.get(w.wid) is not w
+            ):
+                return
+            try:
+                self._idle.remove(w)
+            except ValueError:
+                return
+            # Leased to no one (an empty holder set) for the length of the hand-over.
+            lease = self._new_lease(w, {})
+            # -- commit
+            w.lease = lease
+            self._busy += 1
+            lease._leases[lease] = None
+            self._renew(lease, f"it reached its max_age of {self.max_age:g}s (jittered)")
+
+    def _linger(self, lease: Lease, why: str) -> None:
+        """End ``lease`` of an overflow worker that goes idle for ``overflow_ttl`` (then it
+        is stopped, unless a burst took it meanwhile). Last in line for the next checkout
+        (LIFO), so that a core worker serves when one is idle."""
+        assert self._workers_sup is not None
+        w = lease._rec
+        at = self._clock()
+        # -- commit, then the one call
+        lease._ended = why
+        del lease._leases[lease]
+        w.lease = None
+        self._busy -= 1
+        w.idle_at = at
+        if self.strategy == "lifo":
+            self._idle.appendleft(w)
+        else:
+            self._idle.append(w)
+        self._workers_sup.call_at(at + self.overflow_ttl, self._linger_over, w, at)
+
+    def _linger_over(self, w: _Worker, since: float) -> None:
+        """Worker supervisor thread (a timer): overflow worker ``w`` went idle at ``since``
+        and its ``overflow_ttl`` is up: stopped, if it is still idle since then."""
+        with self._lock:
+            if (
+                self._closed is not None
+                or not w.overflow
+                or w.lease is not None
+                or w.idle_at != since
+                or self._workers.get(w.wid) is not w
+            ):
+                return
+            try:
+                self._idle.remove(w)
+            except ValueError:
+                return
+            self._forget(w)
 
     def _retire(self, lease: Lease, why: str, *, kill: bool = False) -> None:
         """End ``lease`` and replace its worker, whose state can't be trusted (reclaimed;
@@ -1170,12 +1543,33 @@ class Pool(PassiveChild, SupervisorListener):
             self._gone[w.handle] = w
         # Bound to this instance: if it died meanwhile, its crash restart already replaced
         # it, and that replacement (maybe leased to someone else by now) must not be hit.
-        if w.overflow:
-            self._overflow -= 1
+        if w.overflow or w.retire is not None:  # (retiring: its heir takes its place)
+            if w.overflow:
+                self._overflow -= 1
+            if w.wid in self._restartable:
+                del self._restartable[w.wid]
             self._workers_sup.terminate_child(w.wid, wait=False, only_if=w.handle, kill=kill)
             self._serve_waiters()
         else:
+            self._hand_spare(w)
             self._workers_sup.restart_child(w.wid, wait=False, only_if=w.handle, kill=kill)
+            self._serve_waiters()
+
+    def _hand_spare(self, w: _Worker) -> None:
+        """(under the lock) Core worker ``w`` is gone (dead, or being replaced): a spare,
+        if one is up, takes its place at once (idle; the caller serves waiters), and ``w``'s
+        own restart becomes a spare. No spare: its restart takes its place, as ever."""
+        if not self._spares or self._closed is not None or w.wid not in self._core:
+            return
+        spare = self._spares.pop()
+        # -- commit: stores only
+        del self._core[w.wid]
+        self._core[spare.wid] = None
+        del self._spare_ids[spare.wid]
+        self._spare_ids[w.wid] = None
+        self._workers[spare.wid] = spare
+        self._replaced += 1
+        self._idle.append(spare)
 
     def _timed_out(self, lease: Lease) -> None:
         """A call through ``lease`` ran past its call_timeout (runs in the caller's thread):
@@ -1375,9 +1769,13 @@ class Pool(PassiveChild, SupervisorListener):
                 self._crashed += 1
             w = self._workers.get(child_id)
             if w is None or w.handle is not h:
-                # Dismissed or retired on purpose: already accounted for.
+                # Dismissed or retired on purpose: already accounted for. (Or a spare.)
                 gone = self._gone.pop(h, None)
                 last = None if gone is None else gone.last
+                for i, spare in enumerate(self._spares):
+                    if spare.handle is h:
+                        del self._spares[i]
+                        break
             else:
                 del self._workers[child_id]
                 last = w.last
@@ -1391,6 +1789,8 @@ class Pool(PassiveChild, SupervisorListener):
                         pass
                 if w.overflow:
                     self._overflow -= 1
+                elif restarting and w.retire is None:
+                    self._hand_spare(w)
                 self._serve_waiters()
         self._release_channel(h, last)
         if last is not None and last._on_exit is not None:  # an awaited call waits on it

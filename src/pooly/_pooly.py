@@ -130,6 +130,12 @@ class Pooly:
         restart_on_reclaim: bool = True,
         call_timeout: float | None = None,
         max_waiting: int | None = None,
+        max_calls: int | None = None,
+        max_age: float | None = None,
+        max_age_jitter: float = 0.1,
+        max_memory: int | None = None,
+        overflow_ttl: float = 0.0,
+        spares: int = 0,
     ) -> Pool:
         """Start a named pool of ``size`` workers, each ``worker(*args, **kwargs)`` in its own
         process, and return it once every worker is ready.
@@ -142,7 +148,22 @@ class Pooly:
         lease (``checkout(call_timeout=...)`` overrides it): see :class:`CallTimeout`.
         ``max_waiting`` (default ``None``: unbounded) is admission control: a checkout
         (``checkout``, ``acheckout``) that would have to wait while that many already wait
-        raises :class:`PoolFull` at once, naming the limit.
+        raises :class:`PoolFull` at once, naming the limit; so does a ``submit``,
+        ``asubmit`` or ``map`` that finds no worker free and that many tasks queued.
+
+        Recycling (all default ``None``: never): a worker that has served ``max_calls`` calls
+        (and tasks), lived ``max_age`` seconds (each worker's age spread by
+        ``max_age_jitter``, a fraction, so a pool started at once does not recycle at once),
+        or whose resident memory exceeds ``max_memory`` bytes (read from ``/proc`` at
+        checkin), is retired at checkin -- never in the middle of a lease -- and replaced;
+        an idle worker is retired when its age is up. Where no other worker is idle, the
+        replacement starts first and the old worker serves on until it is up, so no one
+        waits for a start. Recycling is counted in ``status().recycled``, never as a crash.
+        ``overflow_ttl`` (seconds, default 0: at once): how long an overflow worker stays
+        idle, for the next burst, before it is stopped. ``spares`` (default 0): workers
+        started ahead and kept ready, out of the pool's count; one takes a dead (or
+        replaced) core worker's place at once, with no wait for a start, and the dead
+        worker's restart becomes a spare in turn.
         """
         self._check_running()
         reg = self._registry
@@ -165,6 +186,12 @@ class Pooly:
             restart_on_reclaim=restart_on_reclaim,
             call_timeout=call_timeout,
             max_waiting=max_waiting,
+            max_calls=max_calls,
+            max_age=max_age,
+            max_age_jitter=max_age_jitter,
+            max_memory=max_memory,
+            overflow_ttl=overflow_ttl,
+            spares=spares,
             clock=self._clock,
             preload=self._preload,
         )
@@ -208,6 +235,10 @@ class Pooly:
         call_timeout: float | None = None,
         retries: int = 0,
         max_overflow: int = 0,
+        max_age: float | None = None,
+        max_memory: int | None = None,
+        max_waiting: int | None = None,
+        overflow_ttl: float = 0.0,
     ) -> ProcessPoolExecutor:
         """A :class:`pooly.ProcessPoolExecutor` whose pool is the named pool ``name`` of
         this tree (``pool(name)`` finds it; ``stop_pool(name)`` stops it, as does the
@@ -224,6 +255,10 @@ class Pooly:
             call_timeout=call_timeout,
             retries=retries,
             max_overflow=max_overflow,
+            max_age=max_age,
+            max_memory=max_memory,
+            max_waiting=max_waiting,
+            overflow_ttl=overflow_ttl,
             _tree=self,
             _name=name,
         )

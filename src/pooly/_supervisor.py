@@ -750,6 +750,29 @@ class Supervisor:
         assert child is not None
         return child
 
+    def add_child(self, spec: ChildSpec) -> None:
+        """Start a new child on a starter thread and supervise it once started; returns at
+        once (what :meth:`start_child` does, without waiting in the caller's thread).
+
+        Its start is a restart's: one that fails counts toward the intensity and is tried
+        again (or fails the supervisor). A request on a supervisor that is not running does
+        nothing; one for an id already in use is logged and dropped.
+        """
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"add_child expects a ChildSpec, got {spec!r}")
+        self._call(lambda: self._add_requested(spec), wait=False)
+
+    def _add_requested(self, spec: ChildSpec) -> None:
+        if not self._running:
+            return
+        if spec.id in self._entries:
+            log.error("supervisor %r: add_child: it already has a child %r", self.name, spec.id)
+            return
+        entry = _Entry(spec, None)
+        with self._lock:
+            self._entries[spec.id] = entry
+        self._begin_start(entry)
+
     def terminate_child(
         self,
         child_id: Hashable,
@@ -976,9 +999,10 @@ class Supervisor:
             else:
                 fut.set_result(None)
 
-        if self._on_loop():
+        if self._on_loop() and wait:
             run()
-        elif not self._post(run):
+        elif not self._post(run):  # (from the loop thread too, without waiting: a hook
+            # or timer may hold a lock of its own that the request's hooks would take)
             if not wait:
                 return  # fire-and-forget on a stopped supervisor: its children are gone
             raise RuntimeError(f"supervisor {self.name!r} is not running")

@@ -76,7 +76,8 @@ class WorkerSupervisor(Supervisor):
 
     def __init__(self, pool: Pool, backend: WorkerBackend) -> None:
         super().__init__(
-            [pool._spec(f"w{i}", "permanent") for i in range(pool.size)],
+            [pool._spec(f"w{i}", "permanent") for i in range(pool.size)]
+            + [pool._spec(f"s{i}", "permanent") for i in range(pool.spares)],
             strategy="one_for_one",
             max_restarts=pool.max_restarts,
             max_seconds=pool.max_seconds,

@@ -504,6 +504,7 @@ class WorkerProcess:
         "_poll",
         "_rid",
         "broken",
+        "calls",
         "cls_name",
         "exitcode",
         "exited",
@@ -517,7 +518,6 @@ class WorkerProcess:
         "rep_r",
         "req_w",
         "stopping",
-        "tasks",
         "wid",
     )
 
@@ -545,7 +545,7 @@ class WorkerProcess:
         # An executor's task is running in it (pooly._dispatch sets it): a death now is
         # blamed on the task and not counted toward restart intensity (SPEC 4.2).
         self.in_task = False
-        self.tasks = 0  # executor tasks sent to it (max_tasks_per_child recycles it)
+        self.calls = 0  # calls and tasks sent to it (max_calls recycles it at checkin)
         self._rid = 0  # the last request id sent (0 is the start handshake)
         self._pending: collections.deque[tuple[int, str]] = collections.deque()
         self._ahead = b""  # bytes of the next reply(s), read with the last (pipelining)
