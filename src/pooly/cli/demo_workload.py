@@ -406,7 +406,7 @@ class Demo:
         self.workload_s = self.elapsed()
         self.stop.set()
         end = time.monotonic() + CHECKOUT_TIMEOUT + 10.0
-        injector_first = [self._threads[-1], *self._threads[:-1]]
+        injector_first = [*self._threads[-1:], *self._threads[:-1]]
         for th in injector_first:
             th.join(max(0.0, end - time.monotonic()))
             if th.is_alive():
