@@ -21,13 +21,15 @@ What is measured, and how (/work/shared/BENCHMARKING.md says why it is done this
 and the executor's throughput, CPU-bound speed-up and hung task (8-11, ``_bench_executor``),
 and asyncio (12-14, ``_bench_asyncio``): ``await lease.echo(msg)`` beside 2 and
 ``run_in_executor`` (pinned), 10,000 tasks waiting on a pool of 2, 1,000 cancellations
-racing checkins.
+racing checkins; and healing (15, ``_bench_heal``): SIGKILL -> replacement answering for
+the pool's own fork server beside multiprocessing's forkserver (the old path), idle and under
+``pooly demo``'s load.
 
 The round trips (1-3, 7, 12) run in a separate process (``--pinned-part``) pinned, with every
 process it starts, to ONE CPU: a cross-CPU wake-up costs far more than anything Pooly does and would
 drown the comparison. The contenders run interleaved in rounds (A B C D, B C D A, ...) and
 each figure is the median of all its samples, so drift on the shared machine hits all of
-them alike. 4-6, 8-11 and 13-14 run unpinned, in the main process.
+them alike. 4-6, 8-11 and 13-15 run unpinned, in the main process.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import json
 import math
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,9 @@ from _bench_asyncio import (
     waiters,
 )
 from _bench_executor import executor_hung, throughput
+from _bench_heal import LABELS as HEAL_LABELS
+from _bench_heal import PATHS as HEAL_PATHS
+from _bench_heal import heal, kill_once, settle
 from _bench_workers import Echo, echo, pipe_echo_loop
 
 import pooly
@@ -84,6 +88,9 @@ class Params:
     ex_hangs: int  # hung executor tasks stopped by call_timeout
     aio_waiters: int  # tasks waiting at once on a pool of 2 (asyncio)
     aio_cancels: int  # cancellations of waiting tasks racing checkins (asyncio)
+    heal_idle: int  # item 15: SIGKILLs per path, idle host
+    heal_load: int  # item 15: SIGKILLs per path under the demo's load
+    heal_warmup: float  # seconds of the demo's load before its first kill
 
 
 FULL = Params(
@@ -104,6 +111,9 @@ FULL = Params(
     ex_hangs=5,
     aio_waiters=10_000,
     aio_cancels=1_000,
+    heal_idle=30,
+    heal_load=60,
+    heal_warmup=1.0,
 )
 QUICK = Params(
     rounds=4,
@@ -123,6 +133,9 @@ QUICK = Params(
     ex_hangs=1,
     aio_waiters=2_000,
     aio_cancels=200,
+    heal_idle=3,
+    heal_load=4,
+    heal_warmup=0.3,
 )
 
 
@@ -181,6 +194,9 @@ AIO_PPE = Target("run_in_executor(stdlib executor) / await lease.echo", "x", 10.
 AIO_FIFO = Target("waiters served out of FIFO order", "", 0, None)
 AIO_STALL_MS = Target("10 ms ticker's worst stall", " ms", 50.0, None, of="max ")
 AIO_LOST = Target("workers lost + waiters left after cancellations", "", 0, None)
+# Issue 10, part 5 (healing), judged on the pool's own fork server (the default path).
+HEAL_IDLE_MS = Target("SIGKILL -> replacement answering, idle", " ms", 5.0, None)
+HEAL_LOAD_MS = Target("SIGKILL -> replacement answering, demo's load", " ms", 10.0, None)
 
 
 def summary(samples: list[int] | list[float], scale: float = 1e-3) -> dict[str, Any]:
@@ -368,34 +384,12 @@ def kill_to_answer(top: pooly.Pooly, method: str, reps: int) -> dict[str, Any]:
     )
     answer_ms: list[float] = []
     lease_ms: list[float] = []
-    pc = time.perf_counter
     try:
         for _ in range(reps):
-            with pool.checkout(timeout=30) as lease:  # idle and answering before the kill
-                old = lease.pid
-                lease.echo(0)
-            t0 = pc()
-            os.kill(old, signal.SIGKILL)
-            while True:
-                lease = pool.checkout(timeout=30)  # waits, event-driven, for the replacement
-                try:
-                    if lease.pid == old:
-                        # Checked out before the kill took effect: the call fails with
-                        # WorkerCrashed (once the supervisor has reaped it); go round again.
-                        try:
-                            lease.echo(0)
-                        except pooly.WorkerCrashed:
-                            pass
-                        continue
-                    t_lease = pc()
-                    lease.echo(0)
-                    t1 = pc()
-                    break
-                finally:
-                    pool.checkin(lease)
-            answer_ms.append((t1 - t0) * 1e3)
-            lease_ms.append((t_lease - t0) * 1e3)
-            _settle(pool)
+            answer, lease = kill_once(pool)
+            answer_ms.append(answer)
+            lease_ms.append(lease)
+            settle(pool)
     finally:
         top.stop_pool(name)
     return {
@@ -448,7 +442,7 @@ def hung_call(top: pooly.Pooly, reps: int) -> dict[str, Any]:
             back_ms.append((pc() - t_fail) * 1e3)
             fail_s.append(took[0] if took else math.inf)
             served.append(n)
-            _settle(pool)
+            settle(pool)
     finally:
         top.stop_pool("bench-hung")
     return {
@@ -459,19 +453,16 @@ def hung_call(top: pooly.Pooly, reps: int) -> dict[str, Any]:
     }
 
 
-def _settle(pool: pooly.Pool) -> None:
-    """Between kills, outside the measured window: let the supervisor finish its books."""
-    deadline = time.monotonic() + 10
-    while pool.status().idle < 1 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    time.sleep(0.01)
-
-
 def unpinned_part(p: Params) -> dict[str, Any]:
     import multiprocessing
 
     available = multiprocessing.get_all_start_methods()
     out: dict[str, Any] = {}
+    # Item 15's old path runs on multiprocessing's forkserver: preloaded as pooly preloaded it
+    # (the worker code and the class's module), before the stdlib executor below starts it.
+    from pooly._process import preload_forkserver
+
+    preload_forkserver(("_bench_workers",))
     # First: its multiprocessing.Pool forks this process, better before it has threads.
     out["executor"] = throughput(
         p.tp_tasks,
@@ -486,6 +477,7 @@ def unpinned_part(p: Params) -> dict[str, Any]:
         out["checkout"] = checkout_checkin(top, p)
         out["kill"] = {m: kill_to_answer(top, m, n) for m, n in p.kills.items() if m in available}
         out["hung"] = hung_call(top, p.hangs)
+        out["heal"] = heal(top, p.heal_idle, p.heal_load, p.heal_warmup)
         out["aio"] = {
             "waiters": waiters(top, p.aio_waiters),
             "cancel": cancellations(top, p.aio_cancels),
@@ -533,6 +525,25 @@ def live_children() -> dict[int, str]:
 
 
 # ============================================================== report
+
+
+def _heal_summary(raw: dict[str, Any]) -> dict[str, Any]:
+    """Item 15's samples -> per phase and path: median, p10, p90, min, max, n, samples."""
+    out: dict[str, Any] = {"paths": HEAL_LABELS}
+    for phase in ("idle", "load"):
+        out[phase] = {
+            path: {
+                **summary(raw[phase][path], 1.0),
+                "samples": [round(x, 3) for x in raw[phase][path]],
+            }
+            for path in HEAL_PATHS
+        }
+        out[phase]["old_over_template"] = (
+            out[phase]["old"]["median"] / out[phase]["template"]["median"]
+        )
+    out["load_info"] = raw["load_info"]
+    out["log_errors"] = raw["log_errors"]
+    return out
 
 
 def build_report(
@@ -586,6 +597,9 @@ def build_report(
     targets["aio_fifo"] = AIO_FIFO.judge(aio["waiters"]["out_of_order"])
     targets["aio_stall"] = AIO_STALL_MS.judge(aio["waiters"]["worst_stall_ms"])
     targets["aio_lost"] = AIO_LOST.judge(aio["cancel"]["lost"])
+    heal = _heal_summary(unpinned["heal"])
+    targets["heal_idle"] = HEAL_IDLE_MS.judge(heal["idle"]["template"]["median"])
+    targets["heal_load"] = HEAL_LOAD_MS.judge(heal["load"]["template"]["median"])
     return {
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -605,6 +619,7 @@ def build_report(
         "hung_call": hung,
         "executor": ex,
         "aio": aio,
+        "heal_ms": heal,
         "ratios": {
             "call_over_pipe": call_over_pipe,
             "ppe_over_call": ppe_over_call,
@@ -717,6 +732,7 @@ def print_report(rep: dict[str, Any]) -> None:
     ]
     lines += _executor_rows(rep, judged, us)
     lines += _aio_rows(rep, judged, us)
+    lines += _heal_rows(rep, judged)
     print("\n".join(lines) + "\n")
 
 
@@ -926,6 +942,52 @@ def _aio_rows(
             f"{c['seconds']:.2f} s",
         ),
     ]
+    return rows
+
+
+def _heal_rows(rep: dict[str, Any], judged: Callable[[str], tuple[str, str]]) -> list[str]:
+    """Issue 10, part 5's rows: healing, idle and under the demo's load (15)."""
+    h = rep["heal_ms"]
+    info = h["load_info"]
+    rows = [
+        "",
+        "healing (issue 10, part 5): SIGKILL of a size-1 pool's idle worker until a new one "
+        "answers (unpinned), for two pools started with forkserver, kills interleaved: "
+        f"{h['paths']['template']} and {h['paths']['old']} (one per host, preloaded);",
+        "first idle, then beside `pooly demo`'s load in this process "
+        f"({info['consumers']} consumer threads, 2 pools of {info['pool_size']}, a fault every "
+        f"{info['fault_interval_s']:g} s); spread: p90|max; ratio: old path / template",
+        "",
+    ]
+    for phase, label, key in (
+        ("idle", "idle", "heal_idle"),
+        ("load", "under the demo's load", "heal_load"),
+    ):
+        d = h[phase]
+        for path in HEAL_PATHS:
+            k = d[path]
+            first = path == "template"
+            rows.append(
+                _row(
+                    (f"15 {label}: " if phase == "idle" and first else f"   {label}: ")
+                    + ("pool's fork server" if first else "old path: mp forkserver"),
+                    f"{k['median']:.1f} ms",
+                    f"{k['p90']:.1f}|{k['max']:.1f}",
+                    f"n={k['n']}" if first else f"{d['old_over_template']:.2f}x",
+                    *(judged(key) if first else ()),
+                )
+            )
+    rows.append(
+        _row(
+            "   the demo's load meanwhile: calls/s, faults, lost (info)",
+            f"{_k(info['calls_per_s'])}/s",
+            f"{info['faults']} faults",
+            f"{info['lost']} lost",
+            f"{info['seconds']:.1f} s, load avg {info['loadavg_after']:.2f}",
+        )
+    )
+    for text in [*h["log_errors"], *info["anomalies"]]:
+        rows.append(f"   !! {text}")
     return rows
 
 

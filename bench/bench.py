@@ -6,7 +6,8 @@
 Measures (details in ``_bench_impl.py``): the raw ``os.pipe`` round trip between two
 processes (the floor), a call through a checked-out pooly worker, a ``ProcessPoolExecutor``
 single-task round trip, uncontended ``checkout()`` + ``checkin()``, and the time from SIGKILL
-of a worker until its replacement answers. Prints a table with ratios and the issue's
+of a worker until its replacement answers (also under ``pooly demo``'s load, beside
+multiprocessing's forkserver). Prints a table with ratios and the issue's
 targets (PASS/FAIL); ``--json`` also writes the figures; ``--check`` exits 1 if a target is
 missed; ``--quick`` is a few-second smoke run with rough figures.
 

@@ -71,11 +71,17 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         "10 ms ticker: worst stall",
         "per waiting task: memory",
         "cancels racing checkins: workers lost",
+        # Issue 10, part 5: healing, idle and under the demo's load, both paths.
+        "15 idle: pool's fork server",
+        "idle: old path: mp forkserver",
+        "under the demo's load: pool's fork server",
+        "under the demo's load: old path: mp forkserver",
+        "the demo's load meanwhile",
     ):
         assert row in out, out
     # Every judged row ends with its judgement.
     judged = [line for line in out.splitlines() if ">= " in line or "<= " in line]
-    assert len(judged) == 18, out
+    assert len(judged) == 20, out
     assert all(line.endswith(("PASS", "PASS (aim met)", "FAIL")) for line in judged), out
 
     figures = json.loads(out_json.read_text())
@@ -98,6 +104,8 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         "aio_fifo",
         "aio_stall",
         "aio_lost",
+        "heal_idle",
+        "heal_load",
     }
     counts = {"aio_fifo", "aio_lost"}  # (0 is the bar)
     for key, t in figures["targets"].items():
@@ -117,6 +125,13 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
     aio = figures["aio"]
     assert aio["waiters"]["bytes_per_waiter"] > 0, aio
     assert aio["cancel"]["cancelled"] > 0, aio
+    # Healing: both paths timed in both phases; the demo's load ran and lost no call.
+    heal = figures["heal_ms"]
+    for phase in ("idle", "load"):
+        for path in ("template", "old"):
+            assert heal[phase][path]["n"] > 0 and heal[phase][path]["median"] > 0, heal
+    assert heal["load_info"]["calls_per_s"] > 0 and heal["load_info"]["lost"] == 0, heal
+    assert heal["log_errors"] == [] and heal["load_info"]["anomalies"] == [], heal
 
     # The fork server and resource tracker end when the script does; give them a moment.
     left = left_with_env("POOLY_BENCH_SMOKE", token)

@@ -70,6 +70,7 @@ class Demo:
         self._digests: dict[tuple[int, int], str] = {}
         self._killed: set[int] = set()
         self.final_heal_ms: list[float] = []
+        self._threads: list[threading.Thread] = []  # the load's: consumers, then the injector
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -359,19 +360,7 @@ class Demo:
     def run_workload(self) -> bool:
         """Run consumers and injector for the duration. False if interrupted (Ctrl-C)."""
         o = self.opts
-        self.t0 = time.monotonic()
-        consumers = [
-            threading.Thread(
-                target=self.consume,
-                args=(f"consumer-{i + 1}", random.Random(self.seed + i)),
-                name=f"consumer-{i + 1}",
-                daemon=True,
-            )
-            for i in range(o.consumers)
-        ]
-        injector = threading.Thread(target=self.inject_faults, name="fault-injector", daemon=True)
-        for th in [*consumers, injector]:
-            th.start()
+        self.start_load()
         period = 0.1 if self.display.tty else (2.0 if o.duration >= 8 else 1.0)
         deadline = self.t0 + o.duration
         next_status = self.t0 + period
@@ -385,11 +374,40 @@ class Demo:
         except KeyboardInterrupt:
             completed = False
             self.display.line("interrupted: stopping early")
+        self.stop_load()
+        self.display.clear_status()
+        self.display.line(self.status_line())
+        return completed
+
+    def start_load(self) -> None:
+        """Start the demo's load -- the consumer threads and the fault injector -- and return:
+        it runs until :meth:`stop_load`. :meth:`run_workload` runs it for the duration; the
+        benchmark runs it beside its own measurement (bench item 15)."""
+        self.t0 = time.monotonic()
+        self._threads = [
+            threading.Thread(
+                target=self.consume,
+                args=(f"consumer-{i + 1}", random.Random(self.seed + i)),
+                name=f"consumer-{i + 1}",
+                daemon=True,
+            )
+            for i in range(self.opts.consumers)
+        ]
+        self._threads.append(
+            threading.Thread(target=self.inject_faults, name="fault-injector", daemon=True)
+        )
+        for th in self._threads:
+            th.start()
+
+    def stop_load(self) -> None:
+        """Stop what :meth:`start_load` started; every call ends (a consumer finishes its
+        current call, checks in and returns). A thread still running after the deadline is
+        recorded in ``hung`` and as an anomaly."""
         self.workload_s = self.elapsed()
         self.stop.set()
-        # Every call must end: a consumer finishes its current call, checks in and returns.
         end = time.monotonic() + CHECKOUT_TIMEOUT + 10.0
-        for th in [injector, *consumers]:
+        injector_first = [*self._threads[-1:], *self._threads[:-1]]
+        for th in injector_first:
             th.join(max(0.0, end - time.monotonic()))
             if th.is_alive():
                 self.hung.append(th.name)
@@ -398,9 +416,6 @@ class Demo:
                     f"in a call for {time.monotonic() - since:.1f} s" if since else "not in a call"
                 )
                 self.anomaly(f"thread {th.name} did not finish ({doing})")
-        self.display.clear_status()
-        self.display.line(self.status_line())
-        return completed
 
     def settle(self, timeout: float = 5.0) -> bool:
         """Wait until every live pool is back to ``size`` idle workers and nothing else."""
