@@ -2,8 +2,10 @@
 
 Item 5 times the kill of an idle worker on an idle host, per start method. Item 15 times the
 same kill (:func:`kill_once`, shared with item 5) for two size-1 pools side by side, kills
-interleaved between them (A B, B A, ...):
+interleaved between them (A B C, C B A, ...):
 
+* **spares**: the template path with ``spares=1``: a warm worker, started ahead, takes the
+  dead one's place at once, and the dead one's restart becomes the next spare;
 * **template**: pooly's path for ``"forkserver"`` -- the pool's own fork server
   (:mod:`pooly._zygote`), which forks the replacement from a warm, single-threaded process;
 * **old**: what ``"forkserver"`` meant before pools had fork servers of their own (and still
@@ -38,8 +40,9 @@ from pooly.cli.common import Display, pooly_errors_to
 from pooly.cli.demo_config import Options
 from pooly.cli.demo_workload import Demo
 
-PATHS = ("template", "old")
+PATHS = ("spares", "template", "old")
 LABELS = {
+    "spares": "the pool's fork server with spares=1 (a warm worker handed over)",
     "template": "the pool's own fork server (template)",
     "old": "multiprocessing's forkserver (old path)",
 }
@@ -79,7 +82,9 @@ def kill_once(pool: pooly.Pool) -> tuple[float, float]:
 def settle(pool: pooly.Pool) -> None:
     """Between kills, outside the measured window: let the supervisor finish its books."""
     deadline = time.monotonic() + 10
-    while pool.status().idle < 1 and time.monotonic() < deadline:
+    while (
+        pool.status().idle < 1 or pool.status().spares < pool.spares
+    ) and time.monotonic() < deadline:
         time.sleep(0.001)
     time.sleep(0.01)
 
@@ -113,7 +118,10 @@ def heal(top: pooly.Pooly, reps_idle: int, reps_load: int, warmup_s: float) -> d
     raw samples (ms) and what the load did meanwhile."""
     kw: dict[str, Any] = {"size": 1, "start_method": "forkserver", "max_restarts": 10**6}
     kw["max_seconds"] = 1.0  # intensity high enough that back-to-back kills never fail a pool
-    pools = {"template": top.start_pool("bench-heal-template", Echo, **kw)}
+    pools = {
+        "spares": top.start_pool("bench-heal-spares", Echo, spares=1, **kw),
+        "template": top.start_pool("bench-heal-template", Echo, **kw),
+    }
     with _multiprocessing_forkserver():
         pools["old"] = top.start_pool("bench-heal-old", Echo, **kw)
     if pools["template"]._backend.zygote is None or pools["old"]._backend.zygote is not None:  # type: ignore[attr-defined]

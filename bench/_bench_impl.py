@@ -541,6 +541,7 @@ def _heal_summary(raw: dict[str, Any]) -> dict[str, Any]:
         out[phase]["old_over_template"] = (
             out[phase]["old"]["median"] / out[phase]["template"]["median"]
         )
+        out[phase]["old_over_spares"] = out[phase]["old"]["median"] / out[phase]["spares"]["median"]
     out["load_info"] = raw["load_info"]
     out["log_errors"] = raw["log_errors"]
     return out
@@ -598,8 +599,8 @@ def build_report(
     targets["aio_stall"] = AIO_STALL_MS.judge(aio["waiters"]["worst_stall_ms"])
     targets["aio_lost"] = AIO_LOST.judge(aio["cancel"]["lost"])
     heal = _heal_summary(unpinned["heal"])
-    targets["heal_idle"] = HEAL_IDLE_MS.judge(heal["idle"]["template"]["median"])
-    targets["heal_load"] = HEAL_LOAD_MS.judge(heal["load"]["template"]["median"])
+    targets["heal_idle"] = HEAL_IDLE_MS.judge(heal["idle"]["spares"]["median"])
+    targets["heal_load"] = HEAL_LOAD_MS.judge(heal["load"]["spares"]["median"])
     return {
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -952,11 +953,13 @@ def _heal_rows(rep: dict[str, Any], judged: Callable[[str], tuple[str, str]]) ->
     rows = [
         "",
         "healing (issue 10, part 5): SIGKILL of a size-1 pool's idle worker until a new one "
-        "answers (unpinned), for two pools started with forkserver, kills interleaved: "
-        f"{h['paths']['template']} and {h['paths']['old']} (one per host, preloaded);",
+        "answers (unpinned), for three pools started with forkserver, kills interleaved: "
+        f"{h['paths']['spares']}, {h['paths']['template']} and {h['paths']['old']} (one per "
+        "host, preloaded);",
         "first idle, then beside `pooly demo`'s load in this process "
         f"({info['consumers']} consumer threads, 2 pools of {info['pool_size']}, a fault every "
-        f"{info['fault_interval_s']:g} s); spread: p90|max; ratio: old path / template",
+        f"{info['fault_interval_s']:g} s); spread: p90|max; ratio: old path / this path; "
+        "judged: spares",
         "",
     ]
     for phase, label, key in (
@@ -966,14 +969,19 @@ def _heal_rows(rep: dict[str, Any], judged: Callable[[str], tuple[str, str]]) ->
         d = h[phase]
         for path in HEAL_PATHS:
             k = d[path]
-            first = path == "template"
+            first = path == "spares"
+            name = {
+                "spares": "spares=1",
+                "template": "pool's fork server, no spare",
+                "old": "old path: mp forkserver",
+            }[path]
+            ratio = {"spares": d["old_over_spares"], "template": d["old_over_template"]}
             rows.append(
                 _row(
-                    (f"15 {label}: " if phase == "idle" and first else f"   {label}: ")
-                    + ("pool's fork server" if first else "old path: mp forkserver"),
+                    (f"15 {label}: " if phase == "idle" and first else f"   {label}: ") + name,
                     f"{k['median']:.1f} ms",
                     f"{k['p90']:.1f}|{k['max']:.1f}",
-                    f"n={k['n']}" if first else f"{d['old_over_template']:.2f}x",
+                    f"{ratio[path]:.2f}x, n={k['n']}" if path in ratio else f"n={k['n']}",
                     *(judged(key) if first else ()),
                 )
             )

@@ -125,10 +125,10 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
     aio = figures["aio"]
     assert aio["waiters"]["bytes_per_waiter"] > 0, aio
     assert aio["cancel"]["cancelled"] > 0, aio
-    # Healing: both paths timed in both phases; the demo's load ran and lost no call.
+    # Healing: every path timed in both phases; the demo's load ran and lost no call.
     heal = figures["heal_ms"]
     for phase in ("idle", "load"):
-        for path in ("template", "old"):
+        for path in ("spares", "template", "old"):
             assert heal[phase][path]["n"] > 0 and heal[phase][path]["median"] > 0, heal
     assert heal["load_info"]["calls_per_s"] > 0 and heal["load_info"]["lost"] == 0, heal
     assert heal["log_errors"] == [] and heal["load_info"]["anomalies"] == [], heal

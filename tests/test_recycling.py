@@ -79,7 +79,7 @@ def test_max_calls_counts_tasks_too(sup: pooly.Pooly) -> None:
         per_pid[p] = per_pid.get(p, 0) + 1
     assert max(per_pid.values()) <= 4, per_pid
     assert list(pool.map("echo", range(20), timeout=30)) == list(range(20))
-    assert wait_for(lambda: settled(pool, 2), 10)
+    assert wait_for(lambda: settled(pool, 2), 10), pool.status()
     s = pool.status()
     assert s.recycled >= 3 and s.crashed == 0
 
@@ -406,3 +406,31 @@ def test_a_spare_takes_a_dead_workers_place_without_waiting_for_a_start(
         assert w.pid != old and w.incr() == 1
     s = pool.status()
     assert (s.spares, s.replaced, s.size) == (0, 1, 1)  # the next spare is still starting
+
+
+# ====================================================================== bad options
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error", "words"),
+    [
+        ("max_calls", 0, ValueError, "max_calls must be >= 1"),
+        ("max_calls", 2.5, TypeError, "max_calls must be an int"),
+        ("max_age", -1, ValueError, "max_age must be > 0"),
+        ("max_age", "1h", TypeError, "max_age must be a number of seconds"),
+        ("max_age_jitter", 1.0, ValueError, "max_age_jitter must be a fraction"),
+        ("max_memory", 0, ValueError, "max_memory must be >= 1"),
+        ("overflow_ttl", -0.5, ValueError, "overflow_ttl must be >= 0"),
+        ("spares", -1, ValueError, "spares must be >= 0"),
+        ("spares", True, TypeError, "spares must be an int"),
+    ],
+)
+def test_a_bad_guard_option_is_refused_naming_it_before_any_process_starts(
+    sup: pooly.Pooly, option: str, value: object, error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        sup.start_pool("p", Counter, size=1, **{option: value})
+    # nothing was left behind: the name is free, and a good pool starts under it
+    good = None if option in ("max_calls", "max_age", "max_memory") else 0
+    pool = sup.start_pool("p", Counter, size=1, **{option: good})
+    assert pool.transaction(lambda w: w.incr()) == 1

@@ -1565,3 +1565,49 @@ def test_a_pools_workers_start_concurrently(sup: pooly.Pooly, tmp_path) -> None:
     elapsed = time.monotonic() - t0
     assert len(pool.worker_pids()) == 2
     assert 2.0 <= elapsed < 1.5 * 2.0, elapsed
+
+
+class _SlowToEnd(pooly_sup.PassiveChild):
+    """Asked to stop, it only notes the request; it ends when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = threading.Event()
+
+    def terminate(self) -> None:
+        self.asked.set()
+
+    def end(self) -> None:
+        super().terminate()
+
+
+@pytest.mark.timeout(30)
+def test_a_request_posted_while_a_deferred_stop_waits_is_not_lost() -> None:
+    """Issue 10 (found by recycling under load): a stop requested for a child whose start
+    had not returned yet is deferred, and runs when the start is adopted; while it waited
+    for the child to end, it drained the loop's wake-up -- so a request posted meanwhile
+    (here add_child) sat in the mailbox with the loop asleep, for good (a recycled worker's
+    replacement never started; a pool was left a worker short and a map hung)."""
+    gate = threading.Event()
+    made: list[_SlowToEnd] = []
+
+    def start_a() -> _SlowToEnd:
+        made.append(_SlowToEnd())
+        gate.wait(10)  # handed out (as a pool's worker is) before its start returns
+        return made[0]
+
+    sup = Supervisor([], name="deferred").start()
+    try:
+        sup.add_child(ChildSpec("a", start_a, shutdown=10.0))
+        assert wait_for(lambda: made)
+        sup.terminate_child("a", wait=False, only_if=made[0])  # deferred: a is starting
+        assert wait_for(lambda: sup._entries["a"].start.deferred)  # type: ignore[union-attr]
+        gate.set()  # adopted; the deferred stop runs and waits for a to end
+        assert made[0].asked.wait(10)
+        b = pooly_sup.PassiveChild()
+        sup.add_child(ChildSpec("b", lambda: b))  # posted while that stop waits
+        made[0].end()
+        assert wait_for(lambda: [c for i, c, _ in sup.which_children() if i == "b"] == [b], 5)
+    finally:
+        gate.set()
+        sup.stop()

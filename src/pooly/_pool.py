@@ -81,9 +81,6 @@ _RESIZED = "resized away"
 
 #: The longest a call waits for the supervisor to finish closing its dead worker's fds.
 _CLOSING_WAIT = 1.0
-#: How often (seconds) the task dispatcher reads the memory of a worker it keeps busy
-#: (``max_memory``); a lease's worker is read at each checkin.
-_RSS_EVERY = 0.01
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -209,7 +206,6 @@ class _Worker:
         "overflow",
         "retire",
         "retire_at",
-        "rss_at",
         "wid",
     )
 
@@ -225,7 +221,6 @@ class _Worker:
         self.retire: str | None = None
         self.heir: str | None = None
         self.idle_at = 0.0  # when it last went idle (on the pool's clock; overflow_ttl)
-        self.rss_at = 0.0  # when the task dispatcher last read its memory (time.monotonic)
         # The last lease made for it: the only one through which a call can be in flight
         # (an older one's calls fail before touching the worker). Its fds are closed, once
         # it has been reaped, outside such a call (see Pool._release_channel).
@@ -842,12 +837,13 @@ class Pool(PassiveChild, SupervisorListener):
         elif h.broken:  # (an interrupted call ends its lease at once; kept for safety)
             self._retire(lease, _INTERRUPTED, kill=True)
         elif w.retire is not None:  # retiring: it goes once its heir is up (or it has none)
-            if w.heir is None or self._over_calls(h):
+            over = rss is not None and self.max_memory is not None and rss > self.max_memory
+            if w.heir is None or over or self._over_calls(h):
                 self._stop(lease, _CHECKED_IN)
             else:
                 self._pass_on(lease, _CHECKED_IN)
-        elif self._limits and (why := self._due(w, rss)) is not None:
-            self._renew(lease, why)
+        elif self._limits and (due := self._due(w, rss)) is not None:
+            self._renew(lease, *due)
         else:
             self._pass_on(lease, _CHECKED_IN)
 
@@ -1072,7 +1068,7 @@ class Pool(PassiveChild, SupervisorListener):
     def _spent(self, w: _Worker, n: int = 0) -> bool:
         """Whether the task dispatcher should send ``w`` no more tasks (``n`` more on the
         way): it is to be recycled (or resized away) once given back. A read without the
-        lock; its memory is read at most every :data:`_RSS_EVERY` seconds."""
+        lock; its memory is read each time (``max_memory``: between tasks)."""
         h = w.handle
         if w.retire is not None:  # serving on until its heir is up: within max_calls only
             return w.heir is None or self._over_calls(h, n)
@@ -1084,11 +1080,8 @@ class Pool(PassiveChild, SupervisorListener):
             return True
         limit = self.max_memory
         if limit is not None:
-            now = time.monotonic()
-            if now - w.rss_at >= _RSS_EVERY:
-                w.rss_at = now
-                rss = _rss(h.pid)
-                return rss is not None and rss > limit
+            rss = _rss(h.pid)  # (a few microseconds: only for pools with max_memory)
+            return rss is not None and rss > limit
         return False
 
     def _has_waiters(self, ours: _Waiter | None) -> bool:
@@ -1366,31 +1359,37 @@ class Pool(PassiveChild, SupervisorListener):
                     break
             else:
                 return False
+        self._forget(w, lease, why, heir)
+        return True
+
+    def _stop(self, lease: Lease, why: str) -> None:
+        """End ``lease`` and stop its worker for good (no replacement: dismissed, resized
+        away, or recycled with its heir up)."""
+        self._forget(lease._rec, lease, why)
+
+    def _forget(
+        self,
+        w: _Worker,
+        lease: Lease | None = None,
+        why: str = _CHECKED_IN,
+        heir: _Worker | None = None,
+    ) -> None:
+        """Stop ``w`` for good (its spec forgotten, not replaced), ending ``lease`` if it is
+        leased, and promoting overflow worker ``heir`` to a core worker in its place."""
+        assert self._workers_sup is not None
+        present = self._workers.get(w.wid) is w
         # -- commit, then the one call
         if heir is not None:
             heir.overflow = False
             self._restartable[heir.wid] = None
             self._core[heir.wid] = None
             self._overflow -= 1  # (a core worker now, in place of w)
-        self._stop(lease, why)
-        return True
-
-    def _stop(self, lease: Lease, why: str) -> None:
-        """End ``lease`` and stop its worker for good (no replacement: dismissed, resized
-        away, or recycled with its heir up)."""
-        w = lease._rec
-        # -- commit, then the one call
-        lease._ended = why
-        del lease._leases[lease]
-        w.lease = None
-        self._busy -= 1
-        self._forget(w)
-
-    def _forget(self, w: _Worker) -> None:
-        """Stop ``w`` (not leased) for good: its spec is forgotten, it is not replaced."""
-        assert self._workers_sup is not None
-        # -- commit, then the one call
-        if self._workers.get(w.wid) is w:
+        if lease is not None:
+            lease._ended = why
+            del lease._leases[lease]
+            w.lease = None
+            self._busy -= 1
+        if present:
             del self._workers[w.wid]
             self._gone[w.handle] = w
         if w.wid in self._restartable:  # its spec is forgotten: keep the map bounded
@@ -1408,42 +1407,49 @@ class Pool(PassiveChild, SupervisorListener):
         limit, unlike age and memory -- it serves no more, even while its heir starts."""
         return self.max_calls is not None and h.calls + n >= self.max_calls
 
-    def _due(self, w: _Worker, rss: int | None) -> str | None:
-        """Why ``w`` is to be recycled now (past which limit), or None."""
+    def _due(self, w: _Worker, rss: int | None) -> tuple[str, bool] | None:
+        """Why ``w`` is to be recycled now (past which limit), and whether that limit is a
+        hard one (calls, memory: it serves no more); None if it is not."""
         h = w.handle
         if self.max_calls is not None and h.calls >= self.max_calls:
-            return f"it served {h.calls} calls, its max_calls of {self.max_calls}"
-        if w.retire_at != math.inf and w.retire_at <= self._clock():
-            return f"it reached its max_age of {self.max_age:g}s (jittered)"
+            return f"it served {h.calls} calls, its max_calls of {self.max_calls}", True
         if rss is not None and self.max_memory is not None and rss > self.max_memory:
-            return f"its resident memory of {rss} bytes is over its max_memory of {self.max_memory}"
+            return (
+                f"its resident memory of {rss} bytes is over its max_memory of {self.max_memory}",
+                True,
+            )
+        if w.retire_at != math.inf and w.retire_at <= self._clock():
+            return f"it reached its max_age of {self.max_age:g}s (jittered)", False
         return None
 
-    def _renew(self, lease: Lease, why: str) -> None:
+    def _renew(self, lease: Lease, why: str, hard: bool = False) -> None:
         """End ``lease`` and recycle its worker: stopped and replaced, its holder having
         noticed nothing. The replacement (its heir) is started first. If no other worker
-        is idle, a worker past its age or memory limit serves on until the heir is up (see
-        :meth:`_heir_up`), so that no one waits for a start; one that has served its
-        ``max_calls`` stops at once. Not a crash, not counted toward restart intensity."""
+        is idle, a worker past its age serves on until the heir is up (see
+        :meth:`_heir_up`), so that no one waits for a start; past a ``hard`` limit (its
+        ``max_calls``, its ``max_memory``) it stops at once. Not a crash, not counted
+        toward restart intensity."""
         assert self._workers_sup is not None
         w = lease._rec
         log.info("pool %r: recycling worker pid %d: %s", self.name, w.handle.pid, why)
-        self._recycled += 1
         if w.overflow:  # not replaced as such: another starts if a waiter needs it
+            self._recycled += 1
             self._retire(lease, _CHECKED_IN)
             return
         heir = self._add_worker()
-        # -- commit, then the calls
+        if hard or self._idle:
+            self._recycled += 1
+            self._forget(w, lease)
+            return
+        # Should it die before its heir is up, the heir takes its place (not restarted).
+        self._workers_sup.set_restart(w.wid, "temporary", only_if=w.handle)
+        # -- commit, then the one call
+        self._recycled += 1
         if w.wid in self._core:
             del self._core[w.wid]
-        if self._idle or self._over_calls(w.handle):
-            self._stop(lease, _CHECKED_IN)
-            return
         w.retire = why
         w.heir = heir
         self._heirs[heir] = w
-        # Should it die before its heir is up, the heir takes its place (not restarted).
-        self._workers_sup.set_restart(w.wid, "temporary", only_if=w.handle)
         self._pass_on(lease, _CHECKED_IN)
 
     def _add_worker(self) -> str:
@@ -1488,7 +1494,7 @@ class Pool(PassiveChild, SupervisorListener):
             w.lease = lease
             self._busy += 1
             lease._leases[lease] = None
-            self._renew(lease, f"it reached its max_age of {self.max_age:g}s (jittered)")
+            self._renew(lease, f"it reached its max_age of {self.max_age:g}s (jittered)", False)
 
     def _linger(self, lease: Lease, why: str) -> None:
         """End ``lease`` of an overflow worker that goes idle for ``overflow_ttl`` (then it

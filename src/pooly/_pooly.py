@@ -156,9 +156,10 @@ class Pooly:
         ``max_age_jitter``, a fraction, so a pool started at once does not recycle at once),
         or whose resident memory exceeds ``max_memory`` bytes (read from ``/proc`` at
         checkin), is retired at checkin -- never in the middle of a lease -- and replaced;
-        an idle worker is retired when its age is up. Where no other worker is idle, the
-        replacement starts first and the old worker serves on until it is up, so no one
-        waits for a start. Recycling is counted in ``status().recycled``, never as a crash.
+        an idle worker is retired when its age is up. The replacement starts first; where
+        no other worker is idle, a worker past its age serves on until it is up, so no one
+        waits for a start (past max_calls or max_memory, it stops at once). Recycling is
+        counted in ``status().recycled``, never as a crash.
         ``overflow_ttl`` (seconds, default 0: at once): how long an overflow worker stays
         idle, for the next burst, before it is stopped. ``spares`` (default 0): workers
         started ahead and kept ready, out of the pool's count; one takes a dead (or

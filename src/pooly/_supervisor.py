@@ -995,6 +995,8 @@ class Supervisor:
             try:
                 fn()
             except BaseException as e:
+                if not wait:  # nobody waits to be told: say it here
+                    log.exception("supervisor %r: a request failed", self.name)
                 fut.set_exception(e)
             else:
                 fut.set_result(None)
@@ -1030,6 +1032,10 @@ class Supervisor:
                 if not self._running:
                     break
                 with self._lock:
+                    if self._mailbox:
+                        # Posted while a stop waited (and drained the wake-up) under one of
+                        # the calls above: its wake-up is gone, so don't wait for it.
+                        continue
                     watched = {
                         e.child.sentinel: cid
                         for cid, e in self._entries.items()
