@@ -1,7 +1,8 @@
 """The ``pooly`` command: parses arguments and dispatches to a subcommand's module.
 
-``pooly demo`` runs :mod:`pooly.cli.demo`, ``pooly chaos`` runs :mod:`pooly.cli.chaos`; the
-console script and ``python -m pooly`` both call :func:`main`.
+``pooly demo`` runs :mod:`pooly.cli.demo`, ``pooly chaos`` runs :mod:`pooly.cli.chaos`,
+``pooly soak`` runs :mod:`pooly.cli.soak`; the console script and ``python -m pooly`` both
+call :func:`main`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 from .. import __version__
-from . import chaos, demo
+from . import chaos, demo, soak
 
 __all__ = ("build_parser", "main")
 
@@ -48,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos.add_arguments(chaos_cmd)
     chaos_cmd.set_defaults(func=chaos.main)
+    soak_cmd = commands.add_parser(
+        "soak",
+        help="run three recycling pools (max_calls=50, max_age=2 s, a worker leaking 5 MiB "
+        "a call under max_memory) under load and check that no call failed, every worker's "
+        "memory stayed bounded, recycles were counted and nothing was left",
+        description="Drive three pools that recycle their workers (on max_calls, max_age "
+        "and max_memory) from consumer threads, submit/map and asyncio tasks for --duration "
+        "seconds, sampling every worker's RSS; then print the figures and a verdict. Exit "
+        "status 1 if any check fails.",
+    )
+    soak.add_arguments(soak_cmd)
+    soak_cmd.set_defaults(func=soak.main)
     return parser
 
 

@@ -28,6 +28,7 @@ __all__ = (
     "ExitOnUnpickle",
     "FaultError",
     "Hasher",
+    "Leaker",
     "RaiseOnPickle",
     "RaiseOnUnpickle",
     "SegfaultOnPickle",
@@ -77,6 +78,25 @@ class Counter(Crashable):
     def add(self, k: int) -> tuple[str, int]:
         self.total += k
         return self.token, self.total
+
+
+class Leaker(Counter):
+    """``pooly soak``'s worker: a :class:`Counter` whose ``leak(mb)`` keeps ``mb`` MiB more
+    each call (touched, so resident), as a worker with a real leak would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[bytearray] = []
+
+    def leak(self, mb: int) -> tuple[str, int, int]:
+        """Keep ``mb`` MiB more; return (token, calls so far, resident bytes now)."""
+        self.kept.append(bytearray(b"\x01") * (mb << 20))
+        with open("/proc/self/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return self.token, len(self.kept), rss
+
+    def echo(self, x: Any) -> Any:
+        return x
 
 
 def sha256_chain(payload: bytes, rounds: int) -> str:
