@@ -29,6 +29,13 @@ CHAOS_ARGS ?= --duration 300 --fault-interval 0.05
 chaos: $(STAMP)
 	$(VENV)/bin/pooly chaos $(CHAOS_ARGS)
 
+# Issue 10's recycling bar: max_calls=50, max_age=2 s and a worker leaking 5 MiB a call
+# under max_memory, under load for 2 minutes (SOAK_ARGS to change it).
+SOAK_ARGS ?= --duration 120
+.PHONY: soak-recycle
+soak-recycle: $(STAMP)
+	$(VENV)/bin/pooly soak $(SOAK_ARGS)
+
 bench: $(STAMP)
 	$(PY) bench/bench.py
 
