@@ -71,10 +71,12 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         "10 ms ticker: worst stall",
         "per waiting task: memory",
         "cancels racing checkins: workers lost",
-        # Issue 10, part 5: healing, idle and under the demo's load, both paths.
-        "15 idle: pool's fork server",
+        # Issue 10, part 5: healing, idle and under the demo's load, every path.
+        "15 idle: spares=1",
+        "idle: pool's fork server, no spare",
         "idle: old path: mp forkserver",
-        "under the demo's load: pool's fork server",
+        "under the demo's load: spares=1",
+        "under the demo's load: pool's fork server, no spare",
         "under the demo's load: old path: mp forkserver",
         "the demo's load meanwhile",
     ):

@@ -434,3 +434,28 @@ def test_a_bad_guard_option_is_refused_naming_it_before_any_process_starts(
     good = None if option in ("max_calls", "max_age", "max_memory") else 0
     pool = sup.start_pool("p", Counter, size=1, **{option: good})
     assert pool.transaction(lambda w: w.incr()) == 1
+
+
+def test_executor_options_reach_its_pool() -> None:
+    """The executor takes the pool's guards: max_tasks_per_child is its max_calls, and
+    max_age, max_memory, max_waiting, overflow_ttl are the pool's; max_waiting refuses a
+    submit (PoolFull) when no worker is free and that many tasks are queued."""
+    from tests import fault_tasks as T
+
+    with pooly.ProcessPoolExecutor(
+        1, max_tasks_per_child=7, max_age=60, max_memory=1 << 30, max_waiting=1, overflow_ttl=2
+    ) as ex:
+        p = ex.pool
+        assert (p.max_calls, p.max_age, p.max_memory, p.max_waiting, p.overflow_ttl) == (
+            7,
+            60.0,
+            1 << 30,
+            1,
+            2.0,
+        )
+        held = p.checkout(timeout=5)  # the only worker: tasks must queue
+        queued = ex.submit(T.identity, 1)
+        with pytest.raises(pooly.PoolFull, match="max_waiting of 1"):
+            ex.submit(T.identity, 2)
+        p.checkin(held)
+        assert queued.result(timeout=10) == 1

@@ -1032,9 +1032,11 @@ class Supervisor:
                 if not self._running:
                     break
                 with self._lock:
-                    if self._mailbox:
-                        # Posted while a stop waited (and drained the wake-up) under one of
-                        # the calls above: its wake-up is gone, so don't wait for it.
+                    if self._mailbox or any(
+                        e.start is not None and e.start.done for e in self._entries.values()
+                    ):
+                        # Posted (or finished) while a stop waited and drained the wake-up
+                        # under one of the calls above: that wake-up is gone; don't wait.
                         continue
                     watched = {
                         e.child.sentinel: cid

@@ -18,16 +18,12 @@ One :class:`~pooly.Pooly`, three pools of :class:`~pooly.cli.workers.Leaker` (si
                                               each worker from /proc/PID/statm (max kept)
     main thread                               the progress line; then the verdict
 
-A leaking worker is read at checkin (and by the task dispatcher between tasks), so it may
-run past ``max_memory`` by the calls of the lease that took it over -- up to 3 here -- and,
-when no other worker is idle (always, under this load), by the calls it serves while its
-heir starts (SPEC 4.4: no one waits for a start), then the rest of the lease it is serving
-when the heir is up (up to 3 more). The verdict's bound is ``max_memory`` +
-``--rss-allowance`` calls' leak + 4 MiB of allocator slack; the default, 16 calls, is 3 + 3
-for the two leases and 10 for the heir's start (~100-250 ms on a loaded 2-core machine, a
-call every ~10-20 ms on that worker). It is a bound that depends on the load -- how long a
-start takes, how fast the callers come -- not a fixed one: the report prints how far past
-the limit each call left its worker (in calls' leak) and how long a worker went on serving
+A leaking worker is read at checkin (and by the task dispatcher between tasks), and one past
+``max_memory`` stops at once (a hard limit, as ``max_calls``), so it may run past the limit
+only by the calls of the lease that took it over -- up to 3 here -- or one task. The
+verdict's bound is ``max_memory`` + ``--rss-allowance`` calls' leak + 4 MiB of allocator
+slack; the default, 4 calls, is that lease and one call to spare. The report prints how far
+past the limit each call left its worker (in calls' leak) and how long a worker went on serving
 once past it, so that a tighter contract can be judged from the figures.
 
 Verdict (exit status 1 if any fails): no failed call or checkout of any kind, no wrong
@@ -89,7 +85,7 @@ class Options:
     async_tasks: int = 6
     leak_mb: int = 5
     overflow_ttl: float = 0.5
-    rss_allowance: int = 16
+    rss_allowance: int = 4
     seed: int | None = None
     json: str | None = None
 
@@ -593,9 +589,8 @@ def report(opts: Options, fig: Figures, display: Display) -> int:
     )
     line(
         f"    bound: max_memory + {opts.rss_allowance} calls x {opts.leak_mb} MiB + "
-        f"{SLACK // MiB} MiB = {fig.rss_bound / MiB:.1f} MiB (checked at checkin: the lease "
-        f"that crosses it, {CALLS_PER_LEASE} calls; with none idle, the calls served while its "
-        f"heir starts; the lease in progress when the heir is up, {CALLS_PER_LEASE})"
+        f"{SLACK // MiB} MiB = {fig.rss_bound / MiB:.1f} MiB (checked at checkin and between "
+        f"tasks: the lease that crosses it, up to {CALLS_PER_LEASE} calls)"
     )
     over = ", ".join(
         f"{k}: {v}" for k, v in sorted(fig.over_limit_calls.items(), key=lambda kv: int(kv[0]))
