@@ -1466,27 +1466,14 @@ class Pool(PassiveChild, SupervisorListener):
         """The heir of retiring ``old`` is up (and idle, or serving): ``old`` stops now if
         idle, else at its checkin."""
         old.heir = None
-        if old.lease is None and self._workers.get(old.wid) is old:
-            try:
-                self._idle.remove(old)
-            except ValueError:  # (dead, unseen: child_exited takes it out)
-                return
+        if self._take_if_idle(old):
             self._forget(old)
 
     def _aged(self, w: _Worker) -> None:
         """Worker supervisor thread (a timer): ``w``'s max_age is up. Idle, it is recycled
         now; leased, at its checkin."""
         with self._lock:
-            if (
-                self._closed is not None
-                or w.lease is not None
-                or w.retire is not None
-                or self._workers.get(w.wid) is not w
-            ):
-                return
-            try:
-                self._idle.remove(w)
-            except ValueError:
+            if w.retire is not None or not self._take_if_idle(w):
                 return
             # Leased to no one (an empty holder set) for the length of the hand-over.
             lease = self._new_lease(w, {})
@@ -1519,19 +1506,19 @@ class Pool(PassiveChild, SupervisorListener):
         """Worker supervisor thread (a timer): overflow worker ``w`` went idle at ``since``
         and its ``overflow_ttl`` is up: stopped, if it is still idle since then."""
         with self._lock:
-            if (
-                self._closed is not None
-                or not w.overflow
-                or w.lease is not None
-                or w.idle_at != since
-                or self._workers.get(w.wid) is not w
-            ):
-                return
-            try:
-                self._idle.remove(w)
-            except ValueError:
-                return
-            self._forget(w)
+            if w.overflow and w.idle_at == since and self._take_if_idle(w):
+                self._forget(w)
+
+    def _take_if_idle(self, w: _Worker) -> bool:
+        """(under the lock) Take ``w`` out of the idle workers if it is one of them, in an
+        open pool: True if it was."""
+        if self._closed is not None or w.lease is not None or self._workers.get(w.wid) is not w:
+            return False
+        try:
+            self._idle.remove(w)
+        except ValueError:  # (dead, unseen: child_exited takes it out)
+            return False
+        return True
 
     def _retire(self, lease: Lease, why: str, *, kill: bool = False) -> None:
         """End ``lease`` and replace its worker, whose state can't be trusted (reclaimed;
