@@ -837,8 +837,7 @@ class Pool(PassiveChild, SupervisorListener):
         elif h.broken:  # (an interrupted call ends its lease at once; kept for safety)
             self._retire(lease, _INTERRUPTED, kill=True)
         elif w.retire is not None:  # retiring: it goes once its heir is up (or it has none)
-            over = rss is not None and self.max_memory is not None and rss > self.max_memory
-            if w.heir is None or over or self._over_calls(h):
+            if w.heir is None or self._over_memory(rss) or self._over_calls(h):
                 self._stop(lease, _CHECKED_IN)
             else:
                 self._pass_on(lease, _CHECKED_IN)
@@ -1074,15 +1073,9 @@ class Pool(PassiveChild, SupervisorListener):
             return w.heir is None or self._over_calls(h, n)
         if not self._limits:
             return False
-        if self.max_calls is not None and h.calls + n >= self.max_calls:
-            return True
-        if w.retire_at != math.inf and w.retire_at <= self._clock():
-            return True
-        limit = self.max_memory
-        if limit is not None:
-            rss = _rss(h.pid)  # (a few microseconds: only for pools with max_memory)
-            return rss is not None and rss > limit
-        return False
+        # (reading the memory takes a few microseconds: only for pools with max_memory)
+        rss = None if self.max_memory is None else _rss(h.pid)
+        return self._due(w, rss, n) is not None
 
     def _has_waiters(self, ours: _Waiter | None) -> bool:
         """Whether a checkout (not the dispatcher's own place) waits for a worker. A glance
@@ -1407,13 +1400,18 @@ class Pool(PassiveChild, SupervisorListener):
         limit, unlike age and memory -- it serves no more, even while its heir starts."""
         return self.max_calls is not None and h.calls + n >= self.max_calls
 
-    def _due(self, w: _Worker, rss: int | None) -> tuple[str, bool] | None:
-        """Why ``w`` is to be recycled now (past which limit), and whether that limit is a
-        hard one (calls, memory: it serves no more); None if it is not."""
+    def _over_memory(self, rss: int | None) -> bool:
+        """Whether ``rss`` (a worker's resident memory, if read) is over ``max_memory``."""
+        return rss is not None and self.max_memory is not None and rss > self.max_memory
+
+    def _due(self, w: _Worker, rss: int | None, n: int = 0) -> tuple[str, bool] | None:
+        """Why ``w`` is to be recycled now (past which limit; ``n`` more calls on the way),
+        and whether that limit is a hard one (calls, memory: it serves no more); None if
+        it is not."""
         h = w.handle
-        if self.max_calls is not None and h.calls >= self.max_calls:
+        if self._over_calls(h, n):
             return f"it served {h.calls} calls, its max_calls of {self.max_calls}", True
-        if rss is not None and self.max_memory is not None and rss > self.max_memory:
+        if self._over_memory(rss):
             return (
                 f"its resident memory of {rss} bytes is over its max_memory of {self.max_memory}",
                 True,
