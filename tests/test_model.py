@@ -386,6 +386,14 @@ class PoolMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ invariants
 
+    def _core_agrees(self) -> bool:
+        """The pool's own record of its core slots names exactly its running core workers
+        (a stale slot there makes a later shrink or grow miscount)."""
+        pool = self.pool
+        with pool._lock:
+            core = {w.wid for w in pool._workers.values() if not w.overflow and w.retire is None}
+            return set(pool._core) == core
+
     @invariant()
     def pool_matches_model(self) -> None:
         pool = self.pool
@@ -407,10 +415,12 @@ class PoolMachine(RuleBasedStateMachine):
                 and len(workers) == s.idle + s.busy
                 and all(gone(p) for p in self.dead)
                 and not set(workers) & self.dead
+                and self._core_agrees()
             )
 
         assert wait_for(settled, 5), (
             f"did not settle: {snapshot} dead={self.dead} model idle={self._idle()} "
+            f"core={sorted(self.pool._core)} workers={sorted(self.pool._workers)} "
             f"overflow={overflow}{self._history()}"
         )
         [(s, workers)] = snapshot

@@ -1611,3 +1611,73 @@ def test_a_request_posted_while_a_deferred_stop_waits_is_not_lost() -> None:
     finally:
         gate.set()
         sup.stop()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("returned", [False, True], ids=["starting", "returned"])
+def test_set_restart_reaches_a_child_handed_out_before_its_start_returned(returned) -> None:
+    """Issue 10 (the model test, after pool.resize; and a chaos soak's pool left a worker
+    short): a pool hands a new worker out from inside its start, before the supervisor has
+    adopted it. set_restart(only_if=that child) found no child under the id yet and said
+    False ("it died just now") -- so resizing a pool down left a busy worker unmarked (it
+    never stopped, and the pool believed a restart was under way), and a checkin could not
+    promote an overflow worker. Whether the start is still running or has returned but is
+    not yet adopted, the change is made, and holds once the child is adopted."""
+    gate = threading.Event()
+    made: list[pooly_sup.PassiveChild] = []
+
+    def start_c() -> pooly_sup.PassiveChild:
+        made.append(pooly_sup.PassiveChild())
+        gate.wait(10)  # handed out (as a pool's worker is) before its start returns
+        return made[0]
+
+    sup = Supervisor([], name="handed-out").start()
+    try:
+        hold = threading.Event()
+        sup.add_child(ChildSpec("c", start_c))
+        assert wait_for(lambda: made)
+        if returned:  # keep the loop busy, so that the finished start waits to be adopted
+            sup._call(lambda: hold.wait(10), wait=False)
+            gate.set()
+            assert wait_for(lambda: sup._entries["c"].start.done)  # type: ignore[union-attr]
+        if returned:  # its child is known: another is refused
+            assert not sup.set_restart("c", "permanent", only_if=pooly_sup.PassiveChild())
+        assert sup.set_restart("c", "temporary", only_if=made[0])
+        gate.set()
+        hold.set()
+        assert wait_for(lambda: [c for i, c, _ in sup.which_children() if i == "c"] == made, 5)
+        assert sup.which_children() == [("c", made[0], "temporary")]
+        made[0].terminate()  # ends; temporary: not restarted, its spec gone
+        assert wait_for(lambda: sup.which_children() == [], 5)
+        assert len(made) == 1
+    finally:
+        gate.set()
+        sup.stop()
+
+
+@pytest.mark.timeout(30)
+def test_set_restart_naming_another_child_than_the_start_returns_is_undone() -> None:
+    """The other side of the test above: set_restart(only_if=X) while a start is in flight
+    takes X for the child being started; if the start returns another, nothing changes."""
+    gate = threading.Event()
+    made: list[pooly_sup.PassiveChild] = []
+
+    def start_c() -> pooly_sup.PassiveChild:
+        made.append(pooly_sup.PassiveChild())
+        gate.wait(10)
+        return made[-1]
+
+    sup = Supervisor([], name="another").start()
+    try:
+        sup.add_child(ChildSpec("c", start_c))
+        assert wait_for(lambda: made)
+        stranger = pooly_sup.PassiveChild()
+        assert sup.set_restart("c", "temporary", only_if=stranger)  # (taken on trust)
+        gate.set()
+        assert wait_for(lambda: sup.which_children() == [("c", made[0], "permanent")], 5)
+        made[0].terminate()  # still permanent: restarted
+        assert wait_for(lambda: len(made) == 2 and sup.which_children()[0][1] is made[1], 5)
+        stranger.discard()
+    finally:
+        gate.set()
+        sup.stop()

@@ -655,8 +655,12 @@ class Pool(PassiveChild, SupervisorListener):
                 self._spares.append(w)
                 return h
             elif wid not in self._core:
-                # Its slot was resized away while it started: the supervisor stops it.
+                # No longer wanted: its slot was resized away, or the worker it replaces
+                # was stopped on purpose as it died (a stop bound to that instance misses
+                # this one). Stopped as soon as its supervisor has adopted it.
                 self._gone[h] = w
+                if self._workers_sup is not None:
+                    self._workers_sup.terminate_child(wid, wait=False, only_if=h)
                 return h
             else:
                 again = wid in self._restartable

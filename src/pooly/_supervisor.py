@@ -817,14 +817,38 @@ class Supervisor:
 
         ``only_if``: change it only while that very child is running under the id; False
         (nothing changed) if it has ended meanwhile -- its end was already judged by the
-        old type.
+        old type. A start may hand its child out before it returns: while a start is in
+        flight under the id, ``only_if`` is taken to be the child it is starting (a child
+        it handed out is that one; an earlier one under the id has ended, and was reaped,
+        before the start began). Once the start has returned that is checked: should it
+        have returned another child, the change is undone.
         """
         with self._lock:
             entry = self._entries.get(child_id)
-            if entry is None or (only_if is not None and entry.child is not only_if):
+            if entry is None:
                 return False
+            st = entry.start
+            if only_if is not None and entry.child is not only_if:
+                if st is None or (st.done and st.child is not only_if):
+                    return False
+                if not st.done:
+                    before = entry.spec.restart
+                    st.deferred.append(lambda: self._confirm_restart(entry, only_if, before))
             entry.spec = replace(entry.spec, restart=restart)
             return True
+
+    def _confirm_restart(self, entry: _Entry, child: Child, before: Restart) -> None:
+        """Loop thread: a start has returned after set_restart took ``child`` for the one it
+        was starting; if it returned another, the change is undone."""
+        with self._lock:
+            if entry.child is not child and self._entries.get(entry.spec.id) is entry:
+                log.warning(
+                    "supervisor %r: set_restart named a child that %r's start did not return; "
+                    "undone",
+                    self.name,
+                    entry.spec.id,
+                )
+                entry.spec = replace(entry.spec, restart=before)
 
     # ------------------------------------------------------------------ timers
 
