@@ -470,6 +470,26 @@ def test_a_spare_takes_a_dead_workers_place_without_waiting_for_a_start(
     assert (s.spares, s.replaced, s.size) == (0, 1, 1)  # the next spare is still starting
 
 
+def test_a_spare_handed_over_ages_like_any_worker() -> None:
+    """A spare's age counts from its own start, and once it takes a dead worker's place it
+    is recycled by its timer like any other (it was not: its timer was never set, so it
+    could sit idle for ever past max_age)."""
+    clock = VirtualClock(0.0)
+    with pooly.Pooly(clock=clock) as sup:
+        pool = sup.start_pool("p", Counter, size=1, spares=1, max_age=100, max_age_jitter=0)
+        assert wait_for(lambda: pool.status().spares == 1, 10)
+        [old] = pool.worker_pids()
+        os.kill(old, signal.SIGKILL)
+        assert wait_for(lambda: pool.status().replaced == 1 and settled(pool, 1), 10)
+        [spare] = pool.worker_pids()
+        assert spare != old
+        clock.advance(101)
+        assert wait_for(lambda: pool.status().recycled >= 1 and gone(spare), 10)
+        assert wait_for(lambda: settled(pool, 1), 10)
+        with pool.checkout(timeout=5) as w:
+            assert w.incr() == 1
+
+
 # ====================================================================== bad options
 
 
@@ -521,3 +541,14 @@ def test_executor_options_reach_its_pool() -> None:
             ex.submit(T.identity, 2)
         p.checkin(held)
         assert queued.result(timeout=10) == 1
+
+
+def test_max_memory_is_refused_where_no_worker_memory_can_be_read(
+    sup: pooly.Pooly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without /proc (other systems; here the reader is made to find none), max_memory
+    could read no worker's memory and would silently never recycle: refused, saying why."""
+    monkeypatch.setattr("pooly._pool._rss", lambda pid: None)
+    with pytest.raises(ValueError, match=r"max_memory needs /proc/<pid>/statm"):
+        sup.start_pool("p", Counter, size=1, max_memory=1 << 30)
+    assert sup.start_pool("p", Counter, size=1).transaction(lambda w: w.incr()) == 1

@@ -555,6 +555,13 @@ class Pool(PassiveChild, SupervisorListener):
             )
         self.max_age_jitter = float(max_age_jitter)
         self.max_memory = None if max_memory is None else _check_int("max_memory", max_memory, 1)
+        if self.max_memory is not None and _rss(os.getpid()) is None:
+            # Else the limit would be silently inert: no worker's memory could be read.
+            raise ValueError(
+                "max_memory needs /proc/<pid>/statm to read a worker's resident memory, "
+                "and this system has none; leave max_memory out (max_calls or max_age "
+                "recycle without it)"
+            )
         self.overflow_ttl = _check_seconds("overflow_ttl", overflow_ttl, allow_zero=True)
         # Warm spares (issue 10, part 5): workers started ahead, out of the pool's count,
         # each handed over at once in place of a core worker that died or is replaced.
@@ -650,10 +657,10 @@ class Pool(PassiveChild, SupervisorListener):
                 self._workers[wid] = w
                 self._reserved[wid] = w
             elif wid in self._spare_ids:
-                # -- commit: kept ready, out of the pool's count
+                # -- commit: kept ready, out of the pool's count (its age counts from now:
+                # handed over, it is recycled on its timer like any other)
                 self._restartable[wid] = None
                 self._spares.append(w)
-                return h
             elif wid not in self._core:
                 # No longer wanted: its slot was resized away, or the worker it replaces
                 # was stopped on purpose as it died (a stop bound to that instance misses
