@@ -12,6 +12,7 @@ import math
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +30,7 @@ from .chaos_config import (
     Options,
     Shape,
 )
+from .chaos_diag import describe_pool, thread_stacks
 from .common import Display
 from .workers import ChaosWorker
 
@@ -148,6 +150,7 @@ class ChaosState:
         self.restart_every = min(15.0, max(3.0, opts.duration / 5))
         self.sup: Pooly | None = None
         self.pools: dict[str, Pool] = {}  # the current pool object of each name
+        self.diagnosed = False  # the first OTHER outcome's diagnosis was written
         self.executors: dict[str, ProcessPoolExecutor] = {}  # the current executor of each name
         self.gen = dict.fromkeys(self.all_names, 0)  # bumped when a pool is stopped to restart
         self.down: set[str] = set()  # names being stopped and started again
@@ -201,6 +204,23 @@ class ChaosState:
     def other(self, what: str, counter: collections.Counter[str]) -> None:
         self.count(counter, OTHER)
         self.anomaly(f"OTHER outcome: {what}")
+        self.diagnose(what)
+
+    def diagnose(self, why: str) -> None:
+        """Once per run, at the first OTHER outcome: write every pool's insides and every
+        thread's stack to stderr (what a failed soak's report then carries)."""
+        with self.lock:
+            if self.diagnosed:
+                return
+            self.diagnosed = True
+        parts = [f"chaos: diagnosis at {self.elapsed():.1f}s, after: {why}"]
+        for pool in list(self.pools.values()):
+            try:
+                parts.append(describe_pool(pool))
+            except Exception as e:  # (a pool being restarted)
+                parts.append(f"pool {pool.name!r}: not described: {e!r}")
+        parts.append(thread_stacks())
+        sys.stderr.write("\n".join(parts) + "\n")
 
     def hung(self, text: str) -> None:
         with self.lock:
