@@ -4,10 +4,12 @@ Re-exports only; the implementation lives in the private modules:
 ``_supervisor`` (the reusable supervisor), ``_process`` (start methods, fd hygiene,
 ``ProcessChild``), ``_worker`` (worker processes and their channel),
 ``_pool`` (the pool server and leases), ``_dispatch`` (its tasks: submit/map),
-``_executor`` (``ProcessPoolExecutor``), ``_pooly`` (the top of the tree), ``_errors``.
+``_executor`` (``ProcessPoolExecutor``), ``_pooly`` (the top of the tree), ``_errors``,
+``_stats`` (``PoolStats``), ``_bus`` (event delivery). Public module: ``pooly.events``.
 """
 
 from ._aio import AsyncLease
+from ._bus import Subscription
 from ._errors import (
     CallTimeout,
     CheckoutTimeout,
@@ -24,6 +26,7 @@ from ._executor import ProcessPoolExecutor
 from ._pool import Lease, Pool, PoolStatus
 from ._pooly import Pooly
 from ._process import ProcessChild
+from ._stats import PoolStats
 from ._supervisor import (
     Child,
     ChildSpec,
@@ -47,12 +50,14 @@ __all__ = (
     "Pool",
     "PoolFailed",
     "PoolFull",
+    "PoolStats",
     "PoolStatus",
     "Pooly",
     "PoolyError",
     "ProcessChild",
     "ProcessPoolExecutor",
     "RemoteTraceback",
+    "Subscription",
     "Supervisor",
     "SupervisorListener",
     "WorkerCrashed",

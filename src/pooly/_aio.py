@@ -91,9 +91,11 @@ class ACheckout:
         "_timeout",
         "_value",
         "got",
+        "holder",
         "leases",
         "lock",
         "slot",
+        "t0",
     )
 
     def __init__(self, pool: Pool, timeout: float | None, per_call: float | None) -> None:
@@ -112,6 +114,8 @@ class ACheckout:
         self.got: Lease | _OverflowSlot | BaseException | None = None
         self.slot: str | None = None
         self.lock = True  # (not a thread's: the pool wakes it with wake())
+        self.t0: float | None = None  # when it began (the pool's clock): its wait is counted
+        self.holder: str | None = None  # its task's name (or its thread's)
 
     # -- what a task awaits ----------------------------------------------------------------
 
@@ -222,6 +226,8 @@ class ACheckout:
         pool = self._pool
         self._thread = threading.get_ident()
         task = self._task = asyncio.current_task(loop)
+        self.t0 = pool._clock()
+        self.holder = task.get_name() if task is not None else threading.current_thread().name
         # The leases it is handed go in the task's set (given back if the task ends holding
         # them) -- but one that must wait joins that set only once served: until then what
         # it is handed is given back by _leave if it is cancelled.
@@ -279,7 +285,9 @@ class ACheckout:
     def _start_overflow(self, wid: str) -> None:
         """Start an overflow worker off the loop (a process start takes milliseconds)."""
         assert self._loop is not None
-        started = self._loop.run_in_executor(None, self._pool._checkout_overflow, wid, self.leases)
+        started = self._loop.run_in_executor(
+            None, self._pool._checkout_overflow, wid, self.leases, self
+        )
         started.add_done_callback(self._overflow_started)
 
     def _overflow_started(self, started: asyncio.Future[Lease]) -> None:
@@ -419,6 +427,8 @@ class AsyncLease:
             h._rid = rid  # type: ignore[attr-defined]
             frame = _pack(len(data), rid) + data
             limit = lease._call_timeout
+            h.calls += 1
+            lease._doing = name
             try:
                 if limit is None:
                     reply = await self._round_trip(frame)
@@ -427,7 +437,7 @@ class AsyncLease:
                         async with asyncio.timeout(limit):
                             reply = await self._round_trip(frame)
                     except TimeoutError:
-                        pool._timed_out(lease)
+                        pool._timed_out(lease, name, limit)
                         raise CallTimeout(
                             f"{name}() on worker pid {h.pid} of pool {pool.name!r} did not "
                             f"return within its call_timeout of {limit:g}s; the worker was "
@@ -449,6 +459,7 @@ class AsyncLease:
             got = _unpack_from(reply)[1]
             if got != rid:
                 raise h._out_of_step(got, rid)  # type: ignore[attr-defined]
+            lease._doing = None  # (answered: the worker lives on, whatever the outcome)
             return h._decode(name, memoryview(reply)[_HDR_SIZE:])  # type: ignore[attr-defined]
         finally:
             lease._end_call()

@@ -467,6 +467,7 @@ class Dispatcher:
         fut._state = _RUNNING  # (set_running_or_notify_cancel: no one else has it yet)
         h.in_task = True
         h.calls += 1
+        lease._doing = label
         now = _monotonic()
         try:
             h.send_frame(task.frame, tid, method)
@@ -542,7 +543,7 @@ class Dispatcher:
             ok = answered = True
         except ReplyTimeout:
             if task.timeout is not None and _monotonic() >= task.sent + task.timeout:
-                self._settle(lease, kill=True)
+                self._settle(lease, kill=True, timed_out=task)
                 outcome, ok = self._call_timeout(task, h.pid), False
             else:  # the caller's own timeout: the dispatcher watches it from now on
                 task.adopt_at = 0.0
@@ -597,16 +598,21 @@ class Dispatcher:
         kill: bool = False,
         dead: bool = False,
         interrupted: bool = False,
+        timed_out: _Task | None = None,
     ) -> None:
-        """A worker we held goes back: killed, dead, or given back (the pool recycles it if
-        it is past a limit); its fds closed if it was reaped while we held it."""
+        """A worker we held goes back: killed (``timed_out``: its task ran past its
+        call_timeout), dead, or given back (the pool recycles it if it is past a limit);
+        its fds closed if it was reaped while we held it."""
         h = lease._worker
         h.in_task = False
         lease._end_call()
         if interrupted:
             self.pool._interrupted(lease)
         elif kill:
-            self.pool._timed_out(lease)
+            if timed_out is None:
+                self.pool._timed_out(lease)
+            else:
+                self.pool._timed_out(lease, timed_out._label, timed_out.timeout)
         elif dead:
             self.pool._lease_crashed(lease)
         else:
@@ -623,6 +629,7 @@ class Dispatcher:
         again with no direct task sent meanwhile (:data:`_GRACE` to twice that): then it
         gives them back. Overflow workers are not kept."""
         h = lease._worker
+        lease._doing = None
         if lease._rec.overflow or self.pool._spent(lease._rec):
             self._settle(lease)
             self._finished(1)
@@ -1096,6 +1103,7 @@ class Dispatcher:
         if not s.inflight:
             s.since = _monotonic()
             s.handle.in_task = True
+            s.lease._doing = live[0]._label
         s.fresh = False
         s.inflight.extend(live)
         s.handle.calls += len(live)
@@ -1172,6 +1180,9 @@ class Dispatcher:
             s.pace = took if s.pace <= 0.0 else 0.7 * s.pace + 0.3 * took
             if not inflight:
                 s.handle.in_task = False
+                s.lease._doing = None
+            else:
+                s.lease._doing = inflight[0]._label
 
     def _ended(self, s: _Slot, now: float) -> None:
         """EOF on ``s``'s reply pipe: its worker is gone (or cut its channel)."""
@@ -1231,7 +1242,7 @@ class Dispatcher:
         pid = s.handle.pid
         s.inflight.popleft()
         self._requeue(s)
-        self._drop(s, kill=True)
+        self._drop(s, kill=True, timed_out=None if aborted else head)
         if aborted:
             error: BaseException = CancelledError(
                 f"task {head.label} was cancelled while it ran; its worker pid {pid} was killed"
@@ -1279,7 +1290,7 @@ class Dispatcher:
                 self._close(self.closed)
         s.inflight.clear()
 
-    def _drop(self, s: _Slot, *, kill: bool = False) -> None:
+    def _drop(self, s: _Slot, *, kill: bool = False, timed_out: _Task | None = None) -> None:
         """Stop driving ``s``'s worker and give it back (killed, recycled, or as it is)."""
         del self._slots[s.rfd]
         _unregister(self._poll, s.rfd)
@@ -1293,7 +1304,7 @@ class Dispatcher:
                 os.set_blocking(s.wfd, True)
             except OSError:
                 pass
-        self._settle(lease, kill=kill, dead=s.eof)
+        self._settle(lease, kill=kill, dead=s.eof, timed_out=timed_out)
 
     def _next_wait(self) -> int | None:
         """Milliseconds until the next task deadline or exit-status wait; None: none."""

@@ -35,7 +35,8 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from ._aio import ACheckout, AsyncLease
 from ._backend import LocalBackend, WorkerBackend, WorkerHandle, check_fds
@@ -52,6 +53,7 @@ from ._errors import (
 from ._fds import HOST
 from ._owner import LeaseSet, _running_loop, current_leases
 from ._process import default_start_method
+from ._stats import Histogram, PoolStats, bucket
 from ._supervisor import (
     CancelToken,
     Child,
@@ -62,10 +64,23 @@ from ._supervisor import (
     SupervisorListener,
 )
 from ._worker import _CALL, ChannelClosed, ReplyTimeout, make_payload
+from .events import (
+    CallTimedOut,
+    CheckoutTimedOut,
+    Event,
+    PoolStateChanged,
+    WorkerExited,
+    WorkerRecycled,
+    WorkerStarted,
+)
 
-__all__ = ("Lease", "Pool", "PoolStatus")
+if TYPE_CHECKING:
+    from ._bus import EventBus, Subscription
+
+__all__ = ("Lease", "Pool", "PoolStats", "PoolStatus")
 
 log = logging.getLogger("pooly.pool")
+_current_thread = threading.current_thread
 
 T = TypeVar("T")
 State = Literal["ready", "overflow", "full", "failed", "stopped"]
@@ -78,6 +93,8 @@ _CLOSED = "closed"
 _INTERRUPTED = "interrupted"
 _TIMED_OUT = "timed out"
 _RESIZED = "resized away"
+#: Lease ends after which its worker's death is still the holder's (method, holder reported).
+_HELD_AT_DEATH = (None, _CRASHED, _TIMED_OUT, _INTERRUPTED, _CLOSED)
 
 #: The longest a call waits for the supervisor to finish closing its dead worker's fds.
 _CLOSING_WAIT = 1.0
@@ -146,6 +163,15 @@ async def _await_task(tasks: Dispatcher, fut: Future[Any]) -> Any:
         raise
 
 
+def _method_name(what: object) -> str | None:
+    """A call's (or task's) method for events: its name, or a function's qualified name."""
+    if what is None:
+        return None
+    if isinstance(what, str):
+        return what[:-2] if what.endswith("()") else what
+    return getattr(what, "__qualname__", None) or getattr(what, "__name__", None) or repr(what)
+
+
 class _Releasable(Protocol):
     def release(self) -> None: ...
 
@@ -155,12 +181,22 @@ class _Waiter:
     (``lock`` is released when it is served) or the task dispatcher's (``lock`` only wakes
     the dispatcher's thread). An asyncio task's is its ``pooly._aio.ACheckout``, with the
     same fields and methods. ``got``: what it was served; ``slot``: the overflow slot reserved
-    for it, while it starts that worker."""
+    for it, while it starts that worker. ``t0``: when the checkout began, on the pool's clock
+    (None: the task dispatcher's, which no statistic counts); ``holder``: the name of the
+    thread (or task) checking out."""
 
-    __slots__ = ("got", "leases", "lock", "slot", "wake")
+    __slots__ = ("got", "holder", "leases", "lock", "slot", "t0", "wake")
 
-    def __init__(self, leases: LeaseSet, lock: _Releasable | None = None) -> None:
+    def __init__(
+        self,
+        leases: LeaseSet,
+        lock: _Releasable | None = None,
+        t0: float | None = None,
+        holder: str | None = None,
+    ) -> None:
         self.leases = leases
+        self.t0 = t0
+        self.holder = holder
         self.lock: Any = lock  # (None: a thread's, made when it queues: see Pool._enter)
         self.got: Lease | _OverflowSlot | BaseException | None = None
         self.slot: str | None = None
@@ -245,7 +281,9 @@ class Lease:
     __slots__ = (
         "__weakref__",
         "_call_timeout",
+        "_doing",
         "_ended",
+        "_holder",
         "_in_call",
         "_leases",
         "_on_exit",
@@ -253,6 +291,7 @@ class Lease:
         "_pool",
         "_rec",
         "_release_channel",
+        "_t0",
         "_worker",
     )
 
@@ -276,6 +315,12 @@ class Lease:
         # through this lease waits for its reply: reaping points the reply fd at a dead
         # pipe, which an event loop's registration for the old pipe would never see.
         self._on_exit: Callable[[], object] | None = None
+        # Observability: when it was granted (the pool's clock; None: the pool's own lease,
+        # for tasks), its holder's name, and the call (or task) in flight through it -- left
+        # set when the call fails with its worker (dead, killed), so its WorkerExited says.
+        self._t0: float | None = None
+        self._holder: str | None = None
+        self._doing: object = None
 
     @property
     def pid(self) -> int:
@@ -327,17 +372,22 @@ class Lease:
             if self._ended is not None:
                 raise self._ended_error()
             self._worker.calls += 1
+            self._doing = name
             limit = self._call_timeout
             if limit is None:
-                return self._worker.call(name, args, kwargs)
+                result = self._worker.call(name, args, kwargs)
+                self._doing = None
+                return result
             w = self._worker
             rid = w.send(name, args, kwargs)
             try:
-                return w.receive(rid, limit)
+                result = w.receive(rid, limit)
+                self._doing = None
+                return result
             except ReplyTimeout:
                 # Stopped from here, whatever the worker is doing (C code holding its GIL
                 # included): it is killed and replaced, the pool's decision, not a crash.
-                self._pool._timed_out(self)
+                self._pool._timed_out(self, name, limit)
                 raise CallTimeout(
                     f"{name}() on worker pid {w.pid} of pool {self._pool.name!r} did not "
                     f"return within its call_timeout of {limit:g}s; the worker was killed "
@@ -352,6 +402,8 @@ class Lease:
         except BaseException:
             if self._worker.broken:  # interrupted part-way: the channel can't be trusted
                 self._pool._interrupted(self)
+            elif self._ended is None:  # the method's own exception: the worker lives on
+                self._doing = None
             raise
         finally:
             self._end_call()
@@ -601,6 +653,23 @@ class Pool(PassiveChild, SupervisorListener):
         self._replaced = 0
         self._crashed = 0
         self._recycled = 0
+        # Statistics (pool.stats(); under the lock, updated by stores in the commits).
+        # checkouts = _waits.n (one wait per checkout granted).
+        self._waits = Histogram()
+        self._holds = Histogram()
+        self._checkout_timeouts = 0
+        self._call_timeouts = 0
+        self._crashes: dict[int, int] = {}  # exit code -> workers that died so, unasked
+        self._calls_ended = 0  # calls of workers that have ended (the live ones keep theirs)
+        self._overflow_started = 0
+        self._overflow_dismissed = 0
+        # Events (SPEC 4.5): the tree's subscriptions (its bus's list, shared: empty, no
+        # event is even made), and the state last told (None: not told yet).
+        self._bus: EventBus | None = None
+        self._events: list[Subscription] = []
+        self._told: State | None = None
+        # Why a core worker id not started before starts (its first start): "recycle".
+        self._start_why: dict[str, str] = {}
         # Recycling: any limit set (checkin looks only then); ids of workers started to take
         # a retiring worker's place (or to grow the pool), by number; heirs being started,
         # by id -> the worker each replaces.
@@ -650,13 +719,18 @@ class Pool(PassiveChild, SupervisorListener):
         if age is not None:  # spread, so that workers started together don't retire together
             age *= 1 + self.max_age_jitter * (2 * self._rng.random() - 1)
             w.retire_at = self._clock() + age
+        why = "initial"
         with self._lock:
             if wid in self._reserved:
+                why = "overflow"
                 # -- commit: the caller who reserved the slot leases it
                 w.overflow = True
                 self._workers[wid] = w
                 self._reserved[wid] = w
+                self._overflow_started += 1
             elif wid in self._spare_ids:
+                if wid in self._restartable:
+                    why = "replacement"
                 # -- commit: kept ready, out of the pool's count (its age counts from now:
                 # handed over, it is recycled on its timer like any other)
                 self._restartable[wid] = None
@@ -668,9 +742,15 @@ class Pool(PassiveChild, SupervisorListener):
                 self._gone[h] = w
                 if self._workers_sup is not None:
                     self._workers_sup.terminate_child(wid, wait=False, only_if=h)
+                if self._events:  # (it ends at once: its WorkerExited follows)
+                    self._publish(WorkerStarted(self.name, h.pid, "initial"))
                 return h
             else:
                 again = wid in self._restartable
+                if again:
+                    why = "replacement"
+                elif wid in self._start_why:
+                    why = self._start_why.pop(wid)
                 old = self._heirs.pop(wid, None)  # the worker it replaces (recycling)
                 # -- commit, then the calls
                 self._restartable[wid] = None
@@ -682,6 +762,10 @@ class Pool(PassiveChild, SupervisorListener):
                     self._serve_waiters()
                     if old is not None:
                         self._heir_up(old)
+            if self._events:
+                self._publish(WorkerStarted(self.name, h.pid, why))  # type: ignore[arg-type]
+                self._note_state()
+        log.debug("pool %r: worker pid %d started (%s)", self.name, h.pid, why)
         if age is not None:
             sup = self._workers_sup
             assert sup is not None
@@ -711,14 +795,14 @@ class Pool(PassiveChild, SupervisorListener):
         worker is killed and replaced.
         """
         timeout, per_call = self._checkout_args(timeout, call_timeout)
-        ticket = _Waiter(current_leases())
+        ticket = _Waiter(current_leases(), None, self._clock(), _current_thread().name)
         try:
             lease = self._enter(ticket, per_call, block, timeout != 0)
             if lease is not None:
                 return lease
             wid = ticket.slot
             if wid is not None:
-                got = self._checkout_overflow(wid, ticket.leases)
+                got = self._checkout_overflow(wid, ticket.leases, ticket)
             else:
                 tasks = self._dispatcher
                 if tasks is not None and tasks._parked:  # (parked since we looked)
@@ -754,6 +838,12 @@ class Pool(PassiveChild, SupervisorListener):
                 if alive:
                     lease = self._new_lease(w, leases)
                     lease._call_timeout = per_call
+                    t0 = ticket.t0
+                    if t0 is not None:  # (a user's checkout: its wait is counted)
+                        now = lease._t0 = self._clock()
+                        lease._holder = ticket.holder
+                        waited = now - t0
+                        i = bucket(waited)
                 # -- commit: stores only (see "Interrupt safety")
                 if lifo:
                     del idle[-1]
@@ -763,6 +853,14 @@ class Pool(PassiveChild, SupervisorListener):
                     w.lease = lease
                     self._busy += 1
                     leases[lease] = None
+                    if t0 is not None:
+                        hist = self._waits
+                        hist.counts[i] += 1
+                        hist.n += 1
+                        if waited > hist.max:
+                            hist.max = waited
+                    if self._events:
+                        self._note_state()
                     return lease
                 # Its process has exited; the supervisor is about to reap and replace it.
             if self._overflow < self.max_overflow:
@@ -772,6 +870,8 @@ class Pool(PassiveChild, SupervisorListener):
                 self._overflow += 1
                 self._reserved[slot] = None
                 ticket.slot = slot
+                if self._events:
+                    self._note_state()
             elif not block:
                 raise PoolFull(
                     f"pool {self.name!r} is full: {self._busy} workers busy, none idle, "
@@ -826,6 +926,10 @@ class Pool(PassiveChild, SupervisorListener):
         # worker can go to someone else.
         with lease._in_call:
             rss = None if self.max_memory is None else _rss(h.pid)  # (no lock held for I/O)
+            t0 = lease._t0
+            if t0 is not None:
+                held = self._clock() - t0
+                i = bucket(held)
             with self._lock:
                 if lease._ended is not None:
                     if lease._ended == _CHECKED_IN:
@@ -834,7 +938,15 @@ class Pool(PassiveChild, SupervisorListener):
                             "checked in"
                         )
                     return
+                if t0 is not None:  # (stores only, before the one call)
+                    hist = self._holds
+                    hist.counts[i] += 1
+                    hist.n += 1
+                    if held > hist.max:
+                        hist.max = held
                 self._take_back(lease, rss)
+                if self._events:
+                    self._note_state()
 
     def _take_back(self, lease: Lease, rss: int | None = None) -> None:
         """A live lease comes back (under the lock): its worker goes on, or is replaced --
@@ -1034,12 +1146,16 @@ class Pool(PassiveChild, SupervisorListener):
                 raise self._closed_error()
             lease = self._take_idle(leases)
             if lease is not None:
+                if self._events:
+                    self._note_state()
                 return lease
             if self._overflow < self.max_overflow:
                 slot = _OverflowSlot(f"o{self._overflow_seq + 1}")
                 self._overflow_seq += 1
                 self._overflow += 1
                 self._reserved[slot.wid] = None
+                if self._events:
+                    self._note_state()
                 return slot
             self._waiters.append(waiter)
             return waiter
@@ -1065,7 +1181,10 @@ class Pool(PassiveChild, SupervisorListener):
         with self._lock:
             if self._closed is not None or self._waiters:
                 return None
-            return self._take_idle(leases, check=False)
+            lease = self._take_idle(leases, check=False)
+            if self._events:
+                self._note_state()
+            return lease
 
     def _give_back(self, lease: Lease) -> None:
         """``checkin`` for the task dispatcher's own leases (no call can be in flight
@@ -1074,6 +1193,8 @@ class Pool(PassiveChild, SupervisorListener):
         with self._lock:
             if lease._ended is None:
                 self._take_back(lease, rss)
+                if self._events:
+                    self._note_state()
 
     def _spent(self, w: _Worker, n: int = 0) -> bool:
         """Whether the task dispatcher should send ``w`` no more tasks (``n`` more on the
@@ -1127,6 +1248,102 @@ class Pool(PassiveChild, SupervisorListener):
                 spares=len(self._spares),
             )
 
+    def stats(self) -> PoolStats:
+        """What the pool has done since it started: counters, wait and hold time
+        percentiles, the restart budget left (see :class:`PoolStats`). Costs a copy of
+        two small histograms under the lock; :meth:`status` is the cheap snapshot."""
+        if self._gen != HOST.gen:
+            raise self._forked_error()
+        with self._lock:
+            waits = self._waits.copy()
+            holds = self._holds.copy()
+            calls = self._calls_ended
+            for w in self._workers.values():
+                calls += w.handle.calls
+            for w in self._gone.values():  # (on their way out: their exit adds them)
+                calls += w.handle.calls
+            crashes = dict(self._crashes)
+            counts = (
+                self._checkout_timeouts,
+                self._call_timeouts,
+                self._replaced,
+                self._recycled,
+                self._overflow_started,
+                self._overflow_dismissed,
+            )
+        sup = self._workers_sup
+        left = self.max_restarts if sup is None else sup.restarts_left()
+        return PoolStats(
+            name=self.name,
+            checkouts=waits.n,
+            checkout_timeouts=counts[0],
+            calls=calls,
+            call_timeouts=counts[1],
+            crashes=MappingProxyType(crashes),
+            replacements=counts[2],
+            recycles=counts[3],
+            overflow_started=counts[4],
+            overflow_dismissed=counts[5],
+            wait_p50=waits.percentile(50),
+            wait_p90=waits.percentile(90),
+            wait_p99=waits.percentile(99),
+            wait_max=waits.max,
+            hold_p50=holds.percentile(50),
+            hold_p90=holds.percentile(90),
+            hold_p99=holds.percentile(99),
+            hold_max=holds.max,
+            holds=holds.n,
+            restarts_left=left,
+        )
+
+    # ------------------------------------------------------------------ events (locked)
+
+    def _publish(self, event: Event) -> None:
+        """(under the lock, with subscribers) Queue ``event`` for them: never blocks."""
+        bus = self._bus
+        if bus is not None:
+            bus.publish(event)
+
+    def _note_state(self) -> None:
+        """(under the lock, with subscribers; after a commit) Tell a change of state."""
+        if self._closed is not None:
+            state: State = "failed" if self._failed else "stopped"
+        elif self._idle or self._parked_any():
+            state = "ready"
+        elif self._overflow < self.max_overflow:
+            state = "overflow"
+        else:
+            state = "full"
+        old = self._told
+        if state != old:
+            self._told = state
+            if old is not None:
+                self._publish(PoolStateChanged(self.name, old, state))
+                log.log(
+                    logging.DEBUG,
+                    "pool %r: %s -> %s",
+                    self.name,
+                    old,
+                    state,
+                )
+
+    def _parked_any(self) -> bool:
+        """Whether the task dispatcher keeps a live worker for its next task (idle, as
+        ``status`` counts it)."""
+        tasks = self._dispatcher
+        return tasks is not None and bool(tasks._parked) and tasks.parked() > 0
+
+    def _observe(self, bus: EventBus) -> None:
+        """Publish to ``bus`` (the tree's; its list of subscriptions is shared)."""
+        self._bus = bus
+        self._events = bus.subs
+
+    def _prime(self) -> None:
+        """A subscriber comes: the state to tell changes from is the one now."""
+        with self._lock:
+            self._told = None
+            self._note_state()
+
     def resize(self, size: int | None = None, max_overflow: int | None = None) -> None:
         """Change the pool's ``size`` and/or ``max_overflow`` while it runs (``None``: keep).
 
@@ -1161,6 +1378,8 @@ class Pool(PassiveChild, SupervisorListener):
                 elif len(self._core) > size:
                     self._shrink(len(self._core) - size)
             self._serve_waiters()
+            if self._events:
+                self._note_state()
         tasks = self._dispatcher
         if tasks is not None:  # workers it holds may have to go back (resized away)
             tasks.wake()
@@ -1195,6 +1414,8 @@ class Pool(PassiveChild, SupervisorListener):
             # Starting (a replacement, an heir, a new worker): cancelled; if it comes up
             # first, _spawn sees it is no longer wanted.
             del self._core[wid]
+            if wid in self._start_why:
+                del self._start_why[wid]
             old = self._heirs.pop(wid, None)
             if old is not None:  # an heir: its old worker goes at checkin (or now, if idle)
                 self._heir_up(old)
@@ -1253,6 +1474,8 @@ class Pool(PassiveChild, SupervisorListener):
         with self._lock:
             if lease._ended is None:
                 self._end_lease(lease, _CRASHED)
+                if self._events:
+                    self._note_state()
 
     def _end_lease(self, lease: Lease, why: str) -> None:
         """End a lease whose worker goes nowhere (dead, or stopped with the pool)."""
@@ -1279,12 +1502,24 @@ class Pool(PassiveChild, SupervisorListener):
         if self._waiters:
             waiter = self._waiters[0]
             new = self._new_lease(w, waiter.leases)
+            t0 = waiter.t0
+            if t0 is not None:  # (a user's checkout: its wait is counted)
+                now = new._t0 = self._clock()
+                new._holder = waiter.holder
+                waited = now - t0
+                i = bucket(waited)
             # -- commit
             lease._ended = why
             del lease._leases[lease]
             w.lease = new
             new._leases[new] = None
             del self._waiters[0]
+            if t0 is not None:
+                hist = self._waits
+                hist.counts[i] += 1
+                hist.n += 1
+                if waited > hist.max:
+                    hist.max = waited
             waiter.got = new
             waiter.wake()
             return
@@ -1310,8 +1545,14 @@ class Pool(PassiveChild, SupervisorListener):
             if idle:
                 w = idle[-1] if lifo else idle[0]
                 alive = w.handle.looks_alive()
+                t0 = waiter.t0
                 if alive:
                     new = self._new_lease(w, waiter.leases)
+                    if t0 is not None:  # (a user's checkout: its wait is counted)
+                        now = new._t0 = self._clock()
+                        new._holder = waiter.holder
+                        waited = now - t0
+                        i = bucket(waited)
                 # -- commit
                 if lifo:
                     del idle[-1]
@@ -1323,6 +1564,12 @@ class Pool(PassiveChild, SupervisorListener):
                 self._busy += 1
                 new._leases[new] = None
                 del self._waiters[0]
+                if t0 is not None:
+                    hist = self._waits
+                    hist.counts[i] += 1
+                    hist.n += 1
+                    if waited > hist.max:
+                        hist.max = waited
                 waiter.got = new
                 waiter.wake()
             elif self._overflow < self.max_overflow:
@@ -1383,6 +1630,8 @@ class Pool(PassiveChild, SupervisorListener):
         assert self._workers_sup is not None
         present = self._workers.get(w.wid) is w
         # -- commit, then the one call
+        if heir is not None or (w.overflow and w.retire is None):
+            self._overflow_dismissed += 1  # (an overflow worker less, as no longer needed)
         if heir is not None:
             heir.overflow = False
             self._restartable[heir.wid] = None
@@ -1441,11 +1690,13 @@ class Pool(PassiveChild, SupervisorListener):
         assert self._workers_sup is not None
         w = lease._rec
         log.info("pool %r: recycling worker pid %d: %s", self.name, w.handle.pid, why)
+        if self._events:
+            self._publish(WorkerRecycled(self.name, w.handle.pid, why))
         if w.overflow:  # not replaced as such: another starts if a waiter needs it
             self._recycled += 1
             self._retire(lease, _CHECKED_IN)
             return
-        heir = self._add_worker()
+        heir = self._add_worker("recycle")
         if hard or self._idle:
             self._recycled += 1
             self._forget(w, lease)
@@ -1461,13 +1712,16 @@ class Pool(PassiveChild, SupervisorListener):
         self._heirs[heir] = w
         self._pass_on(lease, _CHECKED_IN)
 
-    def _add_worker(self) -> str:
-        """Start one more core worker (on a starter thread); its id."""
+    def _add_worker(self, why: str = "initial") -> str:
+        """Start one more core worker (on a starter thread); its id. ``why``: its
+        WorkerStarted reason ("initial": the pool grows; "recycle": an heir)."""
         assert self._workers_sup is not None
         wid = f"w{self._wseq}"
         # -- commit, then the one call
         self._wseq += 1
         self._core[wid] = None
+        if why != "initial":
+            self._start_why[wid] = why
         self._workers_sup.add_child(self._spec(wid, "permanent"))
         return wid
 
@@ -1491,6 +1745,8 @@ class Pool(PassiveChild, SupervisorListener):
             self._busy += 1
             lease._leases[lease] = None
             self._renew(lease, f"it reached its max_age of {self.max_age:g}s (jittered)", False)
+            if self._events:
+                self._note_state()
 
     def _linger(self, lease: Lease, why: str) -> None:
         """End ``lease`` of an overflow worker that goes idle for ``overflow_ttl`` (then it
@@ -1517,6 +1773,8 @@ class Pool(PassiveChild, SupervisorListener):
         with self._lock:
             if w.overflow and w.idle_at == since and self._take_if_idle(w):
                 self._forget(w)
+                if self._events:
+                    self._note_state()
 
     def _take_if_idle(self, w: _Worker) -> bool:
         """(under the lock) Take ``w`` out of the idle workers if it is one of them, in an
@@ -1573,10 +1831,13 @@ class Pool(PassiveChild, SupervisorListener):
         self._replaced += 1
         self._idle.append(spare)
 
-    def _timed_out(self, lease: Lease) -> None:
+    def _timed_out(self, lease: Lease, method: object = None, timeout: float | None = None) -> None:
         """A call through ``lease`` ran past its call_timeout (runs in the caller's thread):
-        the worker is stopped from here, whatever it is doing."""
-        self._kill_and_replace(lease, _TIMED_OUT)
+        the worker is stopped from here, whatever it is doing. ``method`` and ``timeout``:
+        the call (or task) that timed out, which is counted (``call_timeouts``) unless its
+        worker was dead already (a crash); None: killed for another reason (its channel
+        was cut, or is out of step)."""
+        self._replace(lease, _TIMED_OUT, kill=True, timed_out=(method, timeout))
 
     def _interrupted(self, lease: Lease) -> None:
         """A call through ``lease`` was interrupted part-way (runs in the caller's thread):
@@ -1588,15 +1849,42 @@ class Pool(PassiveChild, SupervisorListener):
         decision, not a crash, so restart intensity is untouched."""
         self._replace(lease, why, kill=True)
 
-    def _replace(self, lease: Lease, why: str, *, kill: bool) -> None:
+    def _replace(
+        self,
+        lease: Lease,
+        why: str,
+        *,
+        kill: bool,
+        timed_out: tuple[object, float | None] = (None, None),
+    ) -> None:
         """End ``lease`` and replace its worker (killed at once, or stopped gracefully)."""
+        method, timeout = timed_out
+        counted = False
         with self._lock:
             if lease._ended is not None:
                 return
             if self._closed is not None or lease._worker.exited.is_set():
                 self._end_lease(lease, why)
             else:
+                if timeout is not None:
+                    self._call_timeouts += 1
+                    counted = True
                 self._retire(lease, why, kill=kill)
+            if self._events:
+                if counted:
+                    name = _method_name(method) or "?"
+                    assert timeout is not None
+                    self._publish(CallTimedOut(self.name, lease.pid, name, timeout))
+                self._note_state()
+        if counted:
+            log.warning(
+                "pool %r: %s on worker pid %d ran past its call_timeout of %gs; killing "
+                "and replacing the worker",
+                self.name,
+                _method_name(method),
+                lease.pid,
+                timeout,
+            )
 
     def _drop_reserved(self, wid: str) -> None:
         """Give back an overflow slot its taker will not use (idempotent).
@@ -1616,6 +1904,7 @@ class Pool(PassiveChild, SupervisorListener):
             assert w is not None and self._workers_sup is not None
             del self._workers[wid]
             self._gone[w.handle] = w
+            self._overflow_dismissed += 1
             self._workers_sup.terminate_child(wid, wait=False, only_if=w.handle)
         self._serve_waiters()
 
@@ -1636,13 +1925,15 @@ class Pool(PassiveChild, SupervisorListener):
         if isinstance(result, Lease):
             return result
         if isinstance(result, _OverflowSlot):
-            return self._checkout_overflow(result.wid, waiter.leases)
+            return self._checkout_overflow(result.wid, waiter.leases, waiter)
         assert isinstance(result, BaseException)
         raise result
 
     def _withdraw(self, waiter: _Ticket) -> bool:
         """A waiter's time is up: leave the queue, unless it was served meanwhile (then
-        False: what it was handed is its own)."""
+        False: what it was handed is its own). Counted as a checkout timeout."""
+        t0 = waiter.t0
+        waited = 0.0 if t0 is None else self._clock() - t0
         with self._lock:
             if waiter.got is not None:
                 return False
@@ -1650,7 +1941,11 @@ class Pool(PassiveChild, SupervisorListener):
                 self._waiters.remove(waiter)
             except ValueError:
                 pass
-            return True
+            self._checkout_timeouts += 1
+            if self._events:
+                self._publish(CheckoutTimedOut(self.name, waited))
+        log.info("pool %r: a checkout timed out after %gs", self.name, waited)
+        return True
 
     def _checkout_timeout(self, timeout: float) -> CheckoutTimeout:
         return CheckoutTimeout(
@@ -1691,8 +1986,14 @@ class Pool(PassiveChild, SupervisorListener):
                     self._pass_on(result, _CHECKED_IN)
             elif isinstance(result, _OverflowSlot):
                 self._drop_reserved(result.wid)
+            if self._events:
+                self._note_state()
 
-    def _checkout_overflow(self, wid: str, leases: LeaseSet) -> Lease:
+    def _checkout_overflow(
+        self, wid: str, leases: LeaseSet, ticket: _Ticket | None = None
+    ) -> Lease:
+        """Start the overflow worker of slot ``wid`` (in this thread) and lease it to
+        ``leases``; ``ticket``: the user's checkout it is for (None: the task dispatcher's)."""
         assert self._workers_sup is not None
         try:
             h = self._workers_sup.start_child(self._spec(wid, "temporary"))
@@ -1722,11 +2023,26 @@ class Pool(PassiveChild, SupervisorListener):
                     exitcode=code,
                 )
             lease = self._new_lease(w, leases)
+            t0 = None if ticket is None else ticket.t0
+            if t0 is not None:  # (a user's checkout: its wait is counted)
+                assert ticket is not None
+                now = lease._t0 = self._clock()
+                lease._holder = ticket.holder
+                waited = now - t0
+                i = bucket(waited)
             # -- commit
             del self._reserved[wid]
             w.lease = lease
             self._busy += 1
             leases[lease] = None
+            if t0 is not None:
+                hist = self._waits
+                hist.counts[i] += 1
+                hist.n += 1
+                if waited > hist.max:
+                    hist.max = waited
+            if self._events:
+                self._note_state()
             return lease
 
     # ------------------------------------------------------------------ holder ended
@@ -1750,6 +2066,8 @@ class Pool(PassiveChild, SupervisorListener):
                 self._retire(lease, _RECLAIMED)
             else:
                 self._pass_on(lease, _RECLAIMED)
+            if self._events:
+                self._note_state()
 
     # ------------------------------------------------------------------ supervisor events
 
@@ -1766,9 +2084,13 @@ class Pool(PassiveChild, SupervisorListener):
                 reason,
                 "; replacing it" if restarting else "",
             )
+        code = h.exitcode
         with self._lock:
             if not h.stopping:
                 self._crashed += 1
+                key = -1 if code is None else code  # (None: never for a reaped worker)
+                self._crashes[key] = self._crashes.get(key, 0) + 1
+            self._calls_ended += h.calls
             w = self._workers.get(child_id)
             if w is None or w.handle is not h:
                 # Dismissed or retired on purpose: already accounted for. (Or a spare.)
@@ -1794,6 +2116,21 @@ class Pool(PassiveChild, SupervisorListener):
                 elif restarting and w.retire is None:
                     self._hand_spare(w)
                 self._serve_waiters()
+            if self._events:
+                held = last is not None and last._ended in _HELD_AT_DEATH
+                self._publish(
+                    WorkerExited(
+                        self.name,
+                        h.pid,
+                        code,
+                        h.stopping,
+                        _method_name(last._doing) if held and last is not None else None,
+                        last._holder if held and last is not None else None,
+                    )
+                )
+                self._note_state()
+        if h.stopping:
+            log.debug("pool %r: worker pid %d ended (%s)", self.name, h.pid, reason)
         self._release_channel(h, last)
         if last is not None and last._on_exit is not None:  # an awaited call waits on it
             last._on_exit()
@@ -1848,6 +2185,8 @@ class Pool(PassiveChild, SupervisorListener):
                 if w.lease is not None:
                     self._end_lease(w.lease, _CLOSED)
             self._idle.clear()
+            if self._events:
+                self._note_state()
         if self._dispatcher is not None:  # its queued tasks fail with the same error
             self._dispatcher.wake()
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._backend import check_fds
+from ._bus import EventBus, Subscription
 from ._errors import NoSuchPool, PoolyError
 from ._fds import HOST
 from ._pool import Pool, forked_error
@@ -83,6 +84,7 @@ class Pooly:
         self._preload = preload
         self._start_method = start_method
         self._clock = clock
+        self._bus = EventBus()  # (its thread starts with the first subscriber)
         try:
             self._registry = _Registry()
             self._pools_sup = Supervisor(
@@ -106,7 +108,9 @@ class Pooly:
         # Stops the tree if this Pooly is dropped without stop() -- on a thread of its own,
         # never the one the garbage collector happens to run on. Interpreter exit is
         # _stop_all_at_exit's business, not weakref's (whose exit order is newest first).
-        self._finalizer = weakref.finalize(self, _collected, self._registry, self._top, self._gen)
+        self._finalizer = weakref.finalize(
+            self, _collected, self._registry, self._top, self._gen, self._bus
+        )
         self._finalizer.atexit = False
         _LIVE[self._finalizer] = self._gen
 
@@ -196,6 +200,7 @@ class Pooly:
             clock=self._clock,
             preload=self._preload,
         )
+        pool._observe(self._bus)
         with reg.lock:
             if name in reg.pools or name in reg.starting:
                 pool.discard()
@@ -301,6 +306,27 @@ class Pooly:
             pass
         return True
 
+    # ------------------------------------------------------------------ events
+
+    def subscribe(
+        self, callback: Callable[[Any], object], *, maxsize: int = 10_000
+    ) -> Subscription:
+        """Call ``callback(event)`` for every lifecycle event of this tree's pools (see
+        :mod:`pooly.events`) from now on, until the returned subscription's ``close()`` (or
+        the end of its ``with`` block).
+
+        Callbacks run on the tree's one event thread (``pooly-events``, started by the first
+        subscribe, stopped with the tree), each subscription's events in order. A pool never
+        waits for a subscriber: each has a queue of ``maxsize`` events, and what arrives
+        while it is full is dropped and counted (``subscription.dropped``). A callback that
+        raises is logged (logger ``pooly.events``) and called again for the next event.
+        """
+        self._check_running()
+        sub = self._bus.subscribe(callback, maxsize)
+        for pool in self.pools():
+            pool._prime()
+        return sub
+
     # ------------------------------------------------------------------ lifecycle
 
     def stop(self) -> None:
@@ -313,7 +339,7 @@ class Pooly:
         found = self._finalizer.detach()
         _LIVE.pop(self._finalizer, None)
         if found is not None and self._gen == HOST.gen:
-            _shutdown(self._registry, self._top)
+            _shutdown(self._registry, self._top, self._bus)
 
     def _check_here(self) -> None:
         if self._gen != HOST.gen:
@@ -354,7 +380,7 @@ _STOPPING: dict[threading.Thread, None] = {}
 _EXIT_JOIN = 30.0  # seconds to wait at exit for such stops to finish
 
 
-def _collected(registry: _Registry, top: Supervisor, gen: int) -> None:
+def _collected(registry: _Registry, top: Supervisor, gen: int, bus: EventBus) -> None:
     """A Pooly was garbage-collected without stop(): stop its tree on a thread of its own.
 
     The collector runs on whichever thread happens to allocate -- possibly one of this very
@@ -365,15 +391,15 @@ def _collected(registry: _Registry, top: Supervisor, gen: int) -> None:
         _LIVE.pop(fin, None)
     if gen != HOST.gen:  # a forked child's copy: the tree is the parent's
         return
-    t = threading.Thread(target=_stop_collected, args=(registry, top), name="pooly-stop")
+    t = threading.Thread(target=_stop_collected, args=(registry, top, bus), name="pooly-stop")
     t.daemon = True  # _stop_all_at_exit waits for it (with a deadline), not threading
     _STOPPING[t] = None
     t.start()
 
 
-def _stop_collected(registry: _Registry, top: Supervisor) -> None:
+def _stop_collected(registry: _Registry, top: Supervisor, bus: EventBus) -> None:
     try:
-        _shutdown(registry, top)
+        _shutdown(registry, top, bus)
     except Exception:
         log.exception("stopping a Pooly that was garbage-collected without stop()")
     finally:
@@ -398,7 +424,7 @@ def _stop_all_at_exit() -> None:
             continue
         _obj, _func, args, _kwargs = found
         try:
-            _shutdown(args[0], args[1])
+            _shutdown(args[0], args[1], args[3])
         except Exception:
             log.exception("stopping a Pooly at interpreter exit")
     deadline = time.monotonic() + _EXIT_JOIN
@@ -406,10 +432,14 @@ def _stop_all_at_exit() -> None:
         t.join(max(0.0, deadline - time.monotonic()))
 
 
-def _shutdown(registry: _Registry, top: Supervisor) -> None:
-    """Close every pool to new checkouts, then stop the whole tree (graceful, then kill)."""
+def _shutdown(registry: _Registry, top: Supervisor, bus: EventBus) -> None:
+    """Close every pool to new checkouts, then stop the whole tree (graceful, then kill),
+    then the event thread, once it has delivered the tree's last events."""
     with registry.lock:
         pools = list(registry.pools.values())
     for pool in pools:
         pool._close_for_stop()
-    top.stop()
+    try:
+        top.stop()
+    finally:
+        bus.stop()

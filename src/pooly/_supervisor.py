@@ -987,6 +987,13 @@ class Supervisor:
                 what,
             )
 
+    def restarts_left(self) -> int:
+        """Any thread: how many more restarts the intensity allows now (``max_restarts``
+        minus those within the last ``max_seconds``); a glance, without the loop's lock."""
+        since = self._clock() - self.max_seconds
+        recent = sum(1 for t in list(self._restarts) if t > since)
+        return max(0, self.max_restarts - recent)
+
     def _count_restart(self) -> bool:
         """Record a restart made on this supervisor's behalf; False if intensity is exceeded."""
         now = self._clock()

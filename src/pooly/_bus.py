@@ -1,0 +1,168 @@
+"""Delivery of a tree's lifecycle events (:mod:`pooly.events`) to its subscribers.
+
+One :class:`EventBus` per ``Pooly``; every pool of the tree publishes to it. Publishing
+never blocks: it appends the event to each subscription's bounded queue (a full one counts
+a drop instead) and wakes the bus's one thread -- at most once until that thread looks
+again. The thread, started on the first subscribe and stopped with the tree, runs the
+callbacks, each subscription's events in the order they were published::
+
+    pool (under its lock)            EventBus                       "pooly-events" thread
+    ---------------------            --------                       ---------------------
+    bus.publish(event) ----------->  each subscription: room?  -->  callback(event), in
+    (no subscriber: pools skip it)   append : dropped += 1          order; one that raises
+                                     wake the thread (once)         is logged, never more
+
+A pool checks its ``_events`` list (the bus's list of subscriptions, shared) before it even
+makes an event: with no subscriber, publishing costs an attribute test.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .events import Event
+
+__all__ = ("EventBus", "Subscription")
+
+log = logging.getLogger("pooly.events")
+
+#: How long stopping the tree waits for the event thread to deliver what is queued.
+_STOP_WAIT = 5.0
+
+
+class Subscription:
+    """A callback subscribed to a tree's events (``Pooly.subscribe``). ``close()`` (or the
+    end of a ``with`` block) unsubscribes; events still queued for it are dropped.
+
+    ``dropped``: events it missed because its queue (``maxsize`` events) was full -- its
+    callback falls that far behind the pools. ``failures``: how many times its callback
+    raised (each is logged on the ``pooly.events`` logger)."""
+
+    __slots__ = ("_bus", "callback", "dropped", "failures", "maxsize", "queue")
+
+    def __init__(self, bus: EventBus, callback: Callable[[Any], object], maxsize: int) -> None:
+        self._bus = bus
+        self.callback = callback
+        self.maxsize = maxsize
+        self.queue: collections.deque[Event] = collections.deque()
+        self.dropped = 0
+        self.failures = 0
+
+    @property
+    def closed(self) -> bool:
+        return self not in self._bus.subs
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent): the callback gets no event after this returns --
+        unless it is running one now, on the event thread."""
+        self._bus.unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"queued={len(self.queue)}"
+        return f"<Subscription {self.callback!r} {state} dropped={self.dropped}>"
+
+
+class EventBus:
+    """A tree's subscribers and the thread that calls them (see the module docstring)."""
+
+    def __init__(self, name: str = "pooly") -> None:
+        self.name = name
+        # The subscriptions; pools hold this very list (its truth says "anyone listening?").
+        # Changed in place under _lock; read without it.
+        self.subs: list[Subscription] = []
+        self._lock = threading.Lock()
+        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._woken = False  # a wake-up is queued that the thread has not taken yet
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def subscribe(self, callback: Callable[[Any], object], maxsize: int) -> Subscription:
+        """Any thread: add a subscription; start the thread on the first one."""
+        if not callable(callback):
+            raise TypeError(f"subscribe expects a callable, got {callback!r}")
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise ValueError(f"maxsize must be an int >= 1, got {maxsize!r}")
+        sub = Subscription(self, callback, maxsize)
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the tree has stopped")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"{self.name}-events", daemon=True
+                )
+                self._thread.start()
+            self.subs.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            try:
+                self.subs.remove(sub)
+            except ValueError:
+                return
+        sub.queue.clear()
+
+    def publish(self, event: Event) -> None:
+        """Any thread (a pool's, under its lock): queue ``event`` for every subscription.
+        Never blocks, never raises for a subscriber's sake."""
+        for sub in self.subs:
+            if len(sub.queue) < sub.maxsize:
+                sub.queue.append(event)
+            else:
+                sub.dropped += 1
+        if not self._woken:
+            self._woken = True
+            self._wakeups.put(None)
+
+    def stop(self) -> None:
+        """Deliver what is queued, then end the thread (any thread but the event thread,
+        which only asks it to end). Idempotent; later events are dropped."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            t = self._thread
+        if t is None:
+            return
+        self._wakeups.put(None)
+        if t is not threading.current_thread():
+            t.join(_STOP_WAIT)
+        with self._lock:
+            self.subs.clear()
+
+    def _run(self) -> None:
+        """The event thread: deliver, each subscription in turn, until stopped."""
+        while True:
+            self._wakeups.get()
+            self._woken = False  # (before looking: an event published after is seen)
+            while self._deliver_some():
+                pass
+            if self._stopped:
+                return
+
+    def _deliver_some(self) -> bool:
+        """One event to each subscription that has one; False if none had."""
+        any_ = False
+        for sub in list(self.subs):
+            try:
+                event = sub.queue.popleft()
+            except IndexError:
+                continue
+            any_ = True
+            try:
+                sub.callback(event)
+            except Exception:
+                sub.failures += 1
+                log.exception("pooly events: subscriber %r failed on %r", sub.callback, event)
+        return any_
