@@ -81,6 +81,7 @@ __all__ = ("Lease", "Pool", "PoolStats", "PoolStatus")
 
 log = logging.getLogger("pooly.pool")
 _current_thread = threading.current_thread
+_wall = time.time  # events' time (see pooly.events)
 
 T = TypeVar("T")
 State = Literal["ready", "overflow", "full", "failed", "stopped"]
@@ -743,7 +744,7 @@ class Pool(PassiveChild, SupervisorListener):
                 if self._workers_sup is not None:
                     self._workers_sup.terminate_child(wid, wait=False, only_if=h)
                 if self._events:  # (it ends at once: its WorkerExited follows)
-                    self._publish(WorkerStarted(self.name, h.pid, "initial"))
+                    self._publish(WorkerStarted, (self.name, h.pid, "initial"))
                 return h
             else:
                 again = wid in self._restartable
@@ -763,7 +764,7 @@ class Pool(PassiveChild, SupervisorListener):
                     if old is not None:
                         self._heir_up(old)
             if self._events:
-                self._publish(WorkerStarted(self.name, h.pid, why))  # type: ignore[arg-type]
+                self._publish(WorkerStarted, (self.name, h.pid, why))
                 self._note_state()
         log.debug("pool %r: worker pid %d started (%s)", self.name, h.pid, why)
         if age is not None:
@@ -1298,17 +1299,20 @@ class Pool(PassiveChild, SupervisorListener):
 
     # ------------------------------------------------------------------ events (locked)
 
-    def _publish(self, event: Event) -> None:
-        """(under the lock, with subscribers) Queue ``event`` for them: never blocks."""
+    def _publish(self, kind: type[Event], fields: tuple[Any, ...]) -> None:
+        """(under the lock, with subscribers) Queue the event ``kind(*fields)``, stamped
+        now, for them: never blocks. (The event object is made on the event thread.)"""
         bus = self._bus
         if bus is not None:
-            bus.publish(event)
+            bus.publish((kind, fields, _wall()))
 
     def _note_state(self) -> None:
         """(under the lock, with subscribers; after a commit) Tell a change of state."""
         if self._closed is not None:
             state: State = "failed" if self._failed else "stopped"
-        elif self._idle or self._parked_any():
+        elif self._idle or (
+            (tasks := self._dispatcher) is not None and tasks._parked and tasks.parked() > 0
+        ):
             state = "ready"
         elif self._overflow < self.max_overflow:
             state = "overflow"
@@ -1318,7 +1322,7 @@ class Pool(PassiveChild, SupervisorListener):
         if state != old:
             self._told = state
             if old is not None:
-                self._publish(PoolStateChanged(self.name, old, state))
+                self._publish(PoolStateChanged, (self.name, old, state))
                 log.log(
                     logging.DEBUG,
                     "pool %r: %s -> %s",
@@ -1326,12 +1330,6 @@ class Pool(PassiveChild, SupervisorListener):
                     old,
                     state,
                 )
-
-    def _parked_any(self) -> bool:
-        """Whether the task dispatcher keeps a live worker for its next task (idle, as
-        ``status`` counts it)."""
-        tasks = self._dispatcher
-        return tasks is not None and bool(tasks._parked) and tasks.parked() > 0
 
     def _observe(self, bus: EventBus) -> None:
         """Publish to ``bus`` (the tree's; its list of subscriptions is shared)."""
@@ -1691,7 +1689,7 @@ class Pool(PassiveChild, SupervisorListener):
         w = lease._rec
         log.info("pool %r: recycling worker pid %d: %s", self.name, w.handle.pid, why)
         if self._events:
-            self._publish(WorkerRecycled(self.name, w.handle.pid, why))
+            self._publish(WorkerRecycled, (self.name, w.handle.pid, why))
         if w.overflow:  # not replaced as such: another starts if a waiter needs it
             self._recycled += 1
             self._retire(lease, _CHECKED_IN)
@@ -1874,7 +1872,7 @@ class Pool(PassiveChild, SupervisorListener):
                 if counted:
                     name = _method_name(method) or "?"
                     assert timeout is not None
-                    self._publish(CallTimedOut(self.name, lease.pid, name, timeout))
+                    self._publish(CallTimedOut, (self.name, lease.pid, name, timeout))
                 self._note_state()
         if counted:
             log.warning(
@@ -1943,7 +1941,7 @@ class Pool(PassiveChild, SupervisorListener):
                 pass
             self._checkout_timeouts += 1
             if self._events:
-                self._publish(CheckoutTimedOut(self.name, waited))
+                self._publish(CheckoutTimedOut, (self.name, waited))
         log.info("pool %r: a checkout timed out after %gs", self.name, waited)
         return True
 
@@ -2119,14 +2117,15 @@ class Pool(PassiveChild, SupervisorListener):
             if self._events:
                 held = last is not None and last._ended in _HELD_AT_DEATH
                 self._publish(
-                    WorkerExited(
+                    WorkerExited,
+                    (
                         self.name,
                         h.pid,
                         code,
                         h.stopping,
                         _method_name(last._doing) if held and last is not None else None,
                         last._holder if held and last is not None else None,
-                    )
+                    ),
                 )
                 self._note_state()
         if h.stopping:
