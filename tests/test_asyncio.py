@@ -767,6 +767,52 @@ def test_a_task_cancelled_while_its_overflow_worker_starts(sup: pooly.Pooly, run
     run(main)
 
 
+def test_a_task_cancelled_after_its_overflow_worker_arrived_but_before_it_resumed(
+    sup: pooly.Pooly, run: Run
+) -> None:
+    """Found by the chaos soak (a pool left with every worker leased to tasks that never
+    used them, its waiters timing out): the overflow worker a task asked for has started
+    and been handed to it (its lease in the task's set, the task due to resume), and the
+    task is cancelled before it runs. It raised CancelledError -- but the lease, which the
+    pool had not recorded as delivered, stayed in the task's set, unknown to it, until the
+    task ended: a long-lived task that goes on after a cancellation kept the worker for
+    good. The worker goes back to the pool at once."""
+    pool = sup.start_pool("p", Counter, size=1, max_overflow=1)
+
+    async def main() -> None:
+        held = await pool.acheckout(timeout=5)
+        co = pool.acheckout(timeout=10)
+        goes_on = asyncio.Event()
+        outcome: list[str] = []
+
+        async def long_lived() -> None:
+            try:
+                async with co:
+                    outcome.append("served")
+            except asyncio.CancelledError:
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                outcome.append("cancelled")
+            await goes_on.wait()  # ... and it goes on, holding nothing it knows of
+
+        task = asyncio.create_task(long_lived())
+        # Each turn of the loop this runs ahead of the task's own wake-up, which the
+        # lease's arrival schedules behind it: it sees the checkout done, the task not
+        # yet resumed -- and cancels it then.
+        while not co.done():
+            await asyncio.sleep(0)
+        task.cancel()
+        assert await until(lambda: outcome == ["cancelled"])
+        assert await until(lambda: pool.status().busy == 1, 10), pool.status()
+        s = pool.status()
+        assert (s.busy, s.overflow, s.waiting) == (1, 0, 0), s
+        goes_on.set()
+        await task
+        pool.checkin(held)
+        assert pool.status().idle == 1
+
+    run(main)
+
+
 @pytest.mark.parametrize("how", ["cancel", "timeout", "wait_for"])
 def test_a_task_cancelled_mid_call_gets_cancelled_error_and_its_worker_is_replaced(
     sup: pooly.Pooly, run: Run, tmp_path: Any, how: str

@@ -275,6 +275,11 @@ class ACheckout:
             self._finish(_FAILED, got)
 
     def _deliver(self, lease: Lease) -> None:
+        # Ours from now on -- but until the task resumes it may yet be cancelled (or
+        # destroyed): then _leave finds the lease here and gives it back. (Served from the
+        # queue it is here already; taken idle or started for us, it was not, and such a
+        # lease stayed in the task's set, unknown to it, until the task ended.)
+        self.got = lease
         task = self._task
         if task is not None and self.leases is not (held := _leases_of_task(task)):
             self._pool._hold(lease, held)

@@ -10,9 +10,24 @@ import sys
 import threading
 import traceback
 
-from .. import Pool
+from .. import Pool, _owner
 
 __all__ = ("describe_pool", "thread_stacks")
+
+
+def _holder(pool: Pool, lease: object) -> str:
+    """Who holds ``lease``: an asyncio task (with where it is), the task dispatcher, or a
+    thread (which one can't be told from outside)."""
+    tasks = pool._dispatcher
+    if tasks is not None and any(s.lease is lease for s in list(tasks._slots.values())):
+        return "the task dispatcher"
+    for task, leases in list(_owner._task_leases.items()):
+        if lease in leases:
+            stack = task.get_stack(limit=3)
+            where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in stack)
+            return f"task {task.get_name()} done={task.done()} at {where}"
+    n = len(lease._leases)  # type: ignore[attr-defined]
+    return f"a thread (or no one: its holder set has {n} lease(s))"
 
 
 def describe_pool(pool: Pool) -> str:
@@ -25,7 +40,8 @@ def describe_pool(pool: Pool) -> str:
             state = "idle" if id(w) in idle else "leased" if w.lease is not None else "NEITHER"
             out.append(
                 f"  {wid}: pid {h.pid} {state} overflow={w.overflow} retire={w.retire!r} "
-                f"exited={h.exited.is_set()} stopping={h.stopping}"
+                f"exited={h.exited.is_set()} stopping={h.stopping} calls={h.calls}"
+                + ("" if w.lease is None else f" held by {_holder(pool, w.lease)}")
             )
         out.append(
             f"  busy={pool._busy} overflow={pool._overflow} core={list(pool._core)} "
