@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -336,3 +337,155 @@ def test_socket_removed_at_exit(rundir: str) -> None:
     path = out.stdout.strip()
     assert path.startswith(rundir)
     assert not os.path.lexists(path)
+
+
+# ---------------------------------------------------------------------- pooly top
+
+TMUX = shutil.which("tmux")
+
+
+def _env() -> dict[str, str]:
+    """Our environment, with the repository root importable (tests.workers) by the
+    observed program and its fork server."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@pytest.fixture
+def program(rundir: str) -> Iterator[tuple[int, str]]:
+    """tests/observed_program.py running (pid, its pool's name); ended after the test by
+    closing its stdin (killed if it does not end)."""
+    name = f"top{os.getpid()}"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "observed_program.py"), name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_env(),
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()  # (the test's timeout bounds it)
+        assert line.startswith("ready "), line
+        assert line.split()[1].startswith(rundir)
+        yield proc.pid, name
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _pooly(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pooly", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_env(),
+    )
+
+
+def test_top_once_prints_the_tree(program: tuple[int, str]) -> None:
+    """`pooly top --once PID` prints one frame: the pool's name and state, each worker's
+    pid, the busy one's holder, the start events; with exactly one program running, no
+    PID is needed."""
+    pytest.importorskip("rich", reason="pooly top needs rich (pip install 'pooly[cli]')")
+    pid, name = program
+    pids = [w["pid"] for w in pooly.observe.snapshot(pid)["pools"][0]["workers"]]
+    for args in (("top", "--once", str(pid)), ("top", "--once")):
+        out = _pooly(*args)
+        assert out.returncode == 0, out.stderr
+        assert name in out.stdout and "ready" in out.stdout
+        for w in pids:
+            assert str(w) in out.stdout
+        assert "MainThread" in out.stdout
+        assert "WorkerStarted" in out.stdout
+
+
+def test_top_of_a_pid_without_endpoint(rundir: str) -> None:
+    """`pooly top PID` for a process with no endpoint (this one, which observes nothing)
+    exits nonzero with a message saying how to enable it."""
+    pytest.importorskip("rich", reason="pooly top needs rich (pip install 'pooly[cli]')")
+    out = _pooly("top", "--once", str(os.getpid()))
+    assert out.returncode == 1
+    assert f"process {os.getpid()} has no observer endpoint" in out.stderr
+    assert "Pooly(observe=True)" in out.stderr
+    out = _pooly("top", "--once")  # none running at all
+    assert out.returncode == 1 and "Pooly(observe=True)" in out.stderr
+
+
+@pytest.mark.skipif(
+    TMUX is None, reason="tmux is not installed (make test installs it: apt-get install tmux)"
+)
+@pytest.mark.timeout(90)
+def test_top_live_in_a_terminal(program: tuple[int, str]) -> None:
+    """`pooly top PID` in a real terminal (a detached tmux session, 120x40): the pool's
+    name and every worker's pid appear; `q` quits it with status 0; the terminal is
+    restored after -- echo and canonical mode back on, the alternate screen left -- and
+    the observed program's pool is as it was."""
+    pytest.importorskip("rich", reason="pooly top needs rich (pip install 'pooly[cli]')")
+    assert TMUX is not None
+    pid, name = program
+    before = pooly.observe.snapshot(pid)["pools"][0]
+    pids = [w["pid"] for w in before["workers"]]
+    server = f"pooly-test-{os.getpid()}"
+    tmux = [TMUX, "-L", server, "-f", "/dev/null"]
+    script = (
+        f"{shlex.join([sys.executable, '-m', 'pooly', 'top', str(pid)])}; "
+        "echo EXIT=$?; stty -a | tr '; ' '\\n\\n' "
+        "| grep -x -- '-\\?\\(echo\\|icanon\\)' | tr '\\n' ' '; echo; echo DONE; sleep 60"
+    )
+
+    def screen() -> str:
+        out = subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", "top"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout
+
+    try:
+        subprocess.run(
+            [*tmux, "new-session", "-d", "-s", "top", "-x", "120", "-y", "40", "sh", "-c", script],
+            check=True,
+            timeout=10,
+            env=_env(),
+        )
+        assert wait_for(
+            lambda: name in (s := screen()) and all(str(p) in s for p in pids), timeout=30
+        ), screen()
+        shown = screen()
+        assert "pooly top" in shown and "MainThread" in shown
+        alt = subprocess.run(
+            [*tmux, "display-message", "-p", "-t", "top", "#{alternate_on}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        assert alt == "1"  # drawn on the alternate screen
+        subprocess.run([*tmux, "send-keys", "-t", "top", "q"], check=True, timeout=10)
+        assert wait_for(lambda: "DONE" in screen(), timeout=20), screen()
+        after = screen()
+        assert "EXIT=0" in after, after
+        modes = after.split("EXIT=0", 1)[1].split("DONE", 1)[0].split()
+        assert sorted(modes) == ["echo", "icanon"], after  # not -echo, -icanon: restored
+        alt = subprocess.run(
+            [*tmux, "display-message", "-p", "-t", "top", "#{alternate_on}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        assert alt == "0"
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+    now = pooly.observe.snapshot(pid)["pools"][0]
+    assert [w["pid"] for w in now["workers"]] == pids
+    assert now["status"] == before["status"]
