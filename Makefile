@@ -10,6 +10,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# tests/test_observe.py draws `pooly top` in a real terminal: tmux (skipped without it)
+	@command -v tmux >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		command -v apt-get >/dev/null 2>&1 \
+		&& ($$SUDO apt-get install -y tmux || ($$SUDO apt-get update && $$SUDO apt-get install -y tmux)) \
+		|| echo "warning: could not install tmux; the 'pooly top' terminal test will be skipped"; }
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,8 +5,10 @@ Re-exports only; the implementation lives in the private modules:
 ``ProcessChild``), ``_worker`` (worker processes and their channel),
 ``_pool`` (the pool server and leases), ``_dispatch`` (its tasks: submit/map),
 ``_executor`` (``ProcessPoolExecutor``), ``_pooly`` (the top of the tree), ``_errors``,
-``_stats`` (``PoolStats``), ``_bus`` (event delivery). Public modules: ``pooly.events``;
-``pooly.prometheus`` (the ``prometheus`` extra; never imported by ``import pooly``).
+``_stats`` (``PoolStats``), ``_bus`` (event delivery), ``_observer`` (the
+``Pooly(observe=True)`` endpoint). Public modules: ``pooly.events``, ``pooly.observe``
+(reading a running program's endpoint), ``pooly.prometheus`` (the ``prometheus`` extra;
+never imported by ``import pooly``).
 """
 
 from ._aio import AsyncLease

@@ -235,6 +235,7 @@ class _Worker:
     """
 
     __slots__ = (
+        "born",
         "handle",
         "heir",
         "idle_at",
@@ -263,6 +264,7 @@ class _Worker:
         # it has been reaped, outside such a call (see Pool._release_channel).
         self.last: Lease | None = None
         self.overflow = overflow
+        self.born = time.monotonic()  # for its age as observers show it (real time, always)
 
 
 class Lease:
@@ -1434,6 +1436,55 @@ class Pool(PassiveChild, SupervisorListener):
             raise self._forked_error()
         with self._lock:
             return [w.handle.pid for w in self._workers.values()]
+
+    def _observed(self) -> tuple[list[dict[str, Any]], list[int]]:
+        """For the observer endpoint (its thread): one row per live worker -- ``pid``,
+        ``wid``, ``state`` ("idle", "busy", "overflow" for an overflow worker,
+        "retiring" for one being recycled or resized away), ``leased``, ``overflow``,
+        ``calls``, ``rss`` (bytes, None if unreadable), ``age`` (seconds), ``holder`` (the
+        leasing thread's or task's name) -- and the spares' pids. Copied under the lock
+        (reads only); memory is read after, outside it."""
+        if self._gen != HOST.gen:
+            raise self._forked_error()
+        tasks = self._dispatcher
+        with self._lock:
+            parked = set()
+            if tasks is not None and tasks._parked:
+                parked = {id(lease._rec) for lease in list(tasks._parked) if lease._ended is None}
+            rows = [
+                (
+                    w.handle.pid,
+                    w.wid,
+                    w.lease is not None and id(w) not in parked,
+                    w.overflow,
+                    w.retire is not None,
+                    w.handle.calls,
+                    w.born,
+                    None if w.lease is None else w.lease._holder,
+                )
+                for w in self._workers.values()
+            ]
+            spares = [w.handle.pid for w in self._spares]
+        now = time.monotonic()
+        out = []
+        for pid, wid, leased, overflow, retiring, calls, born, holder in rows:
+            state = (
+                "retiring" if retiring else "overflow" if overflow else "busy" if leased else "idle"
+            )
+            out.append(
+                {
+                    "pid": pid,
+                    "wid": wid,
+                    "state": state,
+                    "leased": leased,
+                    "overflow": overflow,
+                    "calls": calls,
+                    "rss": _rss(pid),
+                    "age": round(now - born, 3),
+                    "holder": holder,
+                }
+            )
+        return out, spares
 
     def __repr__(self) -> str:
         if self._gen != HOST.gen:

@@ -29,6 +29,7 @@ from ._backend import check_fds
 from ._bus import EventBus, Subscription
 from ._errors import NoSuchPool, PoolyError
 from ._fds import HOST
+from ._observer import Observer, check_observe
 from ._pool import Pool, forked_error
 from ._supervisor import Child, ChildSpec, ExitReason, PassiveChild, Supervisor, SupervisorListener
 from ._tree import pool_shutdown, start_pool_tree
@@ -69,6 +70,13 @@ class Pooly:
     when the pool starts, so each of its workers (and each replacement) is forked with them
     loaded. The worker class's module is always imported there. Don't preload modules that
     start threads or open resources at import time: they are forked into every worker.
+
+    ``observe`` (default False: nothing listens): True serves read-only snapshots of the
+    tree -- pools, workers, recent lifecycle events -- on a Unix socket (mode 0600) in the
+    user's runtime directory, ``pooly-<pid>.sock``, for ``pooly top`` and
+    :mod:`pooly.observe`; a path (str or ``os.PathLike``) puts the socket there instead.
+    The socket is removed by :meth:`stop` and at exit. Nothing sent on it can change a
+    pool. ``observe_path`` says where it is (None when not observed).
     """
 
     def __init__(
@@ -77,7 +85,9 @@ class Pooly:
         start_method: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         preload: Iterable[str] = (),
+        observe: bool | str | os.PathLike[str] = False,
     ) -> None:
+        observe_at = check_observe(observe)
         preload = tuple(preload)
         if not all(isinstance(m, str) and m for m in preload):
             raise TypeError(f"preload must be module names (str), got {preload!r}")
@@ -104,12 +114,25 @@ class Pooly:
         except Exception as e:  # (what was made is released with it: its fds' finalizers)
             check_fds("cannot create a Pooly", e)  # out of fds: a PoolyError saying so
             raise
+        self._observer: Observer | None = None
+        if observe_at is not None:
+            try:
+                self._observer = Observer(
+                    observe_at,
+                    functools.partial(_pools_of, self._registry),
+                    functools.partial(self._bus.subscribe, maxsize=1_000),
+                )
+            except BaseException as e:
+                _shutdown(self._registry, self._top, self._bus, None)
+                if isinstance(e, OSError):
+                    raise PoolyError(f"cannot open the observer endpoint: {e}") from e
+                raise
         self._gen = HOST.gen
         # Stops the tree if this Pooly is dropped without stop() -- on a thread of its own,
         # never the one the garbage collector happens to run on. Interpreter exit is
         # _stop_all_at_exit's business, not weakref's (whose exit order is newest first).
         self._finalizer = weakref.finalize(
-            self, _collected, self._registry, self._top, self._gen, self._bus
+            self, _collected, self._registry, self._top, self._gen, self._bus, self._observer
         )
         self._finalizer.atexit = False
         _LIVE[self._finalizer] = self._gen
@@ -339,7 +362,12 @@ class Pooly:
         found = self._finalizer.detach()
         _LIVE.pop(self._finalizer, None)
         if found is not None and self._gen == HOST.gen:
-            _shutdown(self._registry, self._top, self._bus)
+            _shutdown(self._registry, self._top, self._bus, self._observer)
+
+    @property
+    def observe_path(self) -> str | None:
+        """The observer endpoint's socket path (``Pooly(observe=...)``), or None."""
+        return None if self._observer is None else self._observer.path
 
     def _check_here(self) -> None:
         if self._gen != HOST.gen:
@@ -366,6 +394,12 @@ class Pooly:
         return f"<Pooly pools={names}{'' if self._finalizer.alive else ' stopped'}>"
 
 
+def _pools_of(registry: _Registry) -> list[Pool]:
+    """The registry's pools in start order (the observer's view: no strong ref to Pooly)."""
+    with registry.lock:
+        return list(registry.pools.values())
+
+
 def _itself(child: _Registry) -> _Registry:
     # Not a lambda over self: the supervisor thread holds its specs, and a Pooly must stay
     # collectable (its finalizer then stops the tree).
@@ -380,7 +414,9 @@ _STOPPING: dict[threading.Thread, None] = {}
 _EXIT_JOIN = 30.0  # seconds to wait at exit for such stops to finish
 
 
-def _collected(registry: _Registry, top: Supervisor, gen: int, bus: EventBus) -> None:
+def _collected(
+    registry: _Registry, top: Supervisor, gen: int, bus: EventBus, observer: Observer | None
+) -> None:
     """A Pooly was garbage-collected without stop(): stop its tree on a thread of its own.
 
     The collector runs on whichever thread happens to allocate -- possibly one of this very
@@ -391,15 +427,19 @@ def _collected(registry: _Registry, top: Supervisor, gen: int, bus: EventBus) ->
         _LIVE.pop(fin, None)
     if gen != HOST.gen:  # a forked child's copy: the tree is the parent's
         return
-    t = threading.Thread(target=_stop_collected, args=(registry, top, bus), name="pooly-stop")
+    t = threading.Thread(
+        target=_stop_collected, args=(registry, top, bus, observer), name="pooly-stop"
+    )
     t.daemon = True  # _stop_all_at_exit waits for it (with a deadline), not threading
     _STOPPING[t] = None
     t.start()
 
 
-def _stop_collected(registry: _Registry, top: Supervisor, bus: EventBus) -> None:
+def _stop_collected(
+    registry: _Registry, top: Supervisor, bus: EventBus, observer: Observer | None
+) -> None:
     try:
-        _shutdown(registry, top, bus)
+        _shutdown(registry, top, bus, observer)
     except Exception:
         log.exception("stopping a Pooly that was garbage-collected without stop()")
     finally:
@@ -424,7 +464,7 @@ def _stop_all_at_exit() -> None:
             continue
         _obj, _func, args, _kwargs = found
         try:
-            _shutdown(args[0], args[1], args[3])
+            _shutdown(args[0], args[1], args[3], args[4])
         except Exception:
             log.exception("stopping a Pooly at interpreter exit")
     deadline = time.monotonic() + _EXIT_JOIN
@@ -432,9 +472,17 @@ def _stop_all_at_exit() -> None:
         t.join(max(0.0, deadline - time.monotonic()))
 
 
-def _shutdown(registry: _Registry, top: Supervisor, bus: EventBus) -> None:
-    """Close every pool to new checkouts, then stop the whole tree (graceful, then kill),
-    then the event thread, once it has delivered the tree's last events."""
+def _shutdown(
+    registry: _Registry, top: Supervisor, bus: EventBus, observer: Observer | None
+) -> None:
+    """Close the observer endpoint (its socket file goes), close every pool to new
+    checkouts, then stop the whole tree (graceful, then kill), then the event thread, once
+    it has delivered the tree's last events."""
+    if observer is not None:
+        try:
+            observer.close()
+        except Exception:
+            log.exception("closing the observer endpoint")
     with registry.lock:
         pools = list(registry.pools.values())
     for pool in pools:

@@ -1,8 +1,8 @@
 """The ``pooly`` command: parses arguments and dispatches to a subcommand's module.
 
 ``pooly demo`` runs :mod:`pooly.cli.demo`, ``pooly chaos`` runs :mod:`pooly.cli.chaos`,
-``pooly soak`` runs :mod:`pooly.cli.soak`; the console script and ``python -m pooly`` both
-call :func:`main`.
+``pooly soak`` runs :mod:`pooly.cli.soak`, ``pooly top`` runs :mod:`pooly.cli.top`; the
+console script and ``python -m pooly`` both call :func:`main`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 from .. import __version__
-from . import chaos, demo, soak
+from . import chaos, demo, soak, top
 
 __all__ = ("build_parser", "main")
 
@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak.add_arguments(soak_cmd)
     soak_cmd.set_defaults(func=soak.main)
+    top_cmd = commands.add_parser(
+        "top",
+        help="a live view of a running program's pools and workers, read from its "
+        "observer endpoint (Pooly(observe=True)); q or Ctrl-C quits",
+        description="Draw the supervision tree of a running program -- pools with their "
+        "state and counts, workers with pid, state, calls, RSS and age, the last crashes "
+        "and events -- refreshed about four times a second. The program must have started "
+        "its tree with pooly.Pooly(observe=True). Needs rich: pip install 'pooly[cli]'.",
+    )
+    top.add_arguments(top_cmd)
+    top_cmd.set_defaults(func=top.main)
     return parser
 
 
