@@ -8,15 +8,25 @@ conftest fixture that checks descendants; so the demo runs with a marker in its 
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import uuid
 
 import pytest
 
+from pooly import Pooly
+from pooly.cli.common import Display
+from pooly.cli.demo_config import Options
+from pooly.cli.demo_tally import EventLog, Outcome, tally
+from pooly.cli.demo_workload import Demo
 from pooly.cli.main import main
+from pooly.cli.workers import Counter
+from pooly.events import WorkerExited
 from tests.conftest import left_with_env
 
 MARKER = "POOLY_DEMO_TEST_MARKER"
@@ -70,8 +80,126 @@ def test_demo_short_run_loses_no_call_and_leaves_no_process() -> None:
     assert _number("failed with BrokenProcessPool", "stdlib:" + theirs) > 0, report
     assert "raised BrokenProcessPool" in theirs, report
     assert "OK:" in out, report
+    _check_stats_and_events(out, report)
     left = left_with_env(MARKER, marker)
     assert not left, f"processes left behind by the demo: {left}\n{report}"
+
+
+def _check_stats_and_events(out: str, report: str) -> None:
+    """The demo's live view and the part of its tally read from stats() and the events
+    (issue 11 part 7): the tree is observed, the progress lines show each pool's live state,
+    the tally's stats table and event counts are there, nothing was dropped, and the
+    unexpected WorkerExited events equal the pools' stats().crashes, pool by pool."""
+    assert re.search(r"pooly top \d+", out), report  # observe=True: how to watch it live
+    for name in ("counters", "hashers"):  # the progress lines' live view of each pool
+        assert re.search(
+            rf"^\s+{name}\s+\w+\s+idle \d+ busy \d+ overflow \d+/\d+ waiting \d+ \| "
+            rf"[\d,]+ calls/s \| crashes \d+, replaced \d+ \| restarts left \d+/\d+$",
+            out,
+            re.MULTILINE,
+        ), report
+    tally = out.split("pool stats (stats()")[1]
+    header = tally.splitlines()[1].split()
+    assert header == ["counters", "hashers", "executor"], report
+
+    def columns(label: str) -> list[int]:
+        m = re.search(rf"^\s+{re.escape(label)}((?:\s+[\d,]+)+)$", tally, re.MULTILINE)
+        assert m, f"no {label!r} row in the stats table\n{report}"
+        return [int(v.replace(",", "")) for v in m.group(1).split()]
+
+    crashes = columns("crashes")
+    assert columns("calls")[0] > 0 and columns("checkouts")[0] > 0, report
+    assert sum(crashes) > 0, report  # the faults were crashes, counted by the pools
+    assert columns("SIGKILL")[2] == 1, report  # the executor's one SIGKILLed worker
+    for label in ("replacements", "recycles", "checkout timeouts", "call timeouts"):
+        assert len(columns(label)) == 3, report
+    for label in ("overflow started/dismissed", "wait p50/p99 (ms)", "hold p50/p99 (ms)"):
+        assert re.search(rf"^\s+{re.escape(label)}(\s+[\d.]+/[\d.]+){{3}}$", tally, re.M), report
+    assert re.search(r"^\s+restarts left(\s+\d+/\d+){3}$", tally, re.MULTILINE), report
+    m = re.search(r"events received \(subscribe\)\s+([\d,]+)\s+\(dropped (\d+)\)", tally)
+    assert m and int(m.group(1).replace(",", "")) > 0 and m.group(2) == "0", report
+    started = _number("WorkerStarted", tally)
+    assert started >= 3 * 2 and "initial" in tally and "replacement" in tally, report
+    unexpected = _number("WorkerExited, unexpected", tally)
+    assert unexpected == sum(crashes), report
+    assert re.search(r"in a call to\s+.*segfault", tally), report  # the crash's method
+    assert re.search(r"held by\s+.*consumer-\d", tally), report  # and its lease's holder
+    for name, n in zip(("counters", "hashers", "executor"), crashes, strict=True):
+        assert re.search(rf"^\s+{name}\s+{n} = {n}\s*$", tally, re.MULTILINE), report
+    assert re.search(rf"all pools\s+{unexpected} = {unexpected}\s+agree", tally), report
+    assert "MISMATCH" not in out, report
+
+
+@pytest.mark.timeout(60)
+def test_tally_fails_the_demo_when_events_and_stats_disagree() -> None:
+    """The cross-check has teeth: a tally whose unexpected WorkerExited events don't add up
+    to the pool's stats().crashes (or whose subscription dropped events) prints a MISMATCH
+    line and makes the exit status nonzero -- the same tally agreeing returns 0."""
+    with Pooly() as sup:
+        demo = Demo(sup, Options(), Display(io.StringIO(), tty=False))
+        demo.workload_s = 1.0
+        pool = sup.start_pool("counters", Counter, size=1)
+        pool.checkout(timeout=10)  # a checkout in the stats (its lease ends with the tree)
+    stats = pool.stats()
+    crashes = {-signal.SIGKILL: 2}
+    stats = dataclasses.replace(stats, crashes=crashes)
+    status = pool.status()
+
+    def run(events: EventLog, dropped: int = 0) -> tuple[int, str]:
+        out = io.StringIO()
+        demo.display = Display(out, tty=False)
+        outcome = Outcome(
+            during=[status],
+            final=[status],
+            stats={"counters": stats},
+            max_restarts={"counters": 3},
+            check=(0, 0),
+            settled=True,
+            left=[],
+            completed=True,
+            wall=1.0,
+            events=events,
+            dropped=dropped,
+        )
+        return tally(demo, outcome), out.getvalue()
+
+    def exited(pid: int, expected: bool) -> WorkerExited:
+        return WorkerExited("counters", pid, -signal.SIGKILL, expected, "add", "consumer-1")
+
+    agreeing = EventLog()
+    for pid in (1, 2):
+        agreeing(exited(pid, expected=False))
+    agreeing(exited(3, expected=True))
+    code, out = run(agreeing)
+    assert code == 0 and "MISMATCH" not in out, out
+    assert re.search(r"all pools\s+2 = 2\s+agree", out), out
+
+    short = EventLog()
+    short(exited(1, expected=False))
+    short(exited(2, expected=True))
+    code, out = run(short)
+    assert code == 1, out
+    assert re.search(r"^\s+counters\s+1 = 2\s+MISMATCH$", out, re.MULTILINE), out
+    assert "MISMATCH: unexpected WorkerExited events != stats().crashes" in out, out
+    assert "FAILED: events and stats() disagree on crashes" in out, out
+
+    code, out = run(agreeing, dropped=5)
+    assert code == 1 and "dropped 5 events" in out, out
+
+
+def test_display_redraws_a_status_of_several_lines_in_place() -> None:
+    """On a terminal the demo's progress (a line per pool) is redrawn in place: a new status
+    or a permanent line first erases the whole previous block (cursor up, erase down)."""
+    out = io.StringIO()
+    d = Display(out, tty=True)
+    d.status("a\nb\nc")
+    d.status("d\ne")
+    d.line("event")
+    d.clear_status()
+    assert out.getvalue() == (
+        "a\nb\nc" + "\r\x1b[2A\x1b[J" + "d\ne" + "\r\x1b[1A\x1b[J" + "event\n" + "d\ne"
+        "\r\x1b[1A\x1b[J"
+    )
 
 
 @pytest.mark.timeout(60)

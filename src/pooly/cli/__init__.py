@@ -2,8 +2,8 @@
 
 Imports go one way, left to right and down; each module below ~500 lines::
 
-    main ---> demo ---> demo_workload ---> demo_config
-      |         \\            |
+    main ---> demo ---> demo_tally ---> demo_workload ---> demo_config
+      |         \\                          |
       |          '---------> common  <-------------------------.   option types, display,
       '-----> chaos ---> chaos_soak ---> chaos_faults ---> chaos_exec ---> chaos_calls
                  \\          |                                                |

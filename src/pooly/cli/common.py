@@ -66,8 +66,10 @@ def non_negative_int(text: str) -> int:
 
 
 class Display:
-    """Permanent lines, plus one status line: redrawn in place (\\r) on a terminal, printed
-    as plain periodic lines otherwise. Called from any thread."""
+    """Permanent lines, plus one status: redrawn in place on a terminal, printed as plain
+    periodic lines otherwise. The status may have several lines (``\\n``): on a terminal
+    each is cut to its width and the block is redrawn with ANSI cursor moves. Called from
+    any thread."""
 
     def __init__(self, out: TextIO, tty: bool | None = None) -> None:
         self.out = out
@@ -75,13 +77,18 @@ class Display:
         self._lock = threading.Lock()
         self._status = ""
 
+    def _erase(self) -> str:
+        """What erases the status drawn now (the cursor is at the end of its last line)."""
+        if not self._status:
+            return ""
+        up = self._status.count("\n")
+        if not up:  # one line: blanks, which any terminal understands
+            return "\r" + " " * len(self._status) + "\r"
+        return f"\r\x1b[{up}A\x1b[J"  # up to its first line, erase to the end of the screen
+
     def line(self, text: str = "") -> None:
         with self._lock:
-            if self._status:
-                self.out.write("\r" + " " * len(self._status) + "\r")
-            self.out.write(text + "\n")
-            if self._status:
-                self.out.write(self._status)
+            self.out.write(self._erase() + text + "\n" + self._status)
             self.out.flush()
 
     def status(self, text: str) -> None:
@@ -89,15 +96,21 @@ class Display:
             if not self.tty:
                 self.out.write(text + "\n")
             else:
-                text = text[: max(20, shutil.get_terminal_size().columns - 1)]
-                self.out.write("\r" + text.ljust(len(self._status)))
+                size = shutil.get_terminal_size()
+                width = max(20, size.columns - 1)
+                lines = [s[:width] for s in text.split("\n")][: max(1, size.lines - 1)]
+                text = "\n".join(lines)
+                if "\n" in text or "\n" in self._status:
+                    self.out.write(self._erase() + text)
+                else:
+                    self.out.write("\r" + text.ljust(len(self._status)))
                 self._status = text
             self.out.flush()
 
     def clear_status(self) -> None:
         with self._lock:
             if self._status:
-                self.out.write("\r" + " " * len(self._status) + "\r")
+                self.out.write(self._erase())
                 self.out.flush()
                 self._status = ""
 

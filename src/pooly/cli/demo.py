@@ -16,8 +16,16 @@ result its caller verifies, so the closing tally is evidence rather than a claim
       order a segfault / an os._exit inside a call | run a consumer thread that ends holding
       a lease; then it times how long the pool takes to replace the worker
 
-    main thread: a progress line while it runs, then the tally; exit status 1 if a call was
-    lost (neither a correct result nor WorkerCrashed), a pool failed or a worker outlived it.
+    main thread: progress while it runs -- the demo's counts and each pool's live state from
+    its status() and stats() (idle/busy/overflow/waiting, calls/s, crashes, replacements,
+    restarts left) --, then the tally; exit status 1 if a call was lost (neither a correct
+    result nor WorkerCrashed), a pool failed, a worker outlived it, or the pools' stats()
+    and the lifecycle events disagree.
+
+The tree is observed (``Pooly(observe=True)``): ``pooly top <pid>`` in another terminal
+shows it live while the faults land. The demo subscribes to the tree's lifecycle events
+before its pools start, and the tally (:mod:`pooly.cli.demo_tally`) reads every pool's
+``stats()`` and those events once the tree has stopped, and checks one against the other.
 
 Then the executor section (:mod:`pooly.cli.demo_executor`): CPU tasks submitted to
 ``Pooly.start_executor`` with a busy worker SIGKILLed mid-run -- only the task it ran fails,
@@ -27,32 +35,25 @@ fail with ``BrokenProcessPool``.
 
 The worker classes live in :mod:`pooly.cli.workers` (preloaded into the forkserver: workers
 import their class by module path), the workload in :mod:`pooly.cli.demo_workload`, the
-configuration in :mod:`pooly.cli.demo_config`; this module parses the options, runs the demo
-and prints the tally.
+configuration in :mod:`pooly.cli.demo_config`, the tally in :mod:`pooly.cli.demo_tally`;
+this module parses the options and runs the demo.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import importlib.util
+import os
 import sys
 import time
 from typing import TextIO
 
-from .. import PoolStatus, Pooly
+from .. import Pool, Pooly, PoolyError
 from . import workers
 from .common import Display, alive, pooly_errors_to, positive_float, positive_int
-from .demo_config import (
-    CHECKOUT_TIMEOUT,
-    CONFIRMED,
-    KINDS,
-    LABELS,
-    MAX_SECONDS,
-    OVERFLOW,
-    POOLS,
-    Options,
-)
+from .demo_config import MAX_SECONDS, OVERFLOW, Options
 from .demo_executor import EX_KILL_AFTER, EX_TASKS, EX_WORKERS, ExecutorRun, run_pooly, run_stdlib
+from .demo_tally import EventLog, Outcome, describe, tally
 from .demo_workload import Demo
 
 __all__ = ("Options", "add_arguments", "main", "run")
@@ -104,11 +105,23 @@ def run(opts: Options, out: TextIO | None = None) -> int:
         return _run(opts, display)
 
 
+def _tree(display: Display) -> Pooly:
+    """The demo's tree, observed (for ``pooly top``) if its endpoint can be opened."""
+    # The forkserver imports the worker classes' module once, so replacements start fast.
+    try:
+        return Pooly(preload=[workers.__name__], observe=True)
+    except PoolyError as e:
+        display.line(f"(no observer endpoint, so pooly top can't watch this run: {e})")
+        return Pooly(preload=[workers.__name__])
+
+
 def _run(opts: Options, display: Display) -> int:
     started = time.monotonic()
-    # The forkserver imports the worker classes' module once, so replacements start fast.
-    sup = Pooly(preload=[workers.__name__])
+    sup = _tree(display)
+    events = EventLog()
     try:
+        # Subscribed before any pool starts: every worker's life is seen, start to end.
+        sub = sup.subscribe(events)
         demo = Demo(sup, opts, display)
         display.line(
             f"pooly demo: 2 pools, {opts.consumers} consumer threads, a fault every "
@@ -126,6 +139,11 @@ def _run(opts: Options, display: Display) -> int:
             f"  restart intensity: {demo.max_restarts} restarts in {MAX_SECONDS:g} s "
             "per pool (sized for the fault rate)"
         )
+        if sup.observe_path is not None:
+            hint = "" if importlib.util.find_spec("rich") else "  (needs: pip install 'pooly[cli]')"
+            display.line(
+                f"  watch the tree live from another terminal: pooly top {os.getpid()}{hint}"
+            )
         t = time.monotonic()
         demo.start_pools()
         display.line(
@@ -140,7 +158,8 @@ def _run(opts: Options, display: Display) -> int:
         check = demo.final_check()
         settled = demo.settle() and settled
         final = [p.status() for p in demo.pools.values()]
-        pids = [pid for p in demo.pools.values() for pid in p.worker_pids()]
+        pools: dict[str, Pool] = dict(demo.pools)
+        pids = [pid for p in pools.values() for pid in p.worker_pids()]
         runs: list[ExecutorRun] = []
         if completed:
             display.line()
@@ -149,154 +168,36 @@ def _run(opts: Options, display: Display) -> int:
                 f"workers; once {EX_KILL_AFTER} results are in, the worker that answered last "
                 "(busy with its next task) is SIGKILLed"
             )
-            run, ex_pids = run_pooly(sup)
+            run, ex_pids, ex_pool = run_pooly(sup)
+            pools[ex_pool.name] = ex_pool
             pids += ex_pids
             demo.anomalies.extend(run.anomalies)
-            display.line(f"  {_describe(run)}")
+            display.line(f"  {describe(run)}")
             runs.append(run)
     finally:
+        # stop() delivers every event queued before it returns: after it, the events and
+        # the pools' stats() are final, and must agree.
         sup.stop()
+    stats = {name: p.stats() for name, p in pools.items()}
     if runs:
         run = run_stdlib()
-        demo.display.line(f"  {_describe(run)}")
+        demo.display.line(f"  {describe(run)}")
         runs.append(run)
-    left = [pid for pid in pids if alive(pid)]
-    return _tally(
-        demo, during, final, check, settled, left, completed, time.monotonic() - started, runs
+    outcome = Outcome(
+        during=during,
+        final=final,
+        stats=stats,
+        max_restarts={name: p.max_restarts for name, p in pools.items()},
+        check=check,
+        settled=settled,
+        left=[pid for pid in pids if alive(pid)],
+        completed=completed,
+        wall=time.monotonic() - started,
+        runs=runs,
+        events=events,
+        dropped=sub.dropped,
     )
-
-
-def _describe(run: ExecutorRun) -> str:
-    """One executor's run, in a line."""
-    text = f"{run.label}: {run.ok} ok (checked)"
-    if run.crashed:
-        text += f", {run.crashed} WorkerCrashed ({run.crash_note})"
-    if run.broken:
-        text += f", {run.broken} BrokenProcessPool"
-    if run.lost:
-        text += f", {run.lost} lost"
-    if run.heal_ms is not None:
-        text += f"; worker replaced {run.heal_ms:.0f} ms after the kill"
-    return text + f"; one more submit: {run.after}"
-
-
-def _tally(
-    demo: Demo,
-    during: list[PoolStatus],
-    final: list[PoolStatus],
-    check: tuple[int, int],
-    settled: bool,
-    left: list[int],
-    completed: bool,
-    wall: float,
-    runs: list[ExecutorRun],
-) -> int:
-    t = demo.totals()
-    f = demo.faults
-    lost = t.calls - t.ok - t.crashed
-    hung = lost - t.wrong - t.errors
-    poisoned = f.count["segfault"] + f.count["os-exit"]
-    failed = sorted(demo.failed_pools | {s.name for s in final if s.state == "failed"})
-    w = 33
-
-    def row(label: str, value: object, note: str = "") -> None:
-        text = f"{value:,}" if isinstance(value, int) else str(value)
-        demo.display.line(f"  {label:<{w}} {text:>9}   {note}".rstrip())
-
-    demo.display.line()
-    demo.display.line(f"Tally after {demo.workload_s:.1f} s of workload ({wall:.1f} s in all)")
-    per_pool = ", ".join(f"{n} {t.per_pool[n]:,}" for n in POOLS)
-    row("calls made", t.calls, f"({per_pool})")
-    row("  succeeded, result checked", t.ok)
-    row(
-        "  failed with WorkerCrashed",
-        t.crashed,
-        f"({poisoned} of them the segfault/os._exit calls)" if poisoned else "",
-    )
-    row("  lost", lost, f"(wrong result {t.wrong}, other error {t.errors}, hung {hung})")
-    row("checkout timeouts", t.checkout_timeouts, f"(checkout waits up to {CHECKOUT_TIMEOUT:g} s)")
-    row("faults injected", sum(f.count.values()))
-    for kind in KINDS:
-        row(
-            f"  {LABELS[kind]}",
-            f.count[kind],
-            f"({f.confirmed[kind]} {CONFIRMED[kind]})" if f.count[kind] else "",
-        )
-    if f.skipped:
-        row("  skipped (no target right then)", f.skipped)
-    heal = (
-        f"(median {statistics.median(f.heal_ms):.0f} ms, max {max(f.heal_ms):.0f} ms after "
-        "the fault)"
-        if f.heal_ms
-        else ""
-    )
-    row("workers replaced", sum(s.replaced for s in during), heal)
-    for s in during:
-        row(f"  {s.name}", s.replaced, f"({s.crashed} died unasked)")
-    if f.not_replaced:
-        row("deaths without a replacement", f.not_replaced, "(overflow workers are not replaced)")
-    killed, replaced = check
-    heal = (
-        f", median {statistics.median(demo.final_heal_ms):.0f} ms with the pools idle"
-        if demo.final_heal_ms
-        else ""
-    )
-    row("final check: workers SIGKILLed", killed, f"({replaced} replaced{heal})")
-    demo.display.line("  final status of each pool:")
-    for s in final:
-        demo.display.line(
-            f"    {s.name:<9} {s.state:<8} size {s.size}  idle {s.idle}  busy {s.busy}  "
-            f"overflow {s.overflow}/{s.max_overflow}  waiting {s.waiting}"
-        )
-    if runs:
-        row("executor tasks (1 worker killed)", EX_TASKS, "(through pooly, then the stdlib)")
-        for run in runs:
-            short = run.label.split(".")[0] if run.label.startswith("pooly") else "stdlib"
-            row(f"  {short}: succeeded, checked", run.ok)
-            if run.label.startswith("pooly"):
-                row("    failed with WorkerCrashed", run.crashed, "(the task it was running)")
-            else:
-                row("    failed with BrokenProcessPool", run.broken, "(every task not done yet)")
-            row("    lost", run.lost)
-            row("    one more submit", "", run.after)
-    row("worker processes left after stop", len(left), f"(pids {left})" if left else "")
-    if demo.anomalies:
-        demo.display.line("  anomalies:")
-        for text in demo.anomalies[:10]:
-            demo.display.line(f"    {text}")
-        if len(demo.anomalies) > 10:
-            demo.display.line(f"    ... and {len(demo.anomalies) - 10} more")
-
-    problems = []
-    if lost:
-        problems.append(f"{lost} call{'' if lost == 1 else 's'} lost")
-    if failed:
-        problems.append(f"pool(s) failed: {', '.join(failed)} (raise --fault-interval)")
-    if not settled:
-        problems.append("a pool did not return to its size after the run")
-    if check[1] < check[0]:
-        problems.append(f"final check: {check[0] - check[1]} killed workers not replaced")
-    if left:
-        problems.append(f"{len(left)} worker processes outlived the pool")
-    if demo.hung:
-        problems.append(f"threads did not finish: {', '.join(demo.hung)}")
-    if demo.broken:
-        problems.append(f"consumers stopped on an error: {', '.join(demo.broken)}")
-    mine = [r for r in runs if r.label.startswith("pooly")]
-    for r in mine:
-        if r.lost or r.crashed > 1 or r.ok + r.crashed != EX_TASKS:
-            problems.append(f"executor: {r.lost} task(s) lost, {r.crashed} crashed")
-        if r.after != "served" or (r.killed is not None and r.heal_ms is None):
-            problems.append(f"executor: not healed (one more submit {r.after})")
-    demo.display.line()
-    if problems:
-        demo.display.line("FAILED: " + "; ".join(problems))
-        return 1
-    demo.display.line(
-        "OK: every call and executor task returned a correct result or raised "
-        "WorkerCrashed; every pool healed; no process left behind."
-    )
-    return 0 if completed else 130
+    return tally(demo, outcome)
 
 
 def main(args: argparse.Namespace) -> int:

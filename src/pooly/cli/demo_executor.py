@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import Pooly, WorkerCrashed
+from .. import Pool, Pooly, WorkerCrashed
 from .._errors import describe_exit
 from .workers import PAYLOADS, digest_task, sha256_chain
 
@@ -124,9 +124,9 @@ def _drive(ex: Executor, run: ExecutorRun, replaced: Callable[[], int] | None = 
         run.after = f"raised {type(e).__name__}"
 
 
-def run_pooly(sup: Pooly) -> tuple[ExecutorRun, list[int]]:
+def run_pooly(sup: Pooly) -> tuple[ExecutorRun, list[int], Pool]:
     """The tasks and the fault through ``sup.start_executor``; also the pids of its
-    workers (to check none is left after the tree stops)."""
+    workers (to check none is left after the tree stops) and its pool (for its stats)."""
     run = ExecutorRun("pooly.ProcessPoolExecutor")
     ex = sup.start_executor("executor", max_workers=EX_WORKERS)
     pids: list[int] = []
@@ -135,7 +135,7 @@ def run_pooly(sup: Pooly) -> tuple[ExecutorRun, list[int]]:
         pids = ex.pool.worker_pids()
     finally:
         ex.shutdown(wait=True)
-    return run, pids
+    return run, pids, ex.pool
 
 
 def run_stdlib() -> ExecutorRun:

@@ -71,6 +71,7 @@ class Demo:
         self._killed: set[int] = set()
         self.final_heal_ms: list[float] = []
         self._threads: list[threading.Thread] = []  # the load's: consumers, then the injector
+        self._calls_seen: dict[str, collections.deque[tuple[float, int]]] = {}  # for calls/s
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -396,6 +397,8 @@ class Demo:
         self._threads.append(
             threading.Thread(target=self.inject_faults, name="fault-injector", daemon=True)
         )
+        for name, pool in self.pools.items():  # where the progress's calls/s start from
+            self._calls_seen[name] = collections.deque([(self.t0, pool.stats().calls)])
         for th in self._threads:
             th.start()
 
@@ -461,18 +464,30 @@ class Demo:
         return t
 
     def status_line(self) -> str:
+        """The progress block: the demo's own counts, then a line per pool from its
+        ``status()`` and ``stats()`` -- a compact live view of the tree."""
         t = self.totals()
-        parts = [
+        lines = [
             f"{self.elapsed():5.1f}s  calls {t.calls:,}: ok {t.ok:,}, WorkerCrashed "
-            f"{t.crashed}, lost {t.wrong + t.errors}",
-            f"faults {sum(self.faults.count.values())}",
+            f"{t.crashed}, lost {t.wrong + t.errors} | faults {sum(self.faults.count.values())}"
         ]
+        now = time.monotonic()
         for name, pool in self.pools.items():
-            s = pool.status()
-            text = f"{name} {s.idle} idle, {s.busy} busy"
-            if s.overflow:
-                text += f", {s.overflow} overflow"
-            if s.state in ("failed", "stopped"):
-                text += f" ({s.state})"
-            parts.append(text)
-        return " | ".join(parts)
+            s, st = pool.status(), pool.stats()
+            lines.append(
+                f"       {name:<9} {s.state:<8} idle {s.idle} busy {s.busy} overflow "
+                f"{s.overflow}/{s.max_overflow} waiting {s.waiting} | "
+                f"{self._rate(name, now, st.calls):,.0f} calls/s | crashes "
+                f"{sum(st.crashes.values())}, replaced {st.replacements} | restarts left "
+                f"{st.restarts_left}/{pool.max_restarts}"
+            )
+        return "\n".join(lines)
+
+    def _rate(self, name: str, now: float, calls: int) -> float:
+        """Calls per second into pool ``name`` over about the last second (main thread)."""
+        seen = self._calls_seen.setdefault(name, collections.deque())
+        seen.append((now, calls))
+        while len(seen) > 2 and now - seen[1][0] >= 1.0:
+            seen.popleft()
+        t0, c0 = seen[0]
+        return (calls - c0) / (now - t0) if now > t0 else 0.0
