@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 		command -v apt-get >/dev/null 2>&1 \
 		&& ($$SUDO apt-get install -y tmux || ($$SUDO apt-get update && $$SUDO apt-get install -y tmux)) \
 		|| echo "warning: could not install tmux; the 'pooly top' terminal test will be skipped"; }
+	@# tests/test_web_observer.py runs the `pooly observe` page in headless Chromium (skipped without it)
+	@test -x /usr/bin/chromium || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		command -v apt-get >/dev/null 2>&1 \
+		&& ($$SUDO apt-get install -y chromium || ($$SUDO apt-get update && $$SUDO apt-get install -y chromium)) \
+		|| echo "warning: could not install chromium; the 'pooly observe' browser test will be skipped"; }
 	touch $(STAMP)
 
 demo: $(STAMP)

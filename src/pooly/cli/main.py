@@ -1,7 +1,8 @@
 """The ``pooly`` command: parses arguments and dispatches to a subcommand's module.
 
 ``pooly demo`` runs :mod:`pooly.cli.demo`, ``pooly chaos`` runs :mod:`pooly.cli.chaos`,
-``pooly soak`` runs :mod:`pooly.cli.soak`, ``pooly top`` runs :mod:`pooly.cli.top`; the
+``pooly soak`` runs :mod:`pooly.cli.soak`, ``pooly top`` runs :mod:`pooly.cli.top`,
+``pooly observe`` runs :mod:`pooly.cli.web`; the
 console script and ``python -m pooly`` both call :func:`main`.
 """
 
@@ -11,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 
 from .. import __version__
-from . import chaos, demo, soak, top
+from . import chaos, demo, soak, top, web
 
 __all__ = ("build_parser", "main")
 
@@ -72,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     top.add_arguments(top_cmd)
     top_cmd.set_defaults(func=top.main)
+    observe_cmd = commands.add_parser(
+        "observe",
+        help="serve a web page drawing a running program's tree live (like Erlang's "
+        "observer), on a loopback address only; Ctrl-C stops",
+        description="Serve, on 127.0.0.1 (or another loopback address) only, a page that "
+        "draws the supervision tree of a running program -- the pools and their workers "
+        "coloured by state, a crash log, calls per second per pool -- from its observer "
+        "endpoint (the program must start its tree with pooly.Pooly(observe=True)). Prints "
+        "the URL; runs until Ctrl-C. Standard library only.",
+    )
+    web.add_arguments(observe_cmd)
+    observe_cmd.set_defaults(func=web.main)
     return parser
 
 
