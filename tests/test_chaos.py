@@ -76,6 +76,14 @@ def test_short_soak_explains_every_outcome_and_leaves_nothing(tmp_path: Path) ->
     assert calls["WorkerCrashed"] > 0 and sum(data["replaced"].values()) > 0, report
     assert checkouts.get(chaos_config.WAITER_TIMEOUT, 0) > 0, report
     assert data["heal_ms"], report
+    # Issue 11: every lifecycle event agrees with what the soak did -- one start and one
+    # exit per worker, a SIGKILL's exit code, a crashing call's code, method and holder.
+    ev = data["events"]
+    for k in ("exited_twice", "started_never_exited", "exited_never_started", "dropped"):
+        assert ev[k] == 0, f"events: {k} {ev[k]}\n{report}"
+    assert ev["sigkills_wrong"] == 0 and ev["crash_calls_wrong"] == 0, report
+    assert ev["sigkills_checked"] > 0 and ev["crash_calls_checked"] > 0, report
+    assert ev["workers_exited"] == ev["workers_started"] > 0, report
     # The executors (issue 8): every task ended in exactly one counted outcome, none hung,
     # results checked; each way of sending them ran; each executor fault did its harm.
     fu = data["futures"]

@@ -247,6 +247,9 @@ def _run(opts: Options, display: Display) -> int:
     )
     completed = False
     sup = chaos.sup = Pooly()
+    # Every lifecycle event, checked against what the soak did once the tree has stopped
+    # (a queue deep enough never to drop: dropping is itself a failure).
+    events = sup.subscribe(chaos.on_event, maxsize=10_000_000)
     done = threading.Event()
     watchers = [
         chaos.thread("monitor", chaos.monitor, done),
@@ -285,8 +288,9 @@ def _run(opts: Options, display: Display) -> int:
         done.set()
         for ex in chaos.executors.values():
             ex.shutdown(wait=True)  # as its user would; its tree stops the rest
-        sup.stop()
+        sup.stop()  # (delivers every queued event first)
         chaos.cleanup()
+    chaos.check_events(events.dropped)
     seen = chaos.seen  # those not yet forgotten (the rest were seen dead)
     fig.workers_seen = len(seen) + chaos.forgotten
     chaos.sup = None

@@ -227,6 +227,9 @@ class ChaosCalls(ChaosState):
                 self.hit(holder.name, pid, t, holder.gen, kind or "")
                 if e.exitcode == fault.exitcode:  # (else: SIGKILLed under the fault call)
                     self.count(self.fig.confirmed, kind or "")
+                    # (its WorkerExited must say so: see check_events)
+                    me = threading.current_thread().name
+                    self.crash_calls[pid] = (kind or "", e.exitcode, me)
             if deliberate or pid in self.killed or self.restarted(holder.name, holder.gen):
                 self.count(counts, CRASHED)
             else:  # nobody harmed this worker on purpose

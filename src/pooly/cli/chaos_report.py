@@ -229,6 +229,31 @@ def report(chaos: Chaos, completed: bool) -> int:
         len(fig.restarts_down_ms),
         f"(serving again: {_ms(fig.restarts_down_ms)})",
     )
+    ev = fig.events
+    if ev:
+        row(
+            "lifecycle events (subscribe): workers started",
+            ev["workers_started"],
+            f"({ev['workers_exited']:,} exited, {ev['unexpected_exits']:,} of them unexpected)",
+        )
+        row("  a worker with two starts or two exits", ev["exited_twice"], "(must be 0)")
+        row(
+            "  started, no WorkerExited / exited, no start",
+            f"{ev['started_never_exited']} / {ev['exited_never_started']}",
+            "(must be 0 / 0)",
+        )
+        row(
+            "  SIGKILLs: exit -9 in their WorkerExited",
+            ev["sigkills_checked"],
+            f"(of {ev['sigkills_sent']:,} sent; {ev['sigkills_wrong']} wrong or missing, "
+            "must be 0)",
+        )
+        row(
+            "  crashes in calls: exit code, method, holder",
+            ev["crash_calls_checked"],
+            f"({ev['crash_calls_wrong']} wrong or missing, must be 0)",
+        )
+        row("  events dropped", ev["dropped"], "(must be 0)")
     row(
         "final sweep: workers SIGKILLed",
         fig.final_killed,
@@ -313,6 +338,23 @@ def report(chaos: Chaos, completed: bool) -> int:
         problems.append("left after shutdown: " + ", ".join(f"{v} {k}" for k, v in leaked.items()))
     if fig.workers_alive_after:
         problems.append(f"worker processes still alive: {fig.workers_alive_after[:10]}")
+    ev = fig.events
+    bad = {
+        k: ev.get(k, 0)
+        for k in (
+            "exited_twice",
+            "started_never_exited",
+            "exited_never_started",
+            "sigkills_wrong",
+            "crash_calls_wrong",
+            "dropped",
+        )
+    }
+    if any(bad.values()):
+        problems.append(
+            "lifecycle events disagree with the soak: "
+            + ", ".join(f"{k} {v}" for k, v in bad.items() if v)
+        )
     fig.problems = problems
     line()
     if problems:

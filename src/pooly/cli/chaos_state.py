@@ -12,6 +12,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -21,7 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import Pool, Pooly, ProcessPoolExecutor
+from ..events import WorkerExited, WorkerStarted
 from .chaos_config import (
+    CALL_FAULTS,
+    EX_EXITS,
     EXECUTORS,
     MAX_ANOMALIES,
     MAX_SECONDS,
@@ -32,7 +36,7 @@ from .chaos_config import (
 )
 from .chaos_diag import describe_pool, thread_stacks
 from .common import Display
-from .workers import ChaosWorker
+from .workers import EXIT_CODES, ChaosWorker
 
 __all__ = ("ChaosState", "Figures", "Hit", "Holder")
 
@@ -96,6 +100,8 @@ class Figures:
     heal_ms: list[float] = field(default_factory=list)
     heal_no_dip: int = 0
     heal_cancelled: int = 0
+    # Lifecycle events (issue 11) checked against what the soak did: see check_events.
+    events: dict[str, int] = field(default_factory=dict)
     heal_cancelled_ms: list[float] = field(default_factory=list)  # how long they had waited
     heal_late: int = 0
     crash_ms: list[float] = field(default_factory=list)  # call out -> WorkerCrashed raised
@@ -164,6 +170,12 @@ class ChaosState:
         # Per-worker records, dropped FORGET_AFTER s after the worker is seen dead, so the
         # soak's own memory stays flat and the RSS figures speak of Pooly alone.
         self.killed: set[int] = set()  # pids the injector SIGKILLed
+        # Lifecycle events received (sup.subscribe; the event thread writes, the main
+        # thread reads once the tree has stopped) and the crashes consumers saw in calls:
+        # pid -> (fault kind, exit code, the consumer thread's name).
+        self.ev_started: collections.Counter[int] = collections.Counter()
+        self.ev_exited: dict[int, list[WorkerExited]] = {}
+        self.crash_calls: dict[int, tuple[str, int | None, str]] = {}
         self.totals: dict[int, tuple[str, int]] = {}  # pid -> (token, last total seen)
         self.chains: dict[tuple[int, int], str] = {}
         self.inflight: dict[int, tuple[float, str]] = {}  # op id -> (since, what)
@@ -255,6 +267,66 @@ class ChaosState:
     def cleanup(self) -> None:
         """Remove the slow-start flags (main thread, once no worker can start any more)."""
         shutil.rmtree(self.flag_dir, ignore_errors=True)
+
+    def on_event(self, event: object) -> None:
+        """The tree's event thread: keep each worker's start and exit events."""
+        if isinstance(event, WorkerExited):
+            self.ev_exited.setdefault(event.pid, []).append(event)
+        elif isinstance(event, WorkerStarted):
+            self.ev_started[event.pid] += 1
+
+    def check_events(self, dropped: int) -> None:
+        """Main thread, once the tree has stopped (every event delivered): the events
+        against what happened. Every worker that started has exactly one WorkerExited;
+        each one the soak SIGKILLed and the pool did not stop itself exited with
+        SIGKILL; each crash a consumer saw in a call is an unexpected exit with that
+        exit code, naming the method and the consumer thread that held the lease."""
+        exited = self.ev_exited
+        started = set(self.ev_started)
+        twice = sum(1 for evs in exited.values() if len(evs) > 1)
+        twice += sum(1 for n in self.ev_started.values() if n > 1)
+        no_exit = len(started - set(exited))
+        no_start = len(set(exited) - started)
+        kill_wrong = 0
+        kills = 0
+        # A worker SIGKILLed while a fault call of its own was killing it may have died
+        # of that first: its exit code is then the fault's.
+        own = {-signal.SIGKILL, *(f.exitcode for f in CALL_FAULTS.values())}
+        own |= {*EX_EXITS.values(), *EXIT_CODES.values()}
+        for pid in self.killed:
+            evs = exited.get(pid)
+            if not evs:
+                kill_wrong += 1
+                continue
+            if not evs[0].expected:
+                kills += 1
+                if evs[0].exitcode not in own:
+                    kill_wrong += 1
+        crash_wrong = 0
+        for pid, (_kind, code, holder) in self.crash_calls.items():
+            evs = exited.get(pid)
+            if (
+                not evs
+                or evs[0].expected
+                or evs[0].exitcode != code
+                or evs[0].method is None
+                or evs[0].holder != holder
+            ):
+                crash_wrong += 1
+        self.fig.events = {
+            "workers_started": len(started),
+            "workers_exited": len(exited),
+            "unexpected_exits": sum(1 for evs in exited.values() if not evs[0].expected),
+            "exited_twice": twice,
+            "started_never_exited": no_exit,
+            "exited_never_started": no_start,
+            "sigkills_sent": len(self.killed),
+            "sigkills_checked": kills,
+            "sigkills_wrong": kill_wrong,
+            "crash_calls_checked": len(self.crash_calls),
+            "crash_calls_wrong": crash_wrong,
+            "dropped": dropped,
+        }
 
     def hit(self, name: str, pid: int, t: float, gen: int, kind: str) -> None:
         with self.hits_lock:
