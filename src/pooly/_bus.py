@@ -13,7 +13,9 @@ callbacks, each subscription's events in the order they were published::
                                      wake the thread (once)         is logged, never more
 
 A pool checks its ``_events`` list (the bus's list of subscriptions, shared) before it even
-makes an event: with no subscriber, publishing costs an attribute test.
+makes an event: with no subscriber, publishing costs an attribute test. A pool's state
+changes are published as a :class:`StateNote` that sums up the changes made before the
+thread delivers it (a pool of one changes state twice per checkout).
 """
 
 from __future__ import annotations
@@ -26,20 +28,91 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .events import PoolStateChanged, State
+
 #: An event as published: its class, its fields but ``time``, its time. The dataclass is
 #: made on the event thread (a frozen dataclass costs about a microsecond to make: not the
-#: pool's to pay, under its lock).
-Raw = tuple[type, tuple[Any, ...], float]
+#: pool's to pay, under its lock). Or ``(None, note, time)``: a :class:`StateNote`, the
+#: events it sums up made when it is first delivered.
+Raw = tuple[Any, Any, float]
 
-__all__ = ("EventBus", "Subscription")
+__all__ = ("EventBus", "StateNote", "Subscription")
 
 log = logging.getLogger("pooly.events")
+_pool_log = logging.getLogger("pooly.pool")
 
 #: How long stopping the tree waits for the event thread to deliver what is queued.
 _STOP_WAIT = 5.0
 #: Woken, the event thread lets events gather this long (seconds) before it delivers them:
 #: one wake-up (a thread switch, the GIL changing hands) per batch, not per event.
 _GATHER = 0.002
+
+
+class StateNote:
+    """A pool's state changes, summed up until the event thread delivers them.
+
+    A pool flapping between two states (a pool of one: each checkout makes it "full", each
+    checkin "ready" again) changes state hundreds of thousands of times a second. Told one
+    by one, those changes would cost the event thread more than the pool's own work (and
+    flood every subscriber's queue, crowding out the events that matter). So the pool
+    publishes one note at its first change, and folds its next changes into it for as long
+    as the note is the last thing it published and no subscriber has been handed it yet.
+    Delivered, the note tells each state the pool entered once, in the order first entered,
+    ending in the last state it folded in: a chain (each event's ``old`` is the previous
+    one's ``new``) from the state told before to the state now. ``ready -> full -> ready
+    -> full -> ready`` within one note is told as ``ready -> full``, ``full -> ready``.
+
+    The pool calls :meth:`fold` under its own lock; the event thread calls :meth:`take`;
+    ``lock`` (the pool's, for its notes) keeps the two apart."""
+
+    __slots__ = ("events", "lock", "new", "new_t", "old", "open", "path", "pool", "seq")
+
+    def __init__(
+        self, pool: str, old: State, new: State, t: float, seq: int, lock: threading.Lock
+    ) -> None:
+        self.pool = pool
+        self.old = old  # the state told before
+        # (state, time first entered): each state once, in the order first entered
+        self.path: list[tuple[State, float]] = [(new, t)]
+        self.new = new  # the state now, entered at new_t
+        self.new_t = t
+        self.seq = seq  # the pool's count of events published, this one included
+        self.lock = lock
+        self.open = True
+        self.events: list[Any] = []
+
+    def fold(self, state: State, t: float) -> bool:
+        """(the pool) The pool's state is ``state`` since ``t``: fold it in, unless the
+        note has been handed to a subscriber already (False: publish a new one)."""
+        with self.lock:
+            if not self.open:
+                return False
+            self.new = state
+            self.new_t = t
+            if state != self.old:
+                for s, _ in self.path:
+                    if s == state:
+                        break
+                else:
+                    self.path.append((state, t))
+            return True
+
+    def take(self) -> list[Any]:
+        """(the event thread) The ``PoolStateChanged`` events this note tells; the first
+        call closes it to the pool's changes."""
+        with self.lock:
+            if self.open:
+                self.open = False
+                prev = self.old
+                for state, t in self.path:
+                    self.events.append(PoolStateChanged(self.pool, prev, state, time=t))
+                    prev = state
+                if self.new != prev:
+                    self.events.append(PoolStateChanged(self.pool, prev, self.new, time=self.new_t))
+                if _pool_log.isEnabledFor(logging.DEBUG):  # (where a pool logs)
+                    for e in self.events:
+                        _pool_log.debug("pool %r: %s -> %s", self.pool, e.old, e.new)
+        return self.events
 
 
 class Subscription:
@@ -169,10 +242,17 @@ class EventBus:
             except IndexError:
                 continue
             any_ = True
-            event = kind(*fields, time=when)
-            try:
-                sub.callback(event)
-            except Exception:
-                sub.failures += 1
-                log.exception("pooly events: subscriber %r failed on %r", sub.callback, event)
+            if kind is None:  # a pool's state changes, summed up
+                for event in fields.take():
+                    self._call(sub, event)
+            else:
+                self._call(sub, kind(*fields, time=when))
         return any_
+
+    @staticmethod
+    def _call(sub: Subscription, event: object) -> None:
+        try:
+            sub.callback(event)
+        except Exception:
+            sub.failures += 1
+            log.exception("pooly events: subscriber %r failed on %r", sub.callback, event)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from ._aio import ACheckout, AsyncLease
 from ._backend import LocalBackend, WorkerBackend, WorkerHandle, check_fds
+from ._bus import StateNote
 from ._dispatch import CHUNK, Dispatcher
 from ._errors import (
     CallTimeout,
@@ -68,7 +69,6 @@ from .events import (
     CallTimedOut,
     CheckoutTimedOut,
     Event,
-    PoolStateChanged,
     WorkerExited,
     WorkerRecycled,
     WorkerStarted,
@@ -671,6 +671,10 @@ class Pool(PassiveChild, SupervisorListener):
         self._bus: EventBus | None = None
         self._events: list[Subscription] = []
         self._told: State | None = None
+        # Events published (under the lock), and the last StateNote (see _note_state).
+        self._published = 0
+        self._state_note: StateNote | None = None
+        self._note_lock = threading.Lock()
         # Why a core worker id not started before starts (its first start): "recycle".
         self._start_why: dict[str, str] = {}
         # Recycling: any limit set (checkin looks only then); ids of workers started to take
@@ -1306,6 +1310,7 @@ class Pool(PassiveChild, SupervisorListener):
         now, for them: never blocks. (The event object is made on the event thread.)"""
         bus = self._bus
         if bus is not None:
+            self._published += 1
             bus.publish((kind, fields, _wall()))
 
     def _note_state(self) -> None:
@@ -1323,15 +1328,17 @@ class Pool(PassiveChild, SupervisorListener):
         old = self._told
         if state != old:
             self._told = state
-            if old is not None:
-                self._publish(PoolStateChanged, (self.name, old, state))
-                log.log(
-                    logging.DEBUG,
-                    "pool %r: %s -> %s",
-                    self.name,
-                    old,
-                    state,
-                )
+            bus = self._bus
+            if old is not None and bus is not None:
+                # Folded into the note published last, if it is still the last this pool
+                # published and still undelivered; else a new note (see StateNote).
+                t = _wall()
+                note = self._state_note
+                if note is None or note.seq != self._published or not note.fold(state, t):
+                    self._published += 1
+                    note = StateNote(self.name, old, state, t, self._published, self._note_lock)
+                    self._state_note = note
+                    bus.publish((None, note, t))
 
     def _observe(self, bus: EventBus) -> None:
         """Publish to ``bus`` (the tree's; its list of subscriptions is shared)."""
