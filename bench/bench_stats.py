@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-"""Issue 11's bar: what observing a pool costs (``python bench/bench_stats.py [--quick]``).
+"""Issue 11's bar: what observing a pool costs (``python bench/bench_stats.py [--quick]
+[--baseline REV]``).
 
-Two trees side by side in one run, each with a pool of one worker: one with no subscriber,
-one with a subscriber (a callback counting events) -- stats are always on. Measured, as in
-bench.py (see _bench_impl.py and /work/shared/BENCHMARKING.md):
+Three contenders, each a fresh process pinned to the same CPU (started before any thread,
+so its workers inherit it), run in rotating order (A B C, B C A, ...) for several rounds:
+
+- ``off``: the code at ``--baseline`` (default :data:`BASELINE`, the last commit before
+  stats and events existed -- "off", as pools ran before), extracted with ``git archive``;
+- ``stats``: this code, no subscriber (stats are always on);
+- ``stats+sub``: this code, stats and one subscriber (a callback counting events).
+
+Each measures, on its own tree:
 
 1. a call through a checked-out worker, ``lease.echo(msg)`` (16 bytes), per-call samples;
 2. uncontended ``checkout()`` + ``checkin()`` on a pool of two, batches of 1000, per-op
-   time: a worker stays idle, so the pool's state does not change and nothing is published
-   -- what observing costs a pool that runs as usual (judged);
-3. the same on a pool of one -- the worst case, for information: each checkout and each
-   checkin changes the pool's state (ready -> full -> ready), so every op publishes two
-   events, and the subscriber's deliveries share the GIL with the loop measured.
+   time: a worker stays idle, so the pool's state never changes;
+3. the same on a pool of one: each checkout makes the pool "full", each checkin "ready"
+   again -- 2 state changes per op, summed up per delivery (see ``StateNote``).
 
-Everything runs pinned to one CPU (started before any thread, so the workers inherit it),
-the two contenders interleaved in rounds (A B, B A, ...); each figure is the median of all
-its samples. The bar: subscribed / unsubscribed <= 1.1 for 1 and 2. Exits 1 if missed.
+A round's figure is the median call, and the best batch of 1000 checkouts (the one the
+machine's other work disturbed least: at ~4 us an op, a batch is 4 ms, a scheduler tick);
+the table shows the median over the rounds. The bar: stats+sub / off <= 1.1 for all three.
+Exits 1 if missed. Also printed: stats / off (what counting costs).
 
 Kept tiny at module level (only ``os``/``sys``): on CPython 3.11/3.12 the forkserver
 re-runs the main script in every worker it forks (see bench.py's docstring).
@@ -29,9 +35,19 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
 BAR = 1.1
+#: The last commit before pool.stats() and events (42d7f83 added them).
+BASELINE = "fa808bc"
+SIDES = ("off", "stats", "stats+sub")
+ROWS = (
+    ("call", "call round trip (us)"),
+    ("co2", "checkout+checkin, size 2 (us)"),
+    ("co1", "checkout+checkin, size 1 (us)"),
+)
 
 
-def main(argv: list[str]) -> int:
+def child(side: str, quick: bool, cpu: int) -> None:
+    """One contender's round: print its medians (ns) as JSON on stdout."""
+    import json
     import statistics
     import time
 
@@ -39,13 +55,10 @@ def main(argv: list[str]) -> int:
 
     import pooly
 
-    quick = "--quick" in argv
-    rounds = 4 if quick else 20
+    os.sched_setaffinity(0, {cpu})
     calls = 500 if quick else 2000
-    batches = 2 if quick else 10
+    batches = 3 if quick else 10
     batch = 1000
-
-    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     pc = time.perf_counter_ns
     msg = b"x" * 16
     seen = [0]
@@ -53,64 +66,112 @@ def main(argv: list[str]) -> int:
     def count(event: object) -> None:
         seen[0] += 1
 
-    with pooly.Pooly() as plain, pooly.Pooly() as observed:
-        sub = observed.subscribe(count)
-        pools = {
-            "no subscriber": plain.start_pool("bench-plain", Echo, size=2),
-            "one subscriber": observed.start_pool("bench-observed", Echo, size=2),
-        }
-        ones = {
-            "no subscriber": plain.start_pool("bench-plain-1", Echo, size=1),
-            "one subscriber": observed.start_pool("bench-observed-1", Echo, size=1),
-        }
-        call_ns: dict[str, list[int]] = {k: [] for k in pools}
-        co_ns: dict[str, list[float]] = {k: [] for k in pools}
-        co1_ns: dict[str, list[float]] = {k: [] for k in pools}
-        order = list(pools)
-
-        def checkouts(pool: pooly.Pool, out: list[float]) -> None:
+    out: dict[str, float] = {}
+    with pooly.Pooly() as sup:
+        sub = sup.subscribe(count) if side == "stats+sub" else None
+        two = sup.start_pool("bench-2", Echo, size=2)
+        one = sup.start_pool("bench-1", Echo, size=1)
+        samples: list[float] = []
+        with two.checkout() as lease:
+            echo = lease.echo
+            for _ in range(100):  # (warm-up)
+                echo(msg)
+            for _ in range(calls):
+                t = pc()
+                echo(msg)
+                samples.append(pc() - t)
+        out["call"] = statistics.median(samples)
+        for key, pool in (("co2", two), ("co1", one)):
             checkout, checkin = pool.checkout, pool.checkin
-            for _ in range(batches):
+            per_op: list[float] = []
+            for _ in range(batches + 1):
                 t = pc()
                 for _ in range(batch):
                     checkin(checkout())
-                out.append((pc() - t) / batch)
+                per_op.append((pc() - t) / batch)
+            out[key] = min(per_op[1:])  # (the best batch: the least disturbed; 1st warms up)
+        if sub is not None:
+            out["dropped"] = sub.dropped
+        out["version"] = pooly.__file__
+    if sub is not None:
+        out["events"] = seen[0]
+    print(json.dumps(out))
 
+
+def main(argv: list[str]) -> int:
+    import json
+    import shutil
+    import statistics
+    import subprocess
+    import tempfile
+
+    if "--child" in argv:
+        i = argv.index("--child")
+        child(argv[i + 1], "--quick" in argv, int(argv[i + 2]))
+        return 0
+    quick = "--quick" in argv
+    rounds = 2 if quick else 9
+    base = argv[argv.index("--baseline") + 1] if "--baseline" in argv else BASELINE
+    here = os.path.dirname(BENCH_DIR)
+    cpu = max(os.sched_getaffinity(0))
+    tmp = tempfile.mkdtemp(prefix="pooly-bench-stats-")
+    try:
+        try:
+            archive = subprocess.run(
+                ["git", "-C", here, "archive", base, "src"],
+                check=True,
+                capture_output=True,
+            ).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            err = getattr(e, "stderr", b"") or b""
+            print(f"bench_stats: cannot read the baseline {base!r} from git: {e} {err!r}")
+            return 2
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        srcs = {"off": os.path.join(tmp, "src"), "stats": "", "stats+sub": ""}
+        srcs["stats"] = srcs["stats+sub"] = os.path.join(here, "src")
+        got: dict[str, dict[str, list[float]]] = {s: {k: [] for k, _ in ROWS} for s in SIDES}
+        extra: dict[str, float] = {"events": 0, "dropped": 0}
         for r in range(rounds):
-            for name in order if r % 2 == 0 else order[::-1]:
-                pool = pools[name]
-                with pool.checkout() as lease:
-                    echo, out = lease.echo, call_ns[name]
-                    for _ in range(calls):
-                        t = pc()
-                        echo(msg)
-                        out.append(pc() - t)
-                checkouts(pool, co_ns[name])
-                checkouts(ones[name], co1_ns[name])
-        stats = {name: pool.stats() for name, pool in pools.items()}
-        dropped = sub.dropped
-    print(f"bench_stats: {rounds} interleaved rounds, pinned to one CPU, median per op")
-    print(f"{'':32}{'no subscriber':>16}{'one subscriber':>16}{'ratio':>8}  bar {BAR}x")
-    ok = True
-    for label, data, judged in (
-        ("call round trip (us)", call_ns, True),
-        ("checkout+checkin, size 2 (us)", co_ns, True),
-        ("checkout+checkin, size 1 (us)", co1_ns, False),
-    ):
-        a = statistics.median(data["no subscriber"]) / 1e3
-        b = statistics.median(data["one subscriber"]) / 1e3
-        ratio = b / a
-        if judged:
-            ok &= ratio <= BAR
-            verdict = "PASS" if ratio <= BAR else "FAIL"
-        else:
-            verdict = "(info: 2 events per op)"
-        print(f"{label:32}{a:16.2f}{b:16.2f}{ratio:8.3f}  {verdict}")
-    s = stats["one subscriber"]
+            order = SIDES[r % 3 :] + SIDES[: r % 3]
+            for side in order:
+                env = dict(os.environ, PYTHONPATH=srcs[side])
+                args = [sys.executable, __file__, "--child", side, str(cpu)]
+                proc = subprocess.run(
+                    args + (["--quick"] if quick else []),
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                if proc.returncode != 0:
+                    print(f"bench_stats: the {side!r} round failed:\n{proc.stderr}")
+                    return 2
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                if not res["version"].startswith(srcs[side]):
+                    print(f"bench_stats: {side!r} ran {res['version']}, not {srcs[side]}")
+                    return 2
+                for k, _ in ROWS:
+                    got[side][k].append(res[k])
+                for k in extra:
+                    extra[k] += res.get(k, 0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(
-        f"events delivered {seen[0]}, dropped {dropped}; observed pool: {s.checkouts} "
-        f"checkouts, {s.calls} calls, hold p50 {s.hold_p50 * 1e6:.1f} us"
+        f"bench_stats: {rounds} rounds, a process per contender per round, rotating order, "
+        f"all pinned to CPU {cpu}; median over rounds; off = {base}"
     )
+    print(
+        f"{'':32}{'off':>10}{'stats':>10}{'stats+sub':>11}"
+        f"{'stats/off':>11}{'sub/off':>9}  bar {BAR}x (sub/off)"
+    )
+    ok = True
+    for key, label in ROWS:
+        a, b, c = (statistics.median(got[s][key]) / 1e3 for s in SIDES)
+        verdict = "PASS" if c / a <= BAR else "FAIL"
+        ok &= c / a <= BAR
+        print(f"{label:32}{a:10.2f}{b:10.2f}{c:11.2f}{b / a:11.3f}{c / a:9.3f}  {verdict}")
+    n, dropped = extra["events"], extra["dropped"]
+    print(f"events delivered to the subscriber {n:.0f}, dropped {dropped:.0f}")
     return 0 if ok else 1
 
 

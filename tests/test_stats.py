@@ -6,6 +6,7 @@ and wait / hold percentiles checked in virtual time (a ``VirtualClock`` the test
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import threading
@@ -14,7 +15,7 @@ import pytest
 
 import pooly
 from pooly._clock import VirtualClock
-from pooly._stats import BUCKETS, Histogram, bucket
+from pooly._stats import _BOUNDS, BUCKETS, Histogram, bucket
 from tests.conftest import gone, wait_for
 from tests.workers import Counter
 
@@ -39,6 +40,17 @@ def test_histogram_is_fixed_size_and_reports_bucket_upper_bounds() -> None:
     assert h.percentile(100) == h.max == 0.099
     assert bucket(-1.0) == bucket(0.0) == 0 and bucket(1e-7) == 1
     assert bucket(1e9) == BUCKETS - 1
+
+
+def test_bucket_of_an_infinite_or_nan_sample() -> None:
+    """Defect: bucket(inf) raised OverflowError (ceil of an infinite logarithm), so a
+    sample of inf -- a clock gone wrong -- would have broken the pool's commit. It goes in
+    the last bucket; NaN in bucket 0. Every sample falls in the bucket whose bounds hold it."""
+    assert bucket(math.inf) == BUCKETS - 1
+    assert bucket(math.nan) == 0
+    for v in (1e-6, 1.0000001e-6, 3.2e-6, 0.5, 7.0, 86_400.0):
+        i = bucket(v)
+        assert _BOUNDS[i - 1] < v <= _BOUNDS[i]
 
 
 def test_counters_exact_after_a_known_sequence(sup: pooly.Pooly) -> None:

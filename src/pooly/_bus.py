@@ -62,57 +62,58 @@ class StateNote:
     one's ``new``) from the state told before to the state now. ``ready -> full -> ready
     -> full -> ready`` within one note is told as ``ready -> full``, ``full -> ready``.
 
-    The pool calls :meth:`fold` under its own lock; the event thread calls :meth:`take`;
-    ``lock`` (the pool's, for its notes) keeps the two apart."""
+    The pool calls :meth:`fold` under its own lock; the event thread calls :meth:`take`.
+    No lock between them: what the note says is one tuple in a one-item list, which the
+    pool replaces with an item store and the event thread takes with ``pop()`` -- each one
+    step under the GIL, so a fold either lands before the take (and is told) or finds the
+    list empty (and the pool publishes a new note, from the state the taken one ended in)."""
 
-    __slots__ = ("events", "lock", "new", "new_t", "old", "open", "path", "pool", "seq")
+    __slots__ = ("box", "events", "old", "path", "pool", "seq", "states")
 
-    def __init__(
-        self, pool: str, old: State, new: State, t: float, seq: int, lock: threading.Lock
-    ) -> None:
+    def __init__(self, pool: str, old: State, new: State, t: float, seq: int) -> None:
         self.pool = pool
         self.old = old  # the state told before
-        # (state, time first entered): each state once, in the order first entered
-        self.path: list[tuple[State, float]] = [(new, t)]
-        self.new = new  # the state now, entered at new_t
-        self.new_t = t
         self.seq = seq  # the pool's count of events published, this one included
-        self.lock = lock
-        self.open = True
-        self.events: list[Any] = []
+        # (state, time first entered): each state once, in the order first entered; the
+        # states seen (``old`` included): the pool's own, read and written only by it
+        self.path: tuple[tuple[State, float], ...] = ((new, t),)
+        self.states: tuple[State, ...] = (old, new)
+        # (path, the state now, when it was entered): replaced whole by each fold
+        self.box: list[tuple[tuple[tuple[State, float], ...], State, float]] = [(self.path, new, t)]
+        self.events: list[Any] | None = None
 
     def fold(self, state: State, t: float) -> bool:
         """(the pool) The pool's state is ``state`` since ``t``: fold it in, unless the
-        note has been handed to a subscriber already (False: publish a new one)."""
-        with self.lock:
-            if not self.open:
-                return False
-            self.new = state
-            self.new_t = t
-            if state != self.old:
-                for s, _ in self.path:
-                    if s == state:
-                        break
-                else:
-                    self.path.append((state, t))
-            return True
+        note has been taken already (False: publish a new one)."""
+        path = self.path
+        if state not in self.states:
+            path = (*path, (state, t))
+        try:
+            self.box[0] = (path, state, t)
+        except IndexError:
+            return False
+        if path is not self.path:
+            self.path = path
+            self.states = (*self.states, state)
+        return True
 
     def take(self) -> list[Any]:
         """(the event thread) The ``PoolStateChanged`` events this note tells; the first
-        call closes it to the pool's changes."""
-        with self.lock:
-            if self.open:
-                self.open = False
-                prev = self.old
-                for state, t in self.path:
-                    self.events.append(PoolStateChanged(self.pool, prev, state, time=t))
-                    prev = state
-                if self.new != prev:
-                    self.events.append(PoolStateChanged(self.pool, prev, self.new, time=self.new_t))
-                if _pool_log.isEnabledFor(logging.DEBUG):  # (where a pool logs)
-                    for e in self.events:
-                        _pool_log.debug("pool %r: %s -> %s", self.pool, e.old, e.new)
-        return self.events
+        call closes it to the pool's folds."""
+        events = self.events
+        if events is None:
+            path, new, new_t = self.box.pop()
+            events = self.events = []
+            prev = self.old
+            for state, t in path:
+                events.append(PoolStateChanged(self.pool, prev, state, time=t))
+                prev = state
+            if new != prev:
+                events.append(PoolStateChanged(self.pool, prev, new, time=new_t))
+            if _pool_log.isEnabledFor(logging.DEBUG):  # (where a pool logs)
+                for e in events:
+                    _pool_log.debug("pool %r: %s -> %s", self.pool, e.old, e.new)
+        return events
 
 
 class Subscription:

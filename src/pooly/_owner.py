@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("LeaseSet", "current_leases")
+__all__ = ("LeaseSet", "current_holder", "current_leases")
 
 #: A holder's live leases. A dict used as a set: adding and removing are item stores, which
 #: no asynchronous exception can interrupt half-way (see "Interrupt safety" in _pool).
@@ -59,6 +59,20 @@ def current_leases() -> LeaseSet:
         d["token"] = token
         d["leases"] = leases
     return leases
+
+
+def current_holder() -> tuple[LeaseSet, object]:
+    """``current_leases()``, and whose they are: the calling task, or thread (kept per
+    thread: a checkout asks for both, and the thread's name is read only when shown)."""
+    if _running_loop() is not None:
+        task = asyncio.current_task()
+        if task is not None:
+            return _leases_of_task(task), task
+    d = _local.__dict__
+    held: tuple[LeaseSet, object] | None = d.get("held")
+    if held is None:
+        held = d["held"] = (current_leases(), threading.current_thread())
+    return held
 
 
 def _leases_of_task(task: asyncio.Task[Any]) -> LeaseSet:

@@ -52,7 +52,7 @@ from ._errors import (
     WorkerStartError,
 )
 from ._fds import HOST
-from ._owner import LeaseSet, _running_loop, current_leases
+from ._owner import LeaseSet, _running_loop, current_holder
 from ._process import default_start_method
 from ._stats import Histogram, PoolStats, bucket
 from ._supervisor import (
@@ -80,7 +80,6 @@ if TYPE_CHECKING:
 __all__ = ("Lease", "Pool", "PoolStats", "PoolStatus")
 
 log = logging.getLogger("pooly.pool")
-_current_thread = threading.current_thread
 _wall = time.time  # events' time (see pooly.events)
 
 T = TypeVar("T")
@@ -164,6 +163,17 @@ async def _await_task(tasks: Dispatcher, fut: Future[Any]) -> Any:
         raise
 
 
+def _holder_name(holder: object) -> str | None:
+    """A lease holder's name for events and observers: a thread's or a task's (kept as
+    the object: its name is read only when asked), or the name given."""
+    if holder is None or isinstance(holder, str):
+        return holder
+    if isinstance(holder, threading.Thread):
+        return holder.name
+    get_name = getattr(holder, "get_name", None)  # (an asyncio task)
+    return str(get_name()) if get_name is not None else repr(holder)
+
+
 def _method_name(what: object) -> str | None:
     """A call's (or task's) method for events: its name, or a function's qualified name."""
     if what is None:
@@ -183,8 +193,8 @@ class _Waiter:
     the dispatcher's thread). An asyncio task's is its ``pooly._aio.ACheckout``, with the
     same fields and methods. ``got``: what it was served; ``slot``: the overflow slot reserved
     for it, while it starts that worker. ``t0``: when the checkout began, on the pool's clock
-    (None: the task dispatcher's, which no statistic counts); ``holder``: the name of the
-    thread (or task) checking out."""
+    (None: the task dispatcher's, which no statistic counts); ``holder``: the thread checking
+    out, or the task (its name is read when an event or an observer asks), or a name."""
 
     __slots__ = ("got", "holder", "leases", "lock", "slot", "t0", "wake")
 
@@ -193,7 +203,7 @@ class _Waiter:
         leases: LeaseSet,
         lock: _Releasable | None = None,
         t0: float | None = None,
-        holder: str | None = None,
+        holder: object = None,
     ) -> None:
         self.leases = leases
         self.t0 = t0
@@ -241,6 +251,7 @@ class _Worker:
         "idle_at",
         "last",
         "lease",
+        "lease_cls",
         "overflow",
         "retire",
         "retire_at",
@@ -265,6 +276,8 @@ class _Worker:
         self.last: Lease | None = None
         self.overflow = overflow
         self.born = time.monotonic()  # for its age as observers show it (real time, always)
+        # Its leases' class (a lookup per checkout otherwise).
+        self.lease_cls = _lease_class(handle.cls_name, handle.methods)
 
 
 class Lease:
@@ -322,7 +335,7 @@ class Lease:
         # for tasks), its holder's name, and the call (or task) in flight through it -- left
         # set when the call fails with its worker (dead, killed), so its WorkerExited says.
         self._t0: float | None = None
-        self._holder: str | None = None
+        self._holder: object = None  # a thread, or a task's name
         self._doing: object = None
 
     @property
@@ -657,8 +670,10 @@ class Pool(PassiveChild, SupervisorListener):
         self._crashed = 0
         self._recycled = 0
         # Statistics (pool.stats(); under the lock, updated by stores in the commits).
-        # checkouts = _waits.n (one wait per checkout granted).
+        # checkouts = _waits.n + _served_at_once: one wait per checkout granted; those an
+        # idle worker served at once waited 0, counted apart (no clock read, no bucket).
         self._waits = Histogram()
+        self._served_at_once = 0
         self._holds = Histogram()
         self._checkout_timeouts = 0
         self._call_timeouts = 0
@@ -674,7 +689,6 @@ class Pool(PassiveChild, SupervisorListener):
         # Events published (under the lock), and the last StateNote (see _note_state).
         self._published = 0
         self._state_note: StateNote | None = None
-        self._note_lock = threading.Lock()
         # Why a core worker id not started before starts (its first start): "recycle".
         self._start_why: dict[str, str] = {}
         # Recycling: any limit set (checkin looks only then); ids of workers started to take
@@ -802,7 +816,8 @@ class Pool(PassiveChild, SupervisorListener):
         worker is killed and replaced.
         """
         timeout, per_call = self._checkout_args(timeout, call_timeout)
-        ticket = _Waiter(current_leases(), None, self._clock(), _current_thread().name)
+        leases, holder = current_holder()
+        ticket = _Waiter(leases, None, self._clock(), holder)
         try:
             lease = self._enter(ticket, per_call, block, timeout != 0)
             if lease is not None:
@@ -845,12 +860,12 @@ class Pool(PassiveChild, SupervisorListener):
                 if alive:
                     lease = self._new_lease(w, leases)
                     lease._call_timeout = per_call
+                    # A user's checkout, served at once: a wait of 0 (no clock read, no
+                    # histogram: counted apart), held from its call on.
                     t0 = ticket.t0
-                    if t0 is not None:  # (a user's checkout: its wait is counted)
-                        now = lease._t0 = self._clock()
+                    if t0 is not None:
+                        lease._t0 = t0
                         lease._holder = ticket.holder
-                        waited = now - t0
-                        i = bucket(waited)
                 # -- commit: stores only (see "Interrupt safety")
                 if lifo:
                     del idle[-1]
@@ -861,13 +876,9 @@ class Pool(PassiveChild, SupervisorListener):
                     self._busy += 1
                     leases[lease] = None
                     if t0 is not None:
-                        hist = self._waits
-                        hist.counts[i] += 1
-                        hist.n += 1
-                        if waited > hist.max:
-                            hist.max = waited
-                    if self._events:
-                        self._note_state()
+                        self._served_at_once += 1
+                    if self._events and not (idle and self._told == "ready"):
+                        self._note_state()  # (idle ones left: still "ready", nothing to tell)
                     return lease
                 # Its process has exited; the supervisor is about to reap and replace it.
             if self._overflow < self.max_overflow:
@@ -948,12 +959,13 @@ class Pool(PassiveChild, SupervisorListener):
                 if t0 is not None:  # (stores only, before the one call)
                     hist = self._holds
                     hist.counts[i] += 1
-                    hist.n += 1
                     if held > hist.max:
                         hist.max = held
                 self._take_back(lease, rss)
-                if self._events:
-                    self._note_state()
+                if self._events and not (
+                    self._idle and self._told == "ready" and self._closed is None
+                ):
+                    self._note_state()  # (idle ones, open: "ready", as it was)
 
     def _take_back(self, lease: Lease, rss: int | None = None) -> None:
         """A live lease comes back (under the lock): its worker goes on, or is replaced --
@@ -1263,6 +1275,7 @@ class Pool(PassiveChild, SupervisorListener):
             raise self._forked_error()
         with self._lock:
             waits = self._waits.copy()
+            waits.counts[0] += self._served_at_once
             holds = self._holds.copy()
             calls = self._calls_ended
             for w in self._workers.values():
@@ -1336,7 +1349,7 @@ class Pool(PassiveChild, SupervisorListener):
                 note = self._state_note
                 if note is None or note.seq != self._published or not note.fold(state, t):
                     self._published += 1
-                    note = StateNote(self.name, old, state, t, self._published, self._note_lock)
+                    note = StateNote(self.name, old, state, t, self._published)
                     self._state_note = note
                     bus.publish((None, note, t))
 
@@ -1467,7 +1480,7 @@ class Pool(PassiveChild, SupervisorListener):
                     w.retire is not None,
                     w.handle.calls,
                     w.born,
-                    None if w.lease is None else w.lease._holder,
+                    None if w.lease is None else _holder_name(w.lease._holder),
                 )
                 for w in self._workers.values()
             ]
@@ -1521,7 +1534,7 @@ class Pool(PassiveChild, SupervisorListener):
     def _new_lease(self, w: _Worker, leases: LeaseSet) -> Lease:
         """A lease object for ``w`` (no state changes the caller must commit: ``w.last``
         only says which lease a call could be in flight through)."""
-        lease = _lease_class(w.handle.cls_name, w.handle.methods)(self, w, leases)
+        lease = w.lease_cls(self, w, leases)
         w.last = lease
         return lease
 
@@ -1573,7 +1586,6 @@ class Pool(PassiveChild, SupervisorListener):
             if t0 is not None:
                 hist = self._waits
                 hist.counts[i] += 1
-                hist.n += 1
                 if waited > hist.max:
                     hist.max = waited
             waiter.got = new
@@ -1623,7 +1635,6 @@ class Pool(PassiveChild, SupervisorListener):
                 if t0 is not None:
                     hist = self._waits
                     hist.counts[i] += 1
-                    hist.n += 1
                     if waited > hist.max:
                         hist.max = waited
                 waiter.got = new
@@ -2094,7 +2105,6 @@ class Pool(PassiveChild, SupervisorListener):
             if t0 is not None:
                 hist = self._waits
                 hist.counts[i] += 1
-                hist.n += 1
                 if waited > hist.max:
                     hist.max = waited
             if self._events:
@@ -2182,7 +2192,7 @@ class Pool(PassiveChild, SupervisorListener):
                         code,
                         h.stopping,
                         _method_name(last._doing) if held and last is not None else None,
-                        last._holder if held and last is not None else None,
+                        _holder_name(last._holder) if held and last is not None else None,
                     ),
                 )
                 self._note_state()
