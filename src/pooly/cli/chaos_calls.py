@@ -229,7 +229,8 @@ class ChaosCalls(ChaosState):
                     self.count(self.fig.confirmed, kind or "")
                     # (its WorkerExited must say so: see check_events)
                     me = threading.current_thread().name
-                    self.crash_calls[pid] = (kind or "", e.exitcode, me)
+                    began = time.time() - (time.monotonic() - t)  # (wall time, as events)
+                    self.crash_calls[(pid, began)] = (kind or "", e.exitcode, me)
             if deliberate or pid in self.killed or self.restarted(holder.name, holder.gen):
                 self.count(counts, CRASHED)
             else:  # nobody harmed this worker on purpose

@@ -382,10 +382,12 @@ class ChaosExec(ChaosCalls):
     def _sigkill(self, name: str, pid: int, gen: int, kind: str) -> None:
         """SIGKILL a worker of ``name`` on purpose, counted as fault ``kind``."""
         self.killed.add(pid)
+        self.kill_times[pid] = time.time()  # (its WorkerExited: see check_events)
         t = time.monotonic()
         try:
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except ProcessLookupError:  # gone already: not ours to check (its exit came first)
+            del self.kill_times[pid]
             self.count(self.fig.skipped, kind)
             return
         self.count(self.fig.faults, kind)

@@ -143,10 +143,12 @@ class ChaosFaults(ChaosAsync):
         with open(flag, "w"):
             pass
         self.killed.add(pid)
+        self.kill_times[pid] = time.time()  # (its WorkerExited: see check_events)
         t = time.monotonic()
         try:
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except ProcessLookupError:  # gone already: not ours to check (its exit came first)
+            del self.kill_times[pid]
             os.unlink(flag)
             self.slow_starting.discard(name)
             self.count(self.fig.skipped, "slow-start")

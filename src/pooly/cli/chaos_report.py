@@ -355,6 +355,8 @@ def report(chaos: Chaos, completed: bool) -> int:
             "lifecycle events disagree with the soak: "
             + ", ".join(f"{k} {v}" for k, v in bad.items() if v)
         )
+        for what in fig.events_wrong:
+            line("  events: " + what)
     fig.problems = problems
     line()
     if problems:

@@ -102,6 +102,7 @@ class Figures:
     heal_cancelled: int = 0
     # Lifecycle events (issue 11) checked against what the soak did: see check_events.
     events: dict[str, int] = field(default_factory=dict)
+    events_wrong: list[str] = field(default_factory=list)  # the first few, said in words
     heal_cancelled_ms: list[float] = field(default_factory=list)  # how long they had waited
     heal_late: int = 0
     crash_ms: list[float] = field(default_factory=list)  # call out -> WorkerCrashed raised
@@ -173,9 +174,13 @@ class ChaosState:
         # Lifecycle events received (sup.subscribe; the event thread writes, the main
         # thread reads once the tree has stopped) and the crashes consumers saw in calls:
         # pid -> (fault kind, exit code, the consumer thread's name).
-        self.ev_started: collections.Counter[int] = collections.Counter()
+        self.ev_counts: collections.Counter[str] = collections.Counter()
+        self.ev_alive: dict[int, bool] = {}  # pids started and not yet exited
         self.ev_exited: dict[int, list[WorkerExited]] = {}
-        self.crash_calls: dict[int, tuple[str, int | None, str]] = {}
+        # (pid, wall time the call began) -> (fault kind, exit code, consumer thread);
+        # pid -> wall time of the soak's SIGKILL (the latest: a pid may be reused).
+        self.crash_calls: dict[tuple[int, float], tuple[str, int | None, str]] = {}
+        self.kill_times: dict[int, float] = {}
         self.totals: dict[int, tuple[str, int]] = {}  # pid -> (token, last total seen)
         self.chains: dict[tuple[int, int], str] = {}
         self.inflight: dict[int, tuple[float, str]] = {}  # op id -> (since, what)
@@ -269,42 +274,55 @@ class ChaosState:
         shutil.rmtree(self.flag_dir, ignore_errors=True)
 
     def on_event(self, event: object) -> None:
-        """The tree's event thread: keep each worker's start and exit events."""
-        if isinstance(event, WorkerExited):
+        """The tree's event thread: follow each worker's start and exit, in order. A pid
+        is reused by a later process on a long run (pid_max may be 32768), so a pid is
+        followed as a sequence: start, exit, start, exit, ..."""
+        ev = self.ev_counts
+        if isinstance(event, WorkerStarted):
+            ev["started"] += 1
+            if event.pid in self.ev_alive:
+                ev["twice"] += 1  # started again before its exit
+            self.ev_alive[event.pid] = True
+        elif isinstance(event, WorkerExited):
+            ev["exited"] += 1
+            if not event.expected:
+                ev["unexpected"] += 1
+            if self.ev_alive.pop(event.pid, None) is None:
+                ev["exited_never_started"] += 1
             self.ev_exited.setdefault(event.pid, []).append(event)
-        elif isinstance(event, WorkerStarted):
-            self.ev_started[event.pid] += 1
 
     def check_events(self, dropped: int) -> None:
         """Main thread, once the tree has stopped (every event delivered): the events
-        against what happened. Every worker that started has exactly one WorkerExited;
-        each one the soak SIGKILLed and the pool did not stop itself exited with
-        SIGKILL; each crash a consumer saw in a call is an unexpected exit with that
-        exit code, naming the method and the consumer thread that held the lease."""
+        against what happened. Every worker that started has exactly one WorkerExited
+        (in order, per pid); each one the soak SIGKILLed and the pool did not stop itself
+        exited with SIGKILL; each crash a consumer saw in a call is an unexpected exit
+        with that exit code, naming the method and the consumer thread that held the
+        lease (the first exit of that pid after the call began)."""
         exited = self.ev_exited
-        started = set(self.ev_started)
-        twice = sum(1 for evs in exited.values() if len(evs) > 1)
-        twice += sum(1 for n in self.ev_started.values() if n > 1)
-        no_exit = len(started - set(exited))
-        no_start = len(set(exited) - started)
-        kill_wrong = 0
-        kills = 0
-        # A worker SIGKILLed while a fault call of its own was killing it may have died
-        # of that first: its exit code is then the fault's.
+        ev = self.ev_counts
         own = {-signal.SIGKILL, *(f.exitcode for f in CALL_FAULTS.values())}
         own |= {*EX_EXITS.values(), *EXIT_CODES.values()}
-        for pid in self.killed:
-            evs = exited.get(pid)
+        wrong = self.fig.events_wrong
+
+        def say(what: str, pid: int, t: float, evs: list[WorkerExited]) -> None:
+            if len(wrong) < 10:
+                seen = [(round(e.time - t, 4), e.exitcode, e.expected) for e in evs]
+                wrong.append(f"{what}: pid {pid} at {t:.4f}; its exits (dt, code, expected) {seen}")
+
+        kill_wrong = kills = 0
+        for pid, t in self.kill_times.items():
+            evs = [e for e in exited.get(pid, ()) if e.time >= t - 0.001]
             if not evs:
                 kill_wrong += 1
-                continue
-            if not evs[0].expected:
+                say("SIGKILL, no exit after it", pid, t, exited.get(pid, []))
+            elif not evs[0].expected:
                 kills += 1
                 if evs[0].exitcode not in own:
                     kill_wrong += 1
+                    say("SIGKILL, another exit code", pid, t, exited.get(pid, []))
         crash_wrong = 0
-        for pid, (_kind, code, holder) in self.crash_calls.items():
-            evs = exited.get(pid)
+        for (pid, t), (kind, code, holder) in self.crash_calls.items():
+            evs = [e for e in exited.get(pid, ()) if e.time >= t - 0.001]
             if (
                 not evs
                 or evs[0].expected
@@ -313,14 +331,15 @@ class ChaosState:
                 or evs[0].holder != holder
             ):
                 crash_wrong += 1
+                say(f"{kind} crash in a call (code {code}, {holder})", pid, t, exited.get(pid, []))
         self.fig.events = {
-            "workers_started": len(started),
-            "workers_exited": len(exited),
-            "unexpected_exits": sum(1 for evs in exited.values() if not evs[0].expected),
-            "exited_twice": twice,
-            "started_never_exited": no_exit,
-            "exited_never_started": no_start,
-            "sigkills_sent": len(self.killed),
+            "workers_started": ev["started"],
+            "workers_exited": ev["exited"],
+            "unexpected_exits": ev["unexpected"],
+            "exited_twice": ev["twice"],
+            "started_never_exited": len(self.ev_alive),
+            "exited_never_started": ev["exited_never_started"],
+            "sigkills_sent": len(self.kill_times),
             "sigkills_checked": kills,
             "sigkills_wrong": kill_wrong,
             "crash_calls_checked": len(self.crash_calls),
