@@ -8,10 +8,15 @@ their state's colours (pixels of a screenshot, decoded here with zlib and struct
 
 Chromium only ever talks to 127.0.0.1: no proxy, every host name resolves to nothing, no
 background networking; it runs in its own process group, killed with everything in it.
+Even so it opens a UDP socket to a public IPv6 address (its reachability probe), so it
+and the server it loads the page from run in a network namespace of their own that has
+nothing but loopback (``netns``); where none can be made, the Chromium test is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import html.parser
 import json
 import os
@@ -26,7 +31,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +120,13 @@ def program(rundir: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         _end(proc)
 
 
-@pytest.fixture
-def web(program: tuple[subprocess.Popen[str], str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``pooly observe PID --http 127.0.0.1:0`` serving the program (the server's process,
-    the URL it printed); stopped with SIGTERM after the test."""
+@contextlib.contextmanager
+def _serve(pid: int, enter: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``pooly observe PID --http 127.0.0.1:0`` serving program ``pid``, run by the command
+    prefix ``enter`` (none: here); yields the server's process and the URL it printed, and
+    stops it with SIGTERM after."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pooly", "observe", str(program[0].pid), "--http", "127.0.0.1:0"],
+        [*enter, sys.executable, "-m", "pooly", "observe", str(pid), "--http", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -133,6 +139,126 @@ def web(program: tuple[subprocess.Popen[str], str]) -> Iterator[tuple[subprocess
         yield proc, m.group(0)
     finally:
         _end(proc)
+
+
+@pytest.fixture
+def web(program: tuple[subprocess.Popen[str], str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The program served on our own loopback (the server's process, its URL)."""
+    with _serve(program[0].pid) as served:
+        yield served
+
+
+# ---------------------------------------------------------------------- a loopback-only network
+
+
+def _tool(name: str) -> str | None:
+    """Where program ``name`` is (ip lives in /usr/sbin, often not on a user's PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+
+
+# Ways to make a network namespace (unshare's options) and to join it (nsenter's), tried in
+# this order: as root, directly; otherwise inside a user namespace of our own, where we are
+# root, if the kernel lets unprivileged users make one.
+_Way = tuple[tuple[str, ...], tuple[str, ...]]
+_NETNS_WAYS: tuple[_Way, ...] = (
+    (("--net",), ("--net",)),
+    (("--user", "--map-root-user", "--net"), ("--user", "--net", "--preserve-credentials")),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Netns:
+    """A network namespace with only the loopback interface (up), kept by a holder process."""
+
+    holder: int
+    ns: str  # its /proc/PID/ns/net link, "net:[inode]"
+    enter: tuple[str, ...]  # a command prefix that runs a program in it (nsenter execs it)
+
+
+def _netns_of(pid: int | str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+@pytest.fixture(scope="session")
+def netns_way() -> _Way | str:
+    """How to make a network namespace here (unshare's and nsenter's options), found once
+    per session by trying each way for real; or, if none works, why (a skip reason)."""
+    tools = {name: _tool(name) for name in ("unshare", "nsenter", "ip")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        return f"cannot make a network namespace: {', '.join(missing)} not installed"
+    unshare, ip = str(tools["unshare"]), str(tools["ip"])
+    failed = []
+    for make, join in _NETNS_WAYS:
+        out = subprocess.run(
+            [unshare, *make, "--", ip, "link", "set", "lo", "up"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        if out.returncode == 0:
+            return make, join
+        why = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        failed.append(f"unshare {' '.join(make)}: {why[0]}")
+    return "no network namespace can be made here (" + "; ".join(failed) + ")"
+
+
+@pytest.fixture
+def netns(netns_way: _Way | str) -> Iterator[Netns]:
+    """A fresh network namespace whose only interface up is loopback (checked by the holder
+    inside it); skipped if the machine cannot make one. After the test every process in it
+    is killed, and then its holder, which ends it."""
+    if isinstance(netns_way, str):
+        pytest.skip(netns_way)
+    make, join = netns_way
+    # The holder brings lo up, lists the links (JSON, one line) and sleeps: once it printed
+    # them, the namespace is made and configured, and nsenter can join it by the holder's pid.
+    holder = subprocess.Popen(
+        [
+            str(_tool("unshare")),
+            *make,
+            "--",
+            "sh",
+            "-c",
+            '"$0" link set lo up && "$0" -json link && exec sleep infinity',
+            str(_tool("ip")),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    ns = None
+    try:
+        line = _readline(holder)
+        assert line, f"the namespace's holder ended with status {holder.wait(10)}"
+        # lo up, and nothing else up: a kernel with the sit/ipip/gre modules loaded puts
+        # their fallback tunnels (down, with no address) in every new namespace.
+        up = [link["ifname"] for link in json.loads(line) if "UP" in link["flags"]]
+        assert up == ["lo"], line
+        ns = _netns_of(holder.pid)
+        assert ns != _netns_of("self"), ns
+        nsenter = str(_tool("nsenter"))
+        yield Netns(holder.pid, ns, (nsenter, "--target", str(holder.pid), *join, "--"))
+    finally:
+        # Whatever is still in the namespace (while the holder keeps its inode from being
+        # reused), then the holder, which ends it.
+        for p in psutil.process_iter() if ns else ():
+            try:
+                if p.pid != holder.pid and _netns_of(p.pid) == ns:
+                    p.kill()
+            except (OSError, psutil.Error):
+                continue
+        _end(holder, signal.SIGKILL)
+
+
+@pytest.fixture
+def web_in_netns(
+    program: tuple[subprocess.Popen[str], str], netns: Netns
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The program served on the loopback of ``netns`` (the server's process, its URL): the
+    observer endpoint is a Unix socket in the file system, reached from any namespace."""
+    with _serve(program[0].pid, netns.enter) as served:
+        yield served
 
 
 # Never a proxy, whatever the environment says: every request here goes to 127.0.0.1.
@@ -279,11 +405,19 @@ class _Dom(html.parser.HTMLParser):
         ]
 
 
-def _chromium(tmp: str, *args: str, timeout: float = 60.0) -> str:
-    """Run headless Chromium on 127.0.0.1 only, in its own process group, with a
-    profile, home and caches in ``tmp``; its stdout. Whatever it started is killed after."""
+def _chromium(tmp: str, netns: Netns, *args: str, timeout: float = 60.0) -> str:
+    """Run headless Chromium on 127.0.0.1 only, in network namespace ``netns`` (checked: a
+    shell records the namespace it is in, then execs Chromium) and its own process group,
+    with a profile, home and caches in ``tmp``; its stdout. Whatever it started is killed
+    after."""
     profile = os.path.join(tmp, "profile")
+    ran_in = os.path.join(tmp, "netns")
     cmd = [
+        *netns.enter,
+        "sh",
+        "-c",
+        'readlink /proc/self/ns/net >"$0" && exec "$@"',
+        ran_in,
         CHROMIUM,
         "--headless",
         "--no-sandbox",
@@ -307,6 +441,7 @@ def _chromium(tmp: str, *args: str, timeout: float = 60.0) -> str:
     try:
         rc = proc.wait(timeout=timeout)
         assert rc == 0, Path(tmp, "stderr").read_text(errors="replace")[-2000:]
+        assert Path(ran_in).read_text().strip() == netns.ns, "Chromium ran outside netns"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -396,16 +531,20 @@ def _rgb(hex_color: str) -> tuple[int, int, int]:
 )
 @pytest.mark.timeout(180)
 def test_page_draws_the_tree_in_chromium(
-    program: tuple[subprocess.Popen[str], str], web: tuple[subprocess.Popen[str], str]
+    netns: Netns,
+    program: tuple[subprocess.Popen[str], str],
+    web_in_netns: tuple[subprocess.Popen[str], str],
 ) -> None:
     """After one of its workers is SIGKILLed and replaced, the page in headless Chromium
     draws (its DOM once the scripts ran) the Pooly node, a node for the pool in its state
     and one per worker pid in that worker's state, the kill in the crash log (pid and
     SIGKILL), the pool's calls/s sparkline, and says it is live; and a 1200x800 screenshot
     shows the worker nodes: at least half a node's area of exactly the idle colour per
-    idle worker, likewise the busy colour, and the pool's ready colour."""
+    idle worker, likewise the busy colour, and the pool's ready colour. Chromium and the
+    server run in a loopback-only network namespace, not ours (checked for both)."""
     proc, name = program
-    _, url = web
+    server, url = web_in_netns
+    assert _netns_of(server.pid) == netns.ns != _netns_of("self")
     before = pooly.observe.snapshot(proc.pid)["pools"][0]
     victim = next(w["pid"] for w in before["workers"] if w["state"] == "idle")
     os.kill(victim, signal.SIGKILL)
@@ -422,7 +561,7 @@ def test_page_draws_the_tree_in_chromium(
 
     with tempfile.TemporaryDirectory(prefix="chromium-") as tmp:
         dom = _Dom()
-        text = _chromium(tmp, "--dump-dom", url)
+        text = _chromium(tmp, netns, "--dump-dom", url)
         dom.feed(text)
         assert "pooly observe" in text, text
         assert dom.find("g", **{"class": "root", "data_pid": str(proc.pid)})
@@ -439,7 +578,7 @@ def test_page_draws_the_tree_in_chromium(
         assert dom.find("span", id="status", **{"class": "live"})
 
         shot = os.path.join(tmp, "shot.png")
-        _chromium(tmp, f"--screenshot={shot}", "--window-size=1200,800", url)
+        _chromium(tmp, netns, f"--screenshot={shot}", "--window-size=1200,800", url)
         png = Path(shot).read_bytes()
         if os.environ.get("POOLY_KEEP_SCREENSHOT"):
             shutil.copy(shot, os.environ["POOLY_KEEP_SCREENSHOT"])
