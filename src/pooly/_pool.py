@@ -815,13 +815,20 @@ class Pool(PassiveChild, SupervisorListener):
         through this lease: a call that runs longer raises :class:`CallTimeout`, and its
         worker is killed and replaced.
         """
-        timeout, per_call = self._checkout_args(timeout, call_timeout)
+        if timeout is None and call_timeout is POOL_DEFAULT and self._gen == HOST.gen:
+            per_call = self.call_timeout  # (the defaults: nothing to check)
+        else:
+            timeout, per_call = self._checkout_args(timeout, call_timeout)
         leases, holder = current_holder()
-        ticket = _Waiter(leases, None, self._clock(), holder)
+        # Its ticket is made only if it must start an overflow worker or wait (an idle
+        # worker's checkout needs none); made, it is put in ``made`` before anything else
+        # refers to it, so an interrupted checkout gives it up.
+        made: list[_Waiter] = []
         try:
-            lease = self._enter(ticket, per_call, block, timeout != 0)
+            lease = self._enter(None, per_call, block, timeout != 0, (leases, holder, made))
             if lease is not None:
                 return lease
+            ticket = made[0]
             wid = ticket.slot
             if wid is not None:
                 got = self._checkout_overflow(wid, ticket.leases, ticket)
@@ -833,22 +840,35 @@ class Pool(PassiveChild, SupervisorListener):
             got._call_timeout = per_call
             return got
         except BaseException:
-            self._give_up(ticket)
+            if made:
+                self._give_up(made[0])
             raise
 
     def _enter(
-        self, ticket: _Ticket, per_call: float | None, block: bool, would_wait: bool = True
+        self,
+        ticket: _Ticket | None,
+        per_call: float | None,
+        block: bool,
+        would_wait: bool = True,
+        thread: tuple[LeaseSet, object, list[_Waiter]] | None = None,
     ) -> Lease | None:
         """A checkout's first step (a thread's, or a task's): an idle worker's lease; else
         None, with an overflow slot reserved (``ticket.slot``: start it) or, if ``block``,
         the ticket queued (wait for it to be served). Raises :class:`PoolFull` if it may
         not block, or if ``max_waiting`` wait already; :class:`PoolyError` if a thread
         would wait on a running event loop's thread (which it would stall, perhaps for good:
-        ``acheckout`` is for tasks)."""
+        ``acheckout`` is for tasks). A thread's checkout passes no ticket but ``thread``,
+        (its leases, its holder, ``made``): its ticket is made here only if it needs one,
+        and appended to ``made`` before anything refers to it."""
         tasks = self._dispatcher
         if tasks is not None and tasks._parked and not self._idle:
             tasks.unpark()  # workers kept for the next task are idle: checkouts come first
-        leases = ticket.leases
+        if ticket is not None:
+            leases, t0, holder = ticket.leases, ticket.t0, ticket.holder
+        else:
+            assert thread is not None
+            leases, holder, made = thread
+            t0 = self._clock()
         with self._lock:
             if self._closed is not None:
                 raise self._closed_error()
@@ -862,10 +882,9 @@ class Pool(PassiveChild, SupervisorListener):
                     lease._call_timeout = per_call
                     # A user's checkout, served at once: a wait of 0 (no clock read, no
                     # histogram: counted apart), held from its call on.
-                    t0 = ticket.t0
                     if t0 is not None:
                         lease._t0 = t0
-                        lease._holder = ticket.holder
+                        lease._holder = holder
                 # -- commit: stores only (see "Interrupt safety")
                 if lifo:
                     del idle[-1]
@@ -883,6 +902,9 @@ class Pool(PassiveChild, SupervisorListener):
                 # Its process has exited; the supervisor is about to reap and replace it.
             if self._overflow < self.max_overflow:
                 slot = f"o{self._overflow_seq + 1}"
+                if ticket is None:
+                    ticket = _Waiter(leases, None, t0, holder)
+                    made.append(ticket)
                 # -- commit
                 self._overflow_seq += 1
                 self._overflow += 1
@@ -905,6 +927,9 @@ class Pool(PassiveChild, SupervisorListener):
                         f"{len(self._waiters)} waiting already, its max_waiting of {limit}; "
                         "retry later, or raise max_waiting"
                     )
+                if ticket is None:
+                    ticket = _Waiter(leases, None, t0, holder)
+                    made.append(ticket)
                 if ticket.lock is None:  # a thread's: it blocks on this lock
                     if would_wait and _running_loop() is not None:
                         raise PoolyError(
