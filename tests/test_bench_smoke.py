@@ -141,3 +141,32 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).kill()
     assert not left, f"the benchmark left processes behind: {left}"
+
+
+@pytest.mark.timeout(180)
+def test_bench_stats_quick_runs_and_prints_its_table() -> None:
+    """bench/bench_stats.py --quick: the three contenders (the code before stats, read from
+    git; stats; stats and a subscriber) each run in a process of their own, and the table
+    has its three rows, the judged ones ending in a verdict (timings not asserted: exit 0 or
+    1). Skipped where git cannot give the baseline (a shallow clone)."""
+    script = BENCH.parent / "bench_stats.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    if proc.returncode == 2 and "cannot read the baseline" in proc.stdout:
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode in (0, 1), f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    for row, end in (
+        ("call round trip (us)", ("PASS", "FAIL")),
+        ("checkout+checkin, size 2 (us)", ("PASS", "FAIL")),
+        ("checkout+checkin, size 1 (us)", ("(info: 2 changes/op)",)),
+    ):
+        line = next((x for x in lines if x.startswith(row)), "")
+        assert line.endswith(end), proc.stdout
+        figures = [float(v) for v in line[len(row) :].split()[:5]]
+        assert all(v > 0 for v in figures), line
+    assert "dropped 0" in proc.stdout, proc.stdout
