@@ -131,8 +131,8 @@ def main(argv: list[str]) -> int:
             print(f"bench_stats: cannot read the baseline {base!r} from git: {e} {err!r}")
             return 2
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        srcs = {"off": os.path.join(tmp, "src"), "stats": "", "stats+sub": ""}
-        srcs["stats"] = srcs["stats+sub"] = os.path.join(here, "src")
+        ours = os.path.join(here, "src")
+        srcs = {"off": os.path.join(tmp, "src"), "stats": ours, "stats+sub": ours}
         got: dict[str, dict[str, list[float]]] = {s: {k: [] for k, _, _ in ROWS} for s in SIDES}
         extra: dict[str, float] = {"events": 0, "dropped": 0}
         for r in range(rounds):

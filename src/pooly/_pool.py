@@ -335,7 +335,7 @@ class Lease:
         # for tasks), its holder's name, and the call (or task) in flight through it -- left
         # set when the call fails with its worker (dead, killed), so its WorkerExited says.
         self._t0: float | None = None
-        self._holder: object = None  # a thread, or a task's name
+        self._holder: object = None  # a thread or a task (or a task's name: acheckout)
         self._doing: object = None
 
     @property

@@ -172,10 +172,9 @@ class ChaosState:
         # soak's own memory stays flat and the RSS figures speak of Pooly alone.
         self.killed: set[int] = set()  # pids the injector SIGKILLed
         # Lifecycle events received (sup.subscribe; the event thread writes, the main
-        # thread reads once the tree has stopped) and the crashes consumers saw in calls:
-        # pid -> (fault kind, exit code, the consumer thread's name).
+        # thread reads once the tree has stopped).
         self.ev_counts: collections.Counter[str] = collections.Counter()
-        self.ev_alive: dict[int, bool] = {}  # pids started and not yet exited
+        self.ev_alive: set[int] = set()  # pids started and not yet exited
         self.ev_exited: dict[int, list[WorkerExited]] = {}
         # (pid, wall time the call began) -> (fault kind, exit code, consumer thread);
         # pid -> wall time of the soak's SIGKILL (the latest: a pid may be reused).
@@ -282,12 +281,14 @@ class ChaosState:
             ev["started"] += 1
             if event.pid in self.ev_alive:
                 ev["twice"] += 1  # started again before its exit
-            self.ev_alive[event.pid] = True
+            self.ev_alive.add(event.pid)
         elif isinstance(event, WorkerExited):
             ev["exited"] += 1
             if not event.expected:
                 ev["unexpected"] += 1
-            if self.ev_alive.pop(event.pid, None) is None:
+            if event.pid in self.ev_alive:
+                self.ev_alive.remove(event.pid)
+            else:
                 ev["exited_never_started"] += 1
             self.ev_exited.setdefault(event.pid, []).append(event)
 
@@ -304,6 +305,10 @@ class ChaosState:
         own |= {*EX_EXITS.values(), *EXIT_CODES.values()}
         wrong = self.fig.events_wrong
 
+        def exits_after(pid: int, t: float) -> list[WorkerExited]:
+            """The exits of ``pid`` from ``t`` on (a pid may be reused before it)."""
+            return [e for e in exited.get(pid, ()) if e.time >= t - 0.001]
+
         def say(what: str, pid: int, t: float, evs: list[WorkerExited]) -> None:
             if len(wrong) < 10:
                 seen = [(round(e.time - t, 4), e.exitcode, e.expected) for e in evs]
@@ -311,7 +316,7 @@ class ChaosState:
 
         kill_wrong = kills = 0
         for pid, t in self.kill_times.items():
-            evs = [e for e in exited.get(pid, ()) if e.time >= t - 0.001]
+            evs = exits_after(pid, t)
             if not evs:
                 kill_wrong += 1
                 say("SIGKILL, no exit after it", pid, t, exited.get(pid, []))
@@ -322,7 +327,7 @@ class ChaosState:
                     say("SIGKILL, another exit code", pid, t, exited.get(pid, []))
         crash_wrong = 0
         for (pid, t), (kind, code, holder) in self.crash_calls.items():
-            evs = [e for e in exited.get(pid, ()) if e.time >= t - 0.001]
+            evs = exits_after(pid, t)
             if (
                 not evs
                 or evs[0].expected
