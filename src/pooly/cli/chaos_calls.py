@@ -227,7 +227,10 @@ class ChaosCalls(ChaosState):
                 self.hit(holder.name, pid, t, holder.gen, kind or "")
                 if e.exitcode == fault.exitcode:  # (else: SIGKILLed under the fault call)
                     self.count(self.fig.confirmed, kind or "")
-                    # (its WorkerExited must say so: see check_events)
+                if e.exitcode == fault.exitcode and not self.restarted(holder.name, holder.gen):
+                    # Its WorkerExited must say so (see check_events) -- unless its pool
+                    # was stopped meanwhile: then the pool had asked it to end, and its
+                    # exit is one the pool expected.
                     me = threading.current_thread().name
                     began = time.time() - (time.monotonic() - t)  # (wall time, as events)
                     self.crash_calls[(pid, began)] = (kind or "", e.exitcode, me)
