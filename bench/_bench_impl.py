@@ -106,8 +106,8 @@ FULL = Params(
     chunk_tasks=500_000,
     chunk_rounds=5,
     chunksize=100,
-    cpu_tasks=200,
-    cpu_rounds=3,
+    cpu_tasks=100,
+    cpu_rounds=9,
     ex_hangs=5,
     aio_waiters=10_000,
     aio_cancels=1_000,
@@ -808,20 +808,41 @@ def _executor_rows(
             *judged("ex_chunked_over_map"),
         ),
         _row(
-            f"10 CPU-bound x {cpu['tasks']} ({cpu['task_ms']:.1f} ms each): serial, in-process",
+            f"10 CPU-bound x {cpu['tasks']} ({cpu['task_ms']:.1f} ms each), "
+            f"{cpu.get('rounds', 1)} rounds: serial, in-process (best, median)",
+            f"{secs['serial']['best']:.3f} s",
             f"{secs['serial']['median']:.3f} s",
         ),
-        _row("  pooly map(chunksize=1)", f"{secs['pooly']['median']:.3f} s"),
-        _row("  stdlib executor map (info)", f"{secs['stdlib']['median']:.3f} s"),
         _row(
-            f"  pooly speed-up over serial (load avg {cpu['loadavg_before']:.2f} before)",
+            "  pooly map(chunksize=1)",
+            f"{secs['pooly']['best']:.3f} s",
+            f"{secs['pooly']['median']:.3f} s",
+        ),
+        _row(
+            "  stdlib executor map (info)",
+            f"{secs['stdlib']['best']:.3f} s",
+            f"{secs['stdlib']['median']:.3f} s",
+        ),
+        _row(
+            f"  pooly speed-up over serial, best rounds (load avg {cpu['loadavg_before']:.2f})",
             "",
             "",
             f"{cpu['speedup']:.2f}x",
             *judged("ex_cpu_speedup"),
         ),
+        _row("  the same from the medians (info)", "", "", f"{cpu['speedup_median']:.2f}x"),
         _row(
-            "  stdlib executor speed-up over serial (info)", "", "", f"{cpu['speedup_stdlib']:.2f}x"
+            f"  pooly workers busy in tasks / {ex['workers']} x wall (info; stdlib's: "
+            f"{cpu['efficiency_stdlib']:.1%})",
+            "",
+            "",
+            f"{cpu['efficiency']:.1%}",
+        ),
+        _row(
+            "  stdlib executor speed-up, best rounds (medians) (info)",
+            "",
+            "",
+            f"{cpu['speedup_stdlib']:.2f}x ({cpu['speedup_stdlib_median']:.2f}x)",
         ),
         _row(
             f"11 hung task in C, call_timeout={h['call_timeout']:g}s: CallTimeout after",

@@ -54,3 +54,12 @@ def spin(n: int) -> int:
     for i in range(n):
         x = (x + i * i) % 1000003
     return x
+
+
+def spin_timed(n: int) -> tuple[int, float]:
+    """:func:`spin`, and the seconds it took in the worker (its busy time)."""
+    import time
+
+    t = time.perf_counter()
+    x = spin(n)
+    return x, time.perf_counter() - t
