@@ -112,8 +112,12 @@ def _join_tree(proc: Any, timeout: float | None = None) -> bool:
       ``join``'s ``waitpid``;
     * multiprocessing's own forkserver (where pidfds are missing, so there is no fork server
       of the pool's: not Linux): it reaps the worker before the host hears of the exit; the
-      host kills the group right after (:func:`_kill_group_after_reap`).
+      host kills the group right after (:func:`_kill_group_after_reap`);
+    * a Ray actor's stand-in (``proc.remote``): its process is not this host's to signal.
     """
+    if getattr(proc, "remote", False):  # a Ray actor: no process of this host, no group
+        proc.join(timeout)
+        return bool(multiprocessing.connection.wait([proc.sentinel], 0))
     if not isinstance(proc, multiprocessing.process.BaseProcess):  # a ZygoteProcess
         proc.join(timeout)
         if not multiprocessing.connection.wait([proc.sentinel], 0):

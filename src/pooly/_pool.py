@@ -64,7 +64,7 @@ from ._supervisor import (
     Supervisor,
     SupervisorListener,
 )
-from ._worker import _CALL, ChannelClosed, ReplyTimeout, make_payload
+from ._worker import _CALL, ChannelClosed, ReplyTimeout, _rss, make_payload
 from .events import (
     CallTimedOut,
     CheckoutTimedOut,
@@ -98,22 +98,6 @@ _HELD_AT_DEATH = (None, _CRASHED, _TIMED_OUT, _INTERRUPTED, _CLOSED)
 
 #: The longest a call waits for the supervisor to finish closing its dead worker's fds.
 _CLOSING_WAIT = 1.0
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _rss(pid: int) -> int | None:
-    """Resident memory (bytes) of process ``pid``, from ``/proc``; None if it can't be
-    read (the process is gone, or there is no ``/proc``)."""
-    try:
-        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return int(os.read(fd, 256).split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
-    finally:
-        os.close(fd)
 
 
 class _PoolDefault:
@@ -573,6 +557,7 @@ class Pool(PassiveChild, SupervisorListener):
         spares: int = 0,
         clock: Callable[[], float] = time.monotonic,
         preload: tuple[str, ...] = (),
+        backend: Any = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"pool name must be a non-empty str, got {name!r}")
@@ -591,10 +576,24 @@ class Pool(PassiveChild, SupervisorListener):
         self.strategy = strategy
         self.max_restarts = _check_int("max_restarts", max_restarts, 0)
         self.max_seconds = _check_seconds("max_seconds", max_seconds)
-        methods = multiprocessing.get_all_start_methods()
-        start_method = default_start_method() if start_method is None else start_method
-        if start_method not in methods:
-            raise ValueError(f"start_method must be one of {methods}, got {start_method!r}")
+        if backend is not None:
+            # Where the workers run, if not in processes of this host (SPEC 4.6): a
+            # pooly.RayBackend, whose workers are Ray actors (it owns its start path).
+            if not callable(getattr(backend, "_bind", None)):
+                raise TypeError(
+                    f"pool {name!r}: backend must be a pooly.RayBackend, got {backend!r}"
+                )
+            if start_method is not None:
+                raise ValueError(
+                    f"pool {name!r}: start_method={start_method!r} does not apply to workers "
+                    f"run by {type(backend).__name__}; leave it out"
+                )
+            start_method = backend.kind
+        else:
+            methods = multiprocessing.get_all_start_methods()
+            start_method = default_start_method() if start_method is None else start_method
+            if start_method not in methods:
+                raise ValueError(f"start_method must be one of {methods}, got {start_method!r}")
         self.start_method = start_method
         self.start_timeout = _check_seconds("start_timeout", start_timeout)
         self.shutdown_timeout = _check_seconds(
@@ -623,7 +622,7 @@ class Pool(PassiveChild, SupervisorListener):
             )
         self.max_age_jitter = float(max_age_jitter)
         self.max_memory = None if max_memory is None else _check_int("max_memory", max_memory, 1)
-        if self.max_memory is not None and _rss(os.getpid()) is None:
+        if self.max_memory is not None and _rss(os.getpid()) is None and backend is None:
             # Else the limit would be silently inert: no worker's memory could be read.
             raise ValueError(
                 "max_memory needs /proc/<pid>/statm to read a worker's resident memory, "
@@ -634,18 +633,37 @@ class Pool(PassiveChild, SupervisorListener):
         # Warm spares (issue 10, part 5): workers started ahead, out of the pool's count,
         # each handed over at once in place of a core worker that died or is replaced.
         self.spares = _check_int("spares", spares, 0)
+        if backend is not None and backend.spares:
+            if self.spares and self.spares != backend.spares:
+                raise ValueError(
+                    f"pool {name!r}: spares={spares} and {type(backend).__name__}(spares="
+                    f"{backend.spares}) disagree; give one of them"
+                )
+            self.spares = backend.spares
         self.worker = worker
         if not isinstance(preload, tuple) or not all(isinstance(m, str) and m for m in preload):
             raise TypeError(f"preload must be a tuple of module names, got {preload!r}")
-        self._backend: WorkerBackend = LocalBackend(
-            pool_name=name,
-            cls_name=worker.__qualname__,
-            module=worker.__module__,
-            payload=make_payload(worker, tuple(args), kwargs),
-            start_method=start_method,
-            start_timeout=self.start_timeout,
-            preload=preload,
-        )
+        payload = make_payload(worker, tuple(args), kwargs)
+        self._backend: WorkerBackend
+        if backend is not None:
+            self._backend = backend._bind(
+                pool_name=name,
+                cls_name=worker.__qualname__,
+                module=worker.__module__,
+                payload=payload,
+                start_timeout=self.start_timeout,
+                preload=preload,
+            )
+        else:
+            self._backend = LocalBackend(
+                pool_name=name,
+                cls_name=worker.__qualname__,
+                module=worker.__module__,
+                payload=payload,
+                start_method=start_method,
+                start_timeout=self.start_timeout,
+                preload=preload,
+            )
         self._clock = clock
         self._gen = HOST.gen  # which process this pool belongs to (see _forked_error)
         try:
@@ -677,7 +695,7 @@ class Pool(PassiveChild, SupervisorListener):
         self._holds = Histogram()
         self._checkout_timeouts = 0
         self._call_timeouts = 0
-        self._crashes: dict[int, int] = {}  # exit code -> workers that died so, unasked
+        self._crashes: dict[int | None, int] = {}  # exit code -> workers that died so, unasked
         self._calls_ended = 0  # calls of workers that have ended (the live ones keep theirs)
         self._overflow_started = 0
         self._overflow_dismissed = 0
@@ -968,7 +986,7 @@ class Pool(PassiveChild, SupervisorListener):
         # A call in flight through this lease (from another thread) finishes before the
         # worker can go to someone else.
         with lease._in_call:
-            rss = None if self.max_memory is None else _rss(h.pid)  # (no lock held for I/O)
+            rss = None if self.max_memory is None else h.rss()  # (no lock held for I/O)
             t0 = lease._t0
             if t0 is not None:
                 held = self._clock() - t0
@@ -1233,7 +1251,7 @@ class Pool(PassiveChild, SupervisorListener):
     def _give_back(self, lease: Lease) -> None:
         """``checkin`` for the task dispatcher's own leases (no call can be in flight
         through them, and none is misused): as checkin, without its checks."""
-        rss = None if self.max_memory is None else _rss(lease._worker.pid)
+        rss = None if self.max_memory is None else lease._worker.rss()
         with self._lock:
             if lease._ended is None:
                 self._take_back(lease, rss)
@@ -1250,7 +1268,7 @@ class Pool(PassiveChild, SupervisorListener):
         if not self._limits:
             return False
         # (reading the memory takes a few microseconds: only for pools with max_memory)
-        rss = None if self.max_memory is None else _rss(h.pid)
+        rss = None if self.max_memory is None else h.rss()
         return self._due(w, rss, n) is not None
 
     def _has_waiters(self, ours: _Waiter | None) -> bool:
@@ -1498,7 +1516,7 @@ class Pool(PassiveChild, SupervisorListener):
                 parked = {id(lease._rec) for lease in list(tasks._parked) if lease._ended is None}
             rows = [
                 (
-                    w.handle.pid,
+                    w.handle,
                     w.wid,
                     w.lease is not None and id(w) not in parked,
                     w.overflow,
@@ -1512,19 +1530,19 @@ class Pool(PassiveChild, SupervisorListener):
             spares = [w.handle.pid for w in self._spares]
         now = time.monotonic()
         out = []
-        for pid, wid, leased, overflow, retiring, calls, born, holder in rows:
+        for handle, wid, leased, overflow, retiring, calls, born, holder in rows:
             state = (
                 "retiring" if retiring else "overflow" if overflow else "busy" if leased else "idle"
             )
             out.append(
                 {
-                    "pid": pid,
+                    "pid": handle.pid,
                     "wid": wid,
                     "state": state,
                     "leased": leased,
                     "overflow": overflow,
                     "calls": calls,
-                    "rss": _rss(pid),
+                    "rss": handle.rss(),
                     "age": round(now - born, 3),
                     "holder": holder,
                 }
@@ -2179,8 +2197,8 @@ class Pool(PassiveChild, SupervisorListener):
         with self._lock:
             if not h.stopping:
                 self._crashed += 1
-                key = -1 if code is None else code  # (None: never for a reaped worker)
-                self._crashes[key] = self._crashes.get(key, 0) + 1
+                # (None: a worker whose exit status no one knows, a Ray actor's)
+                self._crashes[code] = self._crashes.get(code, 0) + 1
             self._calls_ended += h.calls
             w = self._workers.get(child_id)
             if w is None or w.handle is not h:

@@ -36,6 +36,7 @@ from ._tree import pool_shutdown, start_pool_tree
 
 if TYPE_CHECKING:
     from ._executor import ProcessPoolExecutor
+    from ._ray import RayBackend
 
 __all__ = ("Pooly",)
 
@@ -163,6 +164,7 @@ class Pooly:
         max_memory: int | None = None,
         overflow_ttl: float = 0.0,
         spares: int = 0,
+        backend: RayBackend | None = None,
     ) -> Pool:
         """Start a named pool of ``size`` workers, each ``worker(*args, **kwargs)`` in its own
         process, and return it once every worker is ready.
@@ -192,6 +194,9 @@ class Pooly:
         started ahead and kept ready, out of the pool's count; one takes a dead (or
         replaced) core worker's place at once, with no wait for a start, and the dead
         worker's restart becomes a spare in turn.
+        ``backend`` (default ``None``: processes of this host): a :class:`pooly.RayBackend`
+        runs the workers as Ray actors (SPEC 4.6), with the same API and semantics;
+        ``start_method`` does not apply then.
         """
         self._check_running()
         reg = self._registry
@@ -208,7 +213,11 @@ class Pooly:
             strategy=strategy,
             max_restarts=max_restarts,
             max_seconds=max_seconds,
-            start_method=self._start_method if start_method is None else start_method,
+            start_method=(
+                start_method
+                if backend is not None or start_method is not None
+                else self._start_method
+            ),
             start_timeout=start_timeout,
             shutdown_timeout=shutdown_timeout,
             restart_on_reclaim=restart_on_reclaim,
@@ -222,6 +231,7 @@ class Pooly:
             spares=spares,
             clock=self._clock,
             preload=self._preload,
+            backend=backend,
         )
         pool._observe(self._bus)
         with reg.lock:

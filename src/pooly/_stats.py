@@ -86,7 +86,8 @@ class PoolStats:
     ``checkout_timeouts``, ``calls`` (calls through leases and tasks sent to workers, those
     of workers since ended included), ``call_timeouts`` (calls and tasks that ran past
     their ``call_timeout``: their worker was killed -- never also a crash), ``crashes``
-    (workers that died unasked, by exit code, negative: the signal; their sum is
+    (workers that died unasked, by exit code, negative: the signal, None: not known -- a
+    Ray actor's death gives none; their sum is
     ``status().crashed``), ``replacements``, ``recycles`` (``status().replaced``,
     ``status().recycled``), ``overflow_started``, ``overflow_dismissed`` (overflow
     workers stopped as no longer needed: at checkin, after ``overflow_ttl``, by a
@@ -108,7 +109,7 @@ class PoolStats:
     checkout_timeouts: int
     calls: int
     call_timeouts: int
-    crashes: Mapping[int, int]
+    crashes: Mapping[int | None, int]
     replacements: int
     recycles: int
     overflow_started: int

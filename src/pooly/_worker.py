@@ -298,6 +298,24 @@ def _recv_rest(fd: int, chunk: bytes) -> tuple[int, Payload, bytes] | None:
     return rid, buf, b""
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss(pid: int) -> int | None:
+    """Resident memory (bytes) of process ``pid``, from ``/proc``; None if it can't be
+    read (the process is gone, or there is no ``/proc``)."""
+    try:
+        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 256).split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------------- child side
 
 
@@ -418,6 +436,42 @@ def _worker_core(rfd: int, wfd: int, afd: int) -> None:
     _serve(obj, rfd, wfd)
 
 
+def answer(obj: object, data: Payload) -> bytes:
+    """The reply payload to one request (the pickled ``(method, args, kwargs)``): the
+    pickled ``(OK, result)``, or an error frame (:func:`_pack_error`). Never raises.
+
+    The whole of a worker's work on a request, wherever the request came from: a worker
+    process's loop (:func:`_serve`), or a worker in a Ray actor (:mod:`pooly._ray_actor`).
+    """
+    name = "?"
+    try:
+        name, args, kwargs = pickle.loads(data)
+        if name[0] == "_":
+            raise AttributeError(f"{name!r} is private; only public methods are callable")
+        if name == _CALL:  # an executor's task: a function by reference
+            name = "task"  # (for messages, then its function's name)
+            ref, args = args
+            fn = _FNS.get(ref) or function_of(ref)
+            name = getattr(fn, "__qualname__", name)
+            result = fn(*args, **kwargs)
+        elif name == _CHUNK:  # a chunk of map(): one method over many arguments
+            name, items = args
+            if name[:1] == "_":
+                raise AttributeError(f"{name!r} is private; only public methods are callable")
+            fn = getattr(obj, name)
+            result = [fn(*a) for a in items]
+        else:
+            result = getattr(obj, name)(*args, **kwargs)
+    except BaseException as e:  # SystemExit (argparse!) too: the caller's, not a crash
+        return _pack_error(e, f"method {name}()")
+    try:
+        return pickle.dumps((_OK, result), _PROTO)
+    except BaseException as e:  # (SystemExit from a __reduce__ too: not a crash)
+        # The pickling error itself, as the stdlib's executor reports it.
+        e.add_note(f"(pooly: the result of {name}() could not be pickled in the worker)")
+        return _pack_error(e, f"pickling the result of method {name}()")
+
+
 def _serve(obj: object, rfd: int, wfd: int) -> None:
     """The worker's loop: one frame in, one frame out, until the host closes the channel.
 
@@ -426,9 +480,8 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
     The common case (a small frame read in one go) is inlined: each Python call saved here
     is paid on every round trip.
     """
-    loads, dumps, read, write = pickle.loads, pickle.dumps, os.read, os.write
+    read, write, answer_ = os.read, os.write, answer
     pack, unpack_from, hdr_size, chunk_size = _HDR.pack, _HDR.unpack_from, _HDR_SIZE, _READ_CHUNK
-    fns = _FNS
     ahead = b""  # bytes of the next request(s), read with the last one (pipelining)
     while True:
         chunk = ahead or read(rfd, chunk_size)
@@ -441,37 +494,8 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
             if frame is None:
                 return  # the host closed our channel: a graceful stop
             rid, data, ahead = frame
-        name = "?"
-        try:
-            name, args, kwargs = loads(data)
-            if name[0] == "_":
-                raise AttributeError(f"{name!r} is private; only public methods are callable")
-            if name == _CALL:  # an executor's task: a function by reference
-                name = "task"  # (for messages, then its function's name)
-                ref, args = args
-                fn = fns.get(ref) or function_of(ref)
-                name = getattr(fn, "__qualname__", name)
-                result = fn(*args, **kwargs)
-            elif name == _CHUNK:  # a chunk of map(): one method over many arguments
-                name, items = args
-                if name[:1] == "_":
-                    raise AttributeError(f"{name!r} is private; only public methods are callable")
-                fn = getattr(obj, name)
-                result = [fn(*a) for a in items]
-            else:
-                result = getattr(obj, name)(*args, **kwargs)
-        except BaseException as e:  # SystemExit (argparse!) too: the caller's, not a crash
-            out = _pack_error(e, f"method {name}()")
-        else:
-            try:
-                out = dumps((_OK, result), _PROTO)
-            except BaseException as e:  # (SystemExit from a __reduce__ too: not a crash)
-                # The pickling error itself, as the stdlib's executor reports it.
-                e.add_note(f"(pooly: the result of {name}() could not be pickled in the worker)")
-                out = _pack_error(e, f"pickling the result of method {name}()")
-        # Nothing of this request outlives it while the worker waits for the next.
-        del data, chunk
-        args = kwargs = result = items = fn = None
+        out = answer_(obj, data)
+        del data, chunk  # nothing of this request outlives it while the worker waits
         n = len(out)
         if n <= chunk_size:
             buf = pack(n, rid) + out
@@ -897,7 +921,7 @@ class WorkerProcess:
             cause = "was stopped (its pool is shutting down or dismissed it)"
             advice = "check out a worker again if the pool is still running"
         else:
-            cause = f"died with {describe_exit(self.exitcode)}"
+            cause = f"died with {self._exit_words()}"
             advice = "the pool replaces it; check out a worker again to continue"
         return WorkerCrashed(
             f"worker {self.cls_name} (pid {self.pid}) of pool {self.pool_name!r} {cause}"
@@ -905,6 +929,14 @@ class WorkerProcess:
             pid=self.pid,
             exitcode=self.exitcode,
         )
+
+    def rss(self) -> int | None:
+        """The worker's resident memory in bytes (None if it can't be read)."""
+        return _rss(self.pid)
+
+    def _exit_words(self) -> str:
+        """How it ended, in words (once reaped): ``signal SIGKILL``, ``exit code 3``."""
+        return describe_exit(self.exitcode)
 
     def looks_alive(self) -> bool:
         """False if the reply pipe shows EOF: the process has exited (or is exiting).
@@ -943,13 +975,13 @@ class WorkerProcess:
         elif in_task:  # killed by the task it ran: the task's failure, not the pool's
             reason = ExitReason(
                 False,
-                f"worker pid {self.pid} exited with {describe_exit(code)} while running a task",
+                f"worker pid {self.pid} exited with {self._exit_words()} while running a task",
                 code,
                 counted=False,
             )
         else:
             reason = ExitReason(
-                code == 0, f"worker pid {self.pid} exited with {describe_exit(code)}", code
+                code == 0, f"worker pid {self.pid} exited with {self._exit_words()}", code
             )
         dead_r, dead_w = _dead_pipe()
         os.dup2(dead_w, self.req_w)

@@ -147,14 +147,18 @@ _TIMES = (
 _QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"), ("1", "max"))
 
 
-def _signal_name(exitcode: int) -> str:
+def _signal_name(exitcode: int | None) -> str:
     """The name of the signal an exit code stands for (negative), or ""."""
-    if exitcode >= 0:
+    if exitcode is None or exitcode >= 0:
         return ""
     try:
         return signal.Signals(-exitcode).name
     except ValueError:
         return ""
+
+
+def _by_code(item: tuple[int | None, int]) -> tuple[bool, int]:
+    return item[0] is None, item[0] or 0
 
 
 class _Families:
@@ -199,8 +203,9 @@ class _Families:
         self.restarts_left.add_metric((s.name,), s.restarts_left)
         for counter, attr in self.counters:
             counter.add_metric((s.name,), getattr(s, attr))
-        for code, n in sorted(s.crashes.items()):
-            self.crashes.add_metric((s.name, str(code), _signal_name(code)), n)
+        for code, n in sorted(s.crashes.items(), key=_by_code):
+            label = "unknown" if code is None else str(code)
+            self.crashes.add_metric((s.name, label, _signal_name(code)), n)
         for family, prefix in self.times:
             for q, suffix in _QUANTILES:
                 family.add_metric((s.name, q), getattr(s, f"{prefix}_{suffix}"))

@@ -243,7 +243,7 @@ def _stats_and_events(demo: Demo, o: Outcome, row: Callable[..., None]) -> list[
     if not names:
         return []
     st = [o.stats[n] for n in names]
-    crash_codes: collections.Counter[int] = collections.Counter()
+    crash_codes: collections.Counter[int | None] = collections.Counter()
     for s in st:
         crash_codes.update(s.crashes)
     d.line("  pool stats (stats() once the tree stopped: the whole run, final check included)")
@@ -257,7 +257,9 @@ def _stats_and_events(demo: Demo, o: Outcome, row: Callable[..., None]) -> list[
     cols("checkout timeouts", [f"{s.checkout_timeouts:,}" for s in st])
     cols("call timeouts", [f"{s.call_timeouts:,}" for s in st])
     cols("crashes", [f"{sum(s.crashes.values()):,}" for s in st])
-    for code in sorted(crash_codes, key=lambda c: (c >= 0, abs(c))):
+    for code in sorted(
+        crash_codes, key=lambda c: (c is None, c is not None and c >= 0, abs(c or 0))
+    ):
         cols(f"  {_exit_name(code)}", [f"{s.crashes.get(code, 0):,}" for s in st])
     cols("replacements", [f"{s.replacements:,}" for s in st])
     cols("recycles", [f"{s.recycles:,}" for s in st])
