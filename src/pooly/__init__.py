@@ -29,6 +29,7 @@ from ._executor import ProcessPoolExecutor
 from ._pool import Lease, Pool, PoolStatus
 from ._pooly import Pooly
 from ._process import ProcessChild
+from ._ray import RayBackend
 from ._stats import PoolStats
 from ._supervisor import (
     Child,
@@ -59,6 +60,7 @@ __all__ = (
     "PoolyError",
     "ProcessChild",
     "ProcessPoolExecutor",
+    "RayBackend",
     "RemoteTraceback",
     "Subscription",
     "Supervisor",
