@@ -51,6 +51,25 @@ soak-recycle: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench.py
 
+# pooly.RayBackend's tests (issue 12, tests/ray) on a local simulated Ray cluster. Ray is
+# heavy (~240 MiB installed, ~700 MiB of RAM, seconds to start), so it gets its own venv and
+# target, kept out of .venv and `make test` (where tests/ray skips); CI runs it after test-all.
+# The env keeps Ray off the network: no usage stats, every Ray process on 127.0.0.1
+# (tests/ray/__init__.py). faulthandler dumps stacks just before pytest-timeout fires.
+RAY_VENV := .venv-ray
+RAY_TEST_ENV := POOLY_TEST_RAY=1 RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+RAY_TEST_ARGS ?= --timeout=300 -o faulthandler_timeout=290
+
+$(RAY_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RAY_VENV)/bin/python -m pip install --quiet -e '.[dev,ray]'
+	touch $@
+
+.PHONY: test-ray
+test-ray: $(RAY_VENV)/.installed
+	$(RAY_TEST_ENV) $(RAY_VENV)/bin/python -m pytest tests/ray $(RAY_TEST_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
@@ -61,4 +80,4 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) $(VENV)-3.* build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-3.* $(RAY_VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
