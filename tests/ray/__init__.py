@@ -27,10 +27,19 @@ RAY_ENV = {
 }
 
 
+#: The repository: on the PYTHONPATH of every Ray process (they inherit this process's
+#: environment), so an actor can import the tests' worker classes (tests.ray.ray_workers).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def set_ray_env() -> None:
-    """Put RAY_ENV into this process's environment (values already set are kept)."""
+    """Put RAY_ENV into this process's environment (values already set are kept), and the
+    repository on its PYTHONPATH."""
     for name, value in RAY_ENV.items():
         os.environ.setdefault(name, value)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if ROOT not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *paths])
 
 
 def require_ray() -> ModuleType:
