@@ -117,7 +117,9 @@ class RayCluster:
     def remove_node(self, name: str, allow_graceful: bool = False) -> None:
         """Kill worker node ``name`` (by default abruptly, like a lost host)."""
         node = self.nodes.pop(name)
+        pids = _node_pids(node)
         self.cluster.remove_node(node, allow_graceful=allow_graceful)
+        _ray_daemons.difference_update(pids)  # a reused pid is not Ray's
 
     def restore(self) -> None:
         """Start again any worker node a test removed."""
