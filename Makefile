@@ -70,6 +70,12 @@ $(RAY_VENV)/.installed: pyproject.toml
 test-ray: $(RAY_VENV)/.installed
 	$(RAY_TEST_ENV) $(RAY_VENV)/bin/python -m pytest tests/ray $(RAY_TEST_ARGS)
 
+# Issue 12's bars on a local Ray: lease call vs a bare actor call, SIGKILL -> WorkerCrashed,
+# served again with and without a warm spare (bench/bench_ray.py; a minute or two).
+.PHONY: bench-ray
+bench-ray: $(RAY_VENV)/.installed
+	$(RAY_TEST_ENV) $(RAY_VENV)/bin/python bench/bench_ray.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench

@@ -55,7 +55,15 @@ from ._fds import _FDS_LOCK, _HOST_FDS, Signal, release
 from ._ray import RayBackend
 from ._ray_actor import PoolyActor
 from ._supervisor import CancelToken
-from ._worker import _HDR, _HDR_SIZE, WorkerProcess, _pack_error, _release_fds
+from ._worker import (
+    _HDR,
+    _HDR_SIZE,
+    _PROTO,
+    ChannelClosed,
+    WorkerProcess,
+    _pack_error,
+    _release_fds,
+)
 
 __all__ = ("RayPoolBackend", "RayWorkerHandle")
 
@@ -100,6 +108,34 @@ class RayWorkerHandle(WorkerProcess):
     __slots__ = ()
 
     proc: RayProcess
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A lease's call, straight to the actor from the holder's thread: Ray's own round
+        trip, without the pump's two thread hops (calls with a deadline, tasks and asyncio
+        go through the pipes). The pump is told, so it ends the actor only after it."""
+        p = self.proc
+        actor = p.actor
+        if self._pending or actor is None or self.broken:
+            return super().call(name, args, kwargs)
+        try:
+            data = pickle.dumps((name, args, kwargs), _PROTO)
+        except Exception:
+            data = self._dumps(name, args, kwargs)  # raises the explanatory TypeError
+        p.direct += 1
+        try:
+            payload, p.last_rss = ray.get(actor.frame.remote(data))
+        except ray.exceptions.RayActorError:
+            raise ChannelClosed(name) from None
+        except ray.exceptions.RayError as e:  # Ray could not run it: the channel is fine
+            raise PoolyError(f"Ray could not run {name}() on {p.what}: {e}") from e
+        except BaseException:
+            self.broken = True  # interrupted (KeyboardInterrupt) with the call in flight
+            raise
+        finally:
+            p.direct -= 1
+            if p.eof:  # the pool asked it to end meanwhile: now it can
+                p.post_terminate()
+        return self._decode(name, payload)
 
     def rss(self) -> int | None:
         """The actor's resident memory after its last call (None before one)."""
@@ -163,6 +199,7 @@ class RayProcess:
         self.started = False  # the first frame (the start) was sent
         self.out = b""  # reply bytes not written yet (the holder reads slowly)
         self.eof = False  # the host closed the request pipe: end once all is answered
+        self.direct = 0  # lease calls in flight straight from a holder (not via the pump)
         self.killed = False
         self.terminated = False
         self.watch_ref: Any = None
@@ -176,6 +213,10 @@ class RayProcess:
         self._pump.post(("kill", self))
 
     def terminate(self) -> None:
+        self._pump.post(("terminate", self))
+
+    def post_terminate(self) -> None:
+        """(A direct call ended after the host closed the request pipe.)"""
         self._pump.post(("terminate", self))
 
     def close(self) -> None:
@@ -330,7 +371,14 @@ class _Pump(threading.Thread):
 
     def _maybe_terminate(self, p: RayProcess) -> None:
         """The host closed the request pipe and every request is answered: end it."""
-        if p.eof and not p.terminated and p.inflight is None and not p.frames and not p.dead:
+        if (
+            p.eof
+            and not p.terminated
+            and p.inflight is None
+            and not p.frames
+            and not p.direct
+            and not p.dead
+        ):
             # Ray's graceful exit (__ray_terminate__) waits for the actor's running calls,
             # and its watch() never ends: the actor is killed, with nothing left to do.
             p.terminated = True

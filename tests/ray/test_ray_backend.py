@@ -311,3 +311,22 @@ def test_node_loss_under_load(tree: pooly.Pooly, ray_cluster: RayCluster) -> Non
         f"node loss: {outcomes.count('crashed')} crashed, {outcomes.count('ok')} ok; "
         f"healed after {healed_after:.2f} s; stats {pool.stats().crashes}"
     )
+
+
+def test_an_interrupted_call_kills_its_actor(tree: pooly.Pooly) -> None:
+    """KeyboardInterrupt while a lease call waits for its actor (the direct path, no
+    pipes): the call may be half done, so the lease ends and the actor is killed and
+    replaced -- never handed out again with the call still running in it."""
+    import _thread
+
+    pool = tree.start_pool("ki", Stateful, size=1, max_restarts=5, backend=on("node_a"))
+    lease = pool.checkout()
+    pid = lease.pid
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        lease.sleep(30)
+    with pytest.raises(pooly.LeaseError, match="interrupted"):
+        lease.incr()
+    with pool.checkout(timeout=20) as w:
+        assert w.pid != pid and w.incr() == 1
+    assert pool.stats().crashes == {}
