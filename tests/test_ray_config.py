@@ -87,3 +87,15 @@ def test_without_ray_a_ray_pool_fails_to_start_naming_the_extra(
     pool = sup.start_pool("local", Plain, size=1)
     with pool.checkout() as w:
         assert w.ping() == "pong"
+
+
+def test_pooly_demo_ray_without_ray_says_what_to_install() -> None:
+    """``pooly demo --ray`` where Ray can't be imported: exit status 2 and the extra to
+    install, nothing started."""
+    code = (
+        "import sys; sys.modules['ray'] = None; from pooly.cli.main import main; "
+        "sys.exit(main(['demo', '--ray', '--duration', '1']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    assert "pip install 'pooly[ray]'" in out.stdout + out.stderr

@@ -1543,6 +1543,7 @@ class Pool(PassiveChild, SupervisorListener):
                     "overflow": overflow,
                     "calls": calls,
                     "rss": handle.rss(),
+                    "node": getattr(handle, "node", None),  # where a Ray actor runs
                     "age": round(now - born, 3),
                     "holder": holder,
                 }

@@ -148,8 +148,13 @@ class RayWorkerHandle(WorkerProcess):
 
     @property
     def node(self) -> str:
-        """The Ray node the actor runs on (its id), and that node's address."""
-        return f"{self.proc.node_ip} ({self.proc.node_id[:12]})"
+        """The Ray node the actor runs on: its id (hex)."""
+        return self.proc.node_id
+
+    @property
+    def node_ip(self) -> str:
+        """The address of the Ray node the actor runs on."""
+        return self.proc.node_ip
 
     def __repr__(self) -> str:
         return (
@@ -398,7 +403,7 @@ class _Pump(threading.Thread):
         try:
             got = ray.get(ref)
         except ray.exceptions.RayActorError as e:
-            self._died(p, _cause(e), kill=isinstance(e, ray.exceptions.ActorUnavailableError))
+            self._died(p, _cause(e), kill=_node_lost(e))
             return
         except Exception as e:  # Ray could not run the call (not the method's error)
             payload = _pack_error(
@@ -449,18 +454,22 @@ class _Pump(threading.Thread):
             log.debug("pooly: ray.kill of %s: %s", p.what, e)
 
     def _died(self, p: RayProcess, cause: str, *, kill: bool) -> None:
-        """The actor is gone (or given up on): EOF for its holder, its sentinel set."""
+        """The actor is gone (or given up on): EOF for its holder, its sentinel set.
+        ``kill``: its node is lost or unreachable (the actor is killed to be sure, and
+        replacements are steered away from the node for a while)."""
         if p.dead:
             return
         p.dead = True
-        if kill and not p.killed:
-            self._kill(p)  # (a node that does not answer: make sure it never comes back)
-        if p.killed:
+        if p.killed:  # as asked (a call timeout, a dismissal, the pool stopping)
             p.exitcode = -9
         elif p.terminated:
             p.exitcode = 0
-        else:
+        else:  # (no exit status: Ray gives none)
             p.cause = cause
+        if kill:
+            suspect(p.node_id)
+            if not p.killed:
+                self._kill(p)  # (a node that does not answer: make sure it never comes back)
         self._procs.discard(p)
         for fd in (p.req_r, p.rep_w):
             if self._by_fd.pop(fd, None) is not None:
@@ -477,22 +486,66 @@ class _Pump(threading.Thread):
 
 
 def _cause(e: BaseException) -> str:
-    """Ray's reason for an actor's death, in one line."""
-    text = str(e).strip().splitlines()
-    first = next((line.strip() for line in text if line.strip()), "")
-    return f"{type(e).__name__}: {first}"[:300]
+    """Ray's reason for an actor's death, in one line: its error message's own words
+    (after the lines naming the actor), else its first line."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    said = [line for line in lines[1:] if not line.startswith(_FIELDS)]
+    text = said[0] if said else lines[0] if lines else ""
+    return f"{type(e).__name__}: {text}"[:300]
+
+
+#: The lines of an ActorDiedError's message that name the actor, not the cause.
+_FIELDS = ("class_name:", "actor_id:", "pid:", "name:", "namespace:", "ip:")
+
+
+def _node_lost(e: BaseException) -> bool:
+    """Whether an actor's error says its node is gone or unreachable."""
+    if isinstance(e, ray.exceptions.ActorUnavailableError):
+        return True
+    text = str(e).lower()
+    return any(words in text for words in _NODE_DEATH)
+
+
+#: How Ray says an actor went with its node (ActorDiedError's message; its advice about
+#: "node deaths" in other messages does not count).
+_NODE_DEATH = ("because its node", "node has died", "node died", "node was", "node is dead")
+
+
+#: Nodes where an actor of ours was lost with its node (node id -> when): a replacement
+#: is steered away from them for a while (Ray may still place actors there until it has
+#: declared the node dead). Shared by every pool of the process, as Ray's nodes are.
+_SUSPECTS: dict[str, float] = {}
+_SUSPECT_FOR = 60.0
+
+
+def suspect(node_id: str) -> None:
+    _SUSPECTS[node_id] = time.monotonic()
+
+
+def suspects() -> set[str]:
+    now = time.monotonic()
+    for node, since in list(_SUSPECTS.items()):
+        if now - since > _SUSPECT_FOR:
+            _SUSPECTS.pop(node, None)
+    return set(_SUSPECTS)
 
 
 def _watch_cause(ref: Any) -> tuple[str, bool]:
-    """Why an actor's watch call ended, and whether its node stopped answering (then the
-    actor may live on, cut off: it is killed, so it never comes back)."""
+    """Why an actor's watch call ended, and whether its node is lost or unreachable (then
+    the actor may live on, cut off: it is killed, so it never comes back)."""
     try:
         ray.get(ref)
-    except ray.exceptions.ActorUnavailableError as e:
-        return _cause(e), True
     except Exception as e:
-        return _cause(e), False
+        return _cause(e), _node_lost(e)
     return "its watch call returned", False
+
+
+class _Lost(Exception):
+    """An actor died before it ran (see RayPoolBackend.start_worker)."""
+
+
+#: Pause before starting again an actor that died before it ran.
+_RETRY_PAUSE = 0.1
 
 
 class RayPoolBackend:
@@ -520,6 +573,7 @@ class RayPoolBackend:
         except (TypeError, ValueError) as e:
             raise ValueError(f"RayBackend actor_options {config.actor_options!r}: {e}") from e
         self._pump: _Pump | None = None
+        self._turn = 0  # (round robin over live nodes, for steered starts)
 
     def open(self) -> None:
         self._pump = _Pump(self.pool_name)
@@ -531,14 +585,43 @@ class RayPoolBackend:
             pump.close()
             pump.join(2 * KILL_GRACE)
 
-    def start_worker(self, cancel: CancelToken | None = None) -> RayWorkerHandle:
-        """Start one actor and wait until the user's object is made in it
-        (:class:`WorkerStartError` if not, or if ``cancel`` fires first)."""
-        assert self._pump is not None, "start_worker before open"
-        what = f"worker {self.cls_name} of pool {self.pool_name!r} (a Ray actor)"
-        deadline = time.monotonic() + self.start_timeout
+    def _options(self) -> Any:
+        """The actor class with its options; while nodes are suspect (lost, maybe not yet
+        declared dead), steered to a live node with the resources, unless the user chose
+        where it goes."""
+        avoid = suspects()
+        strategy = self._config.actor_options.get("scheduling_strategy")
+        if not avoid or strategy not in (None, "DEFAULT", "SPREAD"):
+            return self._actor_cls
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        needs = dict(self._config.actor_options.get("resources") or {})
+        live = [
+            n["NodeID"]
+            for n in ray.nodes()
+            if n.get("Alive")
+            and n["NodeID"] not in avoid
+            and all(n.get("Resources", {}).get(k, 0) >= v for k, v in needs.items())
+            and n.get("Resources", {}).get("CPU", 0) > 0
+        ]
+        if not live:
+            return self._actor_cls
+        self._turn += 1
+        node = live[self._turn % len(live)]
+        return _Actor.options(
+            **{
+                **self._config.actor_options,
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True),
+            }
+        )
+
+    def _start_actor(
+        self, what: str, deadline: float, cancel: CancelToken | None
+    ) -> tuple[Any, tuple[int, str, str]]:
+        """Make one actor and wait until it runs: it and (pid, node id, node address).
+        :class:`_Lost` if it died first (it may be tried again elsewhere)."""
         try:
-            actor = self._actor_cls.remote()
+            actor = self._options().remote()
         except Exception as e:
             raise WorkerStartError(f"could not start {what}: {e}") from e
         try:
@@ -561,6 +644,10 @@ class RayPoolBackend:
                     )
             try:
                 pid, node_id, node_ip, version = ray.get(hello)
+            except ray.exceptions.RayActorError as e:
+                if getattr(e, "actor_init_failed", False):  # (not pooly's on that node?)
+                    raise WorkerStartError(f"could not start {what}: {_cause(e)}") from e
+                raise _Lost(_cause(e)) from e
             except ray.exceptions.RayError as e:
                 raise WorkerStartError(f"could not start {what}: {_cause(e)}") from e
             if version != pooly.__version__:
@@ -570,6 +657,30 @@ class RayPoolBackend:
         except BaseException:
             ray.kill(actor, no_restart=True)
             raise
+        return actor, (pid, node_id, node_ip)
+
+    def start_worker(self, cancel: CancelToken | None = None) -> RayWorkerHandle:
+        """Start one actor and wait until the user's object is made in it
+        (:class:`WorkerStartError` if not, or if ``cancel`` fires first)."""
+        assert self._pump is not None, "start_worker before open"
+        what = f"worker {self.cls_name} of pool {self.pool_name!r} (a Ray actor)"
+        deadline = time.monotonic() + self.start_timeout
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                actor, (pid, node_id, node_ip) = self._start_actor(what, deadline, cancel)
+                break
+            except _Lost as e:
+                # Its actor died before it ran: placed on a node that is going (Ray places
+                # actors on a lost node until it has declared it dead). Once more, steered.
+                if time.monotonic() + _RETRY_PAUSE >= deadline:
+                    raise WorkerStartError(
+                        f"could not start {what} within start_timeout="
+                        f"{self.start_timeout:g}s ({tries} tries): {e}"
+                    ) from e.__cause__
+                log.info("pooly: %s: %s; trying again", what, e)
+                time.sleep(_RETRY_PAUSE)
         with _FDS_LOCK:  # (listed at once: a child forked now must not keep them)
             req_r, req_w = os.pipe()
             rep_r, rep_w = os.pipe()

@@ -330,3 +330,25 @@ def test_an_interrupted_call_kills_its_actor(tree: pooly.Pooly) -> None:
     with pool.checkout(timeout=20) as w:
         assert w.pid != pid and w.incr() == 1
     assert pool.stats().crashes == {}
+
+
+def test_pooly_demo_on_ray_loses_a_node_and_heals(ray_cluster: RayCluster) -> None:
+    """``pooly demo --ray`` (its own simulated cluster, in a process of its own): the
+    workload's faults and a node lost midway; every call a correct result or
+    WorkerCrashed, both pools back at full size off the lost node; exit status 0."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pooly", "demo", "--ray", "--duration", "8"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    text = out.stdout
+    assert out.returncode == 0, text[-4000:] + out.stderr[-2000:]
+    assert "NODE LOST" in text
+    assert text.count("back at full size on the surviving nodes") == 2, text[-4000:]
+    assert "lost                                    0" in text
+    assert "\nOK: " in text

@@ -46,7 +46,7 @@ import importlib.util
 import os
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .. import Pool, Pooly, PoolyError
 from . import workers
@@ -55,6 +55,9 @@ from .demo_config import MAX_SECONDS, OVERFLOW, Options
 from .demo_executor import EX_KILL_AFTER, EX_TASKS, EX_WORKERS, ExecutorRun, run_pooly, run_stdlib
 from .demo_tally import EventLog, Outcome, describe, tally
 from .demo_workload import Demo
+
+if TYPE_CHECKING:
+    from .demo_ray import OnRay
 
 __all__ = ("Options", "add_arguments", "main", "run")
 
@@ -96,12 +99,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seed for the workload's random choices (default: random)",
     )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="run the pools' workers as Ray actors on a simulated 3-node Ray cluster on "
+        "this machine (every address 127.0.0.1), and lose a node midway (needs: pip "
+        "install 'pooly[ray]')",
+    )
 
 
-def run(opts: Options, out: TextIO | None = None) -> int:
-    """Run the demo; print progress and the tally to ``out``. Returns the exit status."""
+def run(opts: Options, out: TextIO | None = None, ray: bool = False) -> int:
+    """Run the demo; print progress and the tally to ``out``. Returns the exit status.
+    ``ray``: on a simulated Ray cluster (:mod:`pooly.cli.demo_ray`)."""
     display = Display(sys.stdout if out is None else out)
     with pooly_errors_to(display):
+        if ray:
+            from .demo_ray import run_on_ray
+
+            return run_on_ray(opts, display, _run)
         return _run(opts, display)
 
 
@@ -115,14 +130,15 @@ def _tree(display: Display) -> Pooly:
         return Pooly(preload=[workers.__name__])
 
 
-def _run(opts: Options, display: Display) -> int:
+def _run(opts: Options, display: Display, on_ray: OnRay | None = None) -> int:
+    """The demo; ``on_ray``: its pools' workers are Ray actors (``pooly demo --ray``)."""
     started = time.monotonic()
     sup = _tree(display)
     events = EventLog()
     try:
         # Subscribed before any pool starts: every worker's life is seen, start to end.
         sub = sup.subscribe(events)
-        demo = Demo(sup, opts, display)
+        demo = Demo(sup, opts, display, None if on_ray is None else on_ray.backend)
         display.line(
             f"pooly demo: 2 pools, {opts.consumers} consumer threads, a fault every "
             f"{opts.fault_interval:g} s for {opts.duration:g} s (seed {demo.seed})"
@@ -150,6 +166,8 @@ def _run(opts: Options, display: Display) -> int:
             f"  started {2 * opts.size} worker processes in "
             f"{time.monotonic() - t:.2f} s ({demo.pools['counters'].start_method})"
         )
+        if on_ray is not None:
+            on_ray.started(demo)
         display.line()
         completed = demo.run_workload()
         settled = demo.settle()
@@ -161,7 +179,7 @@ def _run(opts: Options, display: Display) -> int:
         pools: dict[str, Pool] = dict(demo.pools)
         pids = [pid for p in pools.values() for pid in p.worker_pids()]
         runs: list[ExecutorRun] = []
-        if completed:
+        if completed and on_ray is None:
             display.line()
             display.line(
                 f"executor: {EX_TASKS} CPU tasks (sha256 chains) submitted to {EX_WORKERS} "
@@ -179,6 +197,10 @@ def _run(opts: Options, display: Display) -> int:
         # the pools' stats() are final, and must agree.
         sup.stop()
     stats = {name: p.stats() for name, p in pools.items()}
+    if on_ray is not None:  # (Ray ends an actor's process a moment after it is reported)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
     if runs:
         run = run_stdlib()
         demo.display.line(f"  {describe(run)}")
@@ -210,7 +232,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     try:
-        return run(opts)
+        return run(opts, ray=args.ray)
     except KeyboardInterrupt:  # a second Ctrl-C, after the workload (the first ends it)
         print("\ninterrupted", file=sys.stderr)
         return 130

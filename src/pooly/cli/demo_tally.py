@@ -216,6 +216,7 @@ def tally(demo: Demo, o: Outcome) -> int:
         problems.append(f"threads did not finish: {', '.join(demo.hung)}")
     if demo.broken:
         problems.append(f"consumers stopped on an error: {', '.join(demo.broken)}")
+    problems.extend(demo.problems)
     for r in o.runs:
         if not r.label.startswith("pooly"):
             continue

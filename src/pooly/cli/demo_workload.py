@@ -14,9 +14,10 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from .. import CheckoutTimeout, Lease, Pool, PoolFailed, Pooly, WorkerCrashed
+from .. import CheckoutTimeout, Lease, Pool, PoolFailed, Pooly, RayBackend, WorkerCrashed
 from .._errors import describe_exit
 from .common import Display, is_settled, kill_each_worker
 from .demo_config import (
@@ -42,10 +43,20 @@ __all__ = ("Demo",)
 class Demo:
     """One run: the pools, the threads and the counts. See the module docstring."""
 
-    def __init__(self, sup: Pooly, opts: Options, display: Display) -> None:
+    def __init__(
+        self, sup: Pooly, opts: Options, display: Display, backend: RayBackend | None = None
+    ) -> None:
         self.sup = sup
         self.opts = opts
         self.display = display
+        # Where the workers run (None: processes of this host; pooly demo --ray: Ray
+        # actors, whose replacement starts take a good part of a second, whose deaths
+        # give no exit status).
+        self.backend = backend
+        self.heal_wait = 1.0 if backend is None else 5.0
+        # Called once, halfway through the workload, from the main thread (--ray: a node
+        # of the cluster is lost then).
+        self.midway: Callable[[], None] | None = None
         self.seed = opts.seed if opts.seed is not None else secrets.randbelow(10**6)
         # Sized for the fault rate (~0.8 restarting faults per interval, shared by two pools,
         # with room for bursts) plus the final check's kills. The default, 3 in 5 s, is
@@ -53,11 +64,13 @@ class Demo:
         self.max_restarts = max(3, math.ceil(2 * MAX_SECONDS / opts.fault_interval)) + opts.size
         self.pools: dict[str, Pool] = {}
         self.stop = threading.Event()
+        self.paused = threading.Event()  # no new fault while set
         self.t0 = 0.0
         self.workload_s = 0.0
         self.stats: list[Stats] = []
         self.faults = FaultLog()
         self.anomalies: list[str] = []
+        self.problems: list[str] = []  # a variant's own reasons to fail the run (--ray)
         self.failed_pools: set[str] = set()
         self.hung: list[str] = []  # threads that did not finish in time
         self.broken: list[str] = []  # consumer threads that stopped on an exception
@@ -91,6 +104,7 @@ class Demo:
                 max_overflow=OVERFLOW[name],
                 max_restarts=self.max_restarts,
                 max_seconds=MAX_SECONDS,
+                backend=self.backend,
             )
 
     # -- consumers (consumer threads) ------------------------------------------------
@@ -213,6 +227,9 @@ class Demo:
         due = self.t0 + interval
         n = 0
         while not self.stop.wait(max(0.0, due - time.monotonic())):
+            if self.paused.is_set():  # (--ray: while a lost node's workers are replaced)
+                due = max(due + interval, time.monotonic())
+                continue
             kind, name = KINDS[n % len(KINDS)], POOLS[n % len(POOLS)]
             if name not in self.failed_pools:
                 self._inject(kind, name, rng)
@@ -261,8 +278,9 @@ class Demo:
                 return
             e = order.error
             expected = -signal.SIGSEGV if kind == "segfault" else EXIT_CODE
-            if isinstance(e, WorkerCrashed) and e.exitcode != expected:
+            if isinstance(e, WorkerCrashed) and e.exitcode not in (expected, None):
                 return  # it ran on a worker that had just died of something else: no fault
+            # (None: a Ray actor's death gives no exit status; taken as the fault's own.)
             t = order.when
             what = "segfault" if kind == "segfault" else f"os._exit({EXIT_CODE})"
             if isinstance(e, WorkerCrashed):
@@ -344,7 +362,7 @@ class Demo:
 
     def _await_replacement(self, kind: str, pool: Pool, before: int, t: float) -> str:
         """Wait (briefly) for the pool to start a replacement; say how long it took."""
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + self.heal_wait
         while time.monotonic() < deadline:
             if pool.status().replaced > before:
                 ms = (time.monotonic() - t) * 1000
@@ -354,7 +372,7 @@ class Demo:
                 return f"... replaced by a new worker {ms:.0f} ms after the fault"
             time.sleep(0.001)
         self.faults.not_replaced += 1
-        return "... no replacement within 1 s (right for an overflow worker only)"
+        return f"... no replacement within {self.heal_wait:g} s (right for an overflow worker only)"
 
     # -- the run (main thread) -----------------------------------------------------------
 
@@ -365,9 +383,13 @@ class Demo:
         period = 0.1 if self.display.tty else (2.0 if o.duration >= 8 else 1.0)
         deadline = self.t0 + o.duration
         next_status = self.t0 + period
+        midway = self.t0 + o.duration / 2
         completed = True
         try:
             while (now := time.monotonic()) < deadline:
+                if self.midway is not None and now >= midway:
+                    self.midway()
+                    self.midway = None
                 if now >= next_status:
                     self.display.status(self.status_line())
                     next_status = max(next_status + period, now)
