@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             kill, until its holder gets WorkerCrashed and until the pool (of one worker)
             serves a checkout again."""
             name = f"kill{spares}"
-            p = tree.start_pool(name, Echo, size=1, backend=pooly.RayBackend(spares=spares))
+            p = tree.start_pool(
+                name, Echo, size=1, max_restarts=1000, backend=pooly.RayBackend(spares=spares)
+            )
             seen, served = [], []
             for _ in range(kills):
                 if spares:  # the spare refilled since the last kill
