@@ -53,3 +53,13 @@ class Stateful:
 class FailsToStart:
     def __init__(self) -> None:
         raise RuntimeError("no model file here")
+
+
+class Blob:
+    """Large arguments and results (the pump's partial reads and writes)."""
+
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+    def make(self, n: int) -> bytes:
+        return bytes(range(256)) * (n // 256)

@@ -18,7 +18,7 @@ import pooly
 from tests.conftest import wait_for
 from tests.ray import require_ray
 from tests.ray.conftest import RayCluster
-from tests.ray.ray_workers import FailsToStart, Stateful
+from tests.ray.ray_workers import Blob, FailsToStart, Stateful
 
 ray = require_ray()
 
@@ -352,3 +352,19 @@ def test_pooly_demo_on_ray_loses_a_node_and_heals(ray_cluster: RayCluster) -> No
     assert text.count("back at full size on the surviving nodes") == 2, text[-4000:]
     assert "lost                                    0" in text
     assert "\nOK: " in text
+
+
+def test_large_arguments_and_results_through_the_pump_and_direct(tree: pooly.Pooly) -> None:
+    """Megabytes each way, through the pump's pipes (tasks, and calls with a deadline:
+    frames read and written in pieces, a reply larger than a pipe holds) and through a
+    lease's direct call; every byte comes back."""
+    pool = tree.start_pool("blob", Blob, size=1, call_timeout=60, backend=on("node_c"))
+    big = bytes(range(256)) * (12 * 1024 * 1024 // 256)  # 12 MiB
+    with pool.checkout() as w:  # (call_timeout: the pipes)
+        assert w.echo(big) == big
+        assert w.make(len(big)) == big
+    with pool.checkout(call_timeout=None) as w:  # the direct path
+        assert w.echo(big) == big
+    futs = [pool.submit("echo", big[: (i + 1) * 1_000_000]) for i in range(3)]
+    for i, f in enumerate(futs):
+        assert f.result(timeout=120) == big[: (i + 1) * 1_000_000]
