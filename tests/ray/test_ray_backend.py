@@ -368,3 +368,24 @@ def test_large_arguments_and_results_through_the_pump_and_direct(tree: pooly.Poo
     futs = [pool.submit("echo", big[: (i + 1) * 1_000_000]) for i in range(3)]
     for i, f in enumerate(futs):
         assert f.result(timeout=120) == big[: (i + 1) * 1_000_000]
+
+
+def test_the_observer_shows_each_workers_node(ray_cluster: RayCluster) -> None:
+    """An observed tree's snapshot gives each Ray worker's node id; pooly top's frame has
+    a node column for that pool (pids repeat across machines)."""
+    pytest.importorskip("rich")
+    from rich.console import Console
+
+    from pooly import observe
+    from pooly.cli.top import render
+
+    with pooly.Pooly(observe=True) as t:
+        t.start_pool("seen", Stateful, size=2, backend=on("node_b"))
+        assert t.observe_path is not None
+        doc = observe.snapshot(t.observe_path)
+    (pool,) = doc["pools"]
+    assert [w["node"] for w in pool["workers"]] == [ray_cluster.node_id("node_b")] * 2
+    console = Console(width=160, record=True)
+    console.print(render(doc))
+    frame = console.export_text()
+    assert " node" in frame and ray_cluster.node_id("node_b")[:12] in frame, frame

@@ -273,10 +273,13 @@ def render(doc: dict[str, Any]) -> RenderableType:
             header_style="dim",
             pad_edge=False,
         )
-        for col in ("pid", "wid", "state", "calls", "rss", "age", "holder"):
+        # A pool on Ray: the node each worker (actor) runs on (pids repeat across nodes).
+        on_nodes = any(w.get("node") for w in p["workers"])
+        cols = ("pid", "wid", "state", "calls", "rss", "age", "holder")
+        for col in cols + (("node",) if on_nodes else ()):
             workers.add_column(col, justify="right" if col in ("pid", "calls", "rss") else "left")
         for w in p["workers"]:
-            workers.add_row(
+            row = [
                 str(w["pid"]),
                 str(w["wid"]),
                 Text(w["state"], style=_STATE_STYLE.get(w["state"], "")),
@@ -284,7 +287,10 @@ def render(doc: dict[str, Any]) -> RenderableType:
                 _mib(w["rss"]),
                 _age(w["age"]),
                 w["holder"] or "",
-            )
+            ]
+            if on_nodes:
+                row.append((w.get("node") or "")[:12])
+            workers.add_row(*row)
         notes = []
         if p.get("spares"):
             notes.append(f"spares: {', '.join(map(str, p['spares']))}")
