@@ -29,7 +29,7 @@ from ._executor import ProcessPoolExecutor
 from ._pool import Lease, Pool, PoolStatus
 from ._pooly import Pooly
 from ._process import ProcessChild
-from ._ray import RayBackend
+from ._ray import RayBackend, shared_pool
 from ._stats import PoolStats
 from ._supervisor import (
     Child,
@@ -67,6 +67,7 @@ __all__ = (
     "SupervisorListener",
     "WorkerCrashed",
     "WorkerStartError",
+    "shared_pool",
 )
 
 __version__ = "0.1.0"

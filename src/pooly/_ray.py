@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ("RayBackend",)
+__all__ = ("RayBackend", "shared_pool")
 
 #: Actor options pooly sets itself: a worker is restarted by pooly alone (never by Ray), its
 #: calls run at most once, one at a time, and it lives and dies with its pool.
@@ -113,3 +113,64 @@ def _options(what: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
     if bad:
         raise TypeError(f"RayBackend {what}: option names must be str, got {bad!r}")
     return dict(options)
+
+
+def shared_pool(
+    name: str,
+    worker: type | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    backend: RayBackend | None = None,
+    lease_ttl: float = 30.0,
+    namespace: str = "pooly",
+    **options: Any,
+) -> Any:
+    """A pool on Ray shared by several drivers: its :class:`SharedPool` handle.
+
+    The pool runs in a detached named Ray actor (``pooly:<name>`` in Ray namespace
+    ``namespace``), its workers Ray actors it supervises (``backend``'s actor options and
+    spares; its address is where this driver connects). With ``worker``, the pool is made if
+    no driver made it yet (``start_pool``'s ``options`` apply: ``size``, ``max_overflow``,
+    ``call_timeout``, ...; the first driver's win); without, an existing one is found
+    (:class:`NoSuchPool` if none runs). ``handle.checkout(timeout)`` leases a worker as a
+    local pool does; a driver renews its leases by itself, and a lease not renewed for
+    ``lease_ttl`` seconds (its driver died) is reclaimed by the pool (the TTL the pool was
+    made with applies to every driver). ``handle.stop()``
+    ends the pool for every driver. See :mod:`pooly._ray_shared` for what holds and what
+    does not. Needs the ``ray`` extra.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"shared pool name must be a non-empty str, got {name!r}")
+    if worker is not None and not isinstance(worker, type):
+        raise TypeError(f"shared pool {name!r}: worker must be a class, got {worker!r}")
+    if worker is None and (args or kwargs or options):
+        raise TypeError(
+            f"shared pool {name!r}: args, kwargs and pool options need the worker class "
+            "(they make the pool; without it, a running pool is found)"
+        )
+    if backend is None:
+        backend = RayBackend()
+    elif not isinstance(backend, RayBackend):
+        raise TypeError(f"shared pool {name!r}: backend must be a RayBackend, got {backend!r}")
+    if (
+        isinstance(lease_ttl, bool)
+        or not isinstance(lease_ttl, int | float)
+        or not 0 < lease_ttl < float("inf")
+    ):
+        raise ValueError(f"lease_ttl must be a number of seconds > 0, got {lease_ttl!r}")
+    bad = sorted(set(options) & {"backend", "start_method"})
+    if bad:
+        raise TypeError(f"shared pool {name!r}: {', '.join(bad)} can't be given here")
+    if not isinstance(namespace, str) or not namespace:
+        raise TypeError(f"namespace must be a non-empty str, got {namespace!r}")
+    try:
+        from . import _ray_shared
+    except ImportError as e:
+        raise ImportError(
+            f"pooly.shared_pool needs Ray, which could not be imported here ({e}); "
+            "install it with: pip install 'pooly[ray]'"
+        ) from e
+    return _ray_shared.open_shared_pool(
+        name, worker, args, kwargs, backend, float(lease_ttl), namespace, options
+    )
