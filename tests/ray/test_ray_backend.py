@@ -389,3 +389,34 @@ def test_the_observer_shows_each_workers_node(ray_cluster: RayCluster) -> None:
     console.print(render(doc))
     frame = console.export_text()
     assert " node" in frame and ray_cluster.node_id("node_b")[:12] in frame, frame
+
+
+def test_lifecycle_events_of_a_ray_pool(tree: pooly.Pooly) -> None:
+    """subscribe() tells a Ray pool's workers' lives as a local pool's: WorkerStarted for
+    each, and for a worker SIGKILLed mid-call a WorkerExited that is unexpected, names the
+    method and holder, and has no exit code (Ray gives none); a call timeout's kill is
+    expected, with a CallTimedOut."""
+    from pooly.events import CallTimedOut, WorkerExited, WorkerStarted
+
+    seen: list[object] = []
+    with tree.subscribe(seen.append):
+        pool = tree.start_pool("told", Stateful, size=1, max_restarts=5, backend=on("node_a"))
+        with pool.checkout() as w:
+            pid = w.pid
+            threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
+            with pytest.raises(pooly.WorkerCrashed):
+                w.sleep(10)
+        with pool.checkout(timeout=20, call_timeout=0.3) as w2:
+            pid2 = w2.pid
+            with pytest.raises(pooly.CallTimeout):
+                w2.sleep(10)
+        assert wait_for(lambda: sum(isinstance(e, WorkerStarted) for e in seen) >= 3, timeout=20)
+        assert wait_for(lambda: sum(isinstance(e, WorkerExited) for e in seen) >= 2, timeout=20)
+    exits = {e.pid: e for e in seen if isinstance(e, WorkerExited)}
+    crash = exits[pid]
+    assert (crash.expected, crash.exitcode, crash.method) == (False, None, "sleep")
+    assert crash.holder == threading.current_thread().name
+    assert exits[pid2].expected is True
+    assert any(isinstance(e, CallTimedOut) and e.pid == pid2 for e in seen)
+    starts = [e for e in seen if isinstance(e, WorkerStarted)]
+    assert [e.reason for e in starts][:3] == ["initial", "replacement", "replacement"]
