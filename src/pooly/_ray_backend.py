@@ -387,11 +387,7 @@ class _Pump(threading.Thread):
             # Ray's graceful exit (__ray_terminate__) waits for the actor's running calls,
             # and its watch() never ends: the actor is killed, with nothing left to do.
             p.terminated = True
-            p.deadline = time.monotonic() + KILL_GRACE
-            try:
-                ray.kill(p.actor, no_restart=True)
-            except Exception as e:
-                log.debug("pooly: ray.kill of %s: %s", p.what, e)
+            self._ray_kill(p)
 
     # -- replies out -------------------------------------------------------------------
 
@@ -447,6 +443,10 @@ class _Pump(threading.Thread):
 
     def _kill(self, p: RayProcess) -> None:
         p.killed = True
+        self._ray_kill(p)
+
+    def _ray_kill(self, p: RayProcess) -> None:
+        """``ray.kill`` the actor; reported dead within KILL_GRACE, or declared so."""
         p.deadline = time.monotonic() + KILL_GRACE
         try:
             ray.kill(p.actor, no_restart=True)

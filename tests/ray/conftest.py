@@ -25,23 +25,15 @@ from typing import Any
 import psutil
 import pytest
 
+from pooly.cli.demo_ray import HEAD_NODE_ARGS as DEMO_HEAD_NODE_ARGS
 from tests.conftest import infrastructure_pids, live_descendants, wait_for
 from tests.ray import set_ray_env
 
 set_ray_env()  # before anything imports ray
 
-HEAD_NODE_ARGS: dict[str, Any] = {
-    "num_cpus": 0,
-    "node_ip_address": "127.0.0.1",
-    "include_dashboard": False,
-    # A killed node is noticed in ~1.5 s instead of Ray's default ~30 s.
-    "_system_config": {
-        "health_check_initial_delay_ms": 0,
-        "health_check_period_ms": 500,
-        "health_check_timeout_ms": 500,
-        "health_check_failure_threshold": 3,
-    },
-}
+# The head: no CPUs, 127.0.0.1, no dashboard, fast health checks (a killed node is noticed in
+# ~1.5 s instead of Ray's default ~30 s) -- as pooly demo --ray's.
+HEAD_NODE_ARGS = DEMO_HEAD_NODE_ARGS
 
 # Worker nodes: name -> the custom resources that tell it apart.
 NODE_RESOURCES: dict[str, dict[str, float]] = {

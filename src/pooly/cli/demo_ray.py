@@ -29,12 +29,27 @@ from .common import Display
 from .demo_config import Options
 from .demo_workload import Demo
 
-__all__ = ("NODES", "OnRay", "SimulatedCluster", "run_on_ray")
+__all__ = ("HEAD_NODE_ARGS", "NODES", "OnRay", "SimulatedCluster", "run_on_ray")
 
 NODES = ("node_a", "node_b", "node_c")
 NODE_CPUS = 2
 #: How long the pools may take to be whole again, off the lost node.
 HEAL_DEADLINE = 30.0
+
+#: The head node: no CPUs (the driver's; nothing is placed there), on 127.0.0.1, no
+#: dashboard, and health checks that notice a lost node in about 1.5 s (Ray's default:
+#: about 30 s).
+HEAD_NODE_ARGS: dict[str, Any] = {
+    "num_cpus": 0,
+    "node_ip_address": "127.0.0.1",
+    "include_dashboard": False,
+    "_system_config": {
+        "health_check_initial_delay_ms": 0,
+        "health_check_period_ms": 500,
+        "health_check_timeout_ms": 500,
+        "health_check_failure_threshold": 3,
+    },
+}
 
 #: Set before Ray is imported (it reads them then, and passes them to every process it
 #: starts): no usage statistics sent anywhere; 127.0.0.1 kept as every node's address.
@@ -55,20 +70,7 @@ class SimulatedCluster:
         from ray.cluster_utils import Cluster
 
         self._ray = ray
-        self.cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": 0,
-                "node_ip_address": "127.0.0.1",
-                "include_dashboard": False,
-                "_system_config": {
-                    "health_check_initial_delay_ms": 0,
-                    "health_check_period_ms": 500,
-                    "health_check_timeout_ms": 500,
-                    "health_check_failure_threshold": 3,
-                },
-            },
-        )
+        self.cluster = Cluster(initialize_head=True, head_node_args=dict(HEAD_NODE_ARGS))
         self.nodes: dict[str, Any] = {}
         try:
             for name in NODES:
