@@ -59,7 +59,7 @@ def test_bench_quick_runs_and_prints_table(tmp_path: Path) -> None:
         "pooly map(chunksize=100)",
         "pooly map / multiprocessing.Pool map",
         "CPU-bound",
-        "pooly speed-up over serial",
+        "pooly: workers busy in tasks, less host CPU",
         "hung task in C, call_timeout=1s: CallTimeout after",
         "then the executor's pool back at full size after",
         # Issue 9: asyncio.
