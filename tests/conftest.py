@@ -103,7 +103,11 @@ def no_leftover_processes() -> Iterator[None]:
     """Fail a test that leaves a worker (or any other child process) running."""
     before = set(live_descendants())
     yield
-    extra = leftover_processes(before)
+    fail_on_leftovers(leftover_processes(before))
+
+
+def fail_on_leftovers(extra: dict[int, str]) -> None:
+    """Kill the processes a test left behind, and fail it naming them."""
     for pid in extra:
         try:
             psutil.Process(pid).kill()

@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from pooly.cli.demo_ray import HEAD_NODE_ARGS as DEMO_HEAD_NODE_ARGS
-from tests.conftest import infrastructure_pids, live_descendants, wait_for
+from tests.conftest import fail_on_leftovers, infrastructure_pids, live_descendants, wait_for
 from tests.ray import set_ray_env
 
 set_ray_env()  # before anything imports ray
@@ -206,13 +206,7 @@ def no_leftover_processes() -> Iterator[None]:
         if not others or time.monotonic() > deadline:
             break
         time.sleep(0.02)
-    extra = actors | others
-    for pid in extra:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.NoSuchProcess:
-            pass
-    assert not extra, f"test left processes behind: {extra}"
+    fail_on_leftovers(actors | others)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
