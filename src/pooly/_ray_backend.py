@@ -198,11 +198,11 @@ class RayProcess:
         self.actor: Any = actor
         self.req_r = req_r
         self.rep_w = rep_w
-        self.inbuf = b""
+        self.inbuf = bytearray()  # request bytes not yet a whole frame
         self.frames: collections.deque[tuple[int, bytes]] = collections.deque()
         self.inflight: tuple[int, Any] | None = None  # (rid, its ObjectRef)
         self.started = False  # the first frame (the start) was sent
-        self.out = b""  # reply bytes not written yet (the holder reads slowly)
+        self.out = bytearray()  # reply bytes not written yet (the holder reads slowly)
         self.eof = False  # the host closed the request pipe: end once all is answered
         self.direct = 0  # lease calls in flight straight from a holder (not via the pump)
         self.killed = False
@@ -349,15 +349,15 @@ class _Pump(threading.Thread):
         except OSError:
             self._poll.unregister(p.req_r)
             p.eof = True
-        buf = p.inbuf
+        buf = p.inbuf  # (a bytearray: appends and deletes from its front cost no copy)
         pos = 0
         while len(buf) - pos >= _HDR_SIZE:
             n, rid = _HDR.unpack_from(buf, pos)
             if len(buf) - pos - _HDR_SIZE < n:
                 break
-            p.frames.append((rid, buf[pos + _HDR_SIZE : pos + _HDR_SIZE + n]))
+            p.frames.append((rid, bytes(buf[pos + _HDR_SIZE : pos + _HDR_SIZE + n])))
             pos += _HDR_SIZE + n
-        p.inbuf = buf[pos:]
+        del buf[:pos]
         self._next(p)
         self._maybe_terminate(p)
 
@@ -417,20 +417,22 @@ class _Pump(threading.Thread):
         self._maybe_terminate(p)
 
     def _reply(self, p: RayProcess, rid: int, payload: bytes) -> None:
-        p.out += _HDR.pack(len(payload), rid) + payload
+        p.out += _HDR.pack(len(payload), rid)
+        p.out += payload
         self._flush(p)
 
     def _flush(self, p: RayProcess) -> None:
         try:
             while p.out:
-                n = os.write(p.rep_w, p.out[: 1 << 20])
-                p.out = p.out[n:]
+                with memoryview(p.out) as view:
+                    n = os.write(p.rep_w, view[: 1 << 20])
+                del p.out[:n]
         except BlockingIOError:
             pass
         except OSError as e:  # the host closed its end (released): nobody reads
             if e.errno != errno.EPIPE:
                 log.debug("pooly: reply to %s not written: %s", p.what, e)
-            p.out = b""
+            p.out.clear()
         waiting = p.rep_w in self._by_fd
         if p.out and not waiting:
             self._by_fd[p.rep_w] = p
@@ -478,7 +480,7 @@ class _Pump(threading.Thread):
                 except KeyError:
                     pass
         p.frames.clear()
-        p.out = b""
+        p.out.clear()
         release((p.req_r, p.rep_w))  # the holder reads EOF; a write to req_w fails EPIPE
         p.req_r = p.rep_w = -1
         p.actor = p.inflight = p.watch_ref = None
