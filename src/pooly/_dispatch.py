@@ -314,6 +314,8 @@ class _Slot:
     (dispatcher thread only)."""
 
     __slots__ = (
+        "big",
+        "big_got",
         "buf",
         "dead_at",
         "eof",
@@ -335,8 +337,13 @@ class _Slot:
         self.rfd = handle.rep_r
         self.wfd = handle.req_w
         self.inflight: collections.deque[_Task] = collections.deque()
-        self.out = b""  # bytes written only in part: the rest goes when the pipe has room
-        self.buf = b""  # reply bytes read past the last whole frame
+        # Bytes written only in part (a view of them): the rest goes when the pipe has room.
+        self.out: bytes | memoryview = b""
+        self.buf: bytes | bytearray = b""  # reply bytes read past the last whole frame
+        # A large reply being read straight into a buffer of its size, over as many
+        # wake-ups as it takes, and how much of it is in.
+        self.big: bytearray | None = None
+        self.big_got = 0
         self.since = 0.0  # when the head task started (as far as the host can tell)
         self.pace = 0.0  # seconds per task, smoothed (0: not measured yet)
         self.eof = False  # its reply pipe ended: the worker is gone
@@ -1118,7 +1125,8 @@ class Dispatcher:
             n = 0
         except OSError:  # the worker is gone: its reply pipe's EOF says the rest
             n = len(s.out)
-        s.out = s.out[n:]
+        # The rest, as a view: slicing bytes would copy all of it at every partial write.
+        s.out = b"" if n >= len(s.out) else memoryview(s.out)[n:]
         if s.out and s.wfd not in self._writers:
             self._writers[s.wfd] = s
             self._poll.register(s.wfd, _POLLOUT)
@@ -1130,6 +1138,8 @@ class Dispatcher:
 
     def _read(self, s: _Slot, done: list[tuple[_Task, Any]], now: float) -> None:
         """Read every reply there is on ``s``; finished tasks go to ``done``."""
+        if s.big is not None and not self._read_big(s, now):
+            return  # (a large reply still coming)
         buf = s.buf
         while True:
             try:
@@ -1145,7 +1155,14 @@ class Dispatcher:
             if len(buf) >= _HDR_SIZE:
                 need = _HDR_SIZE + _unpack_from(buf)[0]
                 if need > len(buf) and need > 4 * _READ_CHUNK:
-                    buf = self._read_big(s, buf, need)
+                    s.big = bytearray(need)
+                    s.big[: len(buf)] = buf
+                    s.big_got = len(buf)
+                    if not self._read_big(s, now):
+                        s.buf = b""
+                        return
+                    buf = s.buf
+                    break  # (what follows it: read at the next wake-up, not copied onto it)
             if len(chunk) < _READ_CHUNK:
                 break
         pos, end, n = 0, len(buf), 0
@@ -1190,25 +1207,31 @@ class Dispatcher:
             s.eof, s.dead_at = True, now
             _unregister(self._poll, s.rfd)  # (EOF stays readable: no spinning on it)
 
-    def _read_big(self, s: _Slot, buf: bytes, need: int) -> bytes:
-        """A large reply: read the rest into one buffer (no quadratic concatenation). The
-        pipe is non-blocking: whatever is not there yet is read on the next wake-up."""
-        whole = bytearray(need)
-        whole[: len(buf)] = buf
-        view = memoryview(whole)[len(buf) :]
-        got = len(buf)
-        while view:
-            try:
-                k = os.readv(s.rfd, [view])
-            except BlockingIOError:
-                break
-            except OSError:
-                k = 0
-            if k == 0:
-                break
-            view = view[k:]
-            got += k
-        return bytes(whole[:got])
+    def _read_big(self, s: _Slot, now: float) -> bool:
+        """Read more of a large reply into its own buffer (``s.big``); True once it is all
+        in (then it is ``s.buf``). The pipe is non-blocking: what is not there yet is read
+        at the next wake-up, into the same buffer -- nothing read is copied again."""
+        big = s.big
+        assert big is not None
+        with memoryview(big) as whole:
+            view = whole[s.big_got :]
+            while view:
+                try:
+                    k = os.readv(s.rfd, [view])
+                except BlockingIOError:
+                    break
+                except OSError:
+                    k = 0
+                if k == 0:
+                    self._ended(s, now)
+                    break
+                view = view[k:]
+                s.big_got += k
+            view.release()
+        if s.big_got < len(big):
+            return False
+        s.buf, s.big = big, None
+        return True
 
     def _check(self, done: list[tuple[_Task, Any]], now: float) -> None:
         """Deaths, timeouts, aborted tasks and leases the pool ended."""
@@ -1358,7 +1381,7 @@ class Dispatcher:
                 self._now_idle()
 
 
-def _write(fd: int, data: bytes) -> int:
+def _write(fd: int, data: bytes | memoryview) -> int:
     """One non-blocking write; SIGPIPE can't kill a host that restored its default."""
     if _sigpipe_ignored():
         return os.write(fd, data)
