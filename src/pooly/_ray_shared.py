@@ -246,14 +246,15 @@ def open_shared_pool(
         raise PoolyError(f"the server of shared pool {name!r} could not start: {e}") from e
     if got != name:  # (never: the actor's name is the pool's)
         raise PoolyError(f"shared pool {name!r}: its server serves {got!r}")
-    return SharedPool(name, server, ttl)  # (the server's TTL: its maker's)
+    return SharedPool(name, server, ttl, namespace)  # (the server's TTL: its maker's)
 
 
 class SharedPool:
     """A driver's handle on a shared named pool (:func:`pooly.shared_pool`)."""
 
-    def __init__(self, name: str, server: Any, lease_ttl: float) -> None:
+    def __init__(self, name: str, server: Any, lease_ttl: float, namespace: str) -> None:
         self.name = name
+        self.namespace = namespace
         self.lease_ttl = lease_ttl
         self._server = server
         self._held: weakref.WeakValueDictionary[str, SharedLease] = weakref.WeakValueDictionary()
@@ -295,13 +296,21 @@ class SharedPool:
     def stats(self) -> Any:
         return self._ask(self._server.stats.remote())
 
-    def stop(self) -> None:
-        """Stop the pool and end its server (for every driver)."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the pool and end its server (for every driver); returns once the server is
+        gone and its name free (or ``timeout`` seconds passed)."""
         try:
             ray.get(self._server.stop.remote())
         except ray.exceptions.RayActorError:
             pass
         ray.kill(self._server, no_restart=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # (ray.kill returns before the actor is gone)
+            try:
+                ray.get_actor(_server_name(self.name), namespace=self.namespace)
+            except ValueError:
+                return
+            time.sleep(0.05)
 
     def _renew(self) -> None:
         """Keep this driver's leases alive: the server reclaims one not renewed in time."""

@@ -105,7 +105,8 @@ def test_stop_ends_the_pool_for_every_driver(shared: str) -> None:
     sp = pooly.shared_pool(shared)
     lease = sp.checkout(timeout=30)
     pooly.shared_pool(shared).stop()
-    with pytest.raises(pooly.PoolyError, match="server of shared pool 'shared' is gone"):
+    # (Its server gone, or -- a call that reached it while it stopped -- its leases.)
+    with pytest.raises(pooly.PoolyError, match=r"server of shared pool 'shared' is gone|no longer"):
         lease.incr()
     with pytest.raises(pooly.NoSuchPool):
         pooly.shared_pool(shared)
