@@ -134,7 +134,7 @@ class RayWorkerHandle(WorkerProcess):
         finally:
             p.direct -= 1
             if p.eof:  # the pool asked it to end meanwhile: now it can
-                p.post_terminate()
+                p.terminate()
         return self._decode(name, payload)
 
     def rss(self) -> int | None:
@@ -218,10 +218,6 @@ class RayProcess:
         self._pump.post(("kill", self))
 
     def terminate(self) -> None:
-        self._pump.post(("terminate", self))
-
-    def post_terminate(self) -> None:
-        """(A direct call ended after the host closed the request pipe.)"""
         self._pump.post(("terminate", self))
 
     def close(self) -> None:
