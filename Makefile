@@ -76,6 +76,40 @@ test-ray: $(RAY_VENV)/.installed
 bench-ray: $(RAY_VENV)/.installed
 	$(RAY_TEST_ENV) $(RAY_VENV)/bin/python bench/bench_ray.py
 
+# Issue 13: pooly side by side with the pools users would pick instead (bench/bench_peers.py).
+# The peers, the plots and a real embedding model (torch: a few GiB) live in their own venv.
+BENCH_VENV := .venv-bench
+PEERS_ARGS ?=
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[dev,bench,ray]'
+	touch $@
+
+.PHONY: bench-peers
+bench-peers: $(BENCH_VENV)/.installed
+	RAY_USAGE_STATS_ENABLED=0 $(BENCH_VENV)/bin/python bench/bench_peers.py $(PEERS_ARGS)
+
+# Issue 13: the documentation site (MkDocs; docs/, mkdocs.yml), built offline into site/.
+DOCS_VENV := .venv-docs
+
+$(DOCS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DOCS_VENV)/bin/python -m pip install --quiet -e '.[docs]'
+	touch $@
+
+.PHONY: docs
+docs: $(DOCS_VENV)/.installed
+	$(DOCS_VENV)/bin/mkdocs build --strict
+
+# The docs' examples that need the examples extra (the embedding model, aiohttp) and Ray;
+# the others run in `make test` already (tests/test_docs_examples.py).
+.PHONY: test-examples
+test-examples: $(BENCH_VENV)/.installed
+	POOLY_TEST_EXAMPLES=1 RAY_USAGE_STATS_ENABLED=0 $(BENCH_VENV)/bin/python -m pytest tests/test_docs_examples.py --timeout=600
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
@@ -86,4 +120,4 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) $(VENV)-3.* $(RAY_VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-3.* $(RAY_VENV) $(BENCH_VENV) $(DOCS_VENV) site build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
