@@ -110,6 +110,13 @@ docs: $(DOCS_VENV)/.installed
 test-examples: $(BENCH_VENV)/.installed
 	POOLY_TEST_EXAMPLES=1 RAY_USAGE_STATS_ENABLED=0 $(BENCH_VENV)/bin/python -m pytest tests/test_docs_examples.py --timeout=600
 
+# The release artefacts (issue 13): an sdist and a wheel in dist/, built as a user's pip would
+# (isolated; tests/test_packaging.py builds them offline and installs them in a fresh venv).
+.PHONY: dist
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench

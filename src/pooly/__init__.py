@@ -70,4 +70,4 @@ __all__ = (
     "shared_pool",
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
