@@ -168,19 +168,20 @@ def _tables(text: str) -> str:
             if not row.strip():
                 continue
             cells = []
-            for n, (a, b) in enumerate(spans):
+            for n, (a, _) in enumerate(spans):
                 stop = spans[n + 1][0] if n + 1 < len(spans) else len(row)
                 cells.append(row[a:stop].strip())
             if rows and not cells[0]:
                 rows[-1] = [f"{p} {c}".strip() for p, c in zip(rows[-1], cells, strict=True)]
             else:
                 rows.append(cells)
-            del b
         indent = rule[: len(rule) - len(rule.lstrip())]
         out.append("")
         out.append(indent + "| " + " | ".join(" " for _ in spans) + " |")
         out.append(indent + "| " + " | ".join("---" for _ in spans) + " |")
-        out.extend(indent + "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+        out.extend(
+            indent + "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows
+        )
         out.append("")
         i = end + 1
     return "\n".join(out)
