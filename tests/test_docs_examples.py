@@ -14,6 +14,8 @@ documented for writers in docs/about.md)::
                                                model, aiohttp): run only when
                                                POOLY_TEST_EXAMPLES=1 (`make test-examples`,
                                                in .venv-bench), else skipped with the reason
+    <!-- pooly-example: requires=bench -->      needs the ``bench`` extra (pebble, for the
+                                               migration guide's "before"): the same
     <!-- pooly-example: requires=ray -->        needs Ray: the same
     <!-- pooly-example: file=workers.py -->     not run by itself: written as that file in the
                                                example's directory, for the page's later
@@ -48,8 +50,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-EXTRAS = {"examples", "ray"}
-DEADLINE = {None: 120, "examples": 300, "ray": 420}  # seconds per example
+EXTRAS = {"examples", "bench", "ray"}
+DEADLINE = {None: 120, "examples": 300, "bench": 300, "ray": 420}  # seconds per example
 _RUN_EXTRAS = os.environ.get("POOLY_TEST_EXAMPLES") == "1"
 
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
