@@ -3,6 +3,7 @@ Sphinx-style roles, rendered as Markdown by mkdocstrings.
 
 It rewrites each docstring's text before mkdocstrings renders it (the source is untouched):
 
+* references to the developers' SPEC, "(SPEC 4.5)", are left out;
 * roles -- :class:`~pooly.Lease`, :meth:`Pool.checkout`, :mod:`pooly.events`, ... -- become
   links to the object's entry in the reference when it has one, else code spans;
 * a paragraph ending in ``::`` and the indented block after it become a fenced code block;
@@ -22,6 +23,7 @@ import griffe
 
 # Objects with an entry of their own in docs/reference/*.md: a role naming one becomes a link.
 _PUBLIC_MODULES = ("pooly.events", "pooly.observe", "pooly.prometheus")
+_SPEC = re.compile(r" ?\(SPEC [\d.]+\)")
 _ROLE = re.compile(r":(?:py:)?(class|meth|func|mod|attr|data|exc|obj):`(~?)([^`]+)`")
 
 
@@ -53,6 +55,7 @@ class RstToMarkdown(griffe.Extension):
                 obj.docstring.value = self.convert(obj.docstring.value, obj)
 
     def convert(self, text: str, obj: Any) -> str:
+        text = _SPEC.sub("", text)  # (the developers' contract, not in these docs)
         text = _ROLE.sub(lambda m: self._role(m, obj), text)
         text = _tables(text)
         return _literal_blocks(text)
