@@ -150,6 +150,30 @@ def _looks_like_python(block: str) -> bool:
 _RULE = re.compile(r"^ *=+( +=+)+ *$")
 
 
+def _next_rule(lines: list[str], start: int) -> int:
+    end = start
+    while end < len(lines) and not _RULE.match(lines[end]):
+        end += 1
+    return end
+
+
+def _rows(lines: list[str], spans: list[tuple[int, int]]) -> list[list[str]]:
+    """A simple table's rows, cut at its columns; a blank first cell continues a row."""
+    rows: list[list[str]] = []
+    for row in lines:
+        if not row.strip():
+            continue
+        cells = []
+        for n, (a, _) in enumerate(spans):
+            stop = spans[n + 1][0] if n + 1 < len(spans) else len(row)
+            cells.append(row[a:stop].strip())
+        if rows and not cells[0]:
+            rows[-1] = [f"{p} {c}".strip() for p, c in zip(rows[-1], cells, strict=True)]
+        else:
+            rows.append(cells)
+    return rows
+
+
 def _tables(text: str) -> str:
     """reST simple tables (a rule, rows, a rule) -> Markdown tables. A row whose first
     column is blank continues the row above it."""
@@ -163,27 +187,22 @@ def _tables(text: str) -> str:
             continue
         rule = lines[i]
         spans = [(m.start(), m.end()) for m in re.finditer(r"=+", rule)]
-        end = i + 1
-        while end < len(lines) and not _RULE.match(lines[end]):
-            end += 1
-        rows: list[list[str]] = []
-        for row in lines[i + 1 : end]:
-            if not row.strip():
-                continue
-            cells = []
-            for n, (a, _) in enumerate(spans):
-                stop = spans[n + 1][0] if n + 1 < len(spans) else len(row)
-                cells.append(row[a:stop].strip())
-            if rows and not cells[0]:
-                rows[-1] = [f"{p} {c}".strip() for p, c in zip(rows[-1], cells, strict=True)]
-            else:
-                rows.append(cells)
+        end = _next_rule(lines, i + 1)
+        header: list[str] = [" " for _ in spans]
+        after = _next_rule(lines, end + 1)
+        if after < len(lines) and all(ln.strip() for ln in lines[end + 1 : after]):
+            # rule, header, rule, body, rule: the first block is the header row
+            (header,) = _rows(lines[i + 1 : end], spans) or [header]
+            body = _rows(lines[end + 1 : after], spans)
+            end = after
+        else:
+            body = _rows(lines[i + 1 : end], spans)
         indent = rule[: len(rule) - len(rule.lstrip())]
         out.append("")
-        out.append(indent + "| " + " | ".join(" " for _ in spans) + " |")
+        out.append(indent + "| " + " | ".join(header) + " |")
         out.append(indent + "| " + " | ".join("---" for _ in spans) + " |")
         out.extend(
-            indent + "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows
+            indent + "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body
         )
         out.append("")
         i = end + 1
