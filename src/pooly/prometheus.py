@@ -26,6 +26,8 @@ this process's: the scrape has no pool samples.
 Every sample has the label ``pool`` (the pool's name). The metrics:
 
 =================================== ======= ==============================================
+metric                              type    what it reports
+=================================== ======= ==============================================
 ``pooly_pool_state{state}``         gauge   1 for the pool's state (``ready``,
                                             ``overflow``, ``full``, ``failed``; see
                                             :class:`pooly.PoolStatus`), 0 for the others
