@@ -102,7 +102,7 @@ $(DOCS_VENV)/.installed: pyproject.toml
 
 .PHONY: docs
 docs: $(DOCS_VENV)/.installed
-	$(DOCS_VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
 
 # The docs' examples that need the examples extra (the embedding model, aiohttp) and Ray;
 # the others run in `make test` already (tests/test_docs_examples.py).
