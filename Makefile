@@ -104,18 +104,13 @@ $(DOCS_VENV)/.installed: pyproject.toml
 docs: $(DOCS_VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
 
-# The docs' examples that need the examples extra (the embedding model, aiohttp) and Ray;
-# the others run in `make test` already (tests/test_docs_examples.py).
-.PHONY: test-examples
-test-examples: $(BENCH_VENV)/.installed
-	POOLY_TEST_EXAMPLES=1 RAY_USAGE_STATS_ENABLED=0 $(BENCH_VENV)/bin/python -m pytest tests/test_docs_examples.py --timeout=600
-
-# The release artefacts (issue 13): an sdist and a wheel in dist/, built as a user's pip would
-# (isolated; tests/test_packaging.py builds them offline and installs them in a fresh venv).
-.PHONY: dist
-dist: $(STAMP)
-	rm -rf dist
-	$(PY) -m build --outdir dist
+# In .venv-bench: the docs' examples that need the examples extra (the embedding model,
+# aiohttp), the bench extra or Ray -- the others run in `make test` already -- and the tests of
+# `make bench-peers` (tests/test_bench_*.py; skipped in .venv, which has no peers).
+EXTRAS_TESTS := tests/test_docs_examples.py $(wildcard tests/test_bench_peers.py tests/test_bench_faults.py)
+.PHONY: test-extras
+test-extras: $(BENCH_VENV)/.installed
+	POOLY_TEST_EXAMPLES=1 RAY_USAGE_STATS_ENABLED=0 $(BENCH_VENV)/bin/python -m pytest $(EXTRAS_TESTS) --timeout=600
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -12,7 +12,7 @@ documented for writers in docs/about.md)::
 
     <!-- pooly-example: requires=examples -->   needs the ``examples`` extra (the embedding
                                                model, aiohttp): run only when
-                                               POOLY_TEST_EXAMPLES=1 (`make test-examples`,
+                                               POOLY_TEST_EXAMPLES=1 (`make test-extras`,
                                                in .venv-bench), else skipped with the reason
     <!-- pooly-example: requires=bench -->      needs the ``bench`` extra (pebble, for the
                                                migration guide's "before"): the same
@@ -212,7 +212,7 @@ def test_example(example: Example, tmp_path: Path) -> None:
     if example.requires and not _RUN_EXTRAS:
         pytest.skip(
             f"needs the {example.requires!r} extra: runs under POOLY_TEST_EXAMPLES=1 "
-            "(`make test-examples`, .venv-bench)"
+            "(`make test-extras`, .venv-bench)"
         )
     for name, code in example.files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
