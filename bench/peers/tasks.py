@@ -1,0 +1,40 @@
+"""What the peers' worker processes run (importable as ``peers.tasks`` in every child:
+bench/bench_peers.py puts ``bench/`` on ``sys.path``; forkserver and spawn children receive
+the parent's ``sys.path``, fork children share it, loky's and Ray's get it through
+``PYTHONPATH``, which the driver extends the same way)."""
+
+from __future__ import annotations
+
+import os
+
+
+def echo(x: object) -> object:
+    """The trivial task: returns its argument."""
+    return x
+
+
+def getpid(_: object = None) -> int:
+    """The worker's pid (how the memory workload finds each peer's workers)."""
+    return os.getpid()
+
+
+def spin(n: int) -> int:
+    """The CPU-bound task: ``n`` rounds of pure-Python arithmetic (no I/O, no C call that
+    releases the GIL), calibrated by the benchmark to take ~10 ms (bench/_bench_workers.spin)."""
+    x = 0
+    for i in range(n):
+        x = (x + i * i) % 1000003
+    return x
+
+
+class Echo:
+    """The pooly worker class (and, wrapped by ``ray.remote``, Ray's actor): the same work."""
+
+    def echo(self, x: object) -> object:
+        return x
+
+    def getpid(self, _: object = None) -> int:
+        return os.getpid()
+
+    def spin(self, n: int) -> int:
+        return spin(n)
