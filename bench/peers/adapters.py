@@ -78,7 +78,7 @@ class Peer:
     def map(self, name: str, items: list[Any]) -> list[Any]:
         raise NotImplementedError
 
-    def call(self, name: str, x: Any) -> Any:
+    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
         raise NotImplementedError
 
     async def acall(self, name: str, x: Any) -> Any:
@@ -100,8 +100,8 @@ class _Executor(Peer):
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.ex.map(fn(name), items, chunksize=1))
 
-    def call(self, name: str, x: Any) -> Any:
-        return self.ex.submit(fn(name), x).result(TIMEOUT)
+    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
+        return self.ex.submit(fn(name), x).result(timeout)
 
     async def acall(self, name: str, x: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.ex, fn(name), x)
@@ -165,8 +165,8 @@ class PoolyLease(Peer):
         with self.pool.checkout(timeout=TIMEOUT) as lease:
             yield lease.echo
 
-    def call(self, name: str, x: Any) -> Any:
-        with self.pool.checkout(timeout=TIMEOUT) as lease:
+    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
+        with self.pool.checkout(timeout=timeout) as lease:
             return lease.call(name, x)
 
     async def acall(self, name: str, x: Any) -> Any:
@@ -229,8 +229,8 @@ class MpPool(Peer):
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.pool.imap(fn(name), items, chunksize=1))
 
-    def call(self, name: str, x: Any) -> Any:
-        return self.pool.apply_async(fn(name), (x,)).get(TIMEOUT)
+    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
+        return self.pool.apply_async(fn(name), (x,)).get(timeout)
 
     async def acall(self, name: str, x: Any) -> Any:
         fut, ok, err = _callback_future(asyncio.get_running_loop())
@@ -253,8 +253,8 @@ class Pebble(Peer):
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.pool.map(fn(name), items, chunksize=1).result())
 
-    def call(self, name: str, x: Any) -> Any:
-        return self.pool.schedule(fn(name), args=(x,)).result(TIMEOUT)
+    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
+        return self.pool.schedule(fn(name), args=(x,)).result(timeout)
 
     async def acall(self, name: str, x: Any) -> Any:
         return await asyncio.wrap_future(self.pool.schedule(fn(name), args=(x,)))
@@ -275,8 +275,8 @@ class Mpire(Peer):
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.pool.map(fn(name), items, chunk_size=1))
 
-    def call(self, name: str, x: Any) -> Any:
-        return self.pool.apply_async(fn(name), (x,)).get(TIMEOUT)
+    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
+        return self.pool.apply_async(fn(name), (x,)).get(timeout)
 
     async def acall(self, name: str, x: Any) -> Any:
         fut, ok, err = _callback_future(asyncio.get_running_loop())
@@ -284,7 +284,8 @@ class Mpire(Peer):
         return await fut
 
     def close(self) -> None:
-        self.pool.stop_and_join()
+        # Not stop_and_join(): it waits forever for workers that died (measured here after
+        # concurrent apply_async calls broke them); terminate() stops and joins them.
         self.pool.terminate()
 
 
@@ -307,11 +308,11 @@ class Ray(Peer):
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.pool.map(lambda a, v: getattr(a, name).remote(v), items))
 
-    def call(self, name: str, x: Any) -> Any:
+    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
         with self._lock:
             a = self.actors[self._next % len(self.actors)]
             self._next += 1
-        return self.ray.get(getattr(a, name).remote(x), timeout=TIMEOUT)
+        return self.ray.get(getattr(a, name).remote(x), timeout=timeout)
 
     @contextlib.contextmanager
     def rtt(self) -> Iterator[Callable[[Any], Any]]:

@@ -44,6 +44,7 @@ def draw(p: dict[str, Any], out_dir: str) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     path = os.path.join(out_dir, p["file"])
     series = p["series"]
@@ -97,10 +98,13 @@ def draw(p: dict[str, Any], out_dir: str) -> str:
             ax.legend(fontsize=8, ncols=2)
         else:
             raise ValueError(f"unknown plot kind {p['kind']!r}")
-        if p.get("log_x"):
-            ax.set_xscale("log")
-        if p.get("log_y"):
-            ax.set_yscale("log")
+        for axis, on in ((ax.xaxis, p.get("log_x")), (ax.yaxis, p.get("log_y"))):
+            if on:
+                (ax.set_xscale if axis is ax.xaxis else ax.set_yscale)("log")
+                # Plain numbers (1, 2, 5, 10, 20 ...), not 2 x 10^2.
+                axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.10g}"))
+                axis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(p["title"], fontsize=11)
         ax.set_xlabel(p.get("xlabel", ""))
         ax.set_ylabel(p.get("ylabel", ""))

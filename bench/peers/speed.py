@@ -419,8 +419,9 @@ def memory(opts: argparse.Namespace) -> Section:
         "between the processes sharing them (forked workers share the parent's or the fork "
         "server's pages); RSS counts them in full. Helpers: the other processes the peer "
         "started below the host (fork servers, resource trackers, Ray's daemons and idle "
-        "workers), with their total PSS. Host growth: the host process's PSS after the warm-up "
-        "minus before the peer's library was imported (library, threads, buffers).",
+        "workers), with their total PSS. Host growth: the host process's RSS after the warm-up "
+        "minus before the peer's library was imported (library, threads, buffers; RSS, as "
+        "forking workers turns the host's pages into shared ones and lowers its PSS).",
         [
             "peer",
             "PSS/worker (MiB)",
@@ -478,7 +479,7 @@ def descendants() -> set[int]:
 def memory_child(opts: argparse.Namespace) -> dict[str, Any]:
     (name,) = opts.peers
     w = opts.workers
-    before = smaps(os.getpid())["pss"]
+    before = smaps(os.getpid())["rss"]
     with ray_session([name], w), started([name], w) as all_:
         live, failed = live_and_failed(all_)
         if failed:
@@ -492,9 +493,12 @@ def memory_child(opts: argparse.Namespace) -> dict[str, Any]:
             pids = {p.ray.get(a.getpid.remote()) for a in p.actors}  # type: ignore[attr-defined]
             how = "the actors' pids, from a method returning os.getpid()"
         else:
-            pids = set(p.map("getpid", list(range(200))))
-            how = "the pids returned by a task returning os.getpid() (200 tasks through map)"
-        host = smaps(os.getpid())["pss"]
+            pids = set(p.map("getpid", list(range(4 * w))))
+            how = (
+                f"the pids returned by {4 * w} tasks through map, each sleeping 50 ms and "
+                "returning os.getpid()"
+            )
+        host = smaps(os.getpid())["rss"]
         per = [smaps(pid) for pid in pids]
         others = descendants() - pids
         helpers_pss = 0.0
@@ -528,6 +532,8 @@ def waiters(opts: argparse.Namespace) -> list[Section]:
     peers, notes0 = skipped_ray(opts)
     ref = "pooly-lease"
     results: dict[str, dict[tuple[int, str], dict[str, Any]]] = {m: {} for m in modes}
+    broken: dict[str, str] = {}  # peers that no longer answer: skipped from then on
+    wait = 20.0 if opts.quick else 60.0  # each caller's limit
     with ray_session(peers, opts.workers), started(peers, opts.workers) as all_:
         live, failed = live_and_failed(all_)
         notes0 += failed
@@ -540,8 +546,24 @@ def waiters(opts: argparse.Namespace) -> list[Section]:
                 n_rounds = 2 if opts.quick or n >= 10_000 else 3
                 runs: dict[str, list[dict[str, Any]]] = {k: [] for k in live}
 
-                def one(name: str, n: int = n, burst: Any = burst, runs: Any = runs) -> None:
-                    runs[name].append(burst(live[name], n))
+                reps = max(1, 100 // n)  # small bursts repeated: one sample is noise
+
+                def one(
+                    name: str,
+                    n: int = n,
+                    burst: Any = burst,
+                    runs: Any = runs,
+                    reps: int = reps,
+                    mode: str = mode,
+                ) -> None:
+                    for _ in range(reps):
+                        if name in broken:
+                            runs[name].append(_not_run(broken[name]))
+                            return
+                        r = burst(live[name], n, wait)
+                        runs[name].append(r)
+                        if r["errors"] and not _healthy(live[name]):
+                            broken[name] = f"broken by a burst of {n:,} ({mode})"
 
                 rounds(list(live), one, n_rounds)  # type: ignore[arg-type]
                 for k, rs in runs.items():
@@ -592,7 +614,10 @@ def waiters(opts: argparse.Namespace) -> list[Section]:
                 "release of all N until the last answer, ÷ N (µs). Wait: each caller's time "
                 "from the release until its answer (p50, p99, ms; FIFO service makes the "
                 "median about half the total). Peers interleaved in rounds (3, 2 for "
-                "10,000), medians over the rounds. Errors: callers that failed (type: count).",
+                "10,000; in each round a burst of N < 100 callers is repeated 100 ÷ N times), "
+                "medians over the bursts. Errors: callers that failed (type: count), each waiting "
+                f"at most {wait:.0f} s; a peer that then no longer answers a lone call is "
+                "not run again (the errors column says so).",
                 [
                     "N",
                     "peer",
@@ -620,6 +645,18 @@ def waiters(opts: argparse.Namespace) -> list[Section]:
             )
         )
     return out
+
+
+def _not_run(why: str) -> dict[str, Any]:
+    return {"per_us": None, "p50_ms": None, "p99_ms": None, "errors": {f"not run: {why}": 1}}
+
+
+def _healthy(p: Peer) -> bool:
+    """Does ``p`` still answer a lone call within 10 s?"""
+    try:
+        return bool(p.call("echo", -1, timeout=10) == -1)
+    except Exception:
+        return False
 
 
 def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -658,7 +695,7 @@ def _err(errors: dict[str, int], e: BaseException, lock: threading.Lock) -> None
         errors[k] = errors.get(k, 0) + 1
 
 
-def burst_threads(p: Peer, n: int) -> dict[str, Any]:
+def burst_threads(p: Peer, n: int, wait: float) -> dict[str, Any]:
     """``n`` threads released at once, each doing ``p.call("echo", i)``."""
     go = threading.Event()
     lat: list[float] = []
@@ -670,7 +707,7 @@ def burst_threads(p: Peer, n: int) -> dict[str, Any]:
     def caller(i: int) -> None:
         go.wait()
         try:
-            if p.call("echo", i) != i:
+            if p.call("echo", i, timeout=wait) != i:
                 raise AssertionError("wrong result")
             d = pc() - t0[0]
             with lock:
@@ -699,7 +736,7 @@ def burst_threads(p: Peer, n: int) -> dict[str, Any]:
     return _stats(len(threads) or 1, wall, lat, errors)
 
 
-def burst_asyncio(p: Peer, n: int) -> dict[str, Any]:
+def burst_asyncio(p: Peer, n: int, wait: float) -> dict[str, Any]:
     """``n`` asyncio tasks released at once, each awaiting ``p.acall("echo", i)``."""
 
     async def main() -> dict[str, Any]:
@@ -713,7 +750,7 @@ def burst_asyncio(p: Peer, n: int) -> dict[str, Any]:
         async def caller(i: int) -> None:
             await go.wait()
             try:
-                r = await asyncio.wait_for(p.acall("echo", i), adapters.TIMEOUT)
+                r = await asyncio.wait_for(p.acall("echo", i), wait)
                 if r != i:
                     raise AssertionError("wrong result")
                 lat.append(pc() - t0[0])

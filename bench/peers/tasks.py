@@ -14,7 +14,11 @@ def echo(x: object) -> object:
 
 
 def getpid(_: object = None) -> int:
-    """The worker's pid (how the memory workload finds each peer's workers)."""
+    """The worker's pid, after 50 ms: sent as many at once as there are workers, every
+    worker answers one (how the memory workload finds each peer's workers)."""
+    import time
+
+    time.sleep(0.05)
     return os.getpid()
 
 
@@ -34,7 +38,7 @@ class Echo:
         return x
 
     def getpid(self, _: object = None) -> int:
-        return os.getpid()
+        return getpid()
 
     def spin(self, n: int) -> int:
         return spin(n)
