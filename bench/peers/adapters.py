@@ -78,6 +78,10 @@ class Peer:
     def map(self, name: str, items: list[Any]) -> list[Any]:
         raise NotImplementedError
 
+    def map_chunked(self, name: str, items: list[Any], chunksize: int) -> list[Any] | None:
+        """``map`` with ``chunksize`` tasks sent together, or None if the peer can't."""
+        return None
+
     def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
         raise NotImplementedError
 
@@ -91,6 +95,12 @@ class Peer:
     def close(self) -> None:
         raise NotImplementedError
 
+    def stop(self) -> None:
+        """:meth:`close`, once (later calls do nothing)."""
+        if not getattr(self, "_stopped", False):
+            self._stopped = True
+            self.close()
+
 
 class _Executor(Peer):
     """Anything that is a concurrent.futures.Executor."""
@@ -99,6 +109,9 @@ class _Executor(Peer):
 
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.ex.map(fn(name), items, chunksize=1))
+
+    def map_chunked(self, name: str, items: list[Any], chunksize: int) -> list[Any] | None:
+        return list(self.ex.map(fn(name), items, chunksize=chunksize))
 
     def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
         return self.ex.submit(fn(name), x).result(timeout)
@@ -207,6 +220,9 @@ class Deadpool(_Executor):
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.ex.map(fn(name), items))  # Executor.map: no chunksize in deadpool
 
+    def map_chunked(self, name: str, items: list[Any], chunksize: int) -> list[Any] | None:
+        return None  # Executor.map's chunksize is ignored by deadpool
+
 
 def _callback_future(loop: asyncio.AbstractEventLoop) -> tuple[Any, Any, Any]:
     fut = loop.create_future()
@@ -228,6 +244,9 @@ class MpPool(Peer):
 
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.pool.imap(fn(name), items, chunksize=1))
+
+    def map_chunked(self, name: str, items: list[Any], chunksize: int) -> list[Any] | None:
+        return self.pool.map(fn(name), items, chunksize=chunksize)
 
     def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
         return self.pool.apply_async(fn(name), (x,)).get(timeout)
@@ -253,6 +272,9 @@ class Pebble(Peer):
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.pool.map(fn(name), items, chunksize=1).result())
 
+    def map_chunked(self, name: str, items: list[Any], chunksize: int) -> list[Any] | None:
+        return list(self.pool.map(fn(name), items, chunksize=chunksize).result())
+
     def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
         return self.pool.schedule(fn(name), args=(x,)).result(timeout)
 
@@ -274,6 +296,9 @@ class Mpire(Peer):
 
     def map(self, name: str, items: list[Any]) -> list[Any]:
         return list(self.pool.map(fn(name), items, chunk_size=1))
+
+    def map_chunked(self, name: str, items: list[Any], chunksize: int) -> list[Any] | None:
+        return list(self.pool.map(fn(name), items, chunk_size=chunksize))
 
     def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
         return self.pool.apply_async(fn(name), (x,)).get(timeout)
@@ -378,20 +403,26 @@ def order(peers: list[str]) -> list[str]:
 @contextlib.contextmanager
 def started(peers: list[str], workers: int) -> Iterator[dict[str, Peer | str]]:
     """Every peer started (in :func:`order`); a peer that fails to start maps to its error.
-    All are closed at the end, whatever happens."""
+    The dict yielded is in the order of ``peers``; a workload may replace a peer in it by a
+    fresh one (closing the old itself). Every peer in it at the end, and every one started
+    here, is closed, whatever happens."""
     out: dict[str, Peer | str] = {}
+    view: dict[str, Peer | str] = {}
     try:
         for pid in order(peers):
             try:
                 out[pid] = CLASSES[pid](workers)
             except Exception as e:
                 out[pid] = f"failed to start: {type(e).__name__}: {e}"
-        yield {p: out[p] for p in peers if p in out}
+        view.update({p: out[p] for p in peers if p in out})
+        yield view
     finally:
-        for p in reversed(list(out)):
-            peer = out[p]
+        todo = [out[p] for p in reversed(list(out))]
+        todo += [v for v in view.values() if not any(v is t for t in todo)]
+        for peer in todo:
             if isinstance(peer, Peer):
+                p = peer.id
                 try:
-                    peer.close()
+                    peer.stop()
                 except Exception as e:
                     print(f"bench-peers: closing {p} failed: {type(e).__name__}: {e}")
