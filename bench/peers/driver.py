@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             "Every figure is from this one run; the contenders of a section ran interleaved "
             "in rounds on the same machine. Compare ratios, not absolute times: the machine "
             "is a shared VM.",
+            "A column headed \"÷ X\" holds the row's figure divided by X's in the same "
+            "section (below 1: a lower figure than X's -- better for times, worse for rates).",
         ]
         + (["--quick: small sizes, rough figures (a smoke test)."] if opts.quick else []),
     }

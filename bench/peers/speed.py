@@ -332,13 +332,14 @@ def calibrate() -> tuple[int, float]:
 
 
 def cpu(opts: argparse.Namespace) -> Section:
-    tasks_, n_rounds = (8, 2) if opts.quick else (40, 5)
+    tasks_, n_rounds = (8, 2) if opts.quick else (40, 7)
     w = opts.workers
     peers, notes = skipped_ray(opts)
     n, took = calibrate()
     args = [n] * tasks_
     want = [spin(n)] * tasks_
     load = os.getloadavg()[0]
+    busy: dict[str, list[float]] = {}  # per round: the workers' time in tasks ÷ (size x wall)
     with (
         ray_session(peers, w),
         started(peers, 1) as one_all,
@@ -348,19 +349,23 @@ def cpu(opts: argparse.Namespace) -> Section:
         manys, f2 = live_and_failed(many_all)
         notes += f1 + f2
         names = [k for k in ones if k in manys]
-        contenders: dict[str, Callable[[], list[Any]]] = {"serial": lambda: [spin(x) for x in args]}
+        contenders: dict[str, tuple[int, Callable[[], list[Any]]]] = {
+            "serial": (1, lambda: [(spin(x), 0.0) for x in args])
+        }
         for k in names:
-            contenders[f"{k}|1"] = lambda p=ones[k]: p.map("spin", args)
-            contenders[f"{k}|{w}"] = lambda p=manys[k]: p.map("spin", args)
-        for k, c in contenders.items():  # warm-up
+            contenders[f"{k}|1"] = (1, lambda p=ones[k]: p.map("spin_timed", args))
+            contenders[f"{k}|{w}"] = (w, lambda p=manys[k]: p.map("spin_timed", args))
+        for k, (_, c) in contenders.items():  # warm-up
             if k != "serial":
                 c()
 
         def one(key: str) -> float:
+            size, run_ = contenders[key]
             t = time.perf_counter()
-            got = contenders[key]()
+            got = run_()
             s = time.perf_counter() - t
-            _check(key, got, want)
+            _check(key, [x for x, _ in got], want)
+            busy.setdefault(key, []).append(sum(b for _, b in got) / (size * s))
             return s
 
         secs = rounds(list(contenders), one, n_rounds)
@@ -375,11 +380,12 @@ def cpu(opts: argparse.Namespace) -> Section:
             med[f"{k}|{w}"],
             speedup[k],
             serial / med[f"{k}|{w}"],
+            statistics.median(busy[f"{k}|{w}"]),
             ratio(speedup[k], ref),
         ]
         for k in names
     ]
-    rows.append(["serial, in-process", serial, None, None, 1.0, None])
+    rows.append(["serial, in-process", serial, None, None, 1.0, None, None])
     return section(
         "cpu",
         f"CPU-bound tasks: 1 worker vs {w}",
@@ -387,10 +393,22 @@ def cpu(opts: argparse.Namespace) -> Section:
         f"here), through each peer's map with chunksize 1, on a pool of 1 worker and on a pool "
         f"of {w}; every pool and the serial in-process run interleaved in {n_rounds} rounds; "
         "median wall time per round. Speed-up: 1-worker time ÷ "
-        f"{w}-worker time. The machine has {os.cpu_count()} CPUs shared with other work "
-        f"(load average {load:.2f} at the start): a neighbour taking a CPU for a while hurts a "
-        "parallel round more than a serial one, so read the speed-ups as ± 0.2.",
-        ["peer", "1 worker (s)", f"{w} workers (s)", "speed-up", "vs serial", f"speed-up ÷ {REF}"],
+        f"{w}-worker time; vs serial: the serial in-process time ÷ the {w}-worker time. The "
+        f"machine has {os.cpu_count()} CPUs shared with other work (load average {load:.2f} "
+        "at the start): a neighbour taking a CPU for a while hurts a parallel round more than "
+        "a serial one, so the wall-clock speed-ups move by ± 0.3 from run to run. Busy share "
+        "does not: the time the workers spent inside the tasks (measured in the worker) ÷ "
+        f"({w} times the round's wall time), median over the rounds -- 1.0 means the pool kept "
+        "every worker busy all the time; a neighbour slows the tasks and the round alike.",
+        [
+            "peer",
+            "1 worker (s)",
+            f"{w} workers (s)",
+            "speed-up",
+            "vs serial",
+            f"busy share, {w} workers",
+            f"speed-up ÷ {REF}",
+        ],
         rows,
         notes=notes,
         plots=[
@@ -557,7 +575,7 @@ def waiters(opts: argparse.Namespace) -> list[Section]:
     peers, notes0 = skipped_ray(opts)
     ref = "pooly-lease"
     results: dict[str, dict[tuple[int, str], dict[str, Any]]] = {m: {} for m in modes}
-    broken: dict[str, str] = {}  # peers broken in this mode: skipped for larger N
+    broken: dict[str, str] = {}  # peers whose callers failed in this mode: not run again
     wait = 20.0 if opts.quick else 30.0  # each caller's limit
     with ray_session(peers, opts.workers), started(peers, opts.workers) as all_:
         live, failed = live_and_failed(all_)
@@ -570,7 +588,7 @@ def waiters(opts: argparse.Namespace) -> list[Section]:
             for name in list(broken):  # a fresh pool for the next mode
                 live[name].stop()
                 all_[name] = live[name] = adapters.CLASSES[name](opts.workers)
-                notes0.append(f"{name}: {broken[name]}; a fresh pool was started after it.")
+                notes0.append(f"{name}: {broken[name]}; a fresh pool was started after that.")
             broken.clear()
             for n in sizes:
                 n_rounds = 2 if opts.quick else 1 if n >= 10_000 else 3
@@ -592,10 +610,15 @@ def waiters(opts: argparse.Namespace) -> list[Section]:
                             return
                         r = burst(live[name], n, wait)
                         runs[name].append(r)
-                        if r["errors"] and not _healthy(live[name]):
+                        if r["errors"]:
+                            after = (
+                                "it still answered a lone call"
+                                if _healthy(live[name])
+                                else "it no longer answered a lone call"
+                            )
                             broken[name] = (
-                                f"no longer answered a lone call after a burst of {n:,} "
-                                f"({mode}); not run with more {mode}"
+                                f"callers failed in a burst of {n:,} ({mode}), after which "
+                                f"{after}; not run again with {mode}"
                             )
 
                 rounds(list(live), one, n_rounds)  # type: ignore[arg-type]
@@ -650,9 +673,9 @@ def waiters(opts: argparse.Namespace) -> list[Section]:
                 "a burst of 10,000 callers being a large sample by itself; in each round a "
                 "burst of N < 100 callers is repeated 100 ÷ N times), medians over the bursts "
                 "where every caller got its answer (— if none did). Errors: callers that "
-                "failed (type: count), each waiting "
-                f"at most {wait:.0f} s; a peer that then no longer answers a lone call is "
-                "not run again (the errors column says so).",
+                "failed (type: count), each waiting at most "
+                f"{wait:.0f} s; a peer whose callers failed is not run again in that mode (the "
+                "errors column says so), and gets a fresh pool for the next mode.",
                 [
                     "N",
                     "peer",
@@ -726,7 +749,8 @@ def _stats(n: int, wall: float, lat: list[float], errors: dict[str, int]) -> dic
 
 
 def _err(errors: dict[str, int], e: BaseException, lock: threading.Lock) -> None:
-    k = f"{type(e).__name__}: {str(e)[:80]}"
+    msg = str(e)[:80]
+    k = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
     with lock:
         errors[k] = errors.get(k, 0) + 1
 

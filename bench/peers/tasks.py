@@ -31,6 +31,15 @@ def spin(n: int) -> int:
     return x
 
 
+def spin_timed(n: int) -> tuple[int, float]:
+    """:func:`spin`, and the seconds it took in the worker (the worker's busy time)."""
+    import time
+
+    t = time.perf_counter()
+    x = spin(n)
+    return x, time.perf_counter() - t
+
+
 class Echo:
     """The pooly worker class (and, wrapped by ``ray.remote``, Ray's actor): the same work."""
 
@@ -42,3 +51,6 @@ class Echo:
 
     def spin(self, n: int) -> int:
         return spin(n)
+
+    def spin_timed(self, n: int) -> tuple[int, float]:
+        return spin_timed(n)
