@@ -213,3 +213,22 @@ def test_quick_run_writes_page_json_headline_and_plots_and_leaves_nothing(tmp_pa
     headline = (tmp_path / "headline.md").read_text()
     assert "| pooly-executor | stdlib | pebble |" in headline
     assert "trivial tasks/s" in headline and "lone round trip" in headline
+
+    # --render-only rebuilds the page, the headline and the plots from peers.json alone.
+    for name in (
+        "peers.md",
+        "headline.md",
+        *(p["file"] for s in secs.values() for p in s["plots"]),
+    ):
+        (tmp_path / name).unlink()
+    again = subprocess.run(
+        [sys.executable, str(BENCH_PEERS), "--render-only", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "peers.md").read_text() == md
+    assert (tmp_path / "headline.md").read_text() == headline
+    assert all((tmp_path / p["file"]).exists() for s in secs.values() for p in s["plots"])

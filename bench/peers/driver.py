@@ -46,6 +46,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help="comma-separated section ids (default: all)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"), help="output directory")
     ap.add_argument("--workers", type=int, default=2, help="workers per pool (default 2)")
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: re-render peers.md, headline.md and the plots from OUT/peers.json",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)  # a workload's own process
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
@@ -188,6 +193,9 @@ def headline(sections: list[Section], meta: dict[str, Any]) -> str:
         "",
         markdown_table(["", *peers], rows),
         "",
+        "— : not measured: the peer failed or was skipped in that workload (the page says "
+        "why). Ratios, not absolute figures, carry over to other machines.",
+        "",
     ]
     for sec in sections:
         if sec["id"] in {s for s, _, _ in HEADLINE_ROWS} or sec["id"].startswith("waiters-"):
@@ -206,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_env()
     if opts.child:
         return run_child(opts)
+    if opts.render_only:
+        with open(os.path.join(opts.out, "peers.json")) as f:
+            data = json.load(f)
+        write(opts.out, data["meta"], data["sections"])
+        print(f"bench-peers: re-rendered {opts.out} from its peers.json")
+        return 0
     t0 = time.monotonic()
     cmd = "python bench/bench_peers.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(f"bench-peers: {cmd.strip()}  ({opts.workers} workers, peers: {', '.join(opts.peers)})")
