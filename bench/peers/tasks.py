@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 
+# The CPU-bound task and its timed form: the same as make bench's (one copy).
+from _bench_workers import spin, spin_timed
+
 
 def echo(x: object) -> object:
     """The trivial task: returns its argument."""
@@ -20,24 +23,6 @@ def getpid(_: object = None) -> int:
 
     time.sleep(0.05)
     return os.getpid()
-
-
-def spin(n: int) -> int:
-    """The CPU-bound task: ``n`` rounds of pure-Python arithmetic (no I/O, no C call that
-    releases the GIL), calibrated by the benchmark to take ~10 ms (bench/_bench_workers.spin)."""
-    x = 0
-    for i in range(n):
-        x = (x + i * i) % 1000003
-    return x
-
-
-def spin_timed(n: int) -> tuple[int, float]:
-    """:func:`spin`, and the seconds it took in the worker (the worker's busy time)."""
-    import time
-
-    t = time.perf_counter()
-    x = spin(n)
-    return x, time.perf_counter() - t
 
 
 class Echo:
