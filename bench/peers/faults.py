@@ -1115,6 +1115,8 @@ def cli(
     ap.add_argument("--peers", default=",".join(p for p in ALL_PEERS if p != "ray"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the sections here")
+    ap.add_argument("--sentences", type=int, default=0, help="embed: sentences per pass")
+    ap.add_argument("--fault-rounds", type=int, default=0, help="faults: rounds per case")
     opts = ap.parse_args(argv)
     opts.peers = [p for p in opts.peers.split(",") if p]
     t = time.monotonic()
