@@ -80,7 +80,7 @@ def embed_work() -> Work:
     )
 
 
-def reference(texts: list[str]) -> tuple[list[list[float]], int, float]:
+def reference(texts: list[str]) -> tuple[list[list[float]], int, float, float]:
     """The serial reference, computed in a fresh process (spawn), one sentence at a time."""
     import multiprocessing
 
@@ -170,7 +170,7 @@ def start_peer(
 ) -> tuple[Peer | None, dict[str, Any]]:
     """Start the peer's pool (kept open on ``stack``) and embed every sentence once:
     startup (to the first embedding), correctness, the workers' pids."""
-    facts: dict[str, Any] = {}
+    facts: dict[str, Any] = {"owned_only": True, "pids": set()}
     peer = PEER_CLASSES[peer_id](workers, embed_work())
     t0 = time.monotonic()
     try:
@@ -185,6 +185,7 @@ def start_peer(
         res = r0.results()
         facts["diff"], facts["net"] = check(res, ref)
         facts["orig"] = {pid for pid, _, _ in res.values()}
+        facts["pids"] |= facts["orig"]
         facts["rates"] = []
         facts["clean_ok"] = facts["clean_total"] = len(texts)
         facts["clean_other"] = {}
@@ -211,6 +212,7 @@ def rate_pass(peer: Peer, texts: list[str], ref: list[list[float]], facts: dict[
     d1, net1 = check(res, ref)
     facts["diff"], facts["net"] = max(facts["diff"], d1), max(facts["net"], net1)
     facts["orig"] |= {pid for pid, _, _ in res.values()}
+    facts["pids"] |= facts["orig"]
 
 
 def kill_run(
@@ -236,6 +238,7 @@ def kill_run(
     facts["kill_ok"] = c2["ok"]
     facts["kill_other"] = {k: v for k, v in c2.items() if k != "ok"}
     res2 = r2.results()
+    facts["pids"] |= {pid for pid, _, _ in res2.values()}
     d2, net2 = check(res2, ref)
     facts["diff"] = max(facts["diff"], d2)
     facts["net"] = max(facts["net"], net2)
@@ -264,6 +267,7 @@ def kill_run(
         batch = [peer.submit([s]) for s in texts[: 2 * workers]]
         done, _ = cf.wait(batch, timeout=max(0.1, deadline - time.monotonic()))
         pids = {f.result()[0] for f in done if f.exception() is None}
+        facts["pids"] |= pids
         if len(pids) == workers and pids - orig:
             facts["full_s"] = time.monotonic() - t_kill
             break
@@ -313,6 +317,19 @@ def measure(
     return results
 
 
+def sweep(before: set[int], timeout: float = 10.0) -> int:
+    """Kill what the pools left behind: our descendants that were not there before, once
+    they had ``timeout`` seconds to exit (multiprocessing's shared helpers excepted)."""
+    deadline = time.monotonic() + timeout
+    while (left := faults._descendants() - before - faults._infrastructure()) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    for pid in left:
+        faults.kill(pid)
+    return len(left)
+
+
 def _fmt_s(v: float | None) -> str:
     if v is None:
         return "—"
@@ -342,9 +359,11 @@ def run(opts: argparse.Namespace) -> list[Section]:
     texts = sentences(n)
     load = os.getloadavg()
     t0 = time.monotonic()
-    ref, ref_net, ref_load = reference(texts)
+    ref, ref_net, ref_load, ref_rate = reference(texts)
+    before = faults._descendants()
     with ray_session(peers):
         results = measure(peers, workers, texts, ref, quick)
+    swept = sweep(before)
     secs = time.monotonic() - t0
 
     rows1, rows2, notes = [], [], []
@@ -392,9 +411,12 @@ def run(opts: argparse.Namespace) -> list[Section]:
     common = [
         f"{n} sentences, one task per sentence (a list of one text: model.encode([s])), "
         f"{workers} workers; one pool per peer for all its runs, peers one after the other.",
-        f"serial reference: one process, load {ref_load:.1f} s; network attempts there: {ref_net}.",
+        f"serial reference: one process, load {ref_load:.1f} s, {ref_rate:.0f} embeddings/s "
+        f"one sentence at a time (the ideal for {workers} workers: {workers * ref_rate:.0f}/s); "
+        f"network attempts there: {ref_net}.",
         f"the embedding workloads took {secs:.0f} s in all; load average "
         f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after (the machine is shared).",
+        f"processes left behind after every pool was shut down (killed by the bench): {swept}.",
         *skipped,
     ]
     s1: Section = {

@@ -544,7 +544,10 @@ def started(peer: Peer, facts: dict[str, Any], shutdown_s: float = 20) -> Iterat
         left: set[int] = set()
         while time.monotonic() < deadline:
             left = _descendants() - before - _infrastructure()
-            if peer.id == "ray":  # Ray's own processes come and go; only our actors count
+            if peer.id == "ray" or facts.get("owned_only"):
+                # Ray's own processes come and go, and pools running side by side (the
+                # embedding workload) start processes meanwhile: only the workers this
+                # peer's tasks ran in count.
                 left &= facts.get("pids", set())
             if not left:
                 break
