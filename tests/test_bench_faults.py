@@ -112,6 +112,17 @@ def test_hang_in_python_pebble_kills_it() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_deadlock_in_c_pooly_lease_times_out() -> None:
+    """A deadlock in C holding the GIL, which no signal handler ends: pooly's call_timeout
+    still fails the call with CallTimeout on time (the kill comes from the host)."""
+    f = _run("pooly-lease", "hang-c-lock")
+    assert f["victim"] == "CallTimeout"
+    assert 0.9 < f["victim_s"] < 1.6
+    assert f["hung"] == "killed"
+    assert f["capacity"] == 2
+
+
+@pytest.mark.timeout(60)
 def test_run_returns_json_sections() -> None:
     """run() gives the agreed Section dicts (JSON-serialisable, rows as wide as columns),
     one per case, with a bar plot of the time until serving again."""

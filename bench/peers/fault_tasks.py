@@ -30,7 +30,11 @@ def task(tag: str, d: str, secs: float, kind: str = "sleep") -> tuple[int, float
     ``sleep``: ``time.sleep(secs)``; ``pyhang``: a pure-Python hang (a loop of short
     sleeps until ``secs`` have passed: signals and timers inside the worker can reach it);
     ``chang``: stuck in C code holding the GIL (``ctypes.PyDLL(None).sleep``: libc's
-    ``sleep`` called with the GIL held -- nothing in the process runs Python meanwhile).
+    ``sleep`` called with the GIL held -- nothing in the process runs Python meanwhile; but
+    any signal ends libc's ``sleep`` early, and a Python signal handler then runs);
+    ``clock``: stuck in C code holding the GIL that signals do not end -- a deadlock on a
+    pthread mutex (:func:`_c_deadlock`), as in a C library that deadlocked: only a signal
+    whose default action kills (SIGKILL, or SIGTERM without a Python handler) stops it.
     """
     pid, t = _started(tag, d)
     if kind == "sleep":
@@ -43,6 +47,8 @@ def task(tag: str, d: str, secs: float, kind: str = "sleep") -> tuple[int, float
         import ctypes
 
         ctypes.PyDLL(None).sleep(max(1, round(secs)))
+    elif kind == "clock":
+        _c_deadlock(secs)
     else:
         raise ValueError(f"unknown task kind {kind!r}")
     return pid, t, time.monotonic()
@@ -61,3 +67,19 @@ class FaultWorker:
 def mpire_task(tag: str, d: str, secs: float, kind: str = "sleep") -> tuple[int, float, float]:
     """mpire passes arguments as given; the same task."""
     return task(tag, d, secs, kind)
+
+
+def _c_deadlock(secs: float) -> None:
+    """Block in ``pthread_mutex_timedlock`` on a mutex this thread already holds, for
+    ``secs`` seconds, holding the GIL (``PyDLL``). POSIX: the call never fails with EINTR,
+    a signal handler runs at C level (Python's only sets a flag) and the wait goes on."""
+    import ctypes
+
+    class Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    libc = ctypes.PyDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # zeroed: a default (normal) glibc mutex
+    libc.pthread_mutex_lock(mutex)
+    until = Timespec(int(time.time() + secs) + 1, 0)  # CLOCK_REALTIME, as POSIX says
+    libc.pthread_mutex_timedlock(mutex, ctypes.byref(until))

@@ -14,8 +14,10 @@ order rotates round by round):
   victim is sleeping and used no CPU time over 50 ms. It is SIGKILLed, and short tasks
   are submitted right after the kill. What happens to the running long task(s) and to
   the short tasks.
-* ``hang-py`` / ``hang-c`` -- a task hangs (a pure-Python loop of ``time.sleep``, or C
-  code holding the GIL: ``ctypes.PyDLL(None).sleep``) with a deadline of ``DEADLINE`` s
+* ``hang-py`` / ``hang-c`` / ``hang-c-lock`` -- a task hangs (a pure-Python loop of
+  ``time.sleep``; C code holding the GIL: ``ctypes.PyDLL(None).sleep``, which a signal
+  cuts short; or a deadlock on a pthread mutex in C holding the GIL, which no signal
+  handler can end) with a deadline of ``DEADLINE`` s
   through the peer's own timeout where it has one (pooly ``call_timeout``, pebble
   ``schedule(timeout=)``, mpire ``task_timeout``, deadpool ``deadpool_timeout``); the
   stdlib, multiprocessing.Pool, loky and Ray have only a deadline on the wait
@@ -62,6 +64,7 @@ ALL_PEERS = (
 )
 DEADLINE = 1.0  # the hung task's timeout
 HUNG_CHECK = DEADLINE + 1.0  # when the hung worker is looked at (a kill on time is long done)
+VICTIM_WAIT = 5.0  # how long past the deadline a peer's own timeout may take to fail the task
 QUICK_PEERS = ("pooly-executor", "stdlib")  # a quick run's fault peers (the issue's pair)
 START_METHOD = "forkserver"  # for every peer that takes one (loky has its own: loky)
 
@@ -781,11 +784,28 @@ def case_hang(peer: Peer, sz: Sizes, d: str, kind: str) -> dict[str, Any]:
         shorts = [f"S{i}" for i in range(sz.hang_shorts)]
         for t in shorts:
             tasks.submit(t, sz.short)
+
+        def look() -> None:  # the hung worker, HUNG_CHECK s after its task started
+            if not alive(hung):
+                facts["hung"] = "killed"
+                return
+            served = [
+                s
+                for name in os.listdir(tasks.d)
+                if not name.startswith(".")
+                and (s := tasks.start_of(name))
+                and s[0] == hung
+                and s[1] > t0 + DEADLINE
+            ]
+            facts["hung"] = "alive, serving again" if served else "alive, still stuck"
+
+        looker = threading.Timer(max(0.0, t0 + HUNG_CHECK - time.monotonic()), look)
+        looker.start()
         if peer.own_timeout:
-            cf.wait([h], timeout=t0 + DEADLINE + sz.grace - time.monotonic())
+            cf.wait([h], timeout=t0 + DEADLINE + VICTIM_WAIT - time.monotonic())
             facts["victim"] = tasks.outcome("H")
             if facts["victim"] == "pending":
-                facts["victim"] = f"pending at {DEADLINE + sz.grace:.0f} s"
+                facts["victim"] = f"pending at {DEADLINE + VICTIM_WAIT:.0f} s"
             facts["victim_s"] = (
                 tasks.done_at["H"] - t0
                 if not facts["victim"].startswith(("ok", "pending"))
@@ -805,26 +825,28 @@ def case_hang(peer: Peer, sz: Sizes, d: str, kind: str) -> dict[str, Any]:
         facts["others"] = _tally([tasks.fate(t) for t in shorts])
         after(tasks, facts, w, sz.grace)
         facts["new_worker_s"] = _new_worker_s(tasks, orig, t0 + DEADLINE)
-        wait = t0 + HUNG_CHECK - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        if not alive(hung):
-            facts["hung"] = "killed"
-        else:
-            served = [
-                s
-                for name in os.listdir(tasks.d)
-                if not name.startswith(".")
-                and (s := tasks.start_of(name))
-                and s[0] == hung
-                and s[1] > t0 + DEADLINE
-            ]
-            facts["hung"] = "alive, serving again" if served else "alive, still stuck"
+        looker.join()
+        if facts["hung"] != "killed" and not alive(hung):
+            facts["hung"] += f"; killed by {time.monotonic() - t0:.0f} s"
         facts["pids"] |= tasks.pids()
         facts["messages"] = tasks.messages()
         kill(hung)  # the bench's own cleanup, after the facts were taken
     return facts
 
+
+HANG_HOW = {
+    "hang-py": "a pure-Python loop of time.sleep",
+    "hang-c": (
+        "C code holding the GIL: ctypes.PyDLL(None).sleep -- libc's sleep, which any signal "
+        "ends early, after which a Python signal handler runs"
+    ),
+    "hang-c-lock": (
+        "C code holding the GIL that signals do not end: pthread_mutex_timedlock on a mutex "
+        "the thread already holds, called through ctypes.PyDLL -- a deadlocked C library; "
+        "only a signal whose default action kills (SIGKILL, SIGTERM without a Python "
+        "handler) stops it"
+    ),
+}
 
 CASES: dict[str, tuple[str, Callable[[Peer, Sizes, str], dict[str, Any]]]] = {
     "busy-kill": ("SIGKILL of a busy worker, other tasks in flight", case_busy_kill),
@@ -834,8 +856,12 @@ CASES: dict[str, tuple[str, Callable[[Peer, Sizes, str], dict[str, Any]]]] = {
         lambda p, s, d: case_hang(p, s, d, "pyhang"),
     ),
     "hang-c": (
-        "A task stuck in C code holding the GIL, deadline 1 s",
+        "A task stuck in C code holding the GIL (libc sleep), deadline 1 s",
         lambda p, s, d: case_hang(p, s, d, "chang"),
+    ),
+    "hang-c-lock": (
+        "A task deadlocked in C code holding the GIL (a pthread mutex), deadline 1 s",
+        lambda p, s, d: case_hang(p, s, d, "clock"),
     ),
 }
 
@@ -879,6 +905,15 @@ def _median_s(vals: list[float | None]) -> tuple[str, float | None]:
     return s, m
 
 
+def _generic(msg: str) -> str:
+    """A message with its pids and ids left out, so the rounds' messages collapse."""
+    import re
+
+    msg = re.sub(r"\b[0-9a-f]{16,}\b", "<id>", msg)
+    msg = re.sub(r"namespace: \S+", "namespace: <id>", msg)
+    return re.sub(r"\b\d{3,}\b", "<pid>", msg)
+
+
 def _yes(v: Any) -> str:
     return "yes" if v is True else "no" if v is False else str(v)
 
@@ -892,7 +927,9 @@ def sections(results: dict[str, dict[str, list[dict[str, Any]]]], workers: int) 
         hang = case.startswith("hang")
         for peer, rounds in results.get(case, {}).items():
             n = len(rounds)
-            msgs = sorted({f"{k}: {v}" for r in rounds for k, v in r.get("messages", {}).items()})
+            msgs = sorted(
+                {f"{k}: {_generic(v)}" for r in rounds for k, v in r.get("messages", {}).items()}
+            )
             if msgs:
                 notes.append(f"{peer}: " + " | ".join(msgs))
             errs = [r["error"] for r in rounds if "error" in r]
@@ -1016,17 +1053,16 @@ def sections(results: dict[str, dict[str, list[dict[str, Any]]]], workers: int) 
             ]
             what = (
                 f"{workers} workers; a task hangs ("
-                + (
-                    "a pure-Python loop of time.sleep"
-                    if case == "hang-py"
-                    else "C code holding the GIL: ctypes.PyDLL(None).sleep"
-                )
+                + HANG_HOW[case]
                 + f") for 30 s, with a deadline of {DEADLINE:.0f} s through the peer's own "
                 "timeout where it has one, else through the wait (result(timeout=1), which "
                 "leaves the task running). Short tasks are submitted once it has started. "
                 "'It failed after': from the hung task's start in its worker. 'Alive "
-                f"afterwards': the hung worker process still running {HUNG_CHECK:.0f} s "
-                "after its task started (the bench kills it itself after the checks). "
+                f"afterwards': the hung worker process {HUNG_CHECK:.0f} s after its task "
+                "started: killed, alive and still stuck, or alive and serving again (it "
+                "started a task after the deadline); '; killed by N s': the peer killed it "
+                "later, before the end of the case (the bench kills it itself after the "
+                "checks). "
                 "Afterwards one new task (with a deadline) and "
                 f"{workers} simultaneous 0.3 s tasks."
             )
@@ -1066,7 +1102,7 @@ def run(opts: argparse.Namespace) -> list[Section]:
     sz = (
         Sizes(long=0.6, shorts=6, short=0.05, hang_shorts=30, rounds=1, grace=2.0)
         if quick
-        else Sizes(long=1.0, shorts=10, short=0.1, hang_shorts=15, rounds=3, grace=5.0)
+        else Sizes(long=1.0, shorts=10, short=0.1, hang_shorts=15, rounds=3, grace=3.0)
     )
     rounds = int(getattr(opts, "fault_rounds", 0) or sz.rounds)
     peers, skipped = available(list(getattr(opts, "peers", None) or ALL_PEERS))
