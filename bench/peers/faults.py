@@ -997,7 +997,7 @@ def sections(results: dict[str, dict[str, list[dict[str, Any]]]], workers: int) 
                 "peer",
                 "killed task's future",
                 "it failed after",
-                "other in-flight tasks (all rounds summed per round)",
+                "other in-flight tasks (per round)",
                 "served again after (a queued task started)",
                 "a new worker's first task after",
                 "new task afterwards",
