@@ -29,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import pooly
@@ -733,3 +734,48 @@ def test_a_hung_task_times_out_while_the_other_worker_keeps_serving(
 def _ran_by(where: Path) -> list[tuple[int, int]]:
     """(task, pid) of each record() run in ``where``, in task order."""
     return [(int(n.split("-")[1]), int((where / n).read_text())) for n in runs(where)]
+
+
+def unread_by(pool: pooly.Pool, pid: int) -> int:
+    """Bytes sent to worker ``pid`` that it has not read (in its request pipe)."""
+    for w in list(pool._workers.values()):
+        if w.handle.pid == pid:
+            return int(w.handle.unread())
+    return 0
+
+
+@pytest.mark.parametrize("via", ["submit", "map"])
+def test_a_task_written_to_a_worker_killed_idle_never_started_and_runs_elsewhere(
+    ex: pooly.ProcessPoolExecutor, via: str, tmp_path: Path
+) -> None:
+    """Defect (found by `make bench-peers`, its idle-kill case): a worker SIGKILLed while
+    idle an instant before a task was written to it -- the kill sent, the process not yet
+    torn down, so the write succeeded -- failed that task with WorkerCrashed, though the
+    worker never read it, let alone ran it. SPEC 4.2: a death fails only the task its worker
+    was running; a task it never started runs elsewhere. The race made deterministic: the
+    idle worker is stopped (SIGSTOP) so that the tasks wait unread in its pipe, then killed.
+    Both the direct path (``submit`` to an idle worker) and the dispatcher's (``map``'s
+    calls, several sent to that worker) are checked."""
+    gate, pid_path = tmp_path / "gate", tmp_path / "pid"
+    busy = ex.submit(ft.gated_death, "return", str(gate), str(pid_path))
+    try:
+        assert wait_for(pid_path.exists, 10.0)
+        (idle,) = set(ex.pool.worker_pids()) - {read_pid(pid_path)}
+        os.kill(idle, signal.SIGSTOP)
+        # Stopped for real before anything is sent (a pending stop lets a read finish first).
+        assert wait_for(lambda: psutil.Process(idle).status() == psutil.STATUS_STOPPED, 10.0)
+        if via == "submit":
+            fut = ex.submit(ft.square, 7)
+            assert wait_for(lambda: unread_by(ex.pool, idle) > 0, 10.0), "nothing sent to it"
+            os.kill(idle, signal.SIGKILL)
+            assert fut.result(timeout=20) == 49
+        else:
+            results = ex.map(ft.square, range(20))
+            assert wait_for(lambda: unread_by(ex.pool, idle) > 0, 10.0), "nothing sent to it"
+            os.kill(idle, signal.SIGKILL)
+            gate.touch()  # (the busy worker may hold some of them, sent ahead)
+            assert list(results) == [x * x for x in range(20)]
+        assert wait_for(lambda: gone(idle), 10.0)
+    finally:
+        gate.touch()
+    assert busy.result(timeout=20) is None

@@ -63,6 +63,10 @@ class WorkerHandle(Protocol):
     def receive(self, rid: int, timeout: float | None = None) -> Any: ...
     def send_frame(self, frame: bytes, rid: int, name: str) -> None: ...
     def looks_alive(self) -> bool: ...
+    def unread(self) -> int:
+        """Bytes sent to the worker that it has not read, also once it is gone (0: none, or
+        unknown); a request with any of them never started."""
+
     def rss(self) -> int | None:
         """Its resident memory in bytes (None: unknown); for ``max_memory`` and observers."""
 

@@ -328,6 +328,7 @@ class _Slot:
         "pace",
         "rfd",
         "since",
+        "unstarted",
         "wfd",
     )
 
@@ -349,6 +350,8 @@ class _Slot:
         self.eof = False  # its reply pipe ended: the worker is gone
         self.killed = False  # killed by the dispatcher (cut off, out of step)
         self.dead_at = 0.0
+        # Its worker ended before reading all of the head task: none of its tasks started.
+        self.unstarted = False
         # Just leased: it runs a task before a waiting checkout can make us give it back
         # (else, with checkouts always waiting, the queue's turn would never come).
         self.fresh = True
@@ -558,6 +561,13 @@ class Dispatcher:
                 self._wake.set()
                 return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
         except ChannelClosed:
+            if h.unread():
+                # It died before it read all of the task (idle, killed an instant before we
+                # wrote): the task never started and runs elsewhere, as if we had seen EPIPE.
+                h.exited.wait(_EXIT_WAIT)
+                self._settle(lease, dead=True)
+                self._requeue_task(task)
+                return None if timeout is None else max(0.0, timeout - (_monotonic() - start))
             if not h.exited.wait(_CUT_WAIT):  # its exit status, for the error (comes in ms)
                 self.pool._timed_out(lease)  # it lives: its task cut its channel; kill it
                 h.exited.wait(_EXIT_WAIT)
@@ -1206,6 +1216,12 @@ class Dispatcher:
         if not s.eof:
             s.eof, s.dead_at = True, now
             _unregister(self._poll, s.rfd)  # (EOF stays readable: no spinning on it)
+            if s.inflight:
+                # Of the bytes of its tasks' frames we wrote, the worker read all but those
+                # still in the pipe; the head started only if all of its frame was read.
+                written = sum(len(t.frame) for t in s.inflight) - len(s.out)
+                read = written - s.handle.unread()
+                s.unstarted = read < len(s.inflight[0].frame)
 
     def _read_big(self, s: _Slot, now: float) -> bool:
         """Read more of a large reply into its own buffer (``s.big``); True once it is all
@@ -1278,6 +1294,10 @@ class Dispatcher:
         """``s``'s worker is gone. The tasks sent ahead never started: back to the queue at
         once. The running one fails (or is retried) once the exit status is known."""
         h = s.handle
+        if s.unstarted:
+            # It died idle, before it read the head task: that one never started either
+            # (SPEC 4.2: a death fails only the task it was running).
+            self._requeue(s)
         if len(s.inflight) > 1:
             head = s.inflight.popleft()
             self._requeue(s)

@@ -65,8 +65,10 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]
 import _thread
+import array
 import collections
 import contextlib
+import fcntl
 import functools
 import inspect
 import logging
@@ -79,6 +81,7 @@ import pickle
 import select
 import signal
 import struct
+import termios
 import threading
 import time
 import traceback
@@ -509,6 +512,13 @@ def _serve(obj: object, rfd: int, wfd: int) -> None:
 # ---------------------------------------------------------------------- parent side
 
 
+def _unread(fd: int) -> int:
+    """Bytes in the pipe ``fd`` (either end) that its reader has not read (FIONREAD)."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return buf[0]
+
+
 class WorkerProcess:
     """The host's end of one worker process; a supervisor child.
 
@@ -524,6 +534,7 @@ class WorkerProcess:
         "__weakref__",
         "_ahead",
         "_fds_finalizer",
+        "_left_unread",
         "_pending",
         "_poll",
         "_rid",
@@ -564,6 +575,7 @@ class WorkerProcess:
         self.cls_name = cls_name
         self.exitcode: int | None = None
         self.exited = threading.Event()
+        self._left_unread: int | None = None  # unread() when it was reaped
         self.stopping = False
         self.broken = False  # a call was interrupted part-way: the channel can't be trusted
         # An executor's task is running in it (pooly._dispatch sets it): a death now is
@@ -938,6 +950,20 @@ class WorkerProcess:
         """How it ended, in words (once reaped): ``signal SIGKILL``, ``exit code 3``."""
         return describe_exit(self.exitcode)
 
+    def unread(self) -> int:
+        """How many bytes sent to the worker it has not read: they are still in the request
+        pipe, which keeps them after the worker is gone (our end holds it open). A request
+        with a byte among them never started: a worker reads a whole request before it runs
+        it. 0 if that can't be told (an fd already closed)."""
+        try:
+            now = _unread(self.req_w)
+        except OSError:
+            now = 0
+        # Once reaped, req_w is a dead pipe's (reap): what was left is what reap saw. (Read
+        # after the pipe: reap sets it before it swaps the pipe.)
+        left = self._left_unread
+        return now if left is None else left
+
     def looks_alive(self) -> bool:
         """False if the reply pipe shows EOF: the process has exited (or is exiting).
 
@@ -984,6 +1010,9 @@ class WorkerProcess:
                 code == 0, f"worker pid {self.pid} exited with {self._exit_words()}", code
             )
         dead_r, dead_w = _dead_pipe()
+        if not self.stopping:  # (terminate() swapped the pipe already)
+            with contextlib.suppress(OSError):
+                self._left_unread = _unread(self.req_w)
         os.dup2(dead_w, self.req_w)
         if not in_task:  # (else the task's reader still reads its last replies)
             os.dup2(dead_r, self.rep_r)
