@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 import pooly
@@ -195,6 +196,31 @@ def test_sigkill_mid_call(rig: Rig) -> None:
             rig.a.sleep_marked(marker, 30)
     finally:
         t.join()
+    assert_crash_handled(rig, ei.value, SIGKILL)
+
+
+def test_a_call_its_worker_never_read_says_it_never_started(rig: Rig) -> None:
+    """The lease's sibling of the executor's defect (a task written to a worker killed idle
+    an instant before): a lease call can't move to another worker -- the lease is that
+    worker -- so it fails with WorkerCrashed, but its message now says the call never
+    started (the request was still unread in the pipe), so the holder knows a retry runs
+    it once, not twice. The worker is stopped before the call, so it can't read it."""
+    pid = rig.a.pid
+    os.kill(pid, signal.SIGSTOP)
+    assert wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+
+    def killer() -> None:
+        if wait_for(lambda: rig.a._worker.unread() > 0):
+            os.kill(pid, signal.SIGKILL)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        with pytest.raises(pooly.WorkerCrashed) as ei:
+            rig.a.incr(5)
+    finally:
+        t.join()
+    assert "before it read incr(), which never started" in str(ei.value), str(ei.value)
     assert_crash_handled(rig, ei.value, SIGKILL)
 
 

@@ -929,6 +929,8 @@ class WorkerProcess:
         """The WorkerCrashed for this worker, waiting (briefly) for its exit status."""
         self.exited.wait(5.0)
         where = f" during {during}" if during else ""
+        if during and self.unread():  # (the call is the last request sent: a lease's)
+            where = f" before it read {during}, which never started"
         if self.stopping:
             cause = "was stopped (its pool is shutting down or dismissed it)"
             advice = "check out a worker again if the pool is still running"
