@@ -685,7 +685,7 @@ def waiters(opts: argparse.Namespace) -> list[Section]:
         out.append(
             section(
                 f"waiters-{mode}",
-                f"Checkout cost with 1 … {sizes[-1]:,} waiters ({mode})",
+                f"Checkout cost with 1 to {sizes[-1]:,} waiters ({mode})",
                 f"{what_peer} A pool of {opts.workers} workers; N = "
                 f"{', '.join(f'{s:,}' for s in sizes)}. Per caller: the wall time from the "
                 "release of all N until the last answer, ÷ N (µs). Wait: each caller's time "
