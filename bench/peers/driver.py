@@ -160,6 +160,7 @@ HEADLINE_ROWS = (
     ("throughput", "trivial tasks/s, chunksize 1 (higher is better)", 1),
     ("latency", "lone round trip p50, µs, pinned (lower is better)", 1),
     ("cpu", "CPU-bound speed-up, 1 → 2 workers (higher is better)", 3),
+    ("cpu", "CPU-bound: workers' busy share, 2 workers (higher is better)", 5),
     ("memory", "PSS per worker, MiB (lower is better)", 1),
 )
 
