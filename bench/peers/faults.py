@@ -49,19 +49,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# The peer ids, in the order every table lists them (one list, the driver's).
+from peers.adapters import PEER_IDS as ALL_PEERS
+
 Section = dict[str, Any]
 
-ALL_PEERS = (
-    "pooly-executor",
-    "pooly-lease",
-    "stdlib",
-    "mp-pool",
-    "pebble",
-    "loky",
-    "mpire",
-    "deadpool",
-    "ray",
-)
 DEADLINE = 1.0  # the hung task's timeout
 HUNG_CHECK = DEADLINE + 1.0  # when the hung worker is looked at (a kill on time is long done)
 VICTIM_WAIT = 5.0  # how long past the deadline a peer's own timeout may take to fail the task
