@@ -224,19 +224,30 @@ class Deadpool(_Executor):
         return None  # Executor.map's chunksize is ignored by deadpool
 
 
-def _callback_future(loop: asyncio.AbstractEventLoop) -> tuple[Any, Any, Any]:
-    fut = loop.create_future()
+class _ApplyAsync(Peer):
+    """Peers whose call is ``pool.apply_async(fn, args)`` with an AsyncResult and callbacks
+    (multiprocessing.Pool, mpire): one call path for both."""
 
-    def ok(v: Any) -> None:
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(v))
+    pool: Any
 
-    def err(e: BaseException) -> None:
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
+        return self.pool.apply_async(fn(name), (x,)).get(timeout)
 
-    return fut, ok, err
+    async def acall(self, name: str, x: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def ok(v: Any) -> None:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(v))
+
+        def err(e: BaseException) -> None:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+
+        self.pool.apply_async(fn(name), (x,), callback=ok, error_callback=err)
+        return await fut
 
 
-class MpPool(Peer):
+class MpPool(_ApplyAsync):
     id = "mp-pool"
 
     def __init__(self, workers: int) -> None:
@@ -247,14 +258,6 @@ class MpPool(Peer):
 
     def map_chunked(self, name: str, items: list[Any], chunksize: int) -> list[Any] | None:
         return self.pool.map(fn(name), items, chunksize=chunksize)
-
-    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
-        return self.pool.apply_async(fn(name), (x,)).get(timeout)
-
-    async def acall(self, name: str, x: Any) -> Any:
-        fut, ok, err = _callback_future(asyncio.get_running_loop())
-        self.pool.apply_async(fn(name), (x,), callback=ok, error_callback=err)
-        return await fut
 
     def close(self) -> None:
         self.pool.close()
@@ -286,7 +289,7 @@ class Pebble(Peer):
         self.pool.join()
 
 
-class Mpire(Peer):
+class Mpire(_ApplyAsync):
     id = "mpire"
 
     def __init__(self, workers: int) -> None:
@@ -299,14 +302,6 @@ class Mpire(Peer):
 
     def map_chunked(self, name: str, items: list[Any], chunksize: int) -> list[Any] | None:
         return list(self.pool.map(fn(name), items, chunk_size=chunksize))
-
-    def call(self, name: str, x: Any, timeout: float = TIMEOUT) -> Any:
-        return self.pool.apply_async(fn(name), (x,)).get(timeout)
-
-    async def acall(self, name: str, x: Any) -> Any:
-        fut, ok, err = _callback_future(asyncio.get_running_loop())
-        self.pool.apply_async(fn(name), (x,), callback=ok, error_callback=err)
-        return await fut
 
     def close(self) -> None:
         # Not stop_and_join(): it waits forever for workers that died (measured here after
