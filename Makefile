@@ -51,6 +51,14 @@ soak-recycle: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench.py
 
+# A venv of its own for an optional part: $(call extra_venv,DIR,EXTRAS), as the rule's recipe
+# for DIR/.installed (EXTRAS: up to three of pooly's extras, comma-separated).
+extra_venv = $(PYTHON) -m venv $(1) \
+	&& $(1)/bin/python -m pip install --quiet --upgrade pip \
+	&& $(1)/bin/python -m pip install --quiet -e '.[$(2)$(if $(3),$(comma)$(3))$(if $(4),$(comma)$(4))]' \
+	&& touch $(1)/.installed
+comma := ,
+
 # pooly.RayBackend's tests (issue 12, tests/ray) on a local simulated Ray cluster. Ray is
 # heavy (~240 MiB installed, ~700 MiB of RAM, seconds to start), so it gets its own venv and
 # target, kept out of .venv and `make test` (where tests/ray skips); CI runs it after test-all.
@@ -61,10 +69,7 @@ RAY_TEST_ENV := POOLY_TEST_RAY=1 RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR
 RAY_TEST_ARGS ?= --timeout=300 -o faulthandler_timeout=290
 
 $(RAY_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(RAY_VENV)
-	$(RAY_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(RAY_VENV)/bin/python -m pip install --quiet -e '.[dev,ray]'
-	touch $@
+	$(call extra_venv,$(RAY_VENV),dev,ray)
 
 .PHONY: test-ray
 test-ray: $(RAY_VENV)/.installed
@@ -82,10 +87,7 @@ BENCH_VENV := .venv-bench
 PEERS_ARGS ?=
 
 $(BENCH_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[dev,bench,ray]'
-	touch $@
+	$(call extra_venv,$(BENCH_VENV),dev,bench,ray)
 
 .PHONY: bench-peers
 bench-peers: $(BENCH_VENV)/.installed
@@ -95,10 +97,7 @@ bench-peers: $(BENCH_VENV)/.installed
 DOCS_VENV := .venv-docs
 
 $(DOCS_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(DOCS_VENV)
-	$(DOCS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(DOCS_VENV)/bin/python -m pip install --quiet -e '.[docs]'
-	touch $@
+	$(call extra_venv,$(DOCS_VENV),docs)
 
 .PHONY: docs
 docs: $(DOCS_VENV)/.installed
